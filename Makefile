@@ -1,0 +1,35 @@
+# compat-embed: `make demo` runs the whole pipeline, `make test` runs the tests.
+# Both create .venv and install requirements.txt when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?=
+CONFIG ?= configs/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: demo test env data clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+data:
+	@bash scripts/fetch_data.sh
+
+demo: env
+ifeq ($(strip $(DATA)),)
+	@bash scripts/fetch_data.sh
+	$(PY) -m jobs.pipeline --config $(CONFIG)
+else
+	$(PY) -m jobs.pipeline --config $(CONFIG) --data "$(DATA)"
+endif
+
+test: env data
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs data .pytest_cache

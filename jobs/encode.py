@@ -1,0 +1,30 @@
+"""Encode a dataset split with one model on Ray Data (actor pool) into embeddings Parquet."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs._common import run_main
+from pipeline.encoding import encode_split
+from pipeline.runtime import init_ray
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.encode", description=__doc__)
+    parser.add_argument("--model", required=True, help="model artifact folder")
+    parser.add_argument("--dataset", required=True, help="ingested dataset folder")
+    parser.add_argument("--split", default="test", choices=["train", "test"])
+    parser.add_argument("--out", required=True, help="embeddings folder to write")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--num-actors", type=int, default=1)
+    parser.add_argument("--cpus-per-actor", type=float, default=1)
+    parser.add_argument("--ray-address", default=None)
+    args = parser.parse_args()
+    init_ray(args.ray_address)
+    out = encode_split(args.model, args.dataset, args.split, args.out, batch_size=args.batch_size,
+                       num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor)
+    print(f"embeddings: {out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

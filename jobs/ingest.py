@@ -1,0 +1,24 @@
+"""Convert an idx .gz folder or an ImageFolder tree into the Parquet dataset (id, image, label)."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs._common import run_main
+from pipeline.data import ingest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.ingest", description=__doc__)
+    parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="idx folder or ImageFolder tree")
+    parser.add_argument("--out", required=True, help="dataset folder to write")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="test share for sources without a split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=None, help="resize to this size (default: source size, <= 64)")
+    args = parser.parse_args()
+    info = ingest(args.source, args.out, args.test_fraction, args.seed, args.image_size)
+    print(f"dataset written to {args.out}: {len(info.classes)} classes, rows {info.rows}, {info.mode} {info.image_size}px")
+
+
+if __name__ == "__main__":
+    run_main(main)

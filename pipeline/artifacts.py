@@ -1,0 +1,77 @@
+"""The model artifact: a folder with weights and a JSON card (design notes, section 4).
+
+    <artifact>/model.pt     state dict of ``EmbeddingModel`` (loaded with weights_only=True)
+    <artifact>/card.json    id, name, architecture, embedding dim, head, label map, image
+                            format, method, parent model, old-space statistics file,
+                            training config and metrics
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.models import EmbeddingModel
+
+WEIGHTS_FILE = "model.pt"
+CARD_FILE = "card.json"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ArtifactError(ValueError):
+    """A model artifact that is missing, truncated or does not match its card."""
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """Names that become file names and MLflow keys: no path separators, no '..'."""
+    if not SAFE_NAME.match(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} is not allowed: use letters, digits, '_', '-', '.' (no '..' or '/')")
+    return name
+
+
+def new_model_id(name: str) -> str:
+    return f"{check_name(name)}-{uuid.uuid4().hex[:8]}"
+
+
+def write_artifact(folder: str | Path, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, folder / f".{WEIGHTS_FILE}.tmp")
+    (folder / f".{WEIGHTS_FILE}.tmp").replace(folder / WEIGHTS_FILE)
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=1, sort_keys=True))
+    return folder
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path}: model card not found (is {folder} a model artifact folder?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{path}: model card is not valid JSON ({error})") from None
+
+
+def load_model(folder: str | Path) -> tuple[EmbeddingModel, dict[str, Any]]:
+    """The model of an artifact folder in eval mode, and its card."""
+    card = read_card(folder)
+    model = EmbeddingModel(ModelConfig.model_validate(card["model"]), card["channels"], len(card["classes"]))
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError/EOFError/UnpicklingError on bad files
+        raise ArtifactError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ArtifactError(f"{path}: weights do not match the card's architecture "
+                            f"{card['model']['architecture']}: {str(error).splitlines()[0]}") from None
+    return model.eval(), card

@@ -1,0 +1,94 @@
+"""The compatibility report: every (query model, gallery model) pair scored into one table.
+
+One row per pair with the paths of the two embedding sets it used, every metric over all
+queries and per query subset (``_seen``: classes the old model was trained on, ``_unseen``:
+the others), the compatibility criterion ``M(q, g) > M(g, g)`` (strict) for every pair of two
+models, and the update gain against the independent model when one is named.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from pipeline.embeddings import EmbeddingSet
+from pipeline.retrieval import per_query_metrics, summarize
+
+log = logging.getLogger(__name__)
+CRITERION_METRICS = ("top1", "map")
+
+
+def score_pair(query: EmbeddingSet, gallery: EmbeddingSet, seen_labels: list[int] | None,
+               topk: tuple[int, ...] = (1, 5), chunk: int = 1024) -> dict[str, float]:
+    """All metrics of one pair, overall and per query subset."""
+    if query.classes != gallery.classes:
+        raise ValueError(f"{query.path} and {gallery.path} were encoded from datasets with different label maps")
+    per_query = per_query_metrics(query.vectors, query.labels, gallery.vectors, gallery.labels,
+                                  query.ids, gallery.ids, topk, chunk)
+    row = summarize(per_query)
+    if seen_labels is not None:
+        seen = np.isin(query.labels, seen_labels)
+        for subset, mask in (("seen", seen), ("unseen", ~seen)):
+            if mask.any():
+                row.update({f"{name}_{subset}": value for name, value in summarize(per_query, mask).items()})
+    return row
+
+
+def score_all_pairs(sets: dict[str, EmbeddingSet], old_classes: list[str] | None = None,
+                    independent: str | None = None, old: str | None = None, topk: tuple[int, ...] = (1, 5),
+                    chunk: int = 1024) -> pd.DataFrame:
+    """The report table over every ordered pair of ``sets`` (model name -> embeddings)."""
+    names = list(sets)
+    first = sets[names[0]]
+    seen_labels = [first.classes.index(c) for c in old_classes] if old_classes is not None else None
+    rows = []
+    started = time.perf_counter()
+    for number, (q, g) in enumerate(((q, g) for q in names for g in names), start=1):
+        metrics = score_pair(sets[q], sets[g], seen_labels, topk, chunk)
+        rows.append({"query_model": q, "gallery_model": g, "transform": "none",
+                     "query_embeddings": sets[q].path, "gallery_embeddings": sets[g].path,
+                     "num_queries": len(sets[q].ids), "num_gallery": len(sets[g].ids), **metrics})
+        log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(names) ** 2, q, g,
+                 metrics["top1"], metrics["map"], time.perf_counter() - started)
+    table = pd.DataFrame(rows)
+    return add_criteria(table, independent=independent, old=old)
+
+
+def _cell(table: pd.DataFrame, query: str, gallery: str, metric: str) -> float:
+    match = table[(table.query_model == query) & (table.gallery_model == gallery)]
+    return float(match[metric].iloc[0])
+
+
+def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str | None = None) -> pd.DataFrame:
+    """Criterion columns for each cross pair and update-gain columns against ``old``.
+
+    ``compatible_<m>`` is ``M(q, g) > M(g, g)`` (empty on the diagonal); ``update_gain_<m>`` is
+    ``(M(q, old) - M(old, old)) / (M(independent, independent) - M(old, old))``.
+    """
+    table = table.copy()
+    metric_columns = [c for c in table.columns if c.startswith(("top", "map"))]
+    for metric in metric_columns:
+        column = []
+        for row in table.itertuples():
+            if row.query_model == row.gallery_model:
+                column.append(None)
+            else:
+                column.append(bool(getattr(row, metric) > _cell(table, row.gallery_model, row.gallery_model, metric)))
+        table[f"compatible_{metric}"] = pd.array(column, dtype="boolean")
+    if independent and old:
+        for metric in CRITERION_METRICS:
+            base = _cell(table, old, old, metric)
+            span = _cell(table, independent, independent, metric) - base
+            table[f"update_gain_{metric}"] = [
+                (getattr(r, metric) - base) / span if r.gallery_model == old and r.query_model != old and span else np.nan
+                for r in table.itertuples()]
+    return table
+
+
+def matrix(table: pd.DataFrame, metric: str, order: list[str]) -> pd.DataFrame:
+    """The N x N matrix ``C[query][gallery]`` of one metric."""
+    pivot = table.pivot(index="query_model", columns="gallery_model", values=metric)
+    return pivot.loc[order, order]

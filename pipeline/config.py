@@ -1,0 +1,199 @@
+"""Typed, validated experiment configs.
+
+A YAML file states only what differs from the defaults below. Loading refuses an unknown key,
+a wrong type or an out-of-range value with one message that names the file and the key
+(``ConfigError``), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or dict that does not match its schema."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HeadConfig(_Strict):
+    """Classification head on top of the embedding (design notes, section 2)."""
+
+    kind: Literal["softmax", "cosface", "arcface"] = "cosface"
+    scale: float = Field(16.0, gt=0, description="logit scale s of the margin heads")
+    margin: float = Field(0.1, ge=0, description="additive (CosFace) or angular (ArcFace) margin m")
+
+
+class ModelConfig(_Strict):
+    architecture: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
+    embedding_dim: int = Field(128, gt=0)
+    head: HeadConfig = HeadConfig()
+
+
+class CompatConfig(_Strict):
+    """Weights and options of the compatibility terms.
+
+    ``lambda_align`` multiplies the alignment loss reduced as the mean over classes of the
+    squared distance between unit vectors (``2 - 2 cos``); the public LCE code's
+    mean-over-entries with lambda 100 is roughly this reduction with lambda 1.
+    ``lambda_boundary`` multiplies the mean over samples of the angular hinge (radians).
+    """
+
+    lambda_align: float = Field(1.0, ge=0)
+    lambda_boundary: float = Field(1.0, ge=0)
+    lambda_influence: float = Field(1.0, ge=0, description="BCT influence-loss weight")
+    compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m")
+    boundary: Literal["max", "quantile", "iqr"] = "quantile"
+    boundary_quantile: float = Field(0.95, gt=0, le=1)
+    old_classes_only: bool = Field(False, description="compatibility terms only over the old model's classes")
+
+
+class TrainConfig(_Strict):
+    """One model's training run (a Ray Train job)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    method: Literal["independent", "bct", "lce_direct"] = "independent"
+    model: ModelConfig = ModelConfig()
+    classes: Literal["all", "first_half"] | list[str] = "all"
+    data_fraction: float = Field(1.0, gt=0, le=1)
+    epochs: int = Field(4, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    seed: int = 0
+    num_workers: int = Field(1, gt=0)
+    cpus_per_worker: float = Field(2, gt=0)
+    use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them")
+    compat: CompatConfig = CompatConfig()
+
+    @property
+    def needs_old_model(self) -> bool:
+        return self.method != "independent"
+
+
+class DataConfig(_Strict):
+    source: str = "/usr/share/datasets/fashion-mnist"
+    root: str = Field("data/fashion-mnist", description="where the ingested Parquet dataset lives")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="for sources with no test split of their own")
+    image_size: int | None = Field(None, gt=0, description="None: the source's own size, at most 64")
+    rows_per_file: int = Field(10_000, gt=0)
+
+
+class EncodeConfig(_Strict):
+    split: Literal["train", "test"] = "test"
+    batch_size: int = Field(512, gt=0)
+    num_actors: int = Field(1, gt=0)
+    cpus_per_actor: float = Field(1, gt=0)
+    threads_per_actor: int = Field(2, gt=0, description="torch threads in each actor")
+
+
+class ScoreConfig(_Strict):
+    topk: list[int] = [1, 5]
+    query_chunk: int = Field(1024, gt=0)
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="None: sqlite:///<output_dir>/mlflow.db")
+    experiment: str = "compat-embed"
+
+
+class PipelineConfig(_Strict):
+    """The whole embedded pipeline: ingest, old model, new models, encode, score."""
+
+    output_dir: str = "outputs/demo"
+    ray_address: str | None = None
+    data: DataConfig = DataConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    old: TrainConfig
+    new: list[TrainConfig] = Field(min_length=1)
+    encode: EncodeConfig = EncodeConfig()
+    score: ScoreConfig = ScoreConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "PipelineConfig":
+        names = [self.old.name] + [m.name for m in self.new]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {dupes}")
+        if self.old.method != "independent":
+            raise ValueError(f"old.method must be 'independent' (got {self.old.method!r})")
+        return self
+
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(Path(self.output_dir) / 'mlflow.db').resolve()}"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, nested dicts merged key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _format_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: key '{key}': {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate(schema: type[BaseModel], raw: Any, source: str = "config") -> Any:
+    """``raw`` checked against ``schema``, or ``ConfigError`` naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_error(source, error)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def pipeline_from_dict(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Expand ``train`` defaults into ``old`` and every ``new`` entry, then validate."""
+    raw = dict(raw)
+    defaults = raw.pop("train", {}) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}: key 'train': expected a mapping of training defaults")
+    if isinstance(raw.get("old"), dict):
+        raw["old"] = deep_merge(defaults, raw["old"])
+    if isinstance(raw.get("new"), list):
+        raw["new"] = [deep_merge(defaults, m) if isinstance(m, dict) else m for m in raw["new"]]
+    return validate(PipelineConfig, raw, source)
+
+
+def load_pipeline_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    raw = deep_merge(read_yaml(path), overrides or {})
+    return pipeline_from_dict(raw, str(path))
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    return validate(TrainConfig, read_yaml(path), str(path))

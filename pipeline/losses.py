@@ -1,0 +1,100 @@
+"""Compatibility losses (design notes, section 2), as pure functions on tensors.
+
+Notation: ``f2`` model 2's features, ``W2`` its classifier rows, ``c_j`` and ``b_j`` the old
+space's class centers and boundary angles, ``y`` the labels in model 2's label map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import CompatConfig
+from pipeline.statistics import OldSpaceStats
+
+
+class DimensionMismatch(ValueError):
+    """Two feature spaces of different dimension compared without a transformation."""
+
+
+def check_same_dim(new_dim: int, old_dim: int, what: str) -> None:
+    if new_dim != old_dim:
+        raise DimensionMismatch(f"{what}: new feature dimension {new_dim} differs from old dimension {old_dim}; "
+                                "direct compatibility needs equal dimensions (use a transformation)")
+
+
+def alignment_loss(class_weights: torch.Tensor, centers: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
+    """``mean_{j in mask} || norm(W2_j) - c_j ||^2`` (= 2 - 2 cos), over the masked classes."""
+    distance = (F.normalize(class_weights, dim=1) - centers).pow(2).sum(dim=1)
+    return distance[class_mask].mean()
+
+
+def boundary_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, boundaries: torch.Tensor,
+                  margin: float, class_mask: torch.Tensor) -> torch.Tensor:
+    """``mean_i max(0, angle(norm(f_i), c_{y_i}) - (b_{y_i} - m))`` over samples of masked classes.
+
+    Angles are in radians; a batch with no sample of a masked class gives 0 (still a graph node).
+    """
+    cosine = (F.normalize(features, dim=1) * centers[labels]).sum(dim=1)
+    angle = torch.acos(cosine.clamp(-1 + 1e-6, 1 - 1e-6))
+    hinge = F.relu(angle - (boundaries[labels] - margin))
+    keep = class_mask[labels]
+    return (hinge * keep).sum() / keep.sum().clamp(min=1)
+
+
+def influence_loss(features: torch.Tensor, labels: torch.Tensor, old_head: nn.Module) -> torch.Tensor:
+    """BCT influence loss ``CE(W1' f2, y)`` through the frozen old classifier ``old_head``."""
+    return F.cross_entropy(old_head(features, labels), labels)
+
+
+def influence_weights(stats: OldSpaceStats, old_weight: torch.Tensor, old_classes: list[str]) -> torch.Tensor:
+    """``W1'``: model 1's classifier rows for the classes it knows, in model 2's label order, and
+    a pseudo-classifier row (the mean old feature of the class) for every class it does not."""
+    rows = []
+    for j, name in enumerate(stats.classes):
+        if name in old_classes:
+            rows.append(old_weight[old_classes.index(name)].detach())
+        else:
+            rows.append(torch.as_tensor(stats.feature_means[j], dtype=old_weight.dtype))
+    return torch.stack(rows)
+
+
+class TrainingObjective(nn.Module):
+    """``L = L_cls + terms of the method``: independent, BCT or LCE direct.
+
+    Every term is computed on every path (zero where the method has none), so that logging and
+    DDP see the same graph whatever the method.
+    """
+
+    def __init__(self, method: str, compat: CompatConfig, stats: OldSpaceStats | None = None,
+                 old_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.method, self.compat = method, compat
+        self.old_head = old_head
+        if old_head is not None:
+            old_head.requires_grad_(False)
+        if method != "independent":
+            if stats is None:
+                raise ValueError(f"method {method!r} needs old-space statistics")
+            mask = torch.as_tensor(stats.old_class_mask() if compat.old_classes_only else [True] * len(stats.classes))
+            self.register_buffer("centers", torch.as_tensor(stats.centers))
+            self.register_buffer("boundaries", torch.as_tensor(stats.boundaries))
+            self.register_buffer("class_mask", mask)
+        if method == "bct" and old_head is None:
+            raise ValueError("method 'bct' needs the old classifier")
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                class_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        zero = features.new_zeros(())
+        terms = {"cls": F.cross_entropy(logits, labels), "align": zero, "boundary": zero, "influence": zero}
+        if self.method == "lce_direct":
+            terms["align"] = alignment_loss(class_weights, self.centers, self.class_mask)
+            terms["boundary"] = boundary_loss(features, labels, self.centers, self.boundaries,
+                                              self.compat.compactness_margin, self.class_mask)
+        elif self.method == "bct":
+            terms["influence"] = influence_loss(features, labels, self.old_head)
+        terms["loss"] = (terms["cls"] + self.compat.lambda_align * terms["align"]
+                         + self.compat.lambda_boundary * terms["boundary"]
+                         + self.compat.lambda_influence * terms["influence"])
+        return terms

@@ -1,0 +1,50 @@
+"""Old-space statistics for one new model: encode its training images with the old model
+(Ray Data), select exactly the rows it trains on, and compute centers and boundaries."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import read_card
+from pipeline.config import TrainConfig
+from pipeline.data import class_indices, in_fraction, read_dataset_info
+from pipeline.embeddings import EmbeddingSet, read_embeddings
+from pipeline.encoding import encode_split
+from pipeline.statistics import OldSpaceStats, compute_old_space_stats
+
+log = logging.getLogger(__name__)
+
+
+def old_train_embeddings(old_model: str | Path, dataset: str | Path, out_dir: str | Path, **encode_options) -> EmbeddingSet:
+    """The old model's embeddings of the training split, reused when already written by that model."""
+    out_dir = Path(out_dir)
+    card = read_card(old_model)
+    if any(out_dir.glob("*.parquet")):
+        existing = read_embeddings(out_dir)
+        if existing.model_id == card["id"]:
+            log.info("stats: reusing %s embeddings in %s", card["name"], out_dir)
+            return existing
+    encode_split(old_model, dataset, "train", out_dir, **encode_options)
+    return read_embeddings(out_dir)
+
+
+def stats_for_model(cfg: TrainConfig, old_model: str | Path, embeddings: EmbeddingSet, dataset: str | Path,
+                    out_path: str | Path) -> Path:
+    """Statistics over the rows ``cfg`` trains on, for every class of its label map."""
+    info = read_dataset_info(dataset)
+    kept = class_indices(info.classes, cfg.classes)
+    classes = [info.classes[i] for i in kept]
+    old_classes = read_card(old_model)["classes"]
+    rows = np.array([label in kept and in_fraction(row_id, cfg.data_fraction, cfg.seed)
+                     for row_id, label in zip(embeddings.ids, embeddings.labels)])
+    to_model_label = {dataset_label: index for index, dataset_label in enumerate(kept)}
+    labels = np.array([to_model_label[int(y)] for y in embeddings.labels[rows]], dtype=np.int64)
+    stats = compute_old_space_stats(embeddings.vectors[rows], labels, classes, old_classes,
+                                    cfg.compat.boundary, cfg.compat.boundary_quantile)
+    stats.save(out_path)
+    log.info("stats for %s: %d classes from %d images, boundary %s (median %.1f deg) -> %s", cfg.name, len(classes),
+             int(rows.sum()), cfg.compat.boundary, float(np.degrees(np.median(stats.boundaries))), out_path)
+    return Path(out_path)

@@ -1,0 +1,86 @@
+"""Writing the compatibility report: Parquet/CSV table, heat map, text matrix, MLflow run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pipeline.compat_matrix import matrix  # noqa: E402
+from pipeline.tracking import experiment_id, metric_key  # noqa: E402
+
+HEATMAP_METRICS = ("top1", "map")
+
+
+def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"parquet": out_dir / "report.parquet", "csv": out_dir / "report.csv"}
+    table.to_parquet(paths["parquet"], index=False)
+    table.to_csv(paths["csv"], index=False)
+    return paths
+
+
+def heatmap(table: pd.DataFrame, order: list[str], path: str | Path) -> Path:
+    """One panel per metric: rows = query model, columns = gallery model, values in the cells."""
+    figure, axes = plt.subplots(1, len(HEATMAP_METRICS), figsize=(5.2 * len(HEATMAP_METRICS), 4.4), squeeze=False)
+    for axis, metric in zip(axes[0], HEATMAP_METRICS):
+        values = matrix(table, metric, order).to_numpy() * 100
+        image = axis.imshow(values, cmap="viridis", vmin=0, vmax=100)
+        axis.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        axis.set_yticks(range(len(order)), order)
+        axis.set_xlabel("gallery model")
+        axis.set_ylabel("query model")
+        axis.set_title(f"{metric} (%)")
+        for i in range(len(order)):
+            for j in range(len(order)):
+                axis.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center",
+                          color="white" if values[i, j] < 60 else "black", fontsize=9)
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def format_matrix(table: pd.DataFrame, order: list[str], metric: str) -> str:
+    """The matrix of one metric as aligned text, in percent."""
+    values = matrix(table, metric, order) * 100
+    width = max(10, *(len(name) for name in order)) + 2
+    lines = [f"{metric} (%)  rows: query model, columns: gallery model",
+             " " * width + "".join(f"{name:>{width}}" for name in order)]
+    for query in order:
+        lines.append(f"{query:<{width}}" + "".join(f"{values.loc[query, g]:>{width}.2f}" for g in order))
+    return "\n".join(lines)
+
+
+def log_report(table: pd.DataFrame, order: list[str], files: list[Path], tracking_uri: str, experiment: str,
+               run_name: str = "compatibility-matrix") -> str:
+    """One MLflow run: each cell a metric ``<metric>/<query>/<gallery>``, verdicts as tags, files as artifacts."""
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=run_name, tags={"kind": "score"})
+    run_id = run.info.run_id
+    from mlflow.entities import Metric, Param
+
+    metrics = []
+    for row in table.to_dict("records"):
+        for column, value in row.items():
+            if column.startswith(("top", "map", "update_gain")) and isinstance(value, float) and not math.isnan(value):
+                metrics.append(Metric(metric_key(column, row["query_model"], row["gallery_model"]), value, 0, 0))
+    for start in range(0, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[start : start + 900])
+    client.log_batch(run_id, params=[Param("models", ",".join(order))])
+    for row in table.to_dict("records"):
+        if row["query_model"] != row["gallery_model"]:
+            verdict = all(bool(row[f"compatible_{m}"]) for m in ("top1", "map"))
+            client.set_tag(run_id, f"compatible/{row['query_model']}/{row['gallery_model']}", str(verdict).lower())
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id

@@ -1,0 +1,25 @@
+"""Process set-up shared by the jobs: logging and connecting to (or starting) Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def init_ray(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else
+    start a local one with this machine's cores."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Workers of this project find `pipeline/` through the job's working directory.
+    runtime_env = {"env_vars": {"PYTHONPATH": os.getcwd()}} if not address else None
+    # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleanup queries.
+    ray.init(address=address, runtime_env=runtime_env)
+    logging.getLogger(__name__).info("ray: %s", ray.cluster_resources())

@@ -1,0 +1,32 @@
+"""The score step: every pair of embedding sets into the report table, files and MLflow run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.artifacts import read_card
+from pipeline.compat_matrix import score_all_pairs
+from pipeline.embeddings import EmbeddingSet
+from pipeline.report import format_matrix, heatmap, log_report, write_tables
+
+log = logging.getLogger(__name__)
+
+
+def score_and_report(sets: dict[str, EmbeddingSet], *, old_model: str | Path, independent: str | None,
+                     out_dir: str | Path, tracking_uri: str, experiment: str, topk: tuple[int, ...] = (1, 5),
+                     chunk: int = 1024) -> str:
+    """Score all pairs of ``sets``, write the report to ``out_dir``, log it; returns the printed matrix."""
+    old_card = read_card(old_model)
+    if old_card["name"] not in sets:
+        raise ValueError(f"the old model {old_card['name']!r} has no embeddings among {sorted(sets)}")
+    order = list(sets)
+    table = score_all_pairs(sets, old_classes=old_card["classes"], independent=independent, old=old_card["name"],
+                            topk=topk, chunk=chunk)
+    files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, Path(out_dir) / "heatmap.png")]
+    text = "\n\n".join(format_matrix(table, order, metric) for metric in ("top1", "map"))
+    (Path(out_dir) / "matrix.txt").write_text(text + "\n")
+    files.append(Path(out_dir) / "matrix.txt")
+    run_id = log_report(table, order, files, tracking_uri, experiment)
+    log.info("score: report in %s, MLflow run %s", out_dir, run_id)
+    return text

@@ -1,0 +1,229 @@
+"""Compatible training on Ray Train: the per-worker loop and the driver that fits it.
+
+The loop reads top to bottom: data shard, model, objective, resume, epochs. Every worker
+reports once per epoch; rank 0 alone saves the checkpoint and logs to MLflow. The driver turns
+the final checkpoint into a model artifact (weights + card).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from pipeline.artifacts import load_model, new_model_id, write_artifact
+from pipeline.config import HeadConfig, TrainConfig
+from pipeline.data import class_indices, load_split, read_dataset_info
+from pipeline.heads import build_head
+from pipeline.losses import TrainingObjective, check_same_dim, influence_weights
+from pipeline.models import EmbeddingModel
+from pipeline.statistics import OldSpaceStats
+from pipeline.tracking import experiment_id
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A NaN or infinite loss: the run stops, keeping its last good checkpoint."""
+
+
+def _old_head(old_model_dir: str, stats: OldSpaceStats, new_dim: int) -> torch.nn.Module:
+    """Model 1's classifier, frozen, with pseudo rows for the classes it never saw (BCT)."""
+    old_model, old_card = load_model(old_model_dir)
+    check_same_dim(new_dim, old_card["model"]["embedding_dim"], f"BCT against {old_model_dir}")
+    head = build_head(HeadConfig.model_validate(old_card["model"]["head"]), new_dim, len(stats.classes))
+    with torch.no_grad():
+        head.weight.copy_(influence_weights(stats, old_model.head.weight, old_card["classes"]))
+    return head
+
+
+def build_objective(cfg: TrainConfig, classes: list[str], stats_path: str | None,
+                    old_model_dir: str | None) -> TrainingObjective:
+    """The method's objective, with its statistics checked against the label map."""
+    if not cfg.needs_old_model:
+        return TrainingObjective(cfg.method, cfg.compat)
+    if stats_path is None or old_model_dir is None:
+        raise ValueError(f"model {cfg.name!r}: method {cfg.method!r} needs an old model and its statistics")
+    stats = OldSpaceStats.load(stats_path)
+    stats.check_label_map(classes, source=stats_path)
+    check_same_dim(cfg.model.embedding_dim, stats.dim, f"model {cfg.name!r} against statistics {stats_path}")
+    old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if cfg.method == "bct" else None
+    return TrainingObjective(cfg.method, cfg.compat, stats, old_head)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: fit ``EmbeddingModel`` on its shard of the training split."""
+    cfg = TrainConfig.model_validate(loop_config["train"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)
+
+    info = read_dataset_info(loop_config["dataset"])
+    labels_kept = class_indices(info.classes, cfg.classes)
+    classes = [info.classes[i] for i in labels_kept]
+    ids, images, dataset_labels = load_split(loop_config["dataset"], "train", labels_kept, cfg.data_fraction,
+                                             cfg.seed, shard=(rank, world))
+    to_model_label = {dataset_label: index for index, dataset_label in enumerate(labels_kept)}
+    images = torch.from_numpy(images)
+    labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
+
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, info.channels, len(classes)))
+    core = model.module if hasattr(model, "module") else model
+    objective = build_objective(cfg, classes, loop_config.get("stats"), loop_config.get("old_model")).to(device)
+    steps_per_epoch = len(images) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"model {cfg.name!r}: {len(images)} training images per worker, fewer than one batch "
+                         f"of {cfg.batch_size}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                    pct_start=0.15)
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+        if rank == 0:
+            print(f"[{cfg.name}] resuming from the checkpoint of epoch {state['epoch']}", flush=True)
+
+    tracker = _RankZeroTracker(loop_config) if rank == 0 else None
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        totals: dict[str, float] = {}
+        started = time.perf_counter()
+        for step in range(steps_per_epoch):
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x, y = images[batch].to(device), labels[batch].to(device)
+            features, logits = model(x, y)
+            terms = objective(features, logits, y, core.head.weight)
+            if not torch.isfinite(terms["loss"]):
+                raise NonFiniteLoss(f"model {cfg.name!r}: loss {terms['loss'].item()} at epoch {epoch} step {step}; "
+                                    f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + value.item()
+            if rank == 0 and (step + 1) % max(1, steps_per_epoch // 4) == 0:
+                rate = (step + 1) * cfg.batch_size * world / (time.perf_counter() - started)
+                print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} "
+                      f"loss {totals['loss'] / (step + 1):.4f} ({rate:.0f} img/s)", flush=True)
+        metrics = {f"train_{key}": value / steps_per_epoch for key, value in totals.items()}
+        metrics.update(epoch=epoch, images_per_s=steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - started))
+        _report(metrics, epoch, core, optimizer, scheduler, rank)
+        if tracker:
+            tracker.log_epoch(metrics, epoch)
+
+
+def _report(metrics: dict[str, float], epoch: int, core: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any, rank: int) -> None:
+    """Every worker reports; rank 0 attaches the epoch's checkpoint."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state()},
+                   Path(folder) / CHECKPOINT_FILE)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+
+class _RankZeroTracker:
+    """Rank 0's MLflow logging into the run the driver opened."""
+
+    def __init__(self, loop_config: dict[str, Any]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.run_id = loop_config.get("mlflow_run_id")
+        self.client = MlflowClient(loop_config["tracking_uri"]) if self.run_id else None
+
+    def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
+        if self.client:
+            for key, value in metrics.items():
+                if key != "epoch":
+                    self.client.log_metric(self.run_id, key, float(value), step=epoch)
+
+
+def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *, storage_path: str | Path,
+              tracking_uri: str, experiment: str, old_model: str | Path | None = None,
+              stats: str | Path | None = None, parent: str | None = None, run_name: str | None = None) -> Path:
+    """Train one model with a ``TorchTrainer`` and write its artifact folder.
+
+    ``run_name`` names the Ray Train run under ``storage_path`` (default: the model's name);
+    fitting again under the same name continues that run from its last checkpoint.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    dataset, artifact_dir = Path(dataset).resolve(), Path(artifact_dir).resolve()
+    info = read_dataset_info(dataset)
+    classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
+    if cfg.needs_old_model:  # check on the driver before any worker starts
+        build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
+                            tags={"kind": "train", "method": cfg.method, "parent_model": parent or ""})
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in _flat(cfg.model_dump()).items()])
+    loop_config = {"train": cfg.model_dump(), "dataset": str(dataset), "tracking_uri": tracking_uri,
+                   "mlflow_run_id": run.info.run_id,
+                   "old_model": str(Path(old_model).resolve()) if old_model else None,
+                   "stats": str(Path(stats).resolve()) if stats else None}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name=run_name or cfg.name, storage_path=str(Path(storage_path).resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    log.info("train %s: %s on %s (%d workers, gpu=%s)", cfg.name, cfg.method, dataset, cfg.num_workers, use_gpu)
+    try:
+        result = trainer.fit()
+    except Exception:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    card = {
+        "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
+        "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": cfg.method,
+        "parent_model": parent, "old_model_dir": str(old_model) if old_model else None,
+        "stats_file": str(Path(stats).resolve()) if stats else None, "dataset": str(dataset),
+        "train_config": cfg.model_dump(), "metrics": {k: float(v) for k, v in result.metrics.items()},
+        "mlflow_run_id": run.info.run_id,
+    }
+    write_artifact(artifact_dir, state["model"], card)
+    client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="model")
+    client.set_tag(run.info.run_id, "model_id", card["id"])
+    client.set_terminated(run.info.run_id)
+    log.info("train %s: artifact written to %s", cfg.name, artifact_dir)
+    return artifact_dir
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.artifacts import ArtifactError, check_name, load_model, write_artifact
+from pipeline.config import ModelConfig
+from pipeline.embeddings import embeddings_table, read_embeddings, write_embeddings
+from pipeline.models import EmbeddingModel
+
+
+def _card(**model):
+    config = ModelConfig(**model)
+    return {"id": "m-1", "name": "m", "model": config.model_dump(), "classes": ["a", "b"], "channels": 1}, config
+
+
+def test_artifact_roundtrip_and_clear_errors(tmp_path):
+    card, config = _card()
+    model = EmbeddingModel(config, 1, 2)
+    write_artifact(tmp_path / "m", model.state_dict(), card)
+    loaded, loaded_card = load_model(tmp_path / "m")
+    assert loaded_card["id"] == "m-1"
+    images = torch.randn(2, 1, 28, 28)
+    assert torch.allclose(loaded.embedder(images), model.eval().embedder(images))
+
+    weights = tmp_path / "m" / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="model.pt: cannot read weights"):
+        load_model(tmp_path / "m")
+    weights.unlink()
+    with pytest.raises(ArtifactError, match="model.pt: weights file not found"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ArtifactError, match="card.json: model card not found"):
+        load_model(tmp_path / "nothing")
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    card, _ = _card(embedding_dim=16)
+    write_artifact(tmp_path / "m", EmbeddingModel(ModelConfig(embedding_dim=32), 1, 2).state_dict(), card)
+    with pytest.raises(ArtifactError, match="do not match the card's architecture small_cnn"):
+        load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden"])
+def test_unsafe_names_are_refused(name):
+    with pytest.raises(ValueError, match="not allowed"):
+        check_name(name)
+
+
+def test_embeddings_contract(tmp_path):
+    vectors = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    table = embeddings_table([f"i{k}" for k in range(5)], np.arange(5), vectors, "m-1", "m", ["a"])
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<item: float>[3]"
+    write_embeddings(tmp_path / "e" / "part-00000.parquet", table)
+    loaded = read_embeddings(tmp_path / "e")
+    assert loaded.model_id == "m-1" and loaded.dim == 3 and np.array_equal(loaded.vectors, vectors)
+    assert loaded.ids.tolist() == ["i0", "i1", "i2", "i3", "i4"]

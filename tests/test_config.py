@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_pipeline_config, load_train_config, pipeline_from_dict
+
+BASE = {"old": {"name": "old", "classes": "first_half"}, "new": [{"name": "lce", "method": "lce_direct"}]}
+
+
+def test_demo_config_loads_with_defaults_merged():
+    cfg = load_pipeline_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    assert [m.name for m in cfg.new] == ["independent", "bct", "lce"]
+    assert cfg.new[2].model.head.kind == "cosface"  # from the shared `train` block
+    assert cfg.old.classes == "first_half"
+
+
+def test_train_defaults_reach_every_model():
+    cfg = pipeline_from_dict({**BASE, "train": {"epochs": 7, "model": {"embedding_dim": 64}}})
+    assert cfg.old.epochs == cfg.new[0].epochs == 7
+    assert cfg.new[0].model.embedding_dim == 64
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key 'new.0.compat.lambda_algin'"):
+        pipeline_from_dict({**BASE, "new": [{"name": "lce", "compat": {"lambda_algin": 1}}]}, "x.yaml")
+
+
+def test_wrong_type_is_named_with_the_file():
+    with pytest.raises(ConfigError, match=r"x.yaml: key 'old.epochs'.*'many'"):
+        pipeline_from_dict({**BASE, "old": {"name": "old", "epochs": "many"}}, "x.yaml")
+
+
+def test_out_of_range_margin_is_named():
+    with pytest.raises(ConfigError, match=r"compactness_margin"):
+        pipeline_from_dict({**BASE, "new": [{"name": "lce", "compat": {"compactness_margin": -0.1}}]})
+
+
+def test_bad_method_and_duplicate_names_are_refused():
+    with pytest.raises(ConfigError, match="method"):
+        pipeline_from_dict({**BASE, "new": [{"name": "x", "method": "magic"}]})
+    with pytest.raises(ConfigError, match="repeated"):
+        pipeline_from_dict({**BASE, "new": [{"name": "old"}]})
+
+
+def test_model_names_cannot_be_paths():
+    with pytest.raises(ConfigError, match="name"):
+        pipeline_from_dict({**BASE, "new": [{"name": "../evil"}]})
+
+
+def test_train_config_file(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("name: m\nmethod: bct\nepochs: 2\n")
+    assert load_train_config(path).method == "bct"
+    path.write_text("name: m\nepochs: [1]\n")
+    with pytest.raises(ConfigError, match=f"{path}: key 'epochs'"):
+        load_train_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_train_config(tmp_path / "missing.yaml")

@@ -1,0 +1,71 @@
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.data import DataError, class_indices, in_fraction, ingest, load_split, read_dataset_info
+from tests.conftest import write_idx
+
+
+def _png(value: int, size: int = 8, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (size, size), value if mode == "L" else (value, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_idx_folder_becomes_the_parquet_contract(tmp_path):
+    source = tmp_path / "fashion-idx"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        write_idx(source / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    info = ingest(source, tmp_path / "ds", rows_per_file=16)
+    assert info.rows == {"train": 30, "test": 10} and info.mode == "L" and info.image_size == 28
+    assert json.loads((tmp_path / "ds" / "classes.json").read_text())[0] == "T-shirt/top"  # "fashion" in the path
+    table = pq.read_table(tmp_path / "ds" / "train")
+    assert table.schema.names == ["id", "image", "label"] and table.num_rows == 30
+    assert len(list((tmp_path / "ds" / "train").glob("*.parquet"))) == 2
+    ids, pixels, labels = load_split(tmp_path / "ds", "train")
+    assert pixels.shape == (30, 1, 28, 28) and pixels.min() >= -1 and pixels.max() <= 1
+    assert ids[0] == "train-000000" and labels[:3].tolist() == [0, 1, 2]
+
+
+def test_imagefolder_split_per_class_and_resized(tmp_path):
+    source = tmp_path / "shapes"
+    for name, value in (("circle", 10), ("square", 200)):
+        (source / name).mkdir(parents=True)
+        for i in range(10):
+            (source / name / f"{i}.png").write_bytes(_png(value, 40, "RGB"))
+    info = ingest(source, tmp_path / "ds", test_fraction=0.2)
+    assert info.classes == ["circle", "square"] and info.mode == "RGB" and info.image_size == 40
+    assert info.rows == {"train": 16, "test": 4}
+    _, pixels, labels = load_split(tmp_path / "ds", "test")
+    assert pixels.shape == (4, 3, 40, 40) and sorted(labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_corrupt_image_is_named(tmp_path):
+    source = tmp_path / "bad"
+    (source / "a").mkdir(parents=True)
+    (source / "a" / "ok.png").write_bytes(_png(1))
+    (source / "a" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"a/broken.png.*cannot be decoded"):
+        ingest(source, tmp_path / "ds")
+
+
+def test_missing_dataset_and_unknown_classes_are_clear(tmp_path):
+    with pytest.raises(DataError, match="not an ingested dataset"):
+        read_dataset_info(tmp_path)
+    with pytest.raises(DataError, match=r"\['zebra'\] are not in the dataset"):
+        class_indices(["cat", "dog"], ["zebra"])
+    assert class_indices(["a", "b", "c"], "first_half") == [0, 1]
+
+
+def test_fraction_is_decided_by_id_alone():
+    ids = [f"row-{i}" for i in range(2000)]
+    chosen = [i for i in ids if in_fraction(i, 0.5, seed=3)]
+    assert 900 < len(chosen) < 1100
+    assert chosen == [i for i in reversed(ids) if in_fraction(i, 0.5, seed=3)][::-1]

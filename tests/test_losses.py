@@ -1,0 +1,114 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import CompatConfig, HeadConfig
+from pipeline.heads import build_head
+from pipeline.losses import (DimensionMismatch, TrainingObjective, alignment_loss, boundary_loss, check_same_dim,
+                             influence_loss, influence_weights)
+from pipeline.statistics import OldSpaceStats, StatisticsMismatch
+
+
+def _stats(classes=("a", "b"), old_classes=("a",)):
+    return OldSpaceStats(classes=list(classes), old_classes=list(old_classes),
+                         centers=np.array([[1.0, 0.0], [0.0, 1.0]], np.float32),
+                         boundaries=np.array([0.5, 0.5], np.float32),
+                         feature_means=np.array([[2.0, 0.0], [0.0, 3.0]], np.float32),
+                         counts=np.array([5, 5]), boundary_rule="quantile")
+
+
+def test_alignment_is_mean_squared_distance_of_unit_vectors():
+    weights = torch.tensor([[3.0, 4.0], [0.0, 2.0]])  # unit rows (0.6, 0.8) and (0, 1)
+    centers = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert alignment_loss(weights, centers, torch.tensor([True, True])).item() == pytest.approx((0.16 + 0.64) / 2)
+    assert alignment_loss(weights, centers, torch.tensor([True, False])).item() == pytest.approx(0.8)
+
+
+def test_boundary_is_angular_hinge_with_compactness_margin():
+    features = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    centers = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    boundaries = torch.tensor([0.5, 0.5])
+    # angles 0, pi/4, 0 against boundary 0.5 - 0.1: hinges 0, pi/4 - 0.4, 0
+    value = boundary_loss(features, labels, centers, boundaries, 0.1, torch.tensor([True, True]))
+    assert value.item() == pytest.approx((math.pi / 4 - 0.4) / 3, abs=1e-5)
+    only_b = boundary_loss(features, labels, centers, boundaries, 0.1, torch.tensor([False, True]))
+    assert only_b.item() == pytest.approx(0.0, abs=1e-6)
+    # features are normalised: scaling them changes nothing
+    assert boundary_loss(features * 7, labels, centers, boundaries, 0.1, torch.tensor([True, True])).item() == \
+        pytest.approx(value.item(), abs=1e-5)
+
+
+def test_influence_weights_use_old_rows_and_pseudo_rows():
+    old_weight = torch.tensor([[9.0, 1.0]], requires_grad=True)  # the old model knows class "a" only
+    rows = influence_weights(_stats(), old_weight, ["a"])
+    assert torch.equal(rows, torch.tensor([[9.0, 1.0], [0.0, 3.0]]))
+    assert not rows.requires_grad
+
+
+def test_influence_loss_is_cross_entropy_through_old_classifier():
+    head = build_head(HeadConfig(kind="softmax"), 2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    value = influence_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([1]), head)
+    assert value.item() == pytest.approx(-math.log(math.exp(0) / (math.exp(2) + math.exp(0))))
+
+
+@pytest.mark.parametrize("method", ["independent", "bct", "lce_direct"])
+def test_objective_trains_only_model_two(method):
+    stats = _stats()
+    old_weight = torch.tensor([[1.0, 0.5]], requires_grad=True)
+    old_head = build_head(HeadConfig(kind="cosface"), 2, 2)
+    with torch.no_grad():
+        old_head.weight.copy_(influence_weights(stats, old_weight, ["a"]))
+    objective = TrainingObjective(method, CompatConfig(), stats if method != "independent" else None,
+                                  old_head if method == "bct" else None)
+    new_head = build_head(HeadConfig(kind="cosface"), 2, 2)
+    features = torch.randn(4, 2, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 1])
+    terms = objective(features, new_head(features, labels), labels, new_head.weight)
+    terms["loss"].backward()
+    assert features.grad is not None and new_head.weight.grad is not None
+    assert old_weight.grad is None
+    assert all(p.grad is None for p in old_head.parameters())
+    active = {"independent": set(), "bct": {"influence"}, "lce_direct": {"align", "boundary"}}[method]
+    assert {k for k in ("align", "boundary", "influence") if terms[k].item() != 0} <= active
+    expected = terms["cls"] + terms["align"] + terms["boundary"] + terms["influence"]
+    assert terms["loss"].item() == pytest.approx(expected.item())
+
+
+def test_lambdas_scale_terms():
+    stats = _stats()
+    features, labels = torch.tensor([[1.0, 1.0]]), torch.tensor([0])
+    weight = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    logits = torch.zeros(1, 2)
+    base = TrainingObjective("lce_direct", CompatConfig(), stats)(features, logits, labels, weight)
+    heavy = TrainingObjective("lce_direct", CompatConfig(lambda_align=3, lambda_boundary=0), stats)(
+        features, logits, labels, weight)
+    assert heavy["loss"].item() == pytest.approx(base["cls"].item() + 3 * base["align"].item())
+
+
+def test_old_classes_only_masks_new_classes():
+    objective = TrainingObjective("lce_direct", CompatConfig(old_classes_only=True), _stats())
+    assert objective.class_mask.tolist() == [True, False]
+
+
+def test_methods_refuse_missing_inputs():
+    with pytest.raises(ValueError, match="statistics"):
+        TrainingObjective("lce_direct", CompatConfig())
+    with pytest.raises(ValueError, match="old classifier"):
+        TrainingObjective("bct", CompatConfig(), _stats())
+
+
+def test_dimension_mismatch_names_both_dimensions():
+    with pytest.raises(DimensionMismatch, match="new feature dimension 128 differs from old dimension 64"):
+        check_same_dim(128, 64, "model lce")
+
+
+def test_statistics_with_other_classes_are_refused():
+    with pytest.raises(StatisticsMismatch, match=r"missing \['c'\], not in the label map \['b'\]"):
+        _stats().check_label_map(["a", "c"], "stats.npz")
+    with pytest.raises(StatisticsMismatch, match="another order"):
+        _stats().check_label_map(["b", "a"])
