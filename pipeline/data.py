@@ -14,12 +14,12 @@ sub-folder per class). Images are decoded with PIL only; nothing is unpickled.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import logging
 import random
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,7 +277,10 @@ def class_indices(dataset_classes: list[str], wanted: str | list[str]) -> list[i
 def in_fraction(row_id: str, fraction: float, seed: int) -> bool:
     """Whether a row belongs to a seeded ``fraction`` of the data, decided by its id alone so
     that every job (training, statistics) selects the same rows in any order."""
-    return fraction >= 1.0 or zlib.crc32(f"{seed}:{row_id}".encode()) / 2**32 < fraction
+    if fraction >= 1.0:
+        return True
+    digest = hashlib.blake2b(f"{seed}:{row_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
 def load_split(root: str | Path, split: str, labels: list[int] | None = None, fraction: float = 1.0,

@@ -5,7 +5,7 @@ Similarity is the inner product of L2-normalised vectors (cosine). Per query:
 - ``top{k}``: 1 when a same-label gallery item is among the k nearest, found with a faiss
   exact inner-product index (on the GPU only when faiss reports one);
 - ``ap``: average precision over the full ranking, computed by chunked exact scoring (one
-  GEMM per query chunk, then sorted scores). Tied scores count as one threshold, as
+  float64 GEMM per query chunk, then sorted scores). Tied scores count as one threshold, as
   ``sklearn.metrics.average_precision_score`` does: each relevant item takes the precision
   at the last position of its tie group, so the value does not depend on how ties are ordered;
 - ``ap_at_r``: ``(1/R) sum_{i<=R} P(i) rel(i)``, R the number of same-label gallery items,
@@ -23,12 +23,15 @@ import numpy as np
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    """Unit rows in float64: exact scoring in double precision keeps near-ties from flipping
+    with the order of float32 sums (chunking, BLAS blocking)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 
 def flat_ip_index(gallery: np.ndarray) -> faiss.Index:
     """Exact inner-product index; moved to the GPUs when this faiss build sees any."""
+    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     index = faiss.IndexFlatIP(gallery.shape[1])
     if faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
@@ -48,7 +51,7 @@ def topk_hits(index: faiss.Index, query: np.ndarray, query_labels: np.ndarray, g
               self_index: np.ndarray, topk: tuple[int, ...]) -> dict[str, np.ndarray]:
     """``top{k}`` hits from a faiss search of k + 1 neighbours, the query's own image dropped."""
     depth = min(max(topk) + 1, index.ntotal)
-    _, neighbours = index.search(query, depth)
+    _, neighbours = index.search(np.ascontiguousarray(query, dtype=np.float32), depth)
     valid = (neighbours != self_index[:, None]) & (neighbours >= 0)
     rank = np.cumsum(valid, axis=1)
     relevant = (gallery_labels[neighbours] == query_labels[:, None]) & valid

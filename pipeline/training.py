@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,20 @@ def build_objective(cfg: TrainConfig, classes: list[str], stats_path: str | None
     return TrainingObjective(cfg.method, cfg.compat, stats, old_head)
 
 
+def init_seed(cfg: TrainConfig) -> int:
+    """The weight-initialisation seed: the config's seed mixed with the model's name, so that two
+    models (an old one and an independent new one) never start from the same weights by accident,
+    which would make them look compatible."""
+    return cfg.seed * 1_000_003 + zlib.crc32(cfg.name.encode())
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: fit ``EmbeddingModel`` on its shard of the training split."""
     cfg = TrainConfig.model_validate(loop_config["train"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(init_seed(cfg))
 
     info = read_dataset_info(loop_config["dataset"])
     labels_kept = class_indices(info.classes, cfg.classes)
@@ -100,7 +108,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
         if rank == 0:
-            print(f"[{cfg.name}] resuming from the checkpoint of epoch {state['epoch']}", flush=True)
+            log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, state["epoch"])
 
     tracker = _RankZeroTracker(loop_config) if rank == 0 else None
     for epoch in range(start_epoch, cfg.epochs):
@@ -124,8 +132,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 totals[key] = totals.get(key, 0.0) + value.item()
             if rank == 0 and (step + 1) % max(1, steps_per_epoch // 4) == 0:
                 rate = (step + 1) * cfg.batch_size * world / (time.perf_counter() - started)
-                print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} "
-                      f"loss {totals['loss'] / (step + 1):.4f} ({rate:.0f} img/s)", flush=True)
+                log.info("[%s] epoch %d/%d step %d/%d loss %.4f (%.0f img/s)", cfg.name, epoch + 1, cfg.epochs,
+                         step + 1, steps_per_epoch, totals["loss"] / (step + 1), rate)
         metrics = {f"train_{key}": value / steps_per_epoch for key, value in totals.items()}
         metrics.update(epoch=epoch, images_per_s=steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - started))
         _report(metrics, epoch, core, optimizer, scheduler, rank)

@@ -6,6 +6,7 @@ from sklearn.metrics import average_precision_score
 
 def reference(query, qlabels, gallery, glabels, qids, gids, topk=(1, 5)):
     """One query at a time: full similarity row, self removed, sklearn AP, stable sort for ranks."""
+    query, gallery = np.asarray(query, np.float64), np.asarray(gallery, np.float64)
     q = query / np.linalg.norm(query, axis=1, keepdims=True)
     g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
     out = {f"top{k}": [] for k in topk} | {"ap": [], "ap_at_r": []}
