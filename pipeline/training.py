@@ -8,6 +8,7 @@ the final checkpoint into a model artifact (weights + card).
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 import zlib
@@ -69,6 +70,11 @@ def init_seed(cfg: TrainConfig) -> int:
     return cfg.seed * 1_000_003 + zlib.crc32(cfg.name.encode())
 
 
+def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """``cfg.epochs``, raised so that a small dataset still gets ``cfg.min_steps`` steps."""
+    return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: fit ``EmbeddingModel`` on its shard of the training split."""
     cfg = TrainConfig.model_validate(loop_config["train"])
@@ -94,8 +100,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if steps_per_epoch == 0:
         raise ValueError(f"model {cfg.name!r}: {len(images)} training images per worker, fewer than one batch "
                          f"of {cfg.batch_size}")
+    epochs = planned_epochs(cfg, steps_per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
                                                     pct_start=0.15)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -110,8 +117,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, state["epoch"])
 
-    tracker = _RankZeroTracker(loop_config) if rank == 0 else None
-    for epoch in range(start_epoch, cfg.epochs):
+    tracker = _RankZeroTracker(loop_config, epochs) if rank == 0 else None
+    for epoch in range(start_epoch, epochs):
         model.train()
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         totals: dict[str, float] = {}
@@ -132,7 +139,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 totals[key] = totals.get(key, 0.0) + value.item()
             if rank == 0 and (step + 1) % max(1, steps_per_epoch // 4) == 0:
                 rate = (step + 1) * cfg.batch_size * world / (time.perf_counter() - started)
-                log.info("[%s] epoch %d/%d step %d/%d loss %.4f (%.0f img/s)", cfg.name, epoch + 1, cfg.epochs,
+                log.info("[%s] epoch %d/%d step %d/%d loss %.4f (%.0f img/s)", cfg.name, epoch + 1, epochs,
                          step + 1, steps_per_epoch, totals["loss"] / (step + 1), rate)
         metrics = {f"train_{key}": value / steps_per_epoch for key, value in totals.items()}
         metrics.update(epoch=epoch, images_per_s=steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - started))
@@ -157,11 +164,15 @@ def _report(metrics: dict[str, float], epoch: int, core: torch.nn.Module, optimi
 class _RankZeroTracker:
     """Rank 0's MLflow logging into the run the driver opened."""
 
-    def __init__(self, loop_config: dict[str, Any]) -> None:
+    def __init__(self, loop_config: dict[str, Any], epochs: int) -> None:
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         self.run_id = loop_config.get("mlflow_run_id")
         self.client = MlflowClient(loop_config["tracking_uri"]) if self.run_id else None
+        if self.client:
+            params = {**_flat(loop_config["train"]), "planned_epochs": epochs}
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
         if self.client:
@@ -178,7 +189,6 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     ``run_name`` names the Ray Train run under ``storage_path`` (default: the model's name);
     fitting again under the same name continues that run from its last checkpoint.
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     dataset, artifact_dir = Path(dataset).resolve(), Path(artifact_dir).resolve()
@@ -190,7 +200,6 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
                             tags={"kind": "train", "method": cfg.method, "parent_model": parent or ""})
-    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in _flat(cfg.model_dump()).items()])
     loop_config = {"train": cfg.model_dump(), "dataset": str(dataset), "tracking_uri": tracking_uri,
                    "mlflow_run_id": run.info.run_id,
                    "old_model": str(Path(old_model).resolve()) if old_model else None,

@@ -56,3 +56,8 @@ def test_train_config_file(tmp_path):
         load_train_config(path)
     with pytest.raises(ConfigError, match="not found"):
         load_train_config(tmp_path / "missing.yaml")
+
+
+def test_model_configs_in_the_repo_load():
+    for path in (Path(__file__).parents[1] / "configs" / "models").glob("*.yaml"):
+        assert load_train_config(path).name == path.stem
