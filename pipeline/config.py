@@ -64,7 +64,7 @@ class TrainConfig(_Strict):
     classes: Literal["all", "first_half"] | list[str] = "all"
     data_fraction: float = Field(1.0, gt=0, le=1)
     epochs: int = Field(4, gt=0)
-    min_steps: int = Field(0, ge=0, description="raise epochs until the run has at least this many steps")
+    min_steps: int = Field(0, ge=0, description="small datasets: passes per epoch rise until the run has this many steps")
     batch_size: int = Field(128, gt=0)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)

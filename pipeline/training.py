@@ -70,9 +70,10 @@ def init_seed(cfg: TrainConfig) -> int:
     return cfg.seed * 1_000_003 + zlib.crc32(cfg.name.encode())
 
 
-def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """``cfg.epochs``, raised so that a small dataset still gets ``cfg.min_steps`` steps."""
-    return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+def passes_per_epoch(cfg: TrainConfig, batches_per_pass: int) -> int:
+    """Passes over the shard in one epoch: 1, or more so that a small dataset still gets
+    ``cfg.min_steps`` steps in ``cfg.epochs`` epochs (and as many checkpoints, not hundreds)."""
+    return max(1, math.ceil(cfg.min_steps / (cfg.epochs * batches_per_pass)))
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -96,14 +97,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, info.channels, len(classes)))
     core = model.module if hasattr(model, "module") else model
     objective = build_objective(cfg, classes, loop_config.get("stats"), loop_config.get("old_model")).to(device)
-    steps_per_epoch = len(images) // cfg.batch_size
-    if steps_per_epoch == 0:
+    batches_per_pass = len(images) // cfg.batch_size
+    if batches_per_pass == 0:
         raise ValueError(f"model {cfg.name!r}: {len(images)} training images per worker, fewer than one batch "
                          f"of {cfg.batch_size}")
-    epochs = planned_epochs(cfg, steps_per_epoch)
+    passes = passes_per_epoch(cfg, batches_per_pass)
+    steps_per_epoch = passes * batches_per_pass
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
-                                                    pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
+                                                    total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -117,10 +119,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, state["epoch"])
 
-    tracker = _RankZeroTracker(loop_config, epochs) if rank == 0 else None
-    for epoch in range(start_epoch, epochs):
+    tracker = _RankZeroTracker(loop_config, passes) if rank == 0 else None
+    for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.cat([torch.randperm(len(images), generator=shuffle)[: batches_per_pass * cfg.batch_size]
+                           for _ in range(passes)])
         totals: dict[str, float] = {}
         started = time.perf_counter()
         for step in range(steps_per_epoch):
@@ -139,13 +143,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 totals[key] = totals.get(key, 0.0) + value.item()
             if rank == 0 and (step + 1) % max(1, steps_per_epoch // 4) == 0:
                 rate = (step + 1) * cfg.batch_size * world / (time.perf_counter() - started)
-                log.info("[%s] epoch %d/%d step %d/%d loss %.4f (%.0f img/s)", cfg.name, epoch + 1, epochs,
+                log.info("[%s] epoch %d/%d step %d/%d loss %.4f (%.0f img/s)", cfg.name, epoch + 1, cfg.epochs,
                          step + 1, steps_per_epoch, totals["loss"] / (step + 1), rate)
-        metrics = {f"train_{key}": value / steps_per_epoch for key, value in totals.items()}
+        metrics = _mean_over_workers(totals, steps_per_epoch, world, device)
         metrics.update(epoch=epoch, images_per_s=steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - started))
         _report(metrics, epoch, core, optimizer, scheduler, rank)
         if tracker:
             tracker.log_epoch(metrics, epoch)
+
+
+def _mean_over_workers(totals: dict[str, float], steps: int, world: int, device: torch.device) -> dict[str, float]:
+    """Per-step means of the epoch's loss terms, averaged over all workers."""
+    values = torch.tensor(list(totals.values()), dtype=torch.float64, device=device) / steps
+    if world > 1:
+        torch.distributed.all_reduce(values)
+        values /= world
+    return {f"train_{key}": float(value) for key, value in zip(totals, values.tolist())}
 
 
 def _report(metrics: dict[str, float], epoch: int, core: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -164,21 +177,23 @@ def _report(metrics: dict[str, float], epoch: int, core: torch.nn.Module, optimi
 class _RankZeroTracker:
     """Rank 0's MLflow logging into the run the driver opened."""
 
-    def __init__(self, loop_config: dict[str, Any], epochs: int) -> None:
+    def __init__(self, loop_config: dict[str, Any], passes: int) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         self.run_id = loop_config.get("mlflow_run_id")
         self.client = MlflowClient(loop_config["tracking_uri"]) if self.run_id else None
         if self.client:
-            params = {**_flat(loop_config["train"]), "planned_epochs": epochs}
+            params = {**_flat(loop_config["train"]), "passes_per_epoch": passes}
             self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
+        from mlflow.entities import Metric
+
         if self.client:
-            for key, value in metrics.items():
-                if key != "epoch":
-                    self.client.log_metric(self.run_id, key, float(value), step=epoch)
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, epoch)
+                                                        for key, value in metrics.items() if key != "epoch"])
 
 
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *, storage_path: str | Path,

@@ -1,0 +1,54 @@
+"""Training set-up that needs no cluster: budget, seeds, and the checks made before workers start."""
+
+import numpy as np
+import pytest
+
+from pipeline.artifacts import write_artifact
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.losses import DimensionMismatch
+from pipeline.models import EmbeddingModel
+from pipeline.statistics import StatisticsMismatch, compute_old_space_stats
+from pipeline.training import build_objective, init_seed, passes_per_epoch
+
+
+def test_small_datasets_pass_several_times_per_epoch():
+    assert passes_per_epoch(TrainConfig(name="m", epochs=4, min_steps=900), batches_per_pass=468) == 1
+    assert passes_per_epoch(TrainConfig(name="m", epochs=4, min_steps=900), batches_per_pass=12) == 19
+    assert passes_per_epoch(TrainConfig(name="m", epochs=4), batches_per_pass=1) == 1
+
+
+def test_models_never_share_initial_weights_by_name():
+    assert init_seed(TrainConfig(name="old")) != init_seed(TrainConfig(name="independent"))
+    assert init_seed(TrainConfig(name="old")) == init_seed(TrainConfig(name="old"))
+
+
+@pytest.fixture()
+def old_model(tmp_path):
+    config = ModelConfig(embedding_dim=8)
+    card = {"id": "old-1", "name": "old", "model": config.model_dump(), "classes": ["a"], "channels": 1}
+    return write_artifact(tmp_path / "old", EmbeddingModel(config, 1, 1).state_dict(), card)
+
+
+def _stats_file(tmp_path, classes, dim=8):
+    rng = np.random.default_rng(0)
+    stats = compute_old_space_stats(rng.normal(size=(20, dim)), np.arange(20) % len(classes), classes, ["a"])
+    stats.save(tmp_path / "stats.npz")
+    return str(tmp_path / "stats.npz")
+
+
+def test_statistics_of_other_classes_are_refused_before_training(tmp_path, old_model):
+    cfg = TrainConfig(name="lce", method="lce_direct", model=ModelConfig(embedding_dim=8))
+    with pytest.raises(StatisticsMismatch, match=r"stats.npz: classes do not match.*missing \['c'\]"):
+        build_objective(cfg, ["a", "b", "c"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+
+
+def test_bct_with_another_dimension_names_both(tmp_path, old_model):
+    cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=16))
+    with pytest.raises(DimensionMismatch, match="dimension 16 differs from old dimension 8"):
+        build_objective(cfg, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+
+
+def test_bct_objective_uses_the_old_classifier(tmp_path, old_model):
+    cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=8))
+    objective = build_objective(cfg, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+    assert objective.old_head.weight.shape == (2, 8) and not objective.old_head.weight.requires_grad
