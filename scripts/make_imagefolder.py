@@ -1,0 +1,50 @@
+"""Write an ImageFolder tree from Fashion-MNIST, to try `make demo DATA=...` on a tree of files.
+
+    python scripts/make_imagefolder.py --out /tmp/imgfolder --per-class 400 --size 32
+
+Takes the first --per-class training images of each class, as RGB JPEGs of --size pixels, in
+one sub-folder per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    shape = struct.unpack(f">{data[3]}I", data[4 : 4 + 4 * data[3]])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--per-class", type=int, default=400)
+    parser.add_argument("--size", type=int, default=32)
+    args = parser.parse_args()
+    images = read_idx(Path(args.source) / "train-images-idx3-ubyte.gz")
+    labels = read_idx(Path(args.source) / "train-labels-idx1-ubyte.gz")
+    written = dict.fromkeys(range(len(NAMES)), 0)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        if written[label] == args.per_class:
+            continue
+        folder = Path(args.out) / NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).convert("RGB").resize((args.size, args.size)).save(folder / f"{index}.jpg")
+        written[label] += 1
+    print(f"{sum(written.values())} images in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
