@@ -13,7 +13,7 @@ from pipeline.config import TrainConfig
 from pipeline.data import class_indices, in_fraction, read_dataset_info
 from pipeline.embeddings import EmbeddingSet, read_embeddings
 from pipeline.encoding import encode_split
-from pipeline.statistics import OldSpaceStats, compute_old_space_stats
+from pipeline.statistics import compute_old_space_stats
 
 log = logging.getLogger(__name__)
 

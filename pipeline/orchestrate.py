@@ -21,8 +21,8 @@ from pathlib import Path
 from pipeline.config import PipelineConfig
 from pipeline.data import ingest, read_dataset_info
 from pipeline.embeddings import read_embeddings
-from pipeline.old_space import old_train_embeddings, stats_for_model
 from pipeline.encoding import encode_split
+from pipeline.old_space import old_train_embeddings, stats_for_model
 from pipeline.scoring import score_and_report
 from pipeline.training import fit_model
 

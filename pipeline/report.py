@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline.compat_matrix import matrix  # noqa: E402
@@ -66,8 +67,6 @@ def log_report(table: pd.DataFrame, order: list[str], files: list[Path], trackin
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=run_name, tags={"kind": "score"})
     run_id = run.info.run_id
-    from mlflow.entities import Metric, Param
-
     metrics = []
     for row in table.to_dict("records"):
         for column, value in row.items():
