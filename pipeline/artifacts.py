@@ -1,6 +1,7 @@
 """The model artifact: a folder with weights and a JSON card (design notes, section 4).
 
-    <artifact>/model.pt     state dict of ``EmbeddingModel`` (loaded with weights_only=True)
+    <artifact>/model.pt     state dict of ``EmbeddingModel`` with its transformations, if any
+                            (loaded with weights_only=True)
     <artifact>/card.json    id, name, architecture, embedding dim, head, label map, image
                             format, method, parent model, old-space statistics file,
                             training config and metrics
@@ -16,8 +17,9 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, TransformConfig
 from pipeline.models import EmbeddingModel
+from pipeline.transforms import build_transforms
 
 WEIGHTS_FILE = "model.pt"
 CARD_FILE = "card.json"
@@ -61,7 +63,10 @@ def read_card(folder: str | Path) -> dict[str, Any]:
 def load_model(folder: str | Path) -> tuple[EmbeddingModel, dict[str, Any]]:
     """The model of an artifact folder in eval mode, and its card."""
     card = read_card(folder)
-    model = EmbeddingModel(ModelConfig.model_validate(card["model"]), card["channels"], len(card["classes"]))
+    config = ModelConfig.model_validate(card["model"])
+    transforms = build_transforms(card.get("method", "independent"), config.embedding_dim, card.get("old_dim") or 0,
+                                  TransformConfig.model_validate(card.get("transform", {})))
+    model = EmbeddingModel(config, card["channels"], len(card["classes"]), transforms)
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise ArtifactError(f"{path}: weights file not found")

@@ -37,6 +37,14 @@ class ModelConfig(_Strict):
     head: HeadConfig = HeadConfig()
 
 
+class TransformConfig(_Strict):
+    """Size of a learned transformation between spaces: K blocks, P paths, hidden width h."""
+
+    blocks: int = Field(1, ge=0, description="K; 0 is the identity (equal dimensions only)")
+    paths: int = Field(1, ge=1, description="P parallel paths per block")
+    hidden: int = Field(256, gt=0, description="h, the hidden width of each path")
+
+
 class CompatConfig(_Strict):
     """Weights and options of the compatibility terms.
 
@@ -59,7 +67,8 @@ class TrainConfig(_Strict):
     """One model's training run (a Ray Train job)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    method: Literal["independent", "bct", "lce_direct"] = "independent"
+    method: Literal["independent", "bct", "lce_direct", "lce_backward", "lce_forward", "lce_bidirectional"] = \
+        "independent"
     model: ModelConfig = ModelConfig()
     classes: Literal["all", "first_half"] | list[str] = "all"
     data_fraction: float = Field(1.0, gt=0, le=1)
@@ -73,6 +82,7 @@ class TrainConfig(_Strict):
     cpus_per_worker: float = Field(2, gt=0)
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them")
     compat: CompatConfig = CompatConfig()
+    transform: TransformConfig = TransformConfig()
 
     @property
     def needs_old_model(self) -> bool:

@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.config import CompatConfig
 from pipeline.statistics import OldSpaceStats
+from pipeline.transforms import TRANSFORMS_OF
 
 
 class DimensionMismatch(ValueError):
@@ -60,8 +61,45 @@ def influence_weights(stats: OldSpaceStats, old_weight: torch.Tensor, old_classe
     return torch.stack(rows)
 
 
+LCE_METHODS = ("lce_direct", "lce_backward", "lce_forward", "lce_bidirectional")
+
+
+def map_rows(transform: nn.Module, *parts: torch.Tensor) -> list[torch.Tensor]:
+    """``transform`` applied to several row sets in one batch, so that its batch norms see one
+    set of statistics (features and class weights mapped alike)."""
+    mapped = transform(torch.cat(parts))
+    return list(mapped.split([len(p) for p in parts]))
+
+
+def lce_terms(method: str, features: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor,
+              centers: torch.Tensor, boundaries: torch.Tensor, margin: float, class_mask: torch.Tensor,
+              transforms: nn.ModuleDict) -> tuple[torch.Tensor, torch.Tensor]:
+    """LCE alignment and boundary terms of one manner (design notes, section 2).
+
+    - direct: ``d(norm(W2_j), c_j)``, boundary on ``f2``;
+    - backward: ``d(norm(T21(W2_j)), c_j)``, boundary on ``T21(f2)``;
+    - forward: ``d(norm(W2_j), norm(T12(c_j)))``, boundary on ``f2`` around ``norm(T12(c_y))``
+      with the old boundary angle (there is no new->old map in this manner);
+    - bidirectional: the mean of the backward and forward alignments, the backward boundary.
+    """
+    if method == "lce_direct":
+        return (alignment_loss(class_weights, centers, class_mask),
+                boundary_loss(features, labels, centers, boundaries, margin, class_mask))
+    alignments = []
+    if method in ("lce_backward", "lce_bidirectional"):
+        mapped_features, mapped_weights = map_rows(transforms["backward_transform"], features, class_weights)
+        alignments.append(alignment_loss(mapped_weights, centers, class_mask))
+        boundary = boundary_loss(mapped_features, labels, centers, boundaries, margin, class_mask)
+    if method in ("lce_forward", "lce_bidirectional"):
+        mapped_centers = F.normalize(transforms["forward_transform"](centers), dim=1)
+        alignments.append(alignment_loss(class_weights, mapped_centers, class_mask))
+        if method == "lce_forward":
+            boundary = boundary_loss(features, labels, mapped_centers, boundaries, margin, class_mask)
+    return torch.stack(alignments).mean(), boundary
+
+
 class TrainingObjective(nn.Module):
-    """``L = L_cls + terms of the method``: independent, BCT or LCE direct.
+    """``L = L_cls + terms of the method``: independent, BCT or LCE in one of its manners.
 
     Every term is computed on every path (zero where the method has none), so that logging and
     DDP see the same graph whatever the method.
@@ -85,13 +123,16 @@ class TrainingObjective(nn.Module):
             raise ValueError("method 'bct' needs the old classifier")
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                class_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+                class_weights: torch.Tensor, transforms: nn.ModuleDict | None = None) -> dict[str, torch.Tensor]:
         zero = features.new_zeros(())
         terms = {"cls": F.cross_entropy(logits, labels), "align": zero, "boundary": zero, "influence": zero}
-        if self.method == "lce_direct":
-            terms["align"] = alignment_loss(class_weights, self.centers, self.class_mask)
-            terms["boundary"] = boundary_loss(features, labels, self.centers, self.boundaries,
-                                              self.compat.compactness_margin, self.class_mask)
+        if self.method in LCE_METHODS:
+            missing = [name for name in TRANSFORMS_OF[self.method] if transforms is None or name not in transforms]
+            if missing:
+                raise ValueError(f"method {self.method!r} needs the {missing} transformation(s)")
+            terms["align"], terms["boundary"] = lce_terms(
+                self.method, features, labels, class_weights, self.centers, self.boundaries,
+                self.compat.compactness_margin, self.class_mask, transforms)
         elif self.method == "bct":
             terms["influence"] = influence_loss(features, labels, self.old_head)
         terms["loss"] = (terms["cls"] + self.compat.lambda_align * terms["align"]

@@ -67,12 +67,15 @@ class Embedder(nn.Module):
 
 
 class EmbeddingModel(nn.Module):
-    """Embedder plus its classification head: what one training run fits."""
+    """Embedder, classification head and the transformations trained with them
+    (``transforms["backward_transform"]`` is T21, new -> old; ``transforms["forward_transform"]`` is T12, old -> new)."""
 
-    def __init__(self, config: ModelConfig, in_channels: int, num_classes: int) -> None:
+    def __init__(self, config: ModelConfig, in_channels: int, num_classes: int,
+                 transforms: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.embedder = Embedder(config.architecture, in_channels, config.embedding_dim)
         self.head = build_head(config.head, config.embedding_dim, num_classes)
+        self.transforms = nn.ModuleDict(transforms or {})
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised features and logits (with the head's margin when labels are given)."""

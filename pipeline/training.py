@@ -30,6 +30,7 @@ from pipeline.losses import TrainingObjective, check_same_dim, influence_weights
 from pipeline.models import EmbeddingModel
 from pipeline.statistics import OldSpaceStats
 from pipeline.tracking import experiment_id
+from pipeline.transforms import TRANSFORMS_OF, build_transforms
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -58,7 +59,8 @@ def build_objective(cfg: TrainConfig, classes: list[str], stats_path: str | None
         raise ValueError(f"model {cfg.name!r}: method {cfg.method!r} needs an old model and its statistics")
     stats = OldSpaceStats.load(stats_path)
     stats.check_label_map(classes, source=stats_path)
-    check_same_dim(cfg.model.embedding_dim, stats.dim, f"model {cfg.name!r} against statistics {stats_path}")
+    if not TRANSFORMS_OF[cfg.method]:  # direct manners compare the two spaces as they are
+        check_same_dim(cfg.model.embedding_dim, stats.dim, f"model {cfg.name!r} against statistics {stats_path}")
     old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if cfg.method == "bct" else None
     return TrainingObjective(cfg.method, cfg.compat, stats, old_head)
 
@@ -94,9 +96,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
 
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, info.channels, len(classes)))
-    core = model.module if hasattr(model, "module") else model
     objective = build_objective(cfg, classes, loop_config.get("stats"), loop_config.get("old_model")).to(device)
+    transforms = build_transforms(cfg.method, cfg.model.embedding_dim, loop_config.get("old_dim") or 0, cfg.transform)
+    model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, info.channels, len(classes), transforms))
+    core = model.module if hasattr(model, "module") else model
     batches_per_pass = len(images) // cfg.batch_size
     if batches_per_pass == 0:
         raise ValueError(f"model {cfg.name!r}: {len(images)} training images per worker, fewer than one batch "
@@ -131,7 +134,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = images[batch].to(device), labels[batch].to(device)
             features, logits = model(x, y)
-            terms = objective(features, logits, y, core.head.weight)
+            terms = objective(features, logits, y, core.head.weight, core.transforms)
             if not torch.isfinite(terms["loss"]):
                 raise NonFiniteLoss(f"model {cfg.name!r}: loss {terms['loss'].item()} at epoch {epoch} step {step}; "
                                     f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
@@ -209,14 +212,16 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     dataset, artifact_dir = Path(dataset).resolve(), Path(artifact_dir).resolve()
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
+    old_dim = None
     if cfg.needs_old_model:  # check on the driver before any worker starts
         build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
+        old_dim = OldSpaceStats.load(stats).dim
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
                             tags={"kind": "train", "method": cfg.method, "parent_model": parent or ""})
     loop_config = {"train": cfg.model_dump(), "dataset": str(dataset), "tracking_uri": tracking_uri,
-                   "mlflow_run_id": run.info.run_id,
+                   "mlflow_run_id": run.info.run_id, "old_dim": old_dim,
                    "old_model": str(Path(old_model).resolve()) if old_model else None,
                    "stats": str(Path(stats).resolve()) if stats else None}
     trainer = TorchTrainer(
@@ -238,6 +243,8 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     card = {
         "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
         "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": cfg.method,
+        "old_dim": old_dim, "transform": cfg.transform.model_dump(),
+        "transforms": list(TRANSFORMS_OF[cfg.method]),
         "parent_model": parent, "old_model_dir": str(old_model) if old_model else None,
         "stats_file": str(Path(stats).resolve()) if stats else None, "dataset": str(dataset),
         "train_config": cfg.model_dump(), "metrics": {k: float(v) for k, v in result.metrics.items()},

@@ -25,7 +25,8 @@ def finished_pipeline(tmp_path_factory, fashion_subset, ray_cluster):
         "encode": {"batch_size": 128, "threads_per_actor": 1},
         "old": {"name": "old", "classes": "first_half"},
         "new": [{"name": "independent", "method": "independent"}, {"name": "bct", "method": "bct"},
-                {"name": "lce", "method": "lce_direct"}],
+                {"name": "lce", "method": "lce_direct"},
+                {"name": "lce_bwd", "method": "lce_backward", "transform": {"blocks": 1, "paths": 1, "hidden": 32}}],
     })
     return cfg, run_pipeline(cfg)
 
@@ -33,7 +34,7 @@ def finished_pipeline(tmp_path_factory, fashion_subset, ray_cluster):
 def test_report_has_every_pair_and_subset(finished_pipeline):
     cfg, result = finished_pipeline
     table = pd.read_parquet(result.report_dir / "report.parquet")
-    assert len(table) == 16
+    assert len(table) == 25
     assert {"top1_seen", "top1_unseen", "map_unseen", "compatible_map", "update_gain_top1"} <= set(table.columns)
     assert (result.report_dir / "heatmap.png").stat().st_size > 10_000
     assert "old" in result.matrix_text and "lce" in result.matrix_text
@@ -59,6 +60,7 @@ def test_cards_reference_statistics_and_old_model(finished_pipeline):
     lce = read_card(f"{models}/lce")
     assert lce["stats_file"].endswith("stats/lce.npz") and lce["parent_model"] == "old" and len(lce["classes"]) == 10
     assert read_card(f"{models}/independent")["stats_file"] is None
+    assert read_card(f"{models}/lce_bwd")["transforms"] == ["backward_transform"]
 
 
 def test_mlflow_holds_one_run_per_model_and_one_matrix(finished_pipeline):
@@ -66,7 +68,7 @@ def test_mlflow_holds_one_run_per_model_and_one_matrix(finished_pipeline):
     client = MlflowClient(result.tracking_uri)
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs if r.data.tags.get("kind") == "train") == ["bct", "independent", "lce", "old"]
+    assert sorted(r.info.run_name for r in runs if r.data.tags.get("kind") == "train") == ["bct", "independent", "lce", "lce_bwd", "old"]
     [score] = [r for r in runs if r.data.tags.get("kind") == "score"]
     table = pd.read_parquet(result.report_dir / "report.parquet").set_index(["query_model", "gallery_model"])
     assert score.data.metrics["top1/lce/old"] == pytest.approx(table.loc[("lce", "old"), "top1"])

@@ -112,3 +112,58 @@ def test_statistics_with_other_classes_are_refused():
         _stats().check_label_map(["a", "c"], "stats.npz")
     with pytest.raises(StatisticsMismatch, match="another order"):
         _stats().check_label_map(["b", "a"])
+
+
+class _Rotate(torch.nn.Module):
+    """A fixed 90-degree rotation standing in for a learned transformation: (x, y) -> (-y, x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))  # so that gradients have somewhere to go
+
+    def forward(self, x):
+        return self.scale * torch.stack([-x[:, 1], x[:, 0]], dim=1)
+
+
+def _manner_terms(method):
+    objective = TrainingObjective(method, CompatConfig(), _stats())
+    transforms = torch.nn.ModuleDict({"backward_transform": _Rotate(), "forward_transform": _Rotate()})
+    weights = torch.tensor([[0.0, 1.0], [1.0, 0.0]], requires_grad=True)
+    features = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    terms = objective(features, torch.zeros(1, 2), torch.tensor([0]), weights, transforms)
+    return terms, transforms, weights
+
+
+def test_backward_maps_weights_and_features_into_the_old_space():
+    terms, transforms, weights = _manner_terms("lce_backward")
+    # T21(W) = [[-1, 0], [0, 1]] against centers e1, e2: squared distances 4 and 0
+    assert terms["align"].item() == pytest.approx(2.0)
+    # T21(f) = (-1, 1) is 3 pi / 4 away from c_0 = (1, 0); boundary 0.5, margin 0
+    assert terms["boundary"].item() == pytest.approx(3 * math.pi / 4 - 0.5, abs=1e-5)
+    terms["loss"].backward()
+    assert transforms["backward_transform"].scale.grad is not None and weights.grad is not None
+    assert transforms["forward_transform"].scale.grad is None
+
+
+def test_forward_maps_old_centers_into_the_new_space():
+    terms, transforms, _ = _manner_terms("lce_forward")
+    # T12(c) = [[0, 1], [-1, 0]] against W = [[0, 1], [1, 0]]: squared distances 0 and 4
+    assert terms["align"].item() == pytest.approx(2.0)
+    # f = (1, 1) is pi / 4 away from T12(c_0) = (0, 1)
+    assert terms["boundary"].item() == pytest.approx(math.pi / 4 - 0.5, abs=1e-5)
+    terms["loss"].backward()
+    assert transforms["forward_transform"].scale.grad is not None and transforms["backward_transform"].scale.grad is None
+
+
+def test_bidirectional_averages_alignments_and_keeps_backward_boundary():
+    terms, transforms, _ = _manner_terms("lce_bidirectional")
+    assert terms["align"].item() == pytest.approx((2.0 + 2.0) / 2)
+    assert terms["boundary"].item() == pytest.approx(3 * math.pi / 4 - 0.5, abs=1e-5)
+    terms["loss"].backward()
+    assert transforms["forward_transform"].scale.grad is not None and transforms["backward_transform"].scale.grad is not None
+
+
+def test_manners_refuse_missing_transformations():
+    objective = TrainingObjective("lce_backward", CompatConfig(), _stats())
+    with pytest.raises(ValueError, match=r"needs the \['backward_transform'\] transformation"):
+        objective(torch.ones(1, 2), torch.zeros(1, 2), torch.tensor([0]), torch.ones(2, 2))

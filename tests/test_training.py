@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.artifacts import write_artifact
 from pipeline.config import ModelConfig, TrainConfig
@@ -52,3 +53,19 @@ def test_bct_objective_uses_the_old_classifier(tmp_path, old_model):
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=8))
     objective = build_objective(cfg, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
     assert objective.old_head.weight.shape == (2, 8) and not objective.old_head.weight.requires_grad
+
+
+def test_backward_manner_accepts_another_dimension_and_saves_its_transform(tmp_path, old_model):
+    from pipeline.artifacts import load_model
+    from pipeline.transforms import build_transforms
+
+    cfg = TrainConfig(name="lce", method="lce_backward", model=ModelConfig(embedding_dim=16))
+    objective = build_objective(cfg, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+    assert objective.centers.shape == (2, 8)
+    transforms = build_transforms(cfg.method, 16, 8, cfg.transform)
+    model = EmbeddingModel(cfg.model, 1, 2, transforms)
+    card = {"id": "lce-1", "name": "lce", "model": cfg.model.model_dump(), "classes": ["a", "b"], "channels": 1,
+            "method": cfg.method, "old_dim": 8, "transform": cfg.transform.model_dump()}
+    write_artifact(tmp_path / "lce", model.state_dict(), card)
+    loaded, _ = load_model(tmp_path / "lce")
+    assert loaded.transforms["backward_transform"](torch.randn(3, 16)).shape == (3, 8)
