@@ -1,4 +1,4 @@
-"""Train one model (independent, BCT or LCE direct) with Ray Train and write its artifact."""
+"""Train one model (independent, BCT or LCE in any manner) with Ray Train and write its artifact."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="model artifact folder to write")
     parser.add_argument("--storage-path", default="outputs/ray", help="Ray Train storage (shared on a cluster)")
     parser.add_argument("--run-name", default=None, help="Ray Train run name; the same name resumes (default: model name)")
-    parser.add_argument("--old-model", default=None, help="old model artifact (bct, lce_direct)")
-    parser.add_argument("--stats", default=None, help="old-space statistics .npz (bct, lce_direct)")
+    parser.add_argument("--old-model", default=None, help="old model artifact (bct, lce_*)")
+    parser.add_argument("--stats", default=None, help="old-space statistics .npz (bct, lce_*)")
     parser.add_argument("--ray-address", default=None)
     add_tracking_args(parser)
     args = parser.parse_args()

@@ -39,22 +39,28 @@ def score_pair(query: EmbeddingSet, gallery: EmbeddingSet, seen_labels: list[int
 
 def score_all_pairs(sets: dict[str, EmbeddingSet], old_classes: list[str] | None = None,
                     independent: str | None = None, old: str | None = None, topk: tuple[int, ...] = (1, 5),
-                    chunk: int = 1024) -> pd.DataFrame:
-    """The report table over every ordered pair of ``sets`` (model name -> embeddings)."""
+                    chunk: int = 1024, references: dict[str, str] | None = None,
+                    transforms: dict[str, str] | None = None) -> pd.DataFrame:
+    """The report table over every ordered pair of ``sets`` (entry name -> embeddings) whose
+    dimensions match; ``references`` and ``transforms`` describe transformed entries
+    (``pipeline.transformed``)."""
     names = list(sets)
     first = sets[names[0]]
     seen_labels = [first.classes.index(c) for c in old_classes] if old_classes is not None else None
+    transforms = transforms or {}
+    pairs = [(q, g) for q in names for g in names if sets[q].dim == sets[g].dim]
     rows = []
     started = time.perf_counter()
-    for number, (q, g) in enumerate(((q, g) for q in names for g in names), start=1):
+    for number, (q, g) in enumerate(pairs, start=1):
         metrics = score_pair(sets[q], sets[g], seen_labels, topk, chunk)
-        rows.append({"query_model": q, "gallery_model": g, "transform": "none",
+        used = [label for label in (transforms.get(q, "none"), transforms.get(g, "none")) if label != "none"]
+        rows.append({"query_model": q, "gallery_model": g, "transform": "; ".join(dict.fromkeys(used)) or "none",
                      "query_embeddings": sets[q].path, "gallery_embeddings": sets[g].path,
                      "num_queries": len(sets[q].ids), "num_gallery": len(sets[g].ids), **metrics})
-        log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(names) ** 2, q, g,
+        log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
                  metrics["top1"], metrics["map"], time.perf_counter() - started)
     table = pd.DataFrame(rows)
-    return add_criteria(table, independent=independent, old=old)
+    return add_criteria(table, independent=independent, old=old, references=references)
 
 
 def _cell(table: pd.DataFrame, query: str, gallery: str, metric: str) -> float:
@@ -62,12 +68,15 @@ def _cell(table: pd.DataFrame, query: str, gallery: str, metric: str) -> float:
     return float(match[metric].iloc[0])
 
 
-def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str | None = None) -> pd.DataFrame:
+def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str | None = None,
+                 references: dict[str, str] | None = None) -> pd.DataFrame:
     """Criterion columns for each cross pair and update-gain columns against ``old``.
 
-    ``compatible_<m>`` is ``M(q, g) > M(g, g)`` (empty on the diagonal); ``update_gain_<m>`` is
-    ``(M(q, old) - M(old, old)) / (M(independent, independent) - M(old, old))``.
+    ``compatible_<m>`` is ``M(q, g) > M(r, r)`` with ``r`` the gallery's reference (itself,
+    or the old model for an old gallery mapped by T12; empty on the diagonal);
+    ``update_gain_<m>`` is ``(M(q, old) - M(old, old)) / (M(independent, independent) - M(old, old))``.
     """
+    references = references or {}
     table = table.copy()
     metric_columns = [c for c in table.columns if c.startswith(("top", "map"))]
     for metric in metric_columns:
@@ -76,19 +85,21 @@ def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str |
             if row.query_model == row.gallery_model:
                 column.append(None)
             else:
-                column.append(bool(getattr(row, metric) > _cell(table, row.gallery_model, row.gallery_model, metric)))
+                reference = references.get(row.gallery_model, row.gallery_model)
+                column.append(bool(getattr(row, metric) > _cell(table, reference, reference, metric)))
         table[f"compatible_{metric}"] = pd.array(column, dtype="boolean")
     if independent and old:
         for metric in CRITERION_METRICS:
             base = _cell(table, old, old, metric)
             span = _cell(table, independent, independent, metric) - base
             table[f"update_gain_{metric}"] = [
-                (getattr(r, metric) - base) / span if r.gallery_model == old and r.query_model != old and span else np.nan
+                (getattr(r, metric) - base) / span
+                if references.get(r.gallery_model, r.gallery_model) == old and r.query_model != old and span else np.nan
                 for r in table.itertuples()]
     return table
 
 
 def matrix(table: pd.DataFrame, metric: str, order: list[str]) -> pd.DataFrame:
-    """The N x N matrix ``C[query][gallery]`` of one metric."""
+    """The N x N matrix ``C[query][gallery]`` of one metric (NaN where dimensions differ)."""
     pivot = table.pivot(index="query_model", columns="gallery_model", values=metric)
-    return pivot.loc[order, order]
+    return pivot.reindex(index=order, columns=order)

@@ -71,6 +71,16 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     return DatasetInfo(classes=classes, mode=meta["mode"], image_size=meta["image_size"], rows=meta["rows"])
 
 
+def ingested_from(root: str | Path, source: str | Path, image_size: int | None = None) -> bool:
+    """Whether ``root`` already holds an ingest of ``source`` (at ``image_size``, when given)."""
+    meta_path = Path(root) / "dataset.json"
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    same_size = image_size is None or meta.get("image_size") == image_size
+    return meta.get("source") == str(Path(source).resolve()) and same_size
+
+
 def split_files(root: str | Path, split: str) -> list[str]:
     files = sorted(str(p) for p in (Path(root) / split).glob("*.parquet"))
     if not files:
@@ -236,7 +246,7 @@ def ingest(source: str | Path, out: str | Path, test_fraction: float = 0.2, seed
     info = DatasetInfo(classes=classes, mode="L" if modes == {"L"} else "RGB", image_size=size, rows=counts)
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
     (out / "dataset.json").write_text(json.dumps(
-        {"mode": info.mode, "image_size": info.image_size, "rows": counts, "source": str(source)}, indent=1))
+        {"mode": info.mode, "image_size": info.image_size, "rows": counts, "source": str(source.resolve())}, indent=1))
     return info
 
 

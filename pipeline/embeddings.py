@@ -7,6 +7,7 @@ id, name and dimension and the dataset's label map, so a set can be checked with
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +66,13 @@ def read_embeddings(folder: str | Path) -> EmbeddingSet:
     if len({m["model_id"] for m in metas}) != 1:
         raise ValueError(f"{folder}: files from several models {sorted({m['model_id'] for m in metas})}")
     table = pq.read_table(files, columns=["id", "label", "embedding"])
+    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
+    if len(set(ids)) != len(ids):
+        repeated = sorted(i for i, count in Counter(ids.tolist()).items() if count > 1)[:5]
+        raise ValueError(f"{folder}: repeated ids {repeated} (an id must name one image)")
     dim = metas[0]["dim"]
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return EmbeddingSet(path=str(folder), model_id=metas[0]["model_id"], model_name=metas[0]["model_name"],
-                        ids=np.asarray(table.column("id").to_pylist(), dtype=object),
+                        ids=ids,
                         labels=table.column("label").to_numpy().astype(np.int64),
                         vectors=flat.reshape(-1, dim).astype(np.float32, copy=False), classes=metas[0]["classes"])

@@ -7,6 +7,7 @@ them as numbered part files, so no process ever holds the whole dataset's images
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,13 @@ from pipeline.data import decode_images, read_dataset_info, split_files
 from pipeline.embeddings import embeddings_table, write_embeddings
 
 log = logging.getLogger(__name__)
+COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model
+
+
+def completed_encoding(out_dir: str | Path) -> dict | None:
+    """The marker of a finished ``encode_split`` in ``out_dir``, or None (absent or interrupted)."""
+    marker = Path(out_dir) / COMPLETE_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 class BatchEncoder:
@@ -57,8 +65,8 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("*.parquet"):
-        stale.unlink()
+    for stale in [*out_dir.glob("*.parquet"), out_dir / COMPLETE_MARKER]:
+        stale.unlink(missing_ok=True)
     dataset = ray.data.read_parquet(split_files(dataset_root, split), columns=["id", "image", "label"])
     embedded = dataset.map_batches(
         BatchEncoder,
@@ -78,5 +86,7 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         written, part = written + len(table), part + 1
         log.info("encode %s/%s: %d rows (%.0f rows/s)", card["name"], split, written,
                  written / (time.perf_counter() - start))
+    (out_dir / COMPLETE_MARKER).write_text(json.dumps(
+        {"model_id": card["id"], "dataset": str(Path(dataset_root).resolve()), "split": split, "rows": written}))
     log.info("encode: wrote %d embeddings of %s to %s", written, card["name"], out_dir)
     return out_dir

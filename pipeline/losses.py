@@ -65,9 +65,10 @@ LCE_METHODS = ("lce_direct", "lce_backward", "lce_forward", "lce_bidirectional")
 
 
 def map_rows(transform: nn.Module, *parts: torch.Tensor) -> list[torch.Tensor]:
-    """``transform`` applied to several row sets in one batch, so that its batch norms see one
-    set of statistics (features and class weights mapped alike)."""
-    mapped = transform(torch.cat(parts))
+    """``transform`` applied to several row sets, each L2-normalised, in one batch: its batch
+    norms then see one set of statistics (features and class weights are mapped alike, whatever
+    their norms), as at encode time where it maps unit vectors too."""
+    mapped = transform(torch.cat([F.normalize(part, dim=1) for part in parts]))
     return list(mapped.split([len(p) for p in parts]))
 
 
@@ -116,6 +117,9 @@ class TrainingObjective(nn.Module):
             if stats is None:
                 raise ValueError(f"method {method!r} needs old-space statistics")
             mask = torch.as_tensor(stats.old_class_mask() if compat.old_classes_only else [True] * len(stats.classes))
+            if not mask.any():
+                raise ValueError(f"old_classes_only: none of the classes {stats.classes} is among the old model's "
+                                 f"classes {stats.old_classes}, so no class has compatibility terms")
             self.register_buffer("centers", torch.as_tensor(stats.centers))
             self.register_buffer("boundaries", torch.as_tensor(stats.boundaries))
             self.register_buffer("class_mask", mask)

@@ -12,7 +12,7 @@ from pipeline.artifacts import read_card
 from pipeline.config import TrainConfig
 from pipeline.data import class_indices, in_fraction, read_dataset_info
 from pipeline.embeddings import EmbeddingSet, read_embeddings
-from pipeline.encoding import encode_split
+from pipeline.encoding import completed_encoding, encode_split
 from pipeline.statistics import compute_old_space_stats
 
 log = logging.getLogger(__name__)
@@ -22,11 +22,11 @@ def old_train_embeddings(old_model: str | Path, dataset: str | Path, out_dir: st
     """The old model's embeddings of the training split, reused when already written by that model."""
     out_dir = Path(out_dir)
     card = read_card(old_model)
-    if any(out_dir.glob("*.parquet")):
-        existing = read_embeddings(out_dir)
-        if existing.model_id == card["id"]:
-            log.info("stats: reusing %s embeddings in %s", card["name"], out_dir)
-            return existing
+    wanted = {"model_id": card["id"], "dataset": str(Path(dataset).resolve()), "split": "train"}
+    done = completed_encoding(out_dir)
+    if done and all(done.get(key) == value for key, value in wanted.items()):
+        log.info("stats: reusing %s's complete train-split embeddings in %s", card["name"], out_dir)
+        return read_embeddings(out_dir)
     encode_split(old_model, dataset, "train", out_dir, **encode_options)
     return read_embeddings(out_dir)
 
@@ -35,6 +35,9 @@ def stats_for_model(cfg: TrainConfig, old_model: str | Path, embeddings: Embeddi
                     out_path: str | Path) -> Path:
     """Statistics over the rows ``cfg`` trains on, for every class of its label map."""
     info = read_dataset_info(dataset)
+    if embeddings.classes != info.classes:
+        raise ValueError(f"{embeddings.path}: encoded from a dataset with classes {embeddings.classes}, "
+                         f"not {dataset} ({info.classes})")
     kept = class_indices(info.classes, cfg.classes)
     classes = [info.classes[i] for i in kept]
     old_classes = read_card(old_model)["classes"]

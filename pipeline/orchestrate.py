@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.data import ingest, read_dataset_info
+from pipeline.data import ingest, ingested_from, read_dataset_info
 from pipeline.embeddings import read_embeddings
 from pipeline.encoding import encode_split
 from pipeline.old_space import old_train_embeddings, stats_for_model
 from pipeline.scoring import score_and_report
 from pipeline.training import fit_model
+from pipeline.transformed import matrix_entries
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     tracking_uri, experiment = cfg.tracking_uri(), cfg.mlflow.experiment
     tag = time.strftime("%Y%m%d-%H%M%S")
     dataset = Path(cfg.data.root).resolve()
-    if not (dataset / "dataset.json").is_file():
+    if not ingested_from(dataset, cfg.data.source, cfg.data.image_size):
         ingest(cfg.data.source, dataset, cfg.data.test_fraction, cfg.old.seed, cfg.data.image_size, cfg.data.rows_per_file)
     info = read_dataset_info(dataset)
     log.info("pipeline: dataset %s, %d classes, %s rows", dataset, len(info.classes), info.rows)
@@ -71,9 +72,12 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         folder = encode_split(model_dir, dataset, cfg.encode.split, out / "embeddings" / name / cfg.encode.split,
                               **encode_options)
         sets[name] = read_embeddings(folder)
+    entries = matrix_entries(models, sets, cfg.old.name, out / "embeddings", cfg.encode.split)
     independent = next((m.name for m in cfg.new if m.method == "independent"), None)
-    report = score_and_report(sets, old_model=old_dir, independent=independent, out_dir=out / "report",
-                              tracking_uri=tracking_uri, experiment=experiment, topk=tuple(cfg.score.topk),
-                              chunk=cfg.score.query_chunk)
+    report = score_and_report({name: e.embeddings for name, e in entries.items()}, old_model=old_dir,
+                              independent=independent, out_dir=out / "report", tracking_uri=tracking_uri,
+                              experiment=experiment, topk=tuple(cfg.score.topk), chunk=cfg.score.query_chunk,
+                              references={name: e.reference for name, e in entries.items()},
+                              transforms={name: e.transform for name, e in entries.items()})
     return PipelineResult(report_dir=out / "report", tracking_uri=tracking_uri, matrix_text=report,
                           seconds=time.perf_counter() - started)

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -30,7 +31,8 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
 
 def heatmap(table: pd.DataFrame, order: list[str], path: str | Path) -> Path:
     """One panel per metric: rows = query model, columns = gallery model, values in the cells."""
-    figure, axes = plt.subplots(1, len(HEATMAP_METRICS), figsize=(5.2 * len(HEATMAP_METRICS), 4.4), squeeze=False)
+    size = 2.5 + 0.9 * len(order)
+    figure, axes = plt.subplots(1, len(HEATMAP_METRICS), figsize=(size * len(HEATMAP_METRICS), size - 0.8), squeeze=False)
     for axis, metric in zip(axes[0], HEATMAP_METRICS):
         values = matrix(table, metric, order).to_numpy() * 100
         image = axis.imshow(values, cmap="viridis", vmin=0, vmax=100)
@@ -41,7 +43,7 @@ def heatmap(table: pd.DataFrame, order: list[str], path: str | Path) -> Path:
         axis.set_title(f"{metric} (%)")
         for i in range(len(order)):
             for j in range(len(order)):
-                axis.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center",
+                axis.text(j, i, "-" if np.isnan(values[i, j]) else f"{values[i, j]:.1f}", ha="center", va="center",
                           color="white" if values[i, j] < 60 else "black", fontsize=9)
         figure.colorbar(image, ax=axis, fraction=0.046)
     figure.tight_layout()

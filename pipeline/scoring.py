@@ -15,14 +15,19 @@ log = logging.getLogger(__name__)
 
 def score_and_report(sets: dict[str, EmbeddingSet], *, old_model: str | Path, independent: str | None,
                      out_dir: str | Path, tracking_uri: str, experiment: str, topk: tuple[int, ...] = (1, 5),
-                     chunk: int = 1024) -> str:
-    """Score all pairs of ``sets``, write the report to ``out_dir``, log it; returns the printed matrix."""
+                     chunk: int = 1024, references: dict[str, str] | None = None,
+                     transforms: dict[str, str] | None = None) -> str:
+    """Score all pairs of ``sets``, write the report to ``out_dir``, log it; returns the printed matrix.
+
+    ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``).
+    """
     old_card = read_card(old_model)
-    if old_card["name"] not in sets:
-        raise ValueError(f"the old model {old_card['name']!r} has no embeddings among {sorted(sets)}")
+    for role, name in (("old", old_card["name"]), ("independent", independent)):
+        if name is not None and name not in sets:
+            raise ValueError(f"the {role} model {name!r} has no embeddings among {sorted(sets)}")
     order = list(sets)
     table = score_all_pairs(sets, old_classes=old_card["classes"], independent=independent, old=old_card["name"],
-                            topk=topk, chunk=chunk)
+                            topk=topk, chunk=chunk, references=references, transforms=transforms)
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, Path(out_dir) / "heatmap.png")]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in ("top1", "map"))
     (Path(out_dir) / "matrix.txt").write_text(text + "\n")

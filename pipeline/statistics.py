@@ -61,11 +61,18 @@ class OldSpaceStats:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: old-space statistics file not found")
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            return cls(classes=meta["classes"], old_classes=meta["old_classes"], centers=data["centers"],
-                       boundaries=data["boundaries"], feature_means=data["feature_means"], counts=data["counts"],
-                       boundary_rule=meta["boundary_rule"])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                stats = cls(classes=meta["classes"], old_classes=meta["old_classes"], centers=data["centers"],
+                            boundaries=data["boundaries"], feature_means=data["feature_means"], counts=data["counts"],
+                            boundary_rule=meta["boundary_rule"])
+        except (KeyError, ValueError, OSError) as error:
+            raise StatisticsMismatch(f"{path}: not an old-space statistics file ({error})") from None
+        rows = {len(stats.classes), len(stats.centers), len(stats.boundaries), len(stats.feature_means)}
+        if len(rows) != 1:
+            raise StatisticsMismatch(f"{path}: {len(stats.classes)} classes but arrays of {sorted(rows)} rows")
+        return stats
 
 
 def boundary_angle(angles: np.ndarray, rule: BoundaryRule, quantile: float = 0.95) -> float:

@@ -7,6 +7,8 @@ the final checkpoint into a model artifact (weights + card).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import tempfile
@@ -114,6 +116,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        if state.get("config_hash") != config_hash(loop_config):
+            raise ValueError(f"model {cfg.name!r}: this Ray Train run was started with another config or data; "
+                             "resuming it would mix the two (give another run name)")
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -150,7 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          step + 1, steps_per_epoch, totals["loss"] / (step + 1), rate)
         metrics = _mean_over_workers(totals, steps_per_epoch, world, device)
         metrics.update(epoch=epoch, images_per_s=steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - started))
-        _report(metrics, epoch, core, optimizer, scheduler, rank)
+        _report(metrics, epoch, core, optimizer, scheduler, rank, config_hash(loop_config))
         if tracker:
             tracker.log_epoch(metrics, epoch)
 
@@ -164,15 +169,22 @@ def _mean_over_workers(totals: dict[str, float], steps: int, world: int, device:
     return {f"train_{key}": float(value) for key, value in zip(totals, values.tolist())}
 
 
+def config_hash(loop_config: dict[str, Any]) -> str:
+    """What a checkpoint may be resumed under: the training config and its inputs."""
+    keys = ("train", "dataset", "old_model", "stats", "old_dim")
+    return hashlib.sha256(json.dumps({k: loop_config.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+
+
 def _report(metrics: dict[str, float], epoch: int, core: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, rank: int) -> None:
+            scheduler: Any, rank: int, config_digest: str) -> None:
     """Every worker reports; rank 0 attaches the epoch's checkpoint."""
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
         torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state()},
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
+                    "config_hash": config_digest},
                    Path(folder) / CHECKPOINT_FILE)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
@@ -235,24 +247,23 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     log.info("train %s: %s on %s (%d workers, gpu=%s)", cfg.name, cfg.method, dataset, cfg.num_workers, use_gpu)
     try:
         result = trainer.fit()
-    except Exception:
+        with result.checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        card = {
+            "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
+            "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": cfg.method,
+            "old_dim": old_dim, "transform": cfg.transform.model_dump(), "transforms": list(TRANSFORMS_OF[cfg.method]),
+            "parent_model": parent, "old_model_dir": str(old_model) if old_model else None,
+            "stats_file": str(Path(stats).resolve()) if stats else None, "dataset": str(dataset),
+            "train_config": cfg.model_dump(), "metrics": {k: float(v) for k, v in result.metrics.items()},
+            "mlflow_run_id": run.info.run_id,
+        }
+        write_artifact(artifact_dir, state["model"], card)
+        client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="model")
+        client.set_tag(run.info.run_id, "model_id", card["id"])
+    except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")
         raise
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    card = {
-        "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
-        "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": cfg.method,
-        "old_dim": old_dim, "transform": cfg.transform.model_dump(),
-        "transforms": list(TRANSFORMS_OF[cfg.method]),
-        "parent_model": parent, "old_model_dir": str(old_model) if old_model else None,
-        "stats_file": str(Path(stats).resolve()) if stats else None, "dataset": str(dataset),
-        "train_config": cfg.model_dump(), "metrics": {k: float(v) for k, v in result.metrics.items()},
-        "mlflow_run_id": run.info.run_id,
-    }
-    write_artifact(artifact_dir, state["model"], card)
-    client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="model")
-    client.set_tag(run.info.run_id, "model_id", card["id"])
     client.set_terminated(run.info.run_id)
     log.info("train %s: artifact written to %s", cfg.name, artifact_dir)
     return artifact_dir

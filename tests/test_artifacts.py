@@ -54,3 +54,10 @@ def test_embeddings_contract(tmp_path):
     loaded = read_embeddings(tmp_path / "e")
     assert loaded.model_id == "m-1" and loaded.dim == 3 and np.array_equal(loaded.vectors, vectors)
     assert loaded.ids.tolist() == ["i0", "i1", "i2", "i3", "i4"]
+
+
+def test_repeated_ids_are_refused(tmp_path):
+    table = embeddings_table(["a", "a"], np.arange(2), np.ones((2, 3), np.float32), "m-1", "m", ["x"])
+    write_embeddings(tmp_path / "e" / "part-00000.parquet", table)
+    with pytest.raises(ValueError, match=r"repeated ids \['a'\]"):
+        read_embeddings(tmp_path / "e")

@@ -34,9 +34,12 @@ def finished_pipeline(tmp_path_factory, fashion_subset, ray_cluster):
 def test_report_has_every_pair_and_subset(finished_pipeline):
     cfg, result = finished_pipeline
     table = pd.read_parquet(result.report_dir / "report.parquet")
-    assert len(table) == 25
+    assert len(table) == 36  # 5 models and the backward-transformed entry lce_bwd.t21
     assert {"top1_seen", "top1_unseen", "map_unseen", "compatible_map", "update_gain_top1"} <= set(table.columns)
     assert (result.report_dir / "heatmap.png").stat().st_size > 10_000
+    transformed = table[(table.query_model == "lce_bwd.t21") & (table.gallery_model == "old")].iloc[0]
+    assert transformed["transform"] == "T21 of lce_bwd (new -> old)"
+    assert transformed["query_embeddings"].endswith("embeddings/lce_bwd.t21/test")
     assert "old" in result.matrix_text and "lce" in result.matrix_text
 
 

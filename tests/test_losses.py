@@ -167,3 +167,8 @@ def test_manners_refuse_missing_transformations():
     objective = TrainingObjective("lce_backward", CompatConfig(), _stats())
     with pytest.raises(ValueError, match=r"needs the \['backward_transform'\] transformation"):
         objective(torch.ones(1, 2), torch.zeros(1, 2), torch.tensor([0]), torch.ones(2, 2))
+
+
+def test_old_classes_only_with_no_shared_class_is_refused():
+    with pytest.raises(ValueError, match="no class has compatibility terms"):
+        TrainingObjective("lce_direct", CompatConfig(old_classes_only=True), _stats(old_classes=("z",)))

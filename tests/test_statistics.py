@@ -40,3 +40,9 @@ def test_save_and_load_roundtrip_without_pickle(tmp_path):
     assert np.array_equal(loaded.centers, stats.centers) and np.array_equal(loaded.boundaries, stats.boundaries)
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         OldSpaceStats.load(tmp_path / "missing.npz")
+
+
+def test_a_file_that_is_not_statistics_is_named(tmp_path):
+    np.savez(tmp_path / "other.npz", weights=np.ones(3))
+    with pytest.raises(StatisticsMismatch, match="other.npz: not an old-space statistics file"):
+        OldSpaceStats.load(tmp_path / "other.npz")

@@ -1,0 +1,30 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.compat_matrix import add_criteria, matrix
+from pipeline.embeddings import EmbeddingSet
+from pipeline.transformed import map_embeddings
+
+
+def test_mapped_set_holds_the_transformed_vectors(tmp_path):
+    source = EmbeddingSet(path="src", model_id="m-1", model_name="m", ids=np.array(["a", "b"], dtype=object),
+                          labels=np.array([0, 1]), vectors=np.array([[1.0, 2.0], [3.0, 4.0]], np.float32),
+                          classes=["x", "y"])
+    projection = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        projection.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    mapped = map_embeddings(source, projection, "m.t21", "m-1.t21", tmp_path / "m.t21")
+    assert mapped.model_name == "m.t21" and mapped.dim == 3 and mapped.ids.tolist() == ["a", "b"]
+    unit = np.array([[1, 2] / np.sqrt(5), [0.6, 0.8]])  # transformations map unit vectors
+    assert np.allclose(mapped.vectors, np.c_[unit, unit.sum(axis=1)], atol=1e-6)
+
+
+def test_forward_gallery_is_judged_against_old_old_and_other_dimensions_are_absent():
+    rows = [("old", "old", 0.80), ("new", "new", 0.90), ("new", "old.t12.new", 0.85), ("old.t12.new", "old.t12.new", 0.95)]
+    table = pd.DataFrame([{"query_model": q, "gallery_model": g, "top1": v, "map": v} for q, g, v in rows])
+    table = add_criteria(table, references={"old.t12.new": "old"}).set_index(["query_model", "gallery_model"])
+    assert bool(table.loc[("new", "old.t12.new"), "compatible_top1"]) is True  # 0.85 > old/old 0.80
+    grid = matrix(table.reset_index(), "top1", ["old", "new"])
+    assert np.isnan(grid.loc["old", "new"]) and grid.loc["new", "new"] == pytest.approx(0.90)
