@@ -91,7 +91,7 @@ def split_files(root: str | Path, split: str) -> list[str]:
 # ---------------------------------------------------------------- importers
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     """One idx file (gzipped or not) as a uint8 array: images [N, H, W] or labels [N]."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
@@ -141,8 +141,8 @@ def iter_idx_rows(folder: Path) -> tuple[list[str], dict[str, Iterator[tuple[str
     """Class names and, per split, rows of an idx folder (``train-*`` and ``t10k-*`` files)."""
     arrays = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = _read_idx(_find_idx(folder, prefix, "images"))
-        labels = _read_idx(_find_idx(folder, prefix, "labels"))
+        images = read_idx(_find_idx(folder, prefix, "images"))
+        labels = read_idx(_find_idx(folder, prefix, "labels"))
         if len(images) != len(labels):
             raise DataError(f"{folder}: {prefix} has {len(images)} images but {len(labels)} labels")
         arrays[split] = (images, labels)

@@ -1,6 +1,6 @@
 """Write an ImageFolder tree from Fashion-MNIST, to try `make demo DATA=...` on a tree of files.
 
-    python scripts/make_imagefolder.py --out /tmp/imgfolder --per-class 400 --size 32
+    PYTHONPATH=. python scripts/make_imagefolder.py --out /tmp/imgfolder --per-class 400 --size 32
 
 Takes the first --per-class training images of each class, as RGB JPEGs of --size pixels, in
 one sub-folder per class.
@@ -9,21 +9,13 @@ one sub-folder per class.
 from __future__ import annotations
 
 import argparse
-import gzip
-import struct
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from pipeline.data import read_idx
+
 NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    shape = struct.unpack(f">{data[3]}I", data[4 : 4 + 4 * data[3]])
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape)
 
 
 def main() -> None:
