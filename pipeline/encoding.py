@@ -67,6 +67,8 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("*.parquet"), out_dir / COMPLETE_MARKER]:
         stale.unlink(missing_ok=True)
+    # Rows keep the dataset's order, so that encoding the same data twice writes the same files.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     dataset = ray.data.read_parquet(split_files(dataset_root, split), columns=["id", "image", "label"])
     embedded = dataset.map_batches(
         BatchEncoder,

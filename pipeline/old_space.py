@@ -41,13 +41,15 @@ def stats_for_model(cfg: TrainConfig, old_model: str | Path, embeddings: Embeddi
     kept = class_indices(info.classes, cfg.classes)
     classes = [info.classes[i] for i in kept]
     old_classes = read_card(old_model)["classes"]
-    rows = np.array([label in kept and in_fraction(row_id, cfg.data_fraction, cfg.seed)
-                     for row_id, label in zip(embeddings.ids, embeddings.labels)])
+    # Rows in id order: the float sums behind centers and means then do not depend on file order.
+    rows = np.array([index for index in np.argsort(embeddings.ids, kind="stable")
+                     if embeddings.labels[index] in kept
+                     and in_fraction(embeddings.ids[index], cfg.data_fraction, cfg.seed)], dtype=np.int64)
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(kept)}
     labels = np.array([to_model_label[int(y)] for y in embeddings.labels[rows]], dtype=np.int64)
     stats = compute_old_space_stats(embeddings.vectors[rows], labels, classes, old_classes,
                                     cfg.compat.boundary, cfg.compat.boundary_quantile)
     stats.save(out_path)
     log.info("stats for %s: %d classes from %d images, boundary %s (median %.1f deg) -> %s", cfg.name, len(classes),
-             int(rows.sum()), cfg.compat.boundary, float(np.degrees(np.median(stats.boundaries))), out_path)
+             len(rows), cfg.compat.boundary, float(np.degrees(np.median(stats.boundaries))), out_path)
     return Path(out_path)
