@@ -111,12 +111,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
                                                     total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
-    start_epoch = 0
+    start_epoch, digest = 0, config_hash(loop_config)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        if state.get("config_hash") != config_hash(loop_config):
+        if state.get("config_hash") != digest:
             raise ValueError(f"model {cfg.name!r}: this Ray Train run was started with another config or data; "
                              "resuming it would mix the two (give another run name)")
         core.load_state_dict(state["model"])
@@ -155,7 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          step + 1, steps_per_epoch, totals["loss"] / (step + 1), rate)
         metrics = _mean_over_workers(totals, steps_per_epoch, world, device)
         metrics.update(epoch=epoch, images_per_s=steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - started))
-        _report(metrics, epoch, core, optimizer, scheduler, rank, config_hash(loop_config))
+        _report(metrics, epoch, core, optimizer, scheduler, rank, digest)
         if tracker:
             tracker.log_epoch(metrics, epoch)
 
@@ -226,8 +226,8 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
     old_dim = None
     if cfg.needs_old_model:  # check on the driver before any worker starts
-        build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
-        old_dim = OldSpaceStats.load(stats).dim
+        objective = build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
+        old_dim = int(objective.centers.shape[1])
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
