@@ -6,9 +6,11 @@ from pipeline.transforms import FeatureTransform, TransformBlock
 
 
 def test_block_is_skip_plus_paths():
+    torch.manual_seed(0)
     block = TransformBlock(4, 4, paths=2, hidden=8).eval()
     x = torch.randn(5, 4)
-    assert torch.allclose(block(x), x + block.paths[0](x) + block.paths[1](x))
+    # The sum is associated differently from the block's, so compare with a float32 tolerance.
+    assert torch.allclose(block(x), x + block.paths[0](x) + block.paths[1](x), atol=1e-6)
 
 
 def test_projection_skip_when_dimensions_differ():
