@@ -7,7 +7,7 @@ DATA ?=
 CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test env data clean
+.PHONY: demo test results env data clean
 
 env: $(VENV)/.installed
 
@@ -26,6 +26,16 @@ ifeq ($(strip $(DATA)),)
 	$(PY) -m jobs.pipeline --config $(CONFIG)
 else
 	$(PY) -m jobs.pipeline --config $(CONFIG) --data "$(DATA)"
+endif
+
+# Every scenario of configs/scenarios (2 seeds each), then docs/results.md; DATA=<path> runs
+# them on your own images and writes the tables under outputs/ instead.
+results: env
+ifeq ($(strip $(DATA)),)
+	@bash scripts/fetch_data.sh
+	$(PY) -m jobs.results
+else
+	$(PY) -m jobs.results --data "$(DATA)"
 endif
 
 test: env data

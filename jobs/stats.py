@@ -6,7 +6,7 @@ import argparse
 
 from jobs._common import run_main
 from pipeline.config import load_train_config
-from pipeline.old_space import old_train_embeddings, stats_for_model
+from pipeline.old_space import train_split_embeddings, stats_for_model
 from pipeline.runtime import init_ray
 
 
@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_train_config(args.config)
     init_ray(args.ray_address)
-    embeddings = old_train_embeddings(args.old_model, args.dataset, args.embeddings)
+    embeddings = train_split_embeddings(args.old_model, args.dataset, args.embeddings)
     print(f"statistics: {stats_for_model(cfg, args.old_model, embeddings, args.dataset, args.out)}")
 
 

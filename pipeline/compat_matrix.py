@@ -40,15 +40,16 @@ def score_pair(query: EmbeddingSet, gallery: EmbeddingSet, seen_labels: list[int
 def score_all_pairs(sets: dict[str, EmbeddingSet], old_classes: list[str] | None = None,
                     independent: str | None = None, old: str | None = None, topk: tuple[int, ...] = (1, 5),
                     chunk: int = 1024, references: dict[str, str] | None = None,
-                    transforms: dict[str, str] | None = None) -> pd.DataFrame:
-    """The report table over every ordered pair of ``sets`` (entry name -> embeddings) whose
-    dimensions match; ``references`` and ``transforms`` describe transformed entries
-    (``pipeline.transformed``)."""
+                    transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None
+                    ) -> pd.DataFrame:
+    """The report table over ``pairs`` (default: every ordered pair of ``sets`` whose dimensions
+    match); ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``)."""
     names = list(sets)
     first = sets[names[0]]
     seen_labels = [first.classes.index(c) for c in old_classes] if old_classes is not None else None
     transforms = transforms or {}
-    pairs = [(q, g) for q in names for g in names if sets[q].dim == sets[g].dim]
+    if pairs is None:
+        pairs = [(q, g) for q in names for g in names if sets[q].dim == sets[g].dim]
     rows = []
     started = time.perf_counter()
     for number, (q, g) in enumerate(pairs, start=1):
@@ -68,12 +69,17 @@ def _cell(table: pd.DataFrame, query: str, gallery: str, metric: str) -> float:
     return float(match[metric].iloc[0])
 
 
+def _has_cell(table: pd.DataFrame, model: str) -> bool:
+    return bool(((table.query_model == model) & (table.gallery_model == model)).any())
+
+
 def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str | None = None,
                  references: dict[str, str] | None = None) -> pd.DataFrame:
     """Criterion columns for each cross pair and update-gain columns against ``old``.
 
     ``compatible_<m>`` is ``M(q, g) > M(r, r)`` with ``r`` the gallery's reference (itself,
-    or the old model for an old gallery mapped by T12; empty on the diagonal);
+    or the old model for an old gallery mapped by T12; empty on the diagonal and where ``M(r, r)``
+    was not scored);
     ``update_gain_<m>`` is ``(M(q, old) - M(old, old)) / (M(independent, independent) - M(old, old))``.
     """
     references = references or {}
@@ -82,10 +88,10 @@ def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str |
     for metric in metric_columns:
         column = []
         for row in table.itertuples():
-            if row.query_model == row.gallery_model:
+            reference = references.get(row.gallery_model, row.gallery_model)
+            if row.query_model == row.gallery_model or not _has_cell(table, reference):
                 column.append(None)
             else:
-                reference = references.get(row.gallery_model, row.gallery_model)
                 column.append(bool(getattr(row, metric) > _cell(table, reference, reference, metric)))
         table[f"compatible_{metric}"] = pd.array(column, dtype="boolean")
     if independent and old:

@@ -34,6 +34,8 @@ class HeadConfig(_Strict):
 class ModelConfig(_Strict):
     architecture: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
     embedding_dim: int = Field(128, gt=0)
+    stem_stride: Literal[1, 2, 4] = Field(1, description="ResNets: 1 = 3x3 conv, 2 = strided 3x3 conv, "
+                                          "4 = strided conv + max-pool (CPU budgets); ignored by small_cnn")
     head: HeadConfig = HeadConfig()
 
 
@@ -57,6 +59,7 @@ class CompatConfig(_Strict):
     lambda_align: float = Field(1.0, ge=0)
     lambda_boundary: float = Field(1.0, ge=0)
     lambda_influence: float = Field(1.0, ge=0, description="BCT influence-loss weight")
+    lambda_regression: float = Field(1.0, ge=0, description="L2 baseline: weight of ||norm(f2) - norm(f1)||^2")
     compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m")
     boundary: Literal["max", "quantile", "iqr"] = "quantile"
     boundary_quantile: float = Field(0.95, gt=0, le=1)
@@ -67,8 +70,8 @@ class TrainConfig(_Strict):
     """One model's training run (a Ray Train job)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    method: Literal["independent", "bct", "lce_direct", "lce_backward", "lce_forward", "lce_bidirectional"] = \
-        "independent"
+    method: Literal["independent", "bct", "l2", "lce_direct", "lce_backward", "lce_forward",
+                    "lce_bidirectional"] = "independent"
     model: ModelConfig = ModelConfig()
     classes: Literal["all", "first_half"] | list[str] = "all"
     data_fraction: float = Field(1.0, gt=0, le=1)
@@ -87,6 +90,26 @@ class TrainConfig(_Strict):
     @property
     def needs_old_model(self) -> bool:
         return self.method != "independent"
+
+
+class CmcConfig(_Strict):
+    """Cross-model compatibility: ``T12`` and ``T21`` fit between two trained, frozen models.
+
+    ``lce_cmc`` trains each with alignment + boundary in its target space (design notes,
+    section 2); ``rbt_cmc`` is the point-wise regression baseline ``||T21(f2) - f1||^2``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    method: Literal["lce_cmc", "rbt_cmc"] = "lce_cmc"
+    new_model: str = Field(description="name of the trained model 2 (model 1 is the pipeline's old model)")
+    transform: TransformConfig = TransformConfig()
+    compat: CompatConfig = CompatConfig()
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(512, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    seed: int = 0
+    cpus_per_worker: float = Field(2, gt=0)
 
 
 class DataConfig(_Strict):
@@ -108,6 +131,10 @@ class EncodeConfig(_Strict):
 class ScoreConfig(_Strict):
     topk: list[int] = [1, 5]
     query_chunk: int = Field(1024, gt=0)
+    pairs: Literal["all", "counterparts"] = Field(
+        "all", description="all: every ordered pair of equal dimension; counterparts: each model with itself, "
+                           "each new model and T21 entry against the old gallery, and each T12-mapped old gallery "
+                           "with its new model both ways (pipeline.transformed.counterpart_pairs)")
 
 
 class MlflowConfig(_Strict):
@@ -118,23 +145,29 @@ class MlflowConfig(_Strict):
 class PipelineConfig(_Strict):
     """The whole embedded pipeline: ingest, old model, new models, encode, score."""
 
+    description: str = Field("", description="one line for reports (what the experiment varies)")
     output_dir: str = "outputs/demo"
     ray_address: str | None = None
     data: DataConfig = DataConfig()
     mlflow: MlflowConfig = MlflowConfig()
     old: TrainConfig
     new: list[TrainConfig] = Field(min_length=1)
+    cmc: list[CmcConfig] = []
     encode: EncodeConfig = EncodeConfig()
     score: ScoreConfig = ScoreConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> "PipelineConfig":
-        names = [self.old.name] + [m.name for m in self.new]
+        names = [self.old.name] + [m.name for m in self.new] + [c.name for c in self.cmc]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {dupes}")
         if self.old.method != "independent":
             raise ValueError(f"old.method must be 'independent' (got {self.old.method!r})")
+        trained = {m.name for m in self.new}
+        for cmc in self.cmc:
+            if cmc.new_model not in trained:
+                raise ValueError(f"cmc {cmc.name!r}: new_model {cmc.new_model!r} is not one of the new models {sorted(trained)}")
         return self
 
     def tracking_uri(self) -> str:
@@ -188,9 +221,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def pipeline_from_dict(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
-    """Expand ``train`` defaults into ``old`` and every ``new`` entry, then validate."""
+def expand_seeds(raw: dict[str, Any], seeds: list[int], source: str = "config") -> dict[str, Any]:
+    """Every ``new`` and ``cmc`` entry once per seed, named ``<name>-s<seed>`` (a CMC entry's
+    ``new_model`` follows its seed); the old model is trained once."""
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{source}: key 'seeds': expected a non-empty list of integers (got {seeds!r})")
     raw = dict(raw)
+    for key, renamed in (("new", ()), ("cmc", ("new_model",))):
+        entries = raw.get(key) or []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+            raise ConfigError(f"{source}: key '{key}': expected a list of mappings, each with a name")
+        raw[key] = [{**entry, "name": f"{entry['name']}-s{seed}", "seed": seed,
+                     **{field: f"{entry[field]}-s{seed}" for field in renamed if field in entry}}
+                    for seed in seeds for entry in entries]
+    return raw
+
+
+def pipeline_from_dict(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Expand ``seeds`` (see ``expand_seeds``) and the ``train`` defaults into ``old`` and every
+    ``new`` entry, then validate."""
+    raw = dict(raw)
+    if "seeds" in raw:
+        raw = expand_seeds(raw, raw.pop("seeds"), source)
     defaults = raw.pop("train", {}) or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{source}: key 'train': expected a mapping of training defaults")

@@ -61,6 +61,12 @@ def influence_weights(stats: OldSpaceStats, old_weight: torch.Tensor, old_classe
     return torch.stack(rows)
 
 
+def regression_loss(mapped: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Point-wise regression ``mean_i || norm(mapped_i) - norm(target_i) ||^2`` on the same images
+    (the L2 baseline with ``mapped = f2``, the RBT-style CMC baseline with ``mapped = T21(f2)``)."""
+    return (F.normalize(mapped, dim=1) - F.normalize(targets, dim=1)).pow(2).sum(dim=1).mean()
+
+
 LCE_METHODS = ("lce_direct", "lce_backward", "lce_forward", "lce_bidirectional")
 
 
@@ -100,20 +106,26 @@ def lce_terms(method: str, features: torch.Tensor, labels: torch.Tensor, class_w
 
 
 class TrainingObjective(nn.Module):
-    """``L = L_cls + terms of the method``: independent, BCT or LCE in one of its manners.
+    """``L = L_cls + terms of the method``: independent, BCT, L2 or LCE in one of its manners.
 
     Every term is computed on every path (zero where the method has none), so that logging and
-    DDP see the same graph whatever the method.
+    DDP see the same graph whatever the method. The frozen old parts (BCT's classifier, L2's
+    embedder) never train: no gradient, and the embedder stays in eval mode.
     """
 
     def __init__(self, method: str, compat: CompatConfig, stats: OldSpaceStats | None = None,
-                 old_head: nn.Module | None = None) -> None:
+                 old_head: nn.Module | None = None, old_embedder: nn.Module | None = None) -> None:
         super().__init__()
         self.method, self.compat = method, compat
         self.old_head = old_head
         if old_head is not None:
             old_head.requires_grad_(False)
-        if method != "independent":
+        self.old_embedder = old_embedder
+        if old_embedder is not None:
+            old_embedder.requires_grad_(False).eval()
+        if method == "l2" and old_embedder is None:
+            raise ValueError("method 'l2' needs the old model's embedder")
+        if method not in ("independent", "l2"):
             if stats is None:
                 raise ValueError(f"method {method!r} needs old-space statistics")
             mask = torch.as_tensor(stats.old_class_mask() if compat.old_classes_only else [True] * len(stats.classes))
@@ -126,10 +138,18 @@ class TrainingObjective(nn.Module):
         if method == "bct" and old_head is None:
             raise ValueError("method 'bct' needs the old classifier")
 
+    def train(self, mode: bool = True) -> "TrainingObjective":
+        super().train(mode)
+        if self.old_embedder is not None:
+            self.old_embedder.eval()
+        return self
+
     def forward(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                class_weights: torch.Tensor, transforms: nn.ModuleDict | None = None) -> dict[str, torch.Tensor]:
+                class_weights: torch.Tensor, transforms: nn.ModuleDict | None = None,
+                images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         zero = features.new_zeros(())
-        terms = {"cls": F.cross_entropy(logits, labels), "align": zero, "boundary": zero, "influence": zero}
+        terms = {"cls": F.cross_entropy(logits, labels), "align": zero, "boundary": zero, "influence": zero,
+                 "regression": zero}
         if self.method in LCE_METHODS:
             missing = [name for name in TRANSFORMS_OF[self.method] if transforms is None or name not in transforms]
             if missing:
@@ -139,7 +159,14 @@ class TrainingObjective(nn.Module):
                 self.compat.compactness_margin, self.class_mask, transforms)
         elif self.method == "bct":
             terms["influence"] = influence_loss(features, labels, self.old_head)
+        elif self.method == "l2":
+            if images is None:
+                raise ValueError("method 'l2' needs the batch's images for the old model's forward pass")
+            with torch.no_grad():
+                old_features = self.old_embedder(images)
+            terms["regression"] = regression_loss(features, old_features)
         terms["loss"] = (terms["cls"] + self.compat.lambda_align * terms["align"]
                          + self.compat.lambda_boundary * terms["boundary"]
-                         + self.compat.lambda_influence * terms["influence"])
+                         + self.compat.lambda_influence * terms["influence"]
+                         + self.compat.lambda_regression * terms["regression"])
         return terms

@@ -18,35 +18,40 @@ from pipeline.statistics import compute_old_space_stats
 log = logging.getLogger(__name__)
 
 
-def old_train_embeddings(old_model: str | Path, dataset: str | Path, out_dir: str | Path, **encode_options) -> EmbeddingSet:
-    """The old model's embeddings of the training split, reused when already written by that model."""
+def train_split_embeddings(model: str | Path, dataset: str | Path, out_dir: str | Path, **encode_options) -> EmbeddingSet:
+    """A model's embeddings of the training split, reused when already written by that model."""
     out_dir = Path(out_dir)
-    card = read_card(old_model)
+    card = read_card(model)
     wanted = {"model_id": card["id"], "dataset": str(Path(dataset).resolve()), "split": "train"}
     done = completed_encoding(out_dir)
     if done and all(done.get(key) == value for key, value in wanted.items()):
         log.info("stats: reusing %s's complete train-split embeddings in %s", card["name"], out_dir)
         return read_embeddings(out_dir)
-    encode_split(old_model, dataset, "train", out_dir, **encode_options)
+    encode_split(model, dataset, "train", out_dir, **encode_options)
     return read_embeddings(out_dir)
 
 
-def stats_for_model(cfg: TrainConfig, old_model: str | Path, embeddings: EmbeddingSet, dataset: str | Path,
-                    out_path: str | Path) -> Path:
-    """Statistics over the rows ``cfg`` trains on, for every class of its label map."""
+def training_rows(embeddings: EmbeddingSet, dataset: str | Path, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The rows of a train-split embedding set that ``cfg`` trains on, in id order (float sums
+    over them then do not depend on file order), their labels in ``cfg``'s label map, and that map."""
     info = read_dataset_info(dataset)
     if embeddings.classes != info.classes:
         raise ValueError(f"{embeddings.path}: encoded from a dataset with classes {embeddings.classes}, "
                          f"not {dataset} ({info.classes})")
     kept = class_indices(info.classes, cfg.classes)
-    classes = [info.classes[i] for i in kept]
-    old_classes = read_card(old_model)["classes"]
-    # Rows in id order: the float sums behind centers and means then do not depend on file order.
     rows = np.array([index for index in np.argsort(embeddings.ids, kind="stable")
                      if embeddings.labels[index] in kept
                      and in_fraction(embeddings.ids[index], cfg.data_fraction, cfg.seed)], dtype=np.int64)
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(kept)}
     labels = np.array([to_model_label[int(y)] for y in embeddings.labels[rows]], dtype=np.int64)
+    return rows, labels, [info.classes[i] for i in kept]
+
+
+def stats_for_model(cfg: TrainConfig, old_model: str | Path, embeddings: EmbeddingSet, dataset: str | Path,
+                    out_path: str | Path) -> Path:
+    """Statistics over the rows ``cfg`` trains on, for every class of its label map."""
+    rows, labels, classes = training_rows(embeddings, dataset, cfg)
+    old_classes = read_card(old_model)["classes"]
     stats = compute_old_space_stats(embeddings.vectors[rows], labels, classes, old_classes,
                                     cfg.compat.boundary, cfg.compat.boundary_quantile)
     stats.save(out_path)

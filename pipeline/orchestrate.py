@@ -3,31 +3,35 @@
 Every step calls the same library function as its job; this module only orders them and
 decides where each output lives under ``output_dir``:
 
-    models/<name>/              model artifacts (weights + card)
+    models/<name>/              model artifacts (weights + card), and CMC artifacts (transformations + card)
     stats/<name>.npz            old-space statistics of each new model
     embeddings/<name>/<split>/  embeddings Parquet
-    report/                     report.parquet, report.csv, heatmap.png
+    report/                     report.parquet, report.csv, heatmap.png, entries.json (what each
+                                matrix entry is: its base model, transformation, counterpart)
     ray/                        Ray Train storage (checkpoints)
     mlflow.db, mlartifacts/     the MLflow store (unless a tracking URI is configured)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.cmc import fit_cmc
 from pipeline.config import PipelineConfig
 from pipeline.data import ingest, ingested_from, read_dataset_info
 from pipeline.embeddings import read_embeddings
 from pipeline.encoding import encode_split
-from pipeline.old_space import old_train_embeddings, stats_for_model
+from pipeline.old_space import train_split_embeddings, stats_for_model
 from pipeline.scoring import score_and_report
 from pipeline.training import fit_model
-from pipeline.transformed import matrix_entries
+from pipeline.transformed import counterpart_pairs, matrix_entries
 
 log = logging.getLogger(__name__)
+ENTRIES_FILE = "entries.json"
 
 
 @dataclass(frozen=True)
@@ -60,24 +64,30 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         stats = None
         if new.needs_old_model:
             if old_embeddings is None:
-                old_embeddings = old_train_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name / "train",
+                old_embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name / "train",
                                                       **encode_options)
             stats = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
         models[new.name] = fit_model(new, dataset, out / "models" / new.name, run_name=f"{new.name}-{tag}",
                                      old_model=old_dir if new.needs_old_model else None, stats=stats,
                                      parent=cfg.old.name, **common)
+    cmc = {c.name: fit_cmc(c, old_dir, models[c.new_model], dataset, out / "models" / c.name, work_dir=out,
+                           run_name=f"{c.name}-{tag}", **common, **encode_options) for c in cfg.cmc}
 
     sets = {}
     for name, model_dir in models.items():
         folder = encode_split(model_dir, dataset, cfg.encode.split, out / "embeddings" / name / cfg.encode.split,
                               **encode_options)
         sets[name] = read_embeddings(folder)
-    entries = matrix_entries(models, sets, cfg.old.name, out / "embeddings", cfg.encode.split)
+    entries = matrix_entries(models, sets, cfg.old.name, out / "embeddings", cfg.encode.split, cmc)
     independent = next((m.name for m in cfg.new if m.method == "independent"), None)
     report = score_and_report({name: e.embeddings for name, e in entries.items()}, old_model=old_dir,
                               independent=independent, out_dir=out / "report", tracking_uri=tracking_uri,
                               experiment=experiment, topk=tuple(cfg.score.topk), chunk=cfg.score.query_chunk,
                               references={name: e.reference for name, e in entries.items()},
-                              transforms={name: e.transform for name, e in entries.items()})
+                              transforms={name: e.transform for name, e in entries.items()},
+                              pairs=counterpart_pairs(entries) if cfg.score.pairs == "counterparts" else None)
+    (out / "report" / ENTRIES_FILE).write_text(json.dumps(
+        {name: {"reference": e.reference, "transform": e.transform, "counterpart": e.counterpart, "base": e.base}
+         for name, e in entries.items()}, indent=1))
     return PipelineResult(report_dir=out / "report", tracking_uri=tracking_uri, matrix_text=report,
                           seconds=time.perf_counter() - started)

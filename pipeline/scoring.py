@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 def score_and_report(sets: dict[str, EmbeddingSet], *, old_model: str | Path, independent: str | None,
                      out_dir: str | Path, tracking_uri: str, experiment: str, topk: tuple[int, ...] = (1, 5),
                      chunk: int = 1024, references: dict[str, str] | None = None,
-                     transforms: dict[str, str] | None = None) -> str:
-    """Score all pairs of ``sets``, write the report to ``out_dir``, log it; returns the printed matrix.
+                     transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None) -> str:
+    """Score ``pairs`` of ``sets`` (default all), write the report to ``out_dir``, log it; returns
+    the printed matrix.
 
     ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``).
     """
@@ -27,7 +28,8 @@ def score_and_report(sets: dict[str, EmbeddingSet], *, old_model: str | Path, in
             raise ValueError(f"the {role} model {name!r} has no embeddings among {sorted(sets)}")
     order = list(sets)
     table = score_all_pairs(sets, old_classes=old_card["classes"], independent=independent, old=old_card["name"],
-                            topk=topk, chunk=chunk, references=references, transforms=transforms)
+                            topk=topk, chunk=chunk, references=references, transforms=transforms,
+                            pairs=pairs)
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, Path(out_dir) / "heatmap.png")]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in ("top1", "map"))
     (Path(out_dir) / "matrix.txt").write_text(text + "\n")

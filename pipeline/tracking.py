@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 
@@ -28,3 +30,34 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     if found is not None:
         return found.experiment_id
     return client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri))
+
+
+def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as MLflow params: ``{"compat": {"lambda_align": 1}}`` -> ``compat.lambda_align``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class EpochLogger:
+    """A training worker's MLflow logging into the run its driver opened (rank 0 only)."""
+
+    def __init__(self, tracking_uri: str, run_id: str | None, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri) if run_id else None
+        if self.client:
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
+        from mlflow.entities import Metric
+
+        if self.client:
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, epoch)
+                                                        for key, value in metrics.items() if key != "epoch"])

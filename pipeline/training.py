@@ -24,14 +24,14 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipeline.artifacts import load_model, new_model_id, write_artifact
+from pipeline.artifacts import load_model, new_model_id, read_card, write_artifact
 from pipeline.config import HeadConfig, TrainConfig
 from pipeline.data import class_indices, load_split, read_dataset_info
 from pipeline.heads import build_head
 from pipeline.losses import TrainingObjective, check_same_dim, influence_weights
 from pipeline.models import EmbeddingModel
 from pipeline.statistics import OldSpaceStats
-from pipeline.tracking import experiment_id
+from pipeline.tracking import EpochLogger, experiment_id, flat_params
 from pipeline.transforms import TRANSFORMS_OF, build_transforms
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def build_objective(cfg: TrainConfig, classes: list[str], stats_path: str | None
     if not TRANSFORMS_OF[cfg.method]:  # direct manners compare the two spaces as they are
         check_same_dim(cfg.model.embedding_dim, stats.dim, f"model {cfg.name!r} against statistics {stats_path}")
     old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if cfg.method == "bct" else None
-    return TrainingObjective(cfg.method, cfg.compat, stats, old_head)
+    old_embedder = load_model(old_model_dir)[0].embedder if cfg.method == "l2" else None
+    return TrainingObjective(cfg.method, cfg.compat, stats, old_head, old_embedder)
 
 
 def init_seed(cfg: TrainConfig) -> int:
@@ -127,7 +128,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, state["epoch"])
 
-    tracker = _RankZeroTracker(loop_config, passes) if rank == 0 else None
+    tracker = (EpochLogger(loop_config["tracking_uri"], loop_config.get("mlflow_run_id"),
+                           {**flat_params(loop_config["train"]), "passes_per_epoch": passes}) if rank == 0 else None)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -139,7 +141,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = images[batch].to(device), labels[batch].to(device)
             features, logits = model(x, y)
-            terms = objective(features, logits, y, core.head.weight, core.transforms)
+            terms = objective(features, logits, y, core.head.weight, core.transforms, images=x)
             if not torch.isfinite(terms["loss"]):
                 raise NonFiniteLoss(f"model {cfg.name!r}: loss {terms['loss'].item()} at epoch {epoch} step {step}; "
                                     f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
@@ -189,28 +191,6 @@ def _report(metrics: dict[str, float], epoch: int, core: torch.nn.Module, optimi
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 
-class _RankZeroTracker:
-    """Rank 0's MLflow logging into the run the driver opened."""
-
-    def __init__(self, loop_config: dict[str, Any], passes: int) -> None:
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        self.run_id = loop_config.get("mlflow_run_id")
-        self.client = MlflowClient(loop_config["tracking_uri"]) if self.run_id else None
-        if self.client:
-            params = {**_flat(loop_config["train"]), "passes_per_epoch": passes}
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-
-    def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
-        from mlflow.entities import Metric
-
-        if self.client:
-            now = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, epoch)
-                                                        for key, value in metrics.items() if key != "epoch"])
-
-
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *, storage_path: str | Path,
               tracking_uri: str, experiment: str, old_model: str | Path | None = None,
               stats: str | Path | None = None, parent: str | None = None, run_name: str | None = None) -> Path:
@@ -226,8 +206,8 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
     old_dim = None
     if cfg.needs_old_model:  # check on the driver before any worker starts
-        objective = build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
-        old_dim = int(objective.centers.shape[1])
+        build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
+        old_dim = int(read_card(old_model)["model"]["embedding_dim"])
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
@@ -267,13 +247,3 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     client.set_terminated(run.info.run_id)
     log.info("train %s: artifact written to %s", cfg.name, artifact_dir)
     return artifact_dir
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

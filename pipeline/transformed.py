@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.artifacts import load_model
+from pipeline.cmc import load_cmc
 from pipeline.embeddings import EmbeddingSet, embeddings_table, read_embeddings, write_embeddings
 
 ROWS_PER_FILE = 10_000
@@ -26,8 +27,25 @@ ROWS_PER_FILE = 10_000
 @dataclass(frozen=True)
 class MatrixEntry:
     embeddings: EmbeddingSet
-    reference: str   # whose M(g, g) a gallery of this entry is compared with
-    transform: str   # "none", or which transformation of which model made it
+    reference: str    # whose M(g, g) a gallery of this entry is compared with
+    transform: str    # "none", or which transformation of which model made it
+    counterpart: str  # the entry it is compatible with: the old model, or for an old gallery
+                      # mapped by T12, the new model whose queries search it
+    base: str         # the model whose own embeddings (new/new) this entry stands for
+
+
+def counterpart_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
+    """Each plain model with itself; each new model or T21 entry as queries against the old
+    gallery; each T12-mapped old gallery both ways with its new model (new queries against it,
+    and as queries against the new gallery: old/new)."""
+    pairs = [(name, name) for name, entry in entries.items() if entry.transform == "none"]
+    for name, entry in entries.items():
+        if name == entry.counterpart:
+            continue
+        pairs.append((name, entry.counterpart))
+        if entry.reference != name and entry.transform != "none":  # an old gallery mapped by T12
+            pairs.append((entry.counterpart, name))
+    return list(dict.fromkeys(pairs))
 
 
 def map_embeddings(source: EmbeddingSet, transform: nn.Module, name: str, model_id: str, out_dir: str | Path) -> EmbeddingSet:
@@ -49,20 +67,27 @@ def map_embeddings(source: EmbeddingSet, transform: nn.Module, name: str, model_
 
 
 def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet], old: str, out_root: str | Path,
-                   split: str) -> dict[str, MatrixEntry]:
-    """Every model's own entry plus one entry per transformation it trained, the mapped sets
-    written to ``out_root/<entry>/<split>``."""
-    entries = {name: MatrixEntry(sets[name], name, "none") for name in sets}
+                   split: str, cmc: dict[str, Path] | None = None) -> dict[str, MatrixEntry]:
+    """Every model's own entry plus one entry per transformation it (or a CMC artifact) trained,
+    the mapped sets written to ``out_root/<entry>/<split>``."""
+    entries = {name: MatrixEntry(sets[name], name, "none", old, name) for name in sets}
+    carriers = []  # (name, transforms, id, whose embeddings T21 maps, what it is)
     for name, folder in models.items():
         model, card = load_model(folder)
-        if "backward_transform" in model.transforms:
+        carriers.append((name, model.transforms, card["id"], name, name))
+    for name, folder in (cmc or {}).items():
+        transforms, card = load_cmc(folder)
+        new_model = card["new_model"]["name"]
+        carriers.append((name, transforms, card["id"], new_model, f"{card['method']} {name} of {new_model}"))
+    for name, transforms, model_id, source, what in carriers:
+        if "backward_transform" in transforms:
             entry = f"{name}.t21"
-            mapped = map_embeddings(sets[name], model.transforms["backward_transform"], entry, f"{card['id']}.t21",
+            mapped = map_embeddings(sets[source], transforms["backward_transform"], entry, f"{model_id}.t21",
                                     Path(out_root) / entry / split)
-            entries[entry] = MatrixEntry(mapped, entry, f"T21 of {name} (new -> old)")
-        if "forward_transform" in model.transforms:
+            entries[entry] = MatrixEntry(mapped, entry, f"T21 of {what} (new -> old)", old, source)
+        if "forward_transform" in transforms:
             entry = f"{old}.t12.{name}"
-            mapped = map_embeddings(sets[old], model.transforms["forward_transform"], entry, f"{card['id']}.t12",
+            mapped = map_embeddings(sets[old], transforms["forward_transform"], entry, f"{model_id}.t12",
                                     Path(out_root) / entry / split)
-            entries[entry] = MatrixEntry(mapped, old, f"T12 of {name} (old -> new)")
+            entries[entry] = MatrixEntry(mapped, old, f"T12 of {what} (old -> new)", source, source)
     return entries

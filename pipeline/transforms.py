@@ -53,7 +53,7 @@ class FeatureTransform(nn.Module):
 
 # The transformations each method trains: the backward transform is T21 (new -> old), the forward T12.
 TRANSFORMS_OF: dict[str, tuple[str, ...]] = {
-    "independent": (), "bct": (), "lce_direct": (), "lce_backward": ("backward_transform",), "lce_forward": ("forward_transform",),
+    "independent": (), "bct": (), "l2": (), "lce_direct": (), "lce_backward": ("backward_transform",), "lce_forward": ("forward_transform",),
     "lce_bidirectional": ("backward_transform", "forward_transform"),
 }
 

@@ -1,0 +1,234 @@
+"""Cross-model compatibility (CMC): ``T12`` and ``T21`` fit between two trained, frozen models.
+
+Neither model changes: both encode model 2's training images once (Ray Data, the same encoder
+as the gallery), and a Ray Train worker fits only the two transformations on those features.
+
+- ``lce_cmc`` (design notes, section 2): in each target space, alignment of the mapped class
+  centers with that space's centers plus the boundary hinge of the mapped features, using the
+  statistics of both spaces;
+- ``rbt_cmc``: the baseline, the same transformations fit by point-wise regression
+  ``||T21(f2) - f1||^2`` and ``||T12(f1) - f2||^2`` on the same images.
+
+The artifact is a folder with ``transforms.pt`` (state dict of the two transformations, loaded
+with ``weights_only=True``) and ``card.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch import nn
+
+from pipeline.artifacts import ArtifactError, check_name, new_model_id, read_card
+from pipeline.config import CmcConfig, CompatConfig, TrainConfig, TransformConfig
+from pipeline.embeddings import EmbeddingSet
+from pipeline.losses import alignment_loss, boundary_loss, map_rows, regression_loss
+from pipeline.old_space import train_split_embeddings, training_rows
+from pipeline.statistics import OldSpaceStats, compute_old_space_stats
+from pipeline.tracking import EpochLogger, experiment_id, flat_params
+from pipeline.transforms import FeatureTransform
+
+log = logging.getLogger(__name__)
+TRANSFORMS_FILE = "transforms.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def build_cmc_transforms(old_dim: int, new_dim: int, config: TransformConfig) -> nn.ModuleDict:
+    """``backward_transform`` = T21 (new -> old), ``forward_transform`` = T12 (old -> new)."""
+    return nn.ModuleDict({"backward_transform": FeatureTransform(new_dim, old_dim, config),
+                          "forward_transform": FeatureTransform(old_dim, new_dim, config)})
+
+
+def cmc_terms(method: str, old_features: torch.Tensor, new_features: torch.Tensor, labels: torch.Tensor,
+              old_space: OldSpaceStats, new_space: OldSpaceStats, compat: CompatConfig,
+              transforms: nn.ModuleDict) -> dict[str, torch.Tensor]:
+    """The loss terms of one CMC batch; ``loss`` is their weighted sum.
+
+    ``old_space``/``new_space`` are the statistics of model 1's and model 2's spaces over the
+    same images and label map (model 2's). Inputs of a transformation are unit vectors, as at
+    encode time (``map_rows``).
+    """
+    t21, t12 = transforms["backward_transform"], transforms["forward_transform"]
+    zero = new_features.new_zeros(())
+    terms = {"align_21": zero, "boundary_21": zero, "align_12": zero, "boundary_12": zero, "regression": zero}
+    if method == "lce_cmc":
+        c1, b1, mask = _space(old_space, new_features, compat.old_classes_only)
+        c2, b2, _ = _space(new_space, new_features, False)
+        mapped_f2, mapped_c2 = map_rows(t21, new_features, c2)
+        mapped_f1, mapped_c1 = map_rows(t12, old_features, c1)
+        terms["align_21"] = alignment_loss(mapped_c2, c1, mask)
+        terms["boundary_21"] = boundary_loss(mapped_f2, labels, c1, b1, compat.compactness_margin, mask)
+        terms["align_12"] = alignment_loss(mapped_c1, c2, mask)
+        terms["boundary_12"] = boundary_loss(mapped_f1, labels, c2, b2, compat.compactness_margin, mask)
+    elif method == "rbt_cmc":
+        terms["regression"] = (regression_loss(map_rows(t21, new_features)[0], old_features)
+                               + regression_loss(map_rows(t12, old_features)[0], new_features))
+    else:
+        raise ValueError(f"unknown CMC method {method!r}: expected 'lce_cmc' or 'rbt_cmc'")
+    terms["loss"] = (compat.lambda_align * (terms["align_21"] + terms["align_12"])
+                     + compat.lambda_boundary * (terms["boundary_21"] + terms["boundary_12"])
+                     + compat.lambda_regression * terms["regression"])
+    return terms
+
+
+def _space(stats: OldSpaceStats, like: torch.Tensor, old_classes_only: bool
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mask = stats.old_class_mask() if old_classes_only else np.ones(len(stats.classes), dtype=bool)
+    return (torch.as_tensor(stats.centers, device=like.device), torch.as_tensor(stats.boundaries, device=like.device),
+            torch.as_tensor(mask, device=like.device))
+
+
+def cmc_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: fit T12 and T21 on the two models' features of the training rows."""
+    cfg = CmcConfig.model_validate(loop_config["cmc"])
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+    data = np.load(loop_config["features"])
+    old_features, new_features = torch.from_numpy(data["old"]), torch.from_numpy(data["new"])
+    labels = torch.from_numpy(data["labels"])
+    old_space, new_space = OldSpaceStats.load(loop_config["old_space"]), OldSpaceStats.load(loop_config["new_space"])
+    transforms = build_cmc_transforms(old_features.shape[1], new_features.shape[1], cfg.transform).to(device)
+    optimizer = torch.optim.AdamW(transforms.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(labels) // cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                    pct_start=0.15)
+    start_epoch, digest = 0, loop_config["config_hash"]
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        if state.get("config_hash") != digest:
+            raise ValueError(f"cmc {cfg.name!r}: this Ray Train run was started with another config or models; "
+                             "give another run name")
+        transforms.load_state_dict(state["transforms"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"] + 1
+    logger = EpochLogger(loop_config["tracking_uri"], loop_config.get("mlflow_run_id"), flat_params(loop_config["cmc"]))
+    for epoch in range(start_epoch, cfg.epochs):
+        transforms.train()
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        totals: dict[str, float] = {}
+        for step in range(steps_per_epoch):
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            terms = cmc_terms(cfg.method, old_features[batch].to(device), new_features[batch].to(device),
+                              labels[batch].to(device), old_space, new_space, cfg.compat, transforms)
+            if not torch.isfinite(terms["loss"]):
+                raise FloatingPointError(f"cmc {cfg.name!r}: loss {terms['loss'].item()} at epoch {epoch} step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + value.item()
+        metrics = {f"train_{key}": value / steps_per_epoch for key, value in totals.items()}
+        logger.log_epoch(metrics, epoch)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"transforms": transforms.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
+                        "config_hash": digest}, Path(folder) / CHECKPOINT_FILE)
+            ray.train.report({**metrics, "epoch": epoch}, checkpoint=Checkpoint.from_directory(folder))
+
+
+def _paired_features(old_set: EmbeddingSet, new_set: EmbeddingSet, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both models' features of the same images: ``rows`` index ``new_set``; ids join the two."""
+    position = {row_id: index for index, row_id in enumerate(old_set.ids)}
+    missing = [row_id for row_id in new_set.ids[rows[:5]] if row_id not in position]
+    if missing or len(old_set.ids) != len(new_set.ids):
+        raise ValueError(f"{old_set.path} and {new_set.path} do not hold the same images (e.g. ids {missing})")
+    old_rows = np.array([position[row_id] for row_id in new_set.ids[rows]], dtype=np.int64)
+    return old_set.vectors[old_rows], new_set.vectors[rows]
+
+
+def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, dataset: str | Path,
+            artifact_dir: str | Path, *, work_dir: str | Path, storage_path: str | Path, tracking_uri: str,
+            experiment: str, run_name: str | None = None, **encode_options: Any) -> Path:
+    """Fit ``cfg``'s transformations between two model artifacts and write the CMC artifact.
+
+    ``work_dir`` holds the two models' train-split embeddings (``embeddings/<model>/train``,
+    reused when complete), and under ``stats/`` both spaces' statistics and the paired features
+    the worker reads.
+    """
+    from mlflow.tracking import MlflowClient
+
+    check_name(cfg.name, "cmc name")
+    dataset, artifact_dir, work_dir = Path(dataset).resolve(), Path(artifact_dir).resolve(), Path(work_dir).resolve()
+    old_card, new_card = read_card(old_model), read_card(new_model)
+    new_cfg = TrainConfig.model_validate(new_card["train_config"])
+    sets = {role: train_split_embeddings(model, dataset, work_dir / "embeddings" / card["name"] / "train", **encode_options)
+            for role, model, card in (("old", old_model, old_card), ("new", new_model, new_card))}
+    rows, labels, classes = training_rows(sets["new"], dataset, new_cfg)
+    old_features, new_features = _paired_features(sets["old"], sets["new"], rows)
+    spaces = {}
+    for role, features, known in (("old", old_features, old_card["classes"]), ("new", new_features, classes)):
+        stats = compute_old_space_stats(features, labels, classes, known, cfg.compat.boundary, cfg.compat.boundary_quantile)
+        spaces[role] = work_dir / "stats" / f"{cfg.name}.{role}_space.npz"
+        stats.save(spaces[role])
+    features_path = work_dir / "stats" / f"{cfg.name}.features.npz"
+    with open(features_path, "wb") as handle:
+        np.savez(handle, old=old_features, new=new_features, labels=labels)
+
+    loop_config = {"cmc": cfg.model_dump(), "features": str(features_path), "old_space": str(spaces["old"]),
+                   "new_space": str(spaces["new"]), "tracking_uri": tracking_uri}
+    loop_config["config_hash"] = hashlib.sha256(json.dumps(
+        {**loop_config, "old_id": old_card["id"], "new_id": new_card["id"]}, sort_keys=True).encode()).hexdigest()
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
+                            tags={"kind": "cmc", "method": cfg.method, "old_model": old_card["name"],
+                                  "new_model": new_card["name"]})
+    loop_config["mlflow_run_id"] = run.info.run_id
+    trainer = TorchTrainer(cmc_loop_per_worker, train_loop_config=loop_config,
+                           scaling_config=ScalingConfig(num_workers=1, use_gpu=False,
+                                                        resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                           run_config=RunConfig(name=run_name or cfg.name, storage_path=str(Path(storage_path).resolve()),
+                                                checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    log.info("cmc %s: %s between %s and %s on %d images", cfg.name, cfg.method, old_card["name"], new_card["name"], len(rows))
+    try:
+        result = trainer.fit()
+        with result.checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        card = {"kind": "cmc", "id": new_model_id(cfg.name), "name": cfg.name, "method": cfg.method,
+                "old_model": {"name": old_card["name"], "id": old_card["id"], "dir": str(Path(old_model).resolve()),
+                              "dim": int(old_features.shape[1])},
+                "new_model": {"name": new_card["name"], "id": new_card["id"], "dir": str(Path(new_model).resolve()),
+                              "dim": int(new_features.shape[1])},
+                "classes": classes, "config": cfg.model_dump(),
+                "metrics": {k: float(v) for k, v in result.metrics.items()}, "mlflow_run_id": run.info.run_id}
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(state["transforms"], artifact_dir / f".{TRANSFORMS_FILE}.tmp")
+        (artifact_dir / f".{TRANSFORMS_FILE}.tmp").replace(artifact_dir / TRANSFORMS_FILE)
+        (artifact_dir / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
+        client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="cmc")
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+    log.info("cmc %s: artifact written to %s", cfg.name, artifact_dir)
+    return artifact_dir
+
+
+def load_cmc(folder: str | Path) -> tuple[nn.ModuleDict, dict[str, Any]]:
+    """The two transformations of a CMC artifact in eval mode, and its card."""
+    card = read_card(folder)
+    if card.get("kind") != "cmc":
+        raise ArtifactError(f"{folder}: not a CMC artifact (card kind {card.get('kind')!r})")
+    transforms = build_cmc_transforms(card["old_model"]["dim"], card["new_model"]["dim"],
+                                      TransformConfig.model_validate(card["config"]["transform"]))
+    path = Path(folder) / TRANSFORMS_FILE
+    try:
+        transforms.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (FileNotFoundError, RuntimeError, EOFError) as error:
+        raise ArtifactError(f"{path}: cannot load the transformations ({type(error).__name__}: {error})") from None
+    return transforms.eval(), card

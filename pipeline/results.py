@@ -1,0 +1,170 @@
+"""The results table of a scenario: every method's compatibility, mean and spread over seeds.
+
+Reads a finished pipeline run (``report/report.parquet`` and ``report/entries.json``) and its
+config (models named ``<name>-s<seed>`` by ``pipeline.config.expand_seeds``). One row per matrix
+entry other than the old model, seeds folded: a plain model is searched against the old gallery
+directly, ``<model>.t21`` through its backward transformation, ``<old>.t12.<model>`` by mapping
+the old gallery forward. Nothing here is typed by hand: every number is a cell of the report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import PipelineConfig
+
+SUBSETS = ("", "_seen", "_unseen")
+METRICS = ("top1", "map")
+# The routes through which each LCE manner is meant to be compatible with the old model.
+COMPATIBLE_ROUTES = {"lce_direct": ("direct",), "lce_backward": ("T21",), "lce_forward": ("T12",),
+                     "lce_bidirectional": ("T21", "T12")}
+
+
+@dataclass(frozen=True)
+class EntryRoute:
+    """How one matrix entry is searched against the old model's gallery."""
+
+    new_query: str    # the query side of the new/old cell
+    old_gallery: str  # the gallery side of the new/old cell
+    base: str         # the new model whose own new/new cell the row reports
+    route: str        # "direct", "T21" or "T12"
+
+
+def route_of(name: str, entry: dict[str, str], old: str) -> EntryRoute:
+    if entry["transform"] == "none":
+        return EntryRoute(name, old, name, "direct")
+    if entry["counterpart"] == old:  # new embeddings mapped into the old space
+        return EntryRoute(name, old, entry["base"], "T21")
+    return EntryRoute(entry["counterpart"], name, entry["base"], "T12")  # old gallery mapped forward
+
+
+def _cell(table: pd.DataFrame, query: str, gallery: str, column: str) -> float:
+    match = table[(table.query_model == query) & (table.gallery_model == gallery)]
+    if match.empty or column not in match:
+        return float("nan")
+    return float(match[column].iloc[0])
+
+
+def seed_rows(table: pd.DataFrame, entries: dict[str, dict[str, str]], cfg: PipelineConfig) -> pd.DataFrame:
+    """One row per (entry, seed): its cells against the old model, the criterion per subset and
+    the update gain against the independent model of the same seed."""
+    old = cfg.old.name
+    models = {m.name: (m.method, m.seed) for m in cfg.new}
+    cmc = {c.name: (c.method, c.seed) for c in cfg.cmc}
+    independents = {m.seed: m.name for m in cfg.new if m.method == "independent"}
+    rows = []
+    for name, entry in entries.items():
+        if name == old:
+            continue
+        route = route_of(name, entry, old)
+        carrier = name.removesuffix(".t21").removeprefix(f"{old}.t12.")
+        method, seed = cmc.get(carrier) or models[carrier]
+        row = {"entry": name.replace(f"-s{seed}", ""), "method": method, "route": route.route, "seed": seed,
+               "transform": entry["transform"].replace(f"-s{seed}", "")}
+        for metric in METRICS:
+            row[f"new_new_{metric}"] = _cell(table, route.base, route.base, metric)
+            row[f"old_new_{metric}"] = _cell(table, route.old_gallery, route.new_query, metric)
+            for subset in SUBSETS:
+                column = f"{metric}{subset}"
+                row[f"old_old_{column}"] = _cell(table, old, old, column)
+                row[f"new_old_{column}"] = _cell(table, route.new_query, route.old_gallery, column)
+                row[f"pass_{column}"] = row[f"new_old_{column}"] > row[f"old_old_{column}"]
+            independent = independents.get(seed)
+            span = _cell(table, independent, independent, metric) - row[f"old_old_{metric}"] if independent else np.nan
+            row[f"update_gain_{metric}"] = (row[f"new_old_{metric}"] - row[f"old_old_{metric}"]) / span
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fold_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread (max - min) of every number over seeds; criterion as passes per seed."""
+    value_columns = [c for c in rows.columns if c.startswith(("new_", "old_", "update_gain_"))]
+    pass_columns = [c for c in rows.columns if c.startswith("pass_")]
+    grouped = rows.groupby(["entry", "method", "route", "transform"], sort=False)
+    folded = grouped[value_columns].mean()
+    spread = grouped[value_columns].max() - grouped[value_columns].min()
+    folded = folded.join(spread.add_suffix("_spread"))
+    folded = folded.join(grouped[pass_columns].sum().astype(int)).join(grouped.size().rename("seeds"))
+    return folded.reset_index()
+
+
+def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
+    report = Path(run_dir) / "report"
+    return (pd.read_parquet(report / "report.parquet"),
+            json.loads((report / "entries.json").read_text()))
+
+
+def _value(row: pd.Series, column: str, percent: bool = True) -> str:
+    mean, spread = row[column], row[f"{column}_spread"]
+    if np.isnan(mean):
+        return "-"
+    scale = 100 if percent else 1
+    return f"{mean * scale:.1f} ± {spread * scale / 2:.1f}" if percent else f"{mean:.2f} ± {spread / 2:.2f}"
+
+
+def _verdict(row: pd.Series, subset: str) -> str:
+    passes = min(row[f"pass_top1{subset}"], row[f"pass_map{subset}"])
+    if np.isnan(row[f"new_old_top1{subset}"]):
+        return "-"
+    return f"{'pass' if passes == row['seeds'] else 'FAIL'} {passes}/{row['seeds']}"
+
+
+def scenario_markdown(title: str, folded: pd.DataFrame, has_subsets: bool) -> list[str]:
+    """One scenario's table: rows = entries, values = mean ± half the spread over seeds."""
+    first = folded.iloc[0]
+    lines = [f"old/old: top-1 {_value(first, 'old_old_top1')}, mAP {_value(first, 'old_old_map')}"
+             + (f"; seen classes top-1 {_value(first, 'old_old_top1_seen')}, mAP {_value(first, 'old_old_map_seen')};"
+                f" unseen top-1 {_value(first, 'old_old_top1_unseen')}, mAP {_value(first, 'old_old_map_unseen')}"
+                if has_subsets else ""), ""]
+    header = ["entry", "method", "route", "new/new top-1", "new/old top-1", "new/old mAP", "old/new top-1"]
+    if has_subsets:
+        header += ["seen new/old top-1", "seen mAP", "unseen new/old top-1", "unseen mAP"]
+    header += ["criterion all"] + (["criterion seen", "criterion unseen"] if has_subsets else []) + ["update gain top-1"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in folded.iterrows():
+        cells = [row.entry, row.method, row.route, _value(row, "new_new_top1"), _value(row, "new_old_top1"),
+                 _value(row, "new_old_map"), _value(row, "old_new_top1")]
+        if has_subsets:
+            cells += [_value(row, f"new_old_{c}") for c in ("top1_seen", "map_seen", "top1_unseen", "map_unseen")]
+        cells += [_verdict(row, "")] + ([_verdict(row, "_seen"), _verdict(row, "_unseen")] if has_subsets else [])
+        cells += [_value(row, "update_gain_top1", percent=False)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return [f"### {title}", ""] + lines + [""]
+
+
+def claim_checks(folded: pd.DataFrame, has_subsets: bool) -> list[tuple[str, bool]]:
+    """The paper's claims (issue 3's acceptance) checked against the folded table."""
+    subsets = SUBSETS if has_subsets else ("",)
+    by_entry = {row.entry: row for _, row in folded.iterrows()}
+    independent = next((row for row in by_entry.values() if row.method == "independent" and row.route == "direct"), None)
+    bct = next((row for row in by_entry.values() if row.method == "bct"), None)
+    checks = []
+    for row in by_entry.values():
+        if row.route in COMPATIBLE_ROUTES.get(row.method, ()):
+            passes = all(row[f"pass_{m}{s}"] == row.seeds for m in METRICS for s in subsets)
+            checks.append((f"{row.entry} ({row.route}) meets the criterion in every seed"
+                           + (", overall and on seen and unseen classes" if has_subsets else ""), passes))
+    for row in by_entry.values():
+        if row.method in COMPATIBLE_ROUTES and row.route == "direct":
+            if independent is not None:
+                checks.append((f"{row.entry} new/new top-1 within 2 points of independent",
+                               row.new_new_top1 >= independent.new_new_top1 - 0.02))
+            if bct is not None:
+                checks.append((f"{row.entry} new/new top-1 at least BCT's minus its spread",
+                               row.new_new_top1 >= bct.new_new_top1 - bct.new_new_top1_spread))
+    if independent is not None:
+        checks.append(("independent fails the criterion", independent.pass_top1 + independent.pass_map < 2 * independent.seeds))
+    cmc = {(row.method, row.route): row for row in by_entry.values() if row.method in ("lce_cmc", "rbt_cmc")}
+    if ("lce_cmc", "T21") in cmc:
+        lce = cmc[("lce_cmc", "T21")]
+        checks.append(("CMC: (model 2 with T21, old) meets the criterion in every seed",
+                       lce.pass_top1 == lce.seeds and lce.pass_map == lce.seeds))
+        if ("rbt_cmc", "T21") in cmc:
+            checks.append(("CMC: LCE's T21 beats the RBT-style regression on new/old mAP",
+                           lce.new_old_map > cmc[("rbt_cmc", "T21")].new_old_map))
+    return checks
