@@ -61,3 +61,34 @@ def test_train_config_file(tmp_path):
 def test_model_configs_in_the_repo_load():
     for path in (Path(__file__).parents[1] / "configs" / "models").glob("*.yaml"):
         assert load_train_config(path).name == path.stem
+
+
+def test_seeds_repeat_every_new_model_and_cmc_fit_but_not_the_old_model():
+    cfg = pipeline_from_dict({**BASE, "seeds": [0, 3], "new": [{"name": "ind"}, {"name": "lce", "method": "lce_direct"}],
+                              "cmc": [{"name": "cmc", "new_model": "ind"}]})
+    assert cfg.old.name == "old" and cfg.old.seed == 0
+    assert [(m.name, m.seed) for m in cfg.new] == [("ind-s0", 0), ("lce-s0", 0), ("ind-s3", 3), ("lce-s3", 3)]
+    assert [(c.name, c.new_model, c.seed) for c in cfg.cmc] == [("cmc-s0", "ind-s0", 0), ("cmc-s3", "ind-s3", 3)]
+
+
+def test_bad_seeds_and_unknown_cmc_models_are_named():
+    with pytest.raises(ConfigError, match="key 'seeds': expected a non-empty list of integers"):
+        pipeline_from_dict({**BASE, "seeds": "0"}, "x.yaml")
+    with pytest.raises(ConfigError, match="new_model 'nope' is not one of the new models"):
+        pipeline_from_dict({**BASE, "cmc": [{"name": "cmc", "new_model": "nope"}]}, "x.yaml")
+
+
+def test_every_scenario_config_loads():
+    folder = Path(__file__).parents[1] / "configs" / "scenarios"
+    scenarios = {path.stem: load_pipeline_config(path) for path in folder.glob("*.yaml")}
+    assert set(scenarios) == {"data", "classes", "loss", "backbone", "dim"}
+    for name, cfg in scenarios.items():
+        assert {m.seed for m in cfg.new} == {0, 1} and cfg.score.pairs == "counterparts", name
+        assert {c.method for c in cfg.cmc} == {"lce_cmc", "rbt_cmc"}, name
+    assert scenarios["dim"].old.model.embedding_dim == 64 and {m.model.embedding_dim for m in scenarios["dim"].new} == {128}
+    assert not {"bct", "l2", "lce_direct"} & {m.method for m in scenarios["dim"].new}
+    assert {m.model.architecture for m in scenarios["backbone"].new} == {"resnet18"}
+    assert scenarios["loss"].old.model.head.kind == "softmax"
+    assert {m.model.head.kind for m in scenarios["loss"].new} == {"arcface"}
+    assert scenarios["classes"].old.classes == "first_half"
+    assert scenarios["data"].old.data_fraction == scenarios["data"].new[0].data_fraction / 2

@@ -7,7 +7,7 @@ import torch
 from pipeline.config import CompatConfig, HeadConfig
 from pipeline.heads import build_head
 from pipeline.losses import (DimensionMismatch, TrainingObjective, alignment_loss, boundary_loss, check_same_dim,
-                             influence_loss, influence_weights)
+                             influence_loss, influence_weights, regression_loss)
 from pipeline.statistics import OldSpaceStats, StatisticsMismatch
 
 
@@ -172,3 +172,35 @@ def test_manners_refuse_missing_transformations():
 def test_old_classes_only_with_no_shared_class_is_refused():
     with pytest.raises(ValueError, match="no class has compatibility terms"):
         TrainingObjective("lce_direct", CompatConfig(old_classes_only=True), _stats(old_classes=("z",)))
+
+
+def test_regression_is_mean_squared_distance_of_unit_vectors():
+    mapped = torch.tensor([[3.0, 4.0], [0.0, 5.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # unit rows (0.6, 0.8) vs (1, 0): 0.16 + 0.64; (0, 1) vs (0, 1): 0
+    assert regression_loss(mapped, targets).item() == pytest.approx(0.8 / 2)
+
+
+def test_l2_regresses_onto_the_frozen_old_embedder_which_never_trains():
+    old_embedder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2))
+    objective = TrainingObjective("l2", CompatConfig(lambda_regression=2.0), _stats(), old_embedder=old_embedder)
+    objective.train()  # a caller switching the objective to train mode leaves the old model in eval mode
+    assert not old_embedder.training
+    images = torch.randn(3, 1, 2, 2)
+    features = torch.randn(3, 2, requires_grad=True)
+    labels = torch.tensor([0, 1, 0])
+    terms = objective(features, torch.zeros(3, 2), labels, torch.eye(2), images=images)
+    assert terms["regression"].item() == pytest.approx(regression_loss(features, old_embedder(images)).item())
+    assert terms["loss"].item() == pytest.approx(terms["cls"].item() + 2.0 * terms["regression"].item())
+    terms["loss"].backward()
+    assert features.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in old_embedder.parameters())
+    assert terms["align"].item() == terms["boundary"].item() == terms["influence"].item() == 0
+
+
+def test_l2_refuses_a_missing_old_model_or_images():
+    with pytest.raises(ValueError, match="old model's embedder"):
+        TrainingObjective("l2", CompatConfig(), _stats())
+    objective = TrainingObjective("l2", CompatConfig(), _stats(), old_embedder=torch.nn.Flatten())
+    with pytest.raises(ValueError, match="needs the batch's images"):
+        objective(torch.randn(2, 2), torch.zeros(2, 2), torch.tensor([0, 1]), torch.eye(2))

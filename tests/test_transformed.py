@@ -28,3 +28,14 @@ def test_forward_gallery_is_judged_against_old_old_and_other_dimensions_are_abse
     assert bool(table.loc[("new", "old.t12.new"), "compatible_top1"]) is True  # 0.85 > old/old 0.80
     grid = matrix(table.reset_index(), "top1", ["old", "new"])
     assert np.isnan(grid.loc["old", "new"]) and grid.loc["new", "new"] == pytest.approx(0.90)
+
+
+def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with():
+    from pipeline.transformed import MatrixEntry, counterpart_pairs
+
+    entries = {"old": MatrixEntry(None, "old", "none", "old", "old"),
+               "new": MatrixEntry(None, "new", "none", "old", "new"),
+               "new.t21": MatrixEntry(None, "new.t21", "T21 of new", "old", "new"),
+               "old.t12.new": MatrixEntry(None, "old", "T12 of new", "new", "new")}
+    assert counterpart_pairs(entries) == [("old", "old"), ("new", "new"), ("new", "old"), ("new.t21", "old"),
+                                          ("old.t12.new", "new"), ("new", "old.t12.new")]

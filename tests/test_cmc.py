@@ -1,0 +1,104 @@
+"""Cross-model compatibility terms on tiny inputs: hand-computed values and where gradients go."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.artifacts import ArtifactError, write_artifact
+from pipeline.cmc import build_cmc_transforms, cmc_terms, load_cmc
+from pipeline.config import CompatConfig, ModelConfig, TransformConfig
+from pipeline.models import EmbeddingModel
+from pipeline.statistics import OldSpaceStats
+
+
+class _Rotate(torch.nn.Module):
+    """A fixed 90-degree rotation standing in for a learned transformation: (x, y) -> (-y, x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * torch.stack([-x[:, 1], x[:, 0]], dim=1)
+
+
+def _space(centers):
+    return OldSpaceStats(classes=["a", "b"], old_classes=["a", "b"], centers=np.array(centers, np.float32),
+                         boundaries=np.array([0.5, 0.5], np.float32), feature_means=np.zeros((2, 2), np.float32),
+                         counts=np.array([1, 1]), boundary_rule="quantile")
+
+
+OLD_SPACE = _space([[1.0, 0.0], [0.0, 1.0]])
+NEW_SPACE = _space([[0.0, -1.0], [1.0, 0.0]])  # the old centers rotated by -90 degrees: T21 maps them back exactly
+
+
+def _terms(method, compat=CompatConfig(compactness_margin=0.1)):
+    transforms = torch.nn.ModuleDict({"backward_transform": _Rotate(), "forward_transform": _Rotate()})
+    old_features = torch.tensor([[1.0, 0.0]])   # class a, at its old center
+    new_features = torch.tensor([[0.0, -2.0]])  # class a, at its new center (norm 2)
+    return cmc_terms(method, old_features, new_features, torch.tensor([0]), OLD_SPACE, NEW_SPACE, compat,
+                     transforms), transforms
+
+
+def test_lce_cmc_aligns_and_bounds_in_each_target_space():
+    terms, _ = _terms("lce_cmc")
+    # T21 maps the new centers onto the old ones and the new feature onto the old center: no loss.
+    assert terms["align_21"].item() == pytest.approx(0.0, abs=1e-6)
+    assert terms["boundary_21"].item() == pytest.approx(0.0, abs=1e-6)
+    # T12 rotates the old centers by +90 degrees, opposite to the new ones: |u - (-u)|^2 = 4 each,
+    # and the old feature lands at angle pi from its new center (boundary 0.5, margin 0.1).
+    assert terms["align_12"].item() == pytest.approx(4.0, abs=1e-5)
+    assert terms["boundary_12"].item() == pytest.approx(math.pi - 0.4, abs=1e-2)
+    assert terms["regression"].item() == 0
+    assert terms["loss"].item() == pytest.approx(4.0 + terms["boundary_12"].item(), abs=1e-5)
+
+
+def test_rbt_cmc_regresses_point_wise():
+    terms, _ = _terms("rbt_cmc")
+    # T21(new) = (1, 0) = old feature: 0; T12(old) = (0, 1) against the new feature (0, -1): 4.
+    assert terms["regression"].item() == pytest.approx(4.0, abs=1e-6)
+    assert terms["align_21"].item() == terms["align_12"].item() == terms["boundary_12"].item() == 0
+    assert terms["loss"].item() == pytest.approx(4.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lce_cmc", "rbt_cmc"])
+def test_gradients_reach_exactly_the_two_transformations(method):
+    old_model = EmbeddingModel(ModelConfig(embedding_dim=4), 1, 2).eval()
+    new_model = EmbeddingModel(ModelConfig(embedding_dim=6), 1, 2).eval()
+    images = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():  # CMC works on the features of two frozen models
+        old_features, new_features = old_model.embedder(images), new_model.embedder(images)
+    stats = {dim: OldSpaceStats(["a", "b"], ["a", "b"], np.eye(2, dim, dtype=np.float32), np.full(2, 0.3, np.float32),
+                                np.zeros((2, dim), np.float32), np.array([2, 2]), "quantile") for dim in (4, 6)}
+    transforms = build_cmc_transforms(4, 6, TransformConfig(blocks=1, paths=1, hidden=8))
+    terms = cmc_terms(method, old_features, new_features, torch.tensor([0, 1, 0, 1]), stats[4], stats[6],
+                      CompatConfig(), transforms)
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in transforms.parameters())
+    assert all(p.grad is None for p in [*old_model.parameters(), *new_model.parameters()])
+
+
+def test_identity_transformations_refuse_other_dimensions():
+    with pytest.raises(ValueError, match="cannot map dimension 6 to dimension 4"):
+        build_cmc_transforms(4, 6, TransformConfig(blocks=0))
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown CMC method 'l3'"):
+        _terms("l3")
+
+
+def test_load_cmc_refuses_a_model_artifact_and_a_missing_file(tmp_path):
+    config = ModelConfig(embedding_dim=4)
+    write_artifact(tmp_path / "model", EmbeddingModel(config, 1, 2).state_dict(),
+                   {"name": "m", "model": config.model_dump(), "classes": ["a", "b"], "channels": 1})
+    with pytest.raises(ArtifactError, match="not a CMC artifact"):
+        load_cmc(tmp_path / "model")
+    folder = tmp_path / "cmc"
+    folder.mkdir()
+    (folder / "card.json").write_text('{"kind": "cmc", "old_model": {"dim": 4}, "new_model": {"dim": 6}, '
+                                      '"config": {"transform": {"blocks": 1, "paths": 1, "hidden": 8}}}')
+    with pytest.raises(ArtifactError, match="transforms.pt: cannot load"):
+        load_cmc(folder)
