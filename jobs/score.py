@@ -1,12 +1,18 @@
-"""Score every (query model, gallery model) pair of embedding sets with faiss; log the matrix to MLflow."""
+"""Score every (query model, gallery model) pair of embedding sets with faiss; log the matrix to MLflow.
+
+Transformed entries (a new model through its T21, the old gallery through a T12) join the matrix
+when ``--artifacts`` names the model and CMC artifacts that hold the transformations."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from jobs._common import add_tracking_args, run_main
+from pipeline.artifacts import read_card
 from pipeline.embeddings import read_embeddings
 from pipeline.scoring import score_and_report
+from pipeline.transformed import matrix_entries
 
 
 def main() -> None:
@@ -15,6 +21,10 @@ def main() -> None:
     parser.add_argument("--old-model", required=True, help="the old model's artifact (defines seen/unseen classes)")
     parser.add_argument("--independent", default=None, help="name of the independent new model (update gain)")
     parser.add_argument("--out", required=True, help="report folder to write")
+    parser.add_argument("--artifacts", nargs="*", default=[],
+                        help="model or CMC artifact folders whose transformations add matrix entries (mapped sets "
+                             "are written under OUT/embeddings)")
+    parser.add_argument("--split", default="test", help="the split the embeddings encode (names the mapped sets' folders)")
     parser.add_argument("--query-chunk", type=int, default=1024)
     add_tracking_args(parser)
     args = parser.parse_args()
@@ -24,8 +34,16 @@ def main() -> None:
         if embeddings.model_name in sets:
             raise ValueError(f"{folder}: a second embeddings set of model {embeddings.model_name!r}")
         sets[embeddings.model_name] = embeddings
-    print(score_and_report(sets, old_model=args.old_model, independent=args.independent, out_dir=args.out,
-                           tracking_uri=args.tracking_uri, experiment=args.experiment, chunk=args.query_chunk))
+    models, cmc = {}, {}
+    for folder in args.artifacts:
+        card = read_card(folder)
+        (cmc if card.get("kind") == "cmc" else models)[card["name"]] = Path(folder)
+    entries = matrix_entries(models, sets, read_card(args.old_model)["name"], Path(args.out) / "embeddings", args.split, cmc)
+    print(score_and_report({name: e.embeddings for name, e in entries.items()}, old_model=args.old_model,
+                           independent=args.independent, out_dir=args.out, tracking_uri=args.tracking_uri,
+                           experiment=args.experiment, chunk=args.query_chunk,
+                           references={name: e.reference for name, e in entries.items()},
+                           transforms={name: e.transform for name, e in entries.items()}))
 
 
 if __name__ == "__main__":

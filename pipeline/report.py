@@ -78,8 +78,9 @@ def log_report(table: pd.DataFrame, order: list[str], files: list[Path], trackin
         client.log_batch(run_id, metrics=metrics[start : start + 900])
     client.log_batch(run_id, params=[Param("models", ",".join(order))])
     for row in table.to_dict("records"):
-        if row["query_model"] != row["gallery_model"]:
-            verdict = all(bool(row[f"compatible_{m}"]) for m in ("top1", "map"))
+        verdicts = [row[f"compatible_{m}"] for m in ("top1", "map")]
+        if row["query_model"] != row["gallery_model"] and not any(pd.isna(v) for v in verdicts):
+            verdict = all(bool(v) for v in verdicts)
             client.set_tag(run_id, f"compatible/{row['query_model']}/{row['gallery_model']}", str(verdict).lower())
     for path in files:
         client.log_artifact(run_id, str(path))

@@ -80,6 +80,9 @@ def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet], old: 
         new_model = card["new_model"]["name"]
         carriers.append((name, transforms, card["id"], new_model, f"{card['method']} {name} of {new_model}"))
     for name, transforms, model_id, source, what in carriers:
+        missing = [model for model in (source, old) if model not in sets]
+        if missing and len(transforms):
+            raise ValueError(f"the transformations of {name} need the embeddings of {missing} (have {sorted(sets)})")
         if "backward_transform" in transforms:
             entry = f"{name}.t21"
             mapped = map_embeddings(sets[source], transforms["backward_transform"], entry, f"{model_id}.t21",

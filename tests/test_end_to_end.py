@@ -1,17 +1,23 @@
 """train -> encode -> score on a tiny subset of the real Fashion-MNIST, on a real local Ray."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.artifacts import read_card
+from pipeline.cmc import load_cmc
 from pipeline.config import pipeline_from_dict
 from pipeline.embeddings import read_embeddings
 from pipeline.orchestrate import run_pipeline
+from pipeline.results import load_run, seed_rows
 from tests.reference import reference
 
 pytestmark = pytest.mark.ray
+SMALL_T = {"blocks": 1, "paths": 1, "hidden": 32}
+PLAIN = ["old", "independent", "bct", "lce", "lce_bwd", "lce_fwd", "lce_bi", "l2"]
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +32,65 @@ def finished_pipeline(tmp_path_factory, fashion_subset, ray_cluster):
         "old": {"name": "old", "classes": "first_half"},
         "new": [{"name": "independent", "method": "independent"}, {"name": "bct", "method": "bct"},
                 {"name": "lce", "method": "lce_direct"},
-                {"name": "lce_bwd", "method": "lce_backward", "transform": {"blocks": 1, "paths": 1, "hidden": 32}}],
+                {"name": "lce_bwd", "method": "lce_backward", "transform": SMALL_T},
+                {"name": "lce_fwd", "method": "lce_forward", "transform": SMALL_T},
+                {"name": "lce_bi", "method": "lce_bidirectional", "transform": SMALL_T},
+                {"name": "l2", "method": "l2"}],
+        "cmc": [{"name": "cmc_lce", "method": "lce_cmc", "new_model": "independent", "epochs": 2, "transform": SMALL_T},
+                {"name": "cmc_rbt", "method": "rbt_cmc", "new_model": "independent", "epochs": 2, "transform": SMALL_T}],
+        "score": {"pairs": "counterparts"},
     })
     return cfg, run_pipeline(cfg)
 
 
-def test_report_has_every_pair_and_subset(finished_pipeline):
+def test_report_has_every_counterpart_pair_and_subset(finished_pipeline):
     cfg, result = finished_pipeline
     table = pd.read_parquet(result.report_dir / "report.parquet")
-    assert len(table) == 36  # 5 models and the backward-transformed entry lce_bwd.t21
+    pairs = set(zip(table.query_model, table.gallery_model))
+    assert {(m, m) for m in PLAIN} | {(m, "old") for m in PLAIN} <= pairs
+    transformed = {"lce_bwd.t21", "lce_bi.t21", "cmc_lce.t21", "cmc_rbt.t21"}
+    assert {(t, "old") for t in transformed} <= pairs
+    for carrier, new in (("lce_fwd", "lce_fwd"), ("lce_bi", "lce_bi"), ("cmc_lce", "independent"), ("cmc_rbt", "independent")):
+        assert {(new, f"old.t12.{carrier}"), (f"old.t12.{carrier}", new)} <= pairs
+    assert len(table) == len(pairs) == 27  # 8 models with themselves and the old model, 4 T21 entries, 4 T12 galleries both ways
     assert {"top1_seen", "top1_unseen", "map_unseen", "compatible_map", "update_gain_top1"} <= set(table.columns)
     assert (result.report_dir / "heatmap.png").stat().st_size > 10_000
-    transformed = table[(table.query_model == "lce_bwd.t21") & (table.gallery_model == "old")].iloc[0]
-    assert transformed["transform"] == "T21 of lce_bwd (new -> old)"
-    assert transformed["query_embeddings"].endswith("embeddings/lce_bwd.t21/test")
+    row = table[(table.query_model == "lce_bwd.t21") & (table.gallery_model == "old")].iloc[0]
+    assert row["transform"] == "T21 of lce_bwd (new -> old)"
+    assert row["query_embeddings"].endswith("embeddings/lce_bwd.t21/test")
+    row = table[(table.query_model == "independent") & (table.gallery_model == "old.t12.cmc_lce")].iloc[0]
+    assert row["transform"] == "T12 of lce_cmc cmc_lce of independent (old -> new)"
     assert "old" in result.matrix_text and "lce" in result.matrix_text
+
+
+def test_cmc_trains_only_its_transformations(finished_pipeline):
+    cfg, result = finished_pipeline
+    models = f"{cfg.output_dir}/models"
+    card = read_card(f"{models}/cmc_lce")
+    assert card["kind"] == "cmc" and card["old_model"]["name"] == "old" and card["new_model"]["name"] == "independent"
+    transforms, _ = load_cmc(f"{models}/cmc_lce")
+    assert set(transforms) == {"backward_transform", "forward_transform"}
+    # Neither model changed: their weights still equal the copies logged to MLflow when they were trained.
+    client = MlflowClient(result.tracking_uri)
+    for model in ("old", "independent"):
+        logged = client.download_artifacts(read_card(f"{models}/{model}")["mlflow_run_id"], "model/model.pt",
+                                           str(Path(cfg.output_dir) / f"logged-{model}"))
+        assert Path(logged).read_bytes() == Path(f"{models}/{model}/model.pt").read_bytes()
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("e2e").experiment_id])}
+    assert runs["cmc_lce"].data.tags["kind"] == "cmc" and "train_align_21" in runs["cmc_lce"].data.metrics
+    assert runs["cmc_rbt"].data.metrics["train_regression"] > 0
+
+
+def test_results_rows_are_report_cells(finished_pipeline):
+    cfg, result = finished_pipeline
+    table, entries = load_run(cfg.output_dir)
+    rows = seed_rows(table, entries, cfg).set_index("entry")
+    cells = table.set_index(["query_model", "gallery_model"])
+    assert rows.loc["cmc_lce.t21", "method"] == "lce_cmc"
+    assert rows.loc["cmc_lce.t21", "new_old_top1"] == cells.loc[("cmc_lce.t21", "old"), "top1"]
+    assert rows.loc["cmc_lce.t21", "new_new_top1"] == cells.loc[("independent", "independent"), "top1"]
+    assert rows.loc["old.t12.lce_fwd", "new_old_map_unseen"] == cells.loc[("lce_fwd", "old.t12.lce_fwd"), "map_unseen"]
+    assert rows.loc["old.t12.lce_fwd", "old_new_top1"] == cells.loc[("old.t12.lce_fwd", "lce_fwd"), "top1"]
 
 
 def test_every_metric_equals_brute_force(finished_pipeline):
@@ -71,7 +121,7 @@ def test_mlflow_holds_one_run_per_model_and_one_matrix(finished_pipeline):
     client = MlflowClient(result.tracking_uri)
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs if r.data.tags.get("kind") == "train") == ["bct", "independent", "lce", "lce_bwd", "old"]
+    assert sorted(r.info.run_name for r in runs if r.data.tags.get("kind") == "train") == sorted(PLAIN)
     [score] = [r for r in runs if r.data.tags.get("kind") == "score"]
     table = pd.read_parquet(result.report_dir / "report.parquet").set_index(["query_model", "gallery_model"])
     assert score.data.metrics["top1/lce/old"] == pytest.approx(table.loc[("lce", "old"), "top1"])

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-JOBS = ["ingest", "stats", "train", "encode", "score", "pipeline"]
+JOBS = ["ingest", "stats", "train", "cmc", "encode", "score", "pipeline", "results"]
 
 
 @pytest.mark.parametrize("job", JOBS)
