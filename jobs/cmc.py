@@ -6,7 +6,7 @@ import argparse
 
 from jobs._common import add_tracking_args, run_main
 from pipeline.cmc import fit_cmc
-from pipeline.config import CmcConfig, read_yaml, validate
+from pipeline.config import load_cmc_config
 from pipeline.runtime import init_ray
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--ray-address", default=None)
     add_tracking_args(parser)
     args = parser.parse_args()
-    cfg = validate(CmcConfig, read_yaml(args.config), args.config)
+    cfg = load_cmc_config(args.config)
     init_ray(args.ray_address)
     artifact = fit_cmc(cfg, args.old_model, args.new_model, args.dataset, args.out, work_dir=args.work_dir,
                        storage_path=args.storage_path, tracking_uri=args.tracking_uri, experiment=args.experiment)

@@ -18,18 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
 from pipeline.artifacts import ArtifactError, check_name, new_model_id, read_card
+from pipeline.checkpoints import final_weights, report_epoch, resume
 from pipeline.config import CmcConfig, CompatConfig, TrainConfig, TransformConfig
 from pipeline.embeddings import EmbeddingSet
 from pipeline.losses import alignment_loss, boundary_loss, map_rows, regression_loss
@@ -40,7 +40,6 @@ from pipeline.transforms import FeatureTransform
 
 log = logging.getLogger(__name__)
 TRANSFORMS_FILE = "transforms.pt"
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def build_cmc_transforms(old_dim: int, new_dim: int, config: TransformConfig) -> nn.ModuleDict:
@@ -103,19 +102,8 @@ def cmc_loop_per_worker(loop_config: dict[str, Any]) -> None:
     steps_per_epoch = max(1, len(labels) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                     pct_start=0.15)
-    start_epoch, digest = 0, loop_config["config_hash"]
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        if state.get("config_hash") != digest:
-            raise ValueError(f"cmc {cfg.name!r}: this Ray Train run was started with another config or models; "
-                             "give another run name")
-        transforms.load_state_dict(state["transforms"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch = state["epoch"] + 1
+    digest = loop_config["config_hash"]
+    start_epoch = resume(transforms, optimizer, scheduler, digest, f"cmc {cfg.name!r}", device)
     logger = EpochLogger(loop_config["tracking_uri"], loop_config.get("mlflow_run_id"), flat_params(loop_config["cmc"]))
     for epoch in range(start_epoch, cfg.epochs):
         transforms.train()
@@ -135,11 +123,7 @@ def cmc_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 totals[key] = totals.get(key, 0.0) + value.item()
         metrics = {f"train_{key}": value / steps_per_epoch for key, value in totals.items()}
         logger.log_epoch(metrics, epoch)
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save({"transforms": transforms.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
-                        "config_hash": digest}, Path(folder) / CHECKPOINT_FILE)
-            ray.train.report({**metrics, "epoch": epoch}, checkpoint=Checkpoint.from_directory(folder))
+        report_epoch({**metrics, "epoch": epoch}, epoch, transforms, optimizer, scheduler, digest)
 
 
 def _paired_features(old_set: EmbeddingSet, new_set: EmbeddingSet, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,8 +181,6 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
     log.info("cmc %s: %s between %s and %s on %d images", cfg.name, cfg.method, old_card["name"], new_card["name"], len(rows))
     try:
         result = trainer.fit()
-        with result.checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         card = {"kind": "cmc", "id": new_model_id(cfg.name), "name": cfg.name, "method": cfg.method,
                 "old_model": {"name": old_card["name"], "id": old_card["id"], "dir": str(Path(old_model).resolve()),
                               "dim": int(old_features.shape[1])},
@@ -207,7 +189,7 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
                 "classes": classes, "config": cfg.model_dump(),
                 "metrics": {k: float(v) for k, v in result.metrics.items()}, "mlflow_run_id": run.info.run_id}
         artifact_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(state["transforms"], artifact_dir / f".{TRANSFORMS_FILE}.tmp")
+        torch.save(final_weights(result), artifact_dir / f".{TRANSFORMS_FILE}.tmp")
         (artifact_dir / f".{TRANSFORMS_FILE}.tmp").replace(artifact_dir / TRANSFORMS_FILE)
         (artifact_dir / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
         client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="cmc")

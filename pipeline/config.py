@@ -260,3 +260,7 @@ def load_pipeline_config(path: str | Path, overrides: dict[str, Any] | None = No
 
 def load_train_config(path: str | Path) -> TrainConfig:
     return validate(TrainConfig, read_yaml(path), str(path))
+
+
+def load_cmc_config(path: str | Path) -> CmcConfig:
+    return validate(CmcConfig, read_yaml(path), str(path))

@@ -25,7 +25,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import ingest, ingested_from, read_dataset_info
 from pipeline.embeddings import read_embeddings
 from pipeline.encoding import encode_split
-from pipeline.old_space import train_split_embeddings, stats_for_model
+from pipeline.old_space import stats_for_model, train_split_embeddings
 from pipeline.scoring import score_and_report
 from pipeline.training import fit_model
 from pipeline.transformed import counterpart_pairs, matrix_entries

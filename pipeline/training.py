@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import math
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -21,10 +20,11 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipeline.artifacts import load_model, new_model_id, read_card, write_artifact
+from pipeline.checkpoints import final_weights, report_epoch, resume
 from pipeline.config import HeadConfig, TrainConfig
 from pipeline.data import class_indices, load_split, read_dataset_info
 from pipeline.heads import build_head
@@ -35,7 +35,6 @@ from pipeline.tracking import EpochLogger, experiment_id, flat_params
 from pipeline.transforms import TRANSFORMS_OF, build_transforms
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -112,21 +111,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
                                                     total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
-    start_epoch, digest = 0, config_hash(loop_config)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        if state.get("config_hash") != digest:
-            raise ValueError(f"model {cfg.name!r}: this Ray Train run was started with another config or data; "
-                             "resuming it would mix the two (give another run name)")
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch = state["epoch"] + 1
-        if rank == 0:
-            log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, state["epoch"])
+    digest = config_hash(loop_config)
+    start_epoch = resume(core, optimizer, scheduler, digest, f"model {cfg.name!r}", device)
+    if start_epoch and rank == 0:
+        log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, start_epoch - 1)
 
     tracker = (EpochLogger(loop_config["tracking_uri"], loop_config.get("mlflow_run_id"),
                            {**flat_params(loop_config["train"]), "passes_per_epoch": passes}) if rank == 0 else None)
@@ -157,7 +145,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          step + 1, steps_per_epoch, totals["loss"] / (step + 1), rate)
         metrics = _mean_over_workers(totals, steps_per_epoch, world, device)
         metrics.update(epoch=epoch, images_per_s=steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - started))
-        _report(metrics, epoch, core, optimizer, scheduler, rank, digest)
+        report_epoch(metrics, epoch, core, optimizer, scheduler, digest, with_checkpoint=rank == 0)
         if tracker:
             tracker.log_epoch(metrics, epoch)
 
@@ -175,20 +163,6 @@ def config_hash(loop_config: dict[str, Any]) -> str:
     """What a checkpoint may be resumed under: the training config and its inputs."""
     keys = ("train", "dataset", "old_model", "stats", "old_dim")
     return hashlib.sha256(json.dumps({k: loop_config.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
-
-
-def _report(metrics: dict[str, float], epoch: int, core: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, rank: int, config_digest: str) -> None:
-    """Every worker reports; rank 0 attaches the epoch's checkpoint."""
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
-                    "config_hash": config_digest},
-                   Path(folder) / CHECKPOINT_FILE)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *, storage_path: str | Path,
@@ -227,8 +201,6 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     log.info("train %s: %s on %s (%d workers, gpu=%s)", cfg.name, cfg.method, dataset, cfg.num_workers, use_gpu)
     try:
         result = trainer.fit()
-        with result.checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         card = {
             "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
             "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": cfg.method,
@@ -238,7 +210,7 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
             "train_config": cfg.model_dump(), "metrics": {k: float(v) for k, v in result.metrics.items()},
             "mlflow_run_id": run.info.run_id,
         }
-        write_artifact(artifact_dir, state["model"], card)
+        write_artifact(artifact_dir, final_weights(result), card)
         client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="model")
         client.set_tag(run.info.run_id, "model_id", card["id"])
     except BaseException:

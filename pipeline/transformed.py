@@ -59,7 +59,7 @@ def map_embeddings(source: EmbeddingSet, transform: nn.Module, name: str, model_
     for part, start in enumerate(range(0, len(source.ids), ROWS_PER_FILE)):
         rows = slice(start, start + ROWS_PER_FILE)
         with torch.inference_mode():
-            unit = F.normalize(torch.from_numpy(np.ascontiguousarray(source.vectors[rows])), dim=1)
+            unit = F.normalize(torch.from_numpy(np.array(source.vectors[rows], dtype=np.float32)), dim=1)
             vectors = transform(unit).numpy()
         write_embeddings(out_dir / f"part-{part:05d}.parquet", embeddings_table(
             source.ids[rows].tolist(), source.labels[rows], vectors, model_id, name, source.classes))

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_pipeline_config, load_train_config, pipeline_from_dict
+from pipeline.config import ConfigError, load_cmc_config, load_pipeline_config, load_train_config, pipeline_from_dict
 
 BASE = {"old": {"name": "old", "classes": "first_half"}, "new": [{"name": "lce", "method": "lce_direct"}]}
 
@@ -61,6 +61,8 @@ def test_train_config_file(tmp_path):
 def test_model_configs_in_the_repo_load():
     for path in (Path(__file__).parents[1] / "configs" / "models").glob("*.yaml"):
         assert load_train_config(path).name == path.stem
+    for path in (Path(__file__).parents[1] / "configs" / "cmc").glob("*.yaml"):
+        assert load_cmc_config(path).method == f"{path.stem}_cmc"
 
 
 def test_seeds_repeat_every_new_model_and_cmc_fit_but_not_the_old_model():

@@ -6,8 +6,16 @@ import torch
 
 from pipeline.config import CompatConfig, HeadConfig
 from pipeline.heads import build_head
-from pipeline.losses import (DimensionMismatch, TrainingObjective, alignment_loss, boundary_loss, check_same_dim,
-                             influence_loss, influence_weights, regression_loss)
+from pipeline.losses import (
+    DimensionMismatch,
+    TrainingObjective,
+    alignment_loss,
+    boundary_loss,
+    check_same_dim,
+    influence_loss,
+    influence_weights,
+    regression_loss,
+)
 from pipeline.statistics import OldSpaceStats, StatisticsMismatch
 
 
