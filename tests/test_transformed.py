@@ -39,3 +39,22 @@ def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with()
                "old.t12.new": MatrixEntry(None, "old", "T12 of new", "new", "new")}
     assert counterpart_pairs(entries) == [("old", "old"), ("new", "new"), ("new", "old"), ("new.t21", "old"),
                                           ("old.t12.new", "new"), ("new", "old.t12.new")]
+
+
+def test_all_pairs_by_default_and_only_pairs_of_one_dimension():
+    from pipeline.compat_matrix import score_all_pairs
+
+    rng = np.random.default_rng(0)
+
+    def embedding_set(name, dim):
+        return EmbeddingSet(path=name, model_id=name, model_name=name, ids=np.array([f"i{k}" for k in range(6)], dtype=object),
+                            labels=np.array([0, 0, 0, 1, 1, 1]), vectors=rng.normal(size=(6, dim)).astype(np.float32),
+                            classes=["x", "y"])
+
+    sets = {"old": embedding_set("old", 4), "new": embedding_set("new", 4), "wide": embedding_set("wide", 8)}
+    table = score_all_pairs(sets, topk=(1,))
+    assert sorted(zip(table.query_model, table.gallery_model)) == [
+        ("new", "new"), ("new", "old"), ("old", "new"), ("old", "old"), ("wide", "wide")]
+    chosen = score_all_pairs(sets, topk=(1,), pairs=[("new", "old"), ("old", "old")])
+    assert list(zip(chosen.query_model, chosen.gallery_model)) == [("new", "old"), ("old", "old")]
+    assert chosen.compatible_top1.notna().tolist() == [True, False]
