@@ -18,6 +18,9 @@ AP means.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import faiss
 import numpy as np
 
@@ -58,30 +61,42 @@ def topk_hits(index: faiss.Index, query: np.ndarray, query_labels: np.ndarray, g
     return {f"top{k}": (relevant & (rank <= k)).any(axis=1).astype(np.float64) for k in topk}
 
 
-def average_precisions(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
-                       self_index: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Full-ranking AP and AP@R per query (tie rule in the module docstring)."""
+def _chunk_average_precisions(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
+                              gallery_labels: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full-ranking AP and AP@R of one chunk of queries (tie rule in the module docstring)."""
     ap, ap_at_r = np.full(len(query), np.nan), np.full(len(query), np.nan)
-    for start in range(0, len(query), chunk):
-        scores = query[start : start + chunk] @ gallery.T
-        rows = np.arange(len(scores))
-        own = self_index[start : start + chunk]
-        scores[rows[own >= 0], own[own >= 0]] = -np.inf  # the query's own image ranks nowhere
-        ascending = np.sort(scores, axis=1)
-        relevant = gallery_labels[None, :] == query_labels[start : start + chunk, None]
-        relevant[rows[own >= 0], own[own >= 0]] = False
-        for row in rows:
-            relevant_scores = np.sort(scores[row, relevant[row]])
-            count = len(relevant_scores)
-            if count == 0:
-                continue
-            # items scoring >= each relevant score: its position at the end of its tie group
-            position = scores.shape[1] - np.searchsorted(ascending[row], relevant_scores, side="left")
-            relevant_above = count - np.searchsorted(relevant_scores, relevant_scores, side="left")
-            precision = relevant_above / position
-            ap[start + row] = precision.mean()
-            ap_at_r[start + row] = precision[position <= count].sum() / count
+    scores = query @ gallery.T
+    rows = np.arange(len(scores))
+    scores[rows[own >= 0], own[own >= 0]] = -np.inf  # the query's own image ranks nowhere
+    ascending = np.sort(scores, axis=1)
+    relevant = gallery_labels[None, :] == query_labels[:, None]
+    relevant[rows[own >= 0], own[own >= 0]] = False
+    for row in rows:
+        relevant_scores = np.sort(scores[row, relevant[row]])
+        count = len(relevant_scores)
+        if count == 0:
+            continue
+        # items scoring >= each relevant score: its position at the end of its tie group
+        position = scores.shape[1] - np.searchsorted(ascending[row], relevant_scores, side="left")
+        relevant_above = count - np.searchsorted(relevant_scores, relevant_scores, side="left")
+        precision = relevant_above / position
+        ap[row] = precision.mean()
+        ap_at_r[row] = precision[position <= count].sum() / count
     return ap, ap_at_r
+
+
+def average_precisions(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
+                       self_index: np.ndarray, chunk: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Full-ranking AP and AP@R per query, chunks of queries scored on ``threads`` threads
+    (default: the CPU count; the GEMM and the sorts release the GIL)."""
+    starts = range(0, len(query), chunk)
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+        parts = list(pool.map(lambda start: _chunk_average_precisions(
+            query[start : start + chunk], query_labels[start : start + chunk], gallery, gallery_labels,
+            self_index[start : start + chunk]), starts))
+    if not parts:
+        return np.array([]), np.array([])
+    return np.concatenate([ap for ap, _ in parts]), np.concatenate([at_r for _, at_r in parts])
 
 
 def per_query_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
