@@ -57,8 +57,10 @@ def main() -> None:
                 ray_started = True
             started = time.perf_counter()
             run_pipeline(cfg)
-            timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
-        seconds = json.loads(timing.read_text())["seconds"]
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - started, "commit": _commit(),
+                                          "date": time.strftime("%Y-%m-%d")}))
+        run = json.loads(timing.read_text())
+        seconds = run["seconds"]
         total += seconds
         table, entries = load_run(run_dir)
         folded = fold_seeds(seed_rows(table, entries, cfg))
@@ -68,7 +70,8 @@ def main() -> None:
         checks = claim_checks(folded, has_subsets)
         sections += scenario_markdown(f"{path.stem}: {cfg.description}", folded, has_subsets)
         sections += [f"Config `{path}`, seeds {sorted({m.seed for m in cfg.new})}, {len(table)} pairs scored on the "
-                     f"{cfg.encode.split} split ({int(table.num_queries.max())} queries); run time {seconds / 60:.1f} min.", "",
+                     f"{cfg.encode.split} split ({int(table.num_queries.max())} queries); run at commit "
+                     f"{run.get('commit', 'unknown')} on {run.get('date', 'unknown')} in {seconds / 60:.1f} min.", "",
                      "Claims checked on this table:", ""]
         sections += [f"- {'yes' if ok else '**no**'}: {claim}" for claim, ok in checks] + [""]
         print(f"{path.stem}: {sum(ok for _, ok in checks)}/{len(checks)} claims hold ({seconds / 60:.1f} min)")
@@ -83,7 +86,8 @@ def main() -> None:
         "`make results` (all scenarios, then this file), or `python -m jobs.results --reuse` to rebuild the tables "
         "from the finished runs under the output root.",
         "",
-        f"Commit {_commit()}, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({platform.machine()}), no GPU, "
+        f"Tables written at commit {_commit()} on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs "
+        f"({platform.machine()}), no GPU, "
         f"data `{overrides.get('data', {}).get('source', 'configs default')}`; all scenarios {total / 60:.1f} min. "
         f"Every number is a percentage (update gain a ratio) on the test split: the mean over seeds ± half the "
         "spread (max - min); a criterion cell says in how many seeds new/old beat old/old on both top-1 and mAP. "
