@@ -76,7 +76,9 @@ def seed_rows(table: pd.DataFrame, entries: dict[str, dict[str, str]], cfg: Pipe
                 row[f"pass_{column}"] = row[f"new_old_{column}"] > row[f"old_old_{column}"]
             independent = independents.get(seed)
             span = _cell(table, independent, independent, metric) - row[f"old_old_{metric}"] if independent else np.nan
-            row[f"update_gain_{metric}"] = (row[f"new_old_{metric}"] - row[f"old_old_{metric}"]) / span
+            # Undefined unless the independent new model improves on the old one.
+            row[f"update_gain_{metric}"] = (row[f"new_old_{metric}"] - row[f"old_old_{metric}"]) / span \
+                if span > 0 else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -103,8 +105,9 @@ def _value(row: pd.Series, column: str, percent: bool = True) -> str:
     mean, spread = row[column], row[f"{column}_spread"]
     if np.isnan(mean):
         return "-"
-    scale = 100 if percent else 1
-    return f"{mean * scale:.1f} ± {spread * scale / 2:.1f}" if percent else f"{mean:.2f} ± {spread / 2:.2f}"
+    if percent:
+        return f"{mean * 100:.1f} ± {spread * 50:.1f}"
+    return f"{mean:.2f} ± {spread / 2:.2f}"
 
 
 def _verdict(row: pd.Series, subset: str) -> str:
