@@ -37,7 +37,7 @@ class MatrixEntry:
 def counterpart_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
     """Each plain model with itself; each new model or T21 entry as queries against the old
     gallery; each T12-mapped old gallery both ways with its new model (new queries against it,
-    and as queries against the new gallery: old/new)."""
+    and as queries against the new gallery: old/new). Pairs of two dimensions are left out."""
     pairs = [(name, name) for name, entry in entries.items() if entry.transform == "none"]
     for name, entry in entries.items():
         if name == entry.counterpart:
@@ -45,7 +45,7 @@ def counterpart_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
         pairs.append((name, entry.counterpart))
         if entry.reference != name and entry.transform != "none":  # an old gallery mapped by T12
             pairs.append((entry.counterpart, name))
-    return list(dict.fromkeys(pairs))
+    return [(q, g) for q, g in dict.fromkeys(pairs) if entries[q].embeddings.dim == entries[g].embeddings.dim]
 
 
 def map_embeddings(source: EmbeddingSet, transform: nn.Module, name: str, model_id: str, out_dir: str | Path) -> EmbeddingSet:

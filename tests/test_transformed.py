@@ -33,12 +33,17 @@ def test_forward_gallery_is_judged_against_old_old_and_other_dimensions_are_abse
 def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with():
     from pipeline.transformed import MatrixEntry, counterpart_pairs
 
-    entries = {"old": MatrixEntry(None, "old", "none", "old", "old"),
-               "new": MatrixEntry(None, "new", "none", "old", "new"),
-               "new.t21": MatrixEntry(None, "new.t21", "T21 of new", "old", "new"),
-               "old.t12.new": MatrixEntry(None, "old", "T12 of new", "new", "new")}
-    assert counterpart_pairs(entries) == [("old", "old"), ("new", "new"), ("new", "old"), ("new.t21", "old"),
-                                          ("old.t12.new", "new"), ("new", "old.t12.new")]
+    def of_dim(dim):
+        return EmbeddingSet(path="p", model_id="m", model_name="m", ids=np.array(["a"], dtype=object),
+                            labels=np.array([0]), vectors=np.zeros((1, dim), np.float32), classes=["x"])
+
+    entries = {"old": MatrixEntry(of_dim(4), "old", "none", "old", "old"),
+               "new": MatrixEntry(of_dim(4), "new", "none", "old", "new"),
+               "wide": MatrixEntry(of_dim(8), "wide", "none", "old", "wide"),
+               "new.t21": MatrixEntry(of_dim(4), "new.t21", "T21 of new", "old", "new"),
+               "old.t12.new": MatrixEntry(of_dim(4), "old", "T12 of new", "new", "new")}
+    assert counterpart_pairs(entries) == [("old", "old"), ("new", "new"), ("wide", "wide"), ("new", "old"),
+                                          ("new.t21", "old"), ("old.t12.new", "new"), ("new", "old.t12.new")]
 
 
 def test_all_pairs_by_default_and_only_pairs_of_one_dimension():
