@@ -28,7 +28,7 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from pipeline.artifacts import ArtifactError, check_name, new_model_id, read_card
+from pipeline.artifacts import CARD_FILE, ArtifactError, check_name, new_model_id, read_card
 from pipeline.checkpoints import final_weights, report_epoch, resume
 from pipeline.config import CmcConfig, CompatConfig, TrainConfig, TransformConfig
 from pipeline.embeddings import EmbeddingSet
@@ -191,7 +191,7 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
         artifact_dir.mkdir(parents=True, exist_ok=True)
         torch.save(final_weights(result), artifact_dir / f".{TRANSFORMS_FILE}.tmp")
         (artifact_dir / f".{TRANSFORMS_FILE}.tmp").replace(artifact_dir / TRANSFORMS_FILE)
-        (artifact_dir / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
+        (artifact_dir / CARD_FILE).write_text(json.dumps(card, indent=1, sort_keys=True))
         client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="cmc")
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")
