@@ -36,6 +36,7 @@ from pipeline.losses import alignment_loss, boundary_loss, map_rows, regression_
 from pipeline.old_space import train_split_embeddings, training_rows
 from pipeline.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.tracking import EpochLogger, experiment_id, flat_params
+from pipeline.training import optimizer_step
 from pipeline.transforms import FeatureTransform
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,7 @@ def cmc_loop_per_worker(loop_config: dict[str, Any]) -> None:
             batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             terms = cmc_terms(cfg.method, old_features[batch].to(device), new_features[batch].to(device),
                               labels[batch].to(device), old_space, new_space, cfg.compat, transforms)
-            if not torch.isfinite(terms["loss"]):
-                raise FloatingPointError(f"cmc {cfg.name!r}: loss {terms['loss'].item()} at epoch {epoch} step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + value.item()
+            optimizer_step(terms, optimizer, scheduler, totals, lambda: f"cmc {cfg.name!r} at epoch {epoch} step {step}")
         metrics = {f"train_{key}": value / steps_per_epoch for key, value in totals.items()}
         logger.log_epoch(metrics, epoch)
         report_epoch({**metrics, "epoch": epoch}, epoch, transforms, optimizer, scheduler, digest)

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,20 @@ def build_objective(cfg: TrainConfig, classes: list[str], stats_path: str | None
     old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if cfg.method == "bct" else None
     old_embedder = load_model(old_model_dir)[0].embedder if cfg.method == "l2" else None
     return TrainingObjective(cfg.method, cfg.compat, stats, old_head, old_embedder)
+
+
+def optimizer_step(terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
+                   totals: dict[str, float], where: Callable[[], str]) -> None:
+    """One step on ``terms["loss"]``, adding every term to ``totals``; a NaN or infinite loss
+    stops the run with ``where()`` (which step, which batch) before any weight changes."""
+    if not torch.isfinite(terms["loss"]):
+        raise NonFiniteLoss(f"loss {terms['loss'].item()}: {where()}")
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+    scheduler.step()
+    for key, value in terms.items():
+        totals[key] = totals.get(key, 0.0) + value.item()
 
 
 def init_seed(cfg: TrainConfig) -> int:
@@ -130,15 +145,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             x, y = images[batch].to(device), labels[batch].to(device)
             features, logits = model(x, y)
             terms = objective(features, logits, y, core.head.weight, core.transforms, images=x)
-            if not torch.isfinite(terms["loss"]):
-                raise NonFiniteLoss(f"model {cfg.name!r}: loss {terms['loss'].item()} at epoch {epoch} step {step}; "
-                                    f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + value.item()
+            optimizer_step(terms, optimizer, scheduler, totals,
+                           lambda: f"model {cfg.name!r} at epoch {epoch} step {step}; "
+                                   f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
             if rank == 0 and (step + 1) % max(1, steps_per_epoch // 4) == 0:
                 rate = (step + 1) * cfg.batch_size * world / (time.perf_counter() - started)
                 log.info("[%s] epoch %d/%d step %d/%d loss %.4f (%.0f img/s)", cfg.name, epoch + 1, cfg.epochs,
