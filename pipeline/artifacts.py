@@ -41,11 +41,13 @@ def new_model_id(name: str) -> str:
     return f"{check_name(name)}-{uuid.uuid4().hex[:8]}"
 
 
-def write_artifact(folder: str | Path, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> Path:
+def write_artifact(folder: str | Path, state_dict: dict[str, torch.Tensor], card: dict[str, Any],
+                   weights_file: str = WEIGHTS_FILE) -> Path:
+    """Weights (written to a temporary name, then renamed) and the card of an artifact folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(state_dict, folder / f".{WEIGHTS_FILE}.tmp")
-    (folder / f".{WEIGHTS_FILE}.tmp").replace(folder / WEIGHTS_FILE)
+    torch.save(state_dict, folder / f".{weights_file}.tmp")
+    (folder / f".{weights_file}.tmp").replace(folder / weights_file)
     (folder / CARD_FILE).write_text(json.dumps(card, indent=1, sort_keys=True))
     return folder
 

@@ -28,14 +28,14 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from pipeline.artifacts import CARD_FILE, ArtifactError, check_name, new_model_id, read_card
+from pipeline.artifacts import ArtifactError, check_name, new_model_id, read_card, write_artifact
 from pipeline.checkpoints import final_weights, report_epoch, resume
 from pipeline.config import CmcConfig, CompatConfig, TrainConfig, TransformConfig
 from pipeline.embeddings import EmbeddingSet
 from pipeline.losses import alignment_loss, boundary_loss, map_rows, regression_loss
 from pipeline.old_space import train_split_embeddings, training_rows
 from pipeline.statistics import OldSpaceStats, compute_old_space_stats
-from pipeline.tracking import EpochLogger, experiment_id, flat_params
+from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
 from pipeline.training import optimizer_step
 from pipeline.transforms import FeatureTransform
 
@@ -173,7 +173,7 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
                            run_config=RunConfig(name=run_name or cfg.name, storage_path=str(Path(storage_path).resolve()),
                                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
     log.info("cmc %s: %s between %s and %s on %d images", cfg.name, cfg.method, old_card["name"], new_card["name"], len(rows))
-    try:
+    with finished_run(client, run.info.run_id):
         result = trainer.fit()
         card = {"kind": "cmc", "id": new_model_id(cfg.name), "name": cfg.name, "method": cfg.method,
                 "old_model": {"name": old_card["name"], "id": old_card["id"], "dir": str(Path(old_model).resolve()),
@@ -182,15 +182,8 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
                               "dim": int(new_features.shape[1])},
                 "classes": classes, "config": cfg.model_dump(),
                 "metrics": {k: float(v) for k, v in result.metrics.items()}, "mlflow_run_id": run.info.run_id}
-        artifact_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(final_weights(result), artifact_dir / f".{TRANSFORMS_FILE}.tmp")
-        (artifact_dir / f".{TRANSFORMS_FILE}.tmp").replace(artifact_dir / TRANSFORMS_FILE)
-        (artifact_dir / CARD_FILE).write_text(json.dumps(card, indent=1, sort_keys=True))
+        write_artifact(artifact_dir, final_weights(result), card, weights_file=TRANSFORMS_FILE)
         client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="cmc")
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    client.set_terminated(run.info.run_id)
     log.info("cmc %s: artifact written to %s", cfg.name, artifact_dir)
     return artifact_dir
 

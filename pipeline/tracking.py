@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +63,14 @@ class EpochLogger:
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, epoch)
                                                         for key, value in metrics.items() if key != "epoch"])
+
+
+@contextmanager
+def finished_run(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Mark ``run_id`` FINISHED when the block completes, FAILED when it raises (then re-raise)."""
+    try:
+        yield
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)

@@ -32,7 +32,7 @@ from pipeline.heads import build_head
 from pipeline.losses import TrainingObjective, check_same_dim, influence_weights
 from pipeline.models import EmbeddingModel
 from pipeline.statistics import OldSpaceStats
-from pipeline.tracking import EpochLogger, experiment_id, flat_params
+from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
 from pipeline.transforms import TRANSFORMS_OF, build_transforms
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     log.info("train %s: %s on %s (%d workers, gpu=%s)", cfg.name, cfg.method, dataset, cfg.num_workers, use_gpu)
-    try:
+    with finished_run(client, run.info.run_id):
         result = trainer.fit()
         card = {
             "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
@@ -222,9 +222,5 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
         write_artifact(artifact_dir, final_weights(result), card)
         client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="model")
         client.set_tag(run.info.run_id, "model_id", card["id"])
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    client.set_terminated(run.info.run_id)
     log.info("train %s: artifact written to %s", cfg.name, artifact_dir)
     return artifact_dir
