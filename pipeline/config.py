@@ -148,6 +148,9 @@ class PipelineConfig(_Strict):
     description: str = Field("", description="one line for reports (what the experiment varies)")
     output_dir: str = "outputs/demo"
     ray_address: str | None = None
+    concurrent_fits: int | None = Field(
+        None, ge=1, description="training runs side by side (the new models, then the CMC fits), each its own "
+                                "Ray Train run; None: as many as the cluster's CPUs (and GPUs) hold, given their workers")
     data: DataConfig = DataConfig()
     mlflow: MlflowConfig = MlflowConfig()
     old: TrainConfig

@@ -17,21 +17,26 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline.cmc import fit_cmc
-from pipeline.config import PipelineConfig
+from pipeline.config import CmcConfig, PipelineConfig, TrainConfig
 from pipeline.data import ingest, ingested_from, read_dataset_info
 from pipeline.embeddings import read_embeddings
 from pipeline.encoding import encode_split
 from pipeline.old_space import stats_for_model, train_split_embeddings
 from pipeline.scoring import score_and_report
-from pipeline.training import fit_model
+from pipeline.runtime import runs_at_once
+from pipeline.training import fit_model, run_resources
 from pipeline.transformed import counterpart_pairs, matrix_entries
 
 log = logging.getLogger(__name__)
 ENTRIES_FILE = "entries.json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,14 @@ class PipelineResult:
     tracking_uri: str
     matrix_text: str
     seconds: float
+
+
+def _side_by_side(fit: Callable[[T], Path], configs: list[T], at_once: int, what: str) -> list[Path]:
+    """``fit`` of every config, ``at_once`` of them at a time (each fit waits on its own Ray Train
+    run, so threads are enough); results in the order of ``configs``, the first error raised."""
+    log.info("pipeline: %d %s, %d at once", len(configs), what, at_once)
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        return list(pool.map(fit, configs))
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
@@ -58,20 +71,35 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     common = dict(storage_path=out / "ray", tracking_uri=tracking_uri, experiment=experiment)
 
     old_dir = fit_model(cfg.old, dataset, out / "models" / cfg.old.name, run_name=f"{cfg.old.name}-{tag}", **common)
-    models = {cfg.old.name: old_dir}
     old_embeddings = None
+    stats: dict[str, Path | None] = {}
     for new in cfg.new:
-        stats = None
+        stats[new.name] = None
         if new.needs_old_model:
             if old_embeddings is None:
                 old_embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name / "train",
                                                       **encode_options)
-            stats = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
-        models[new.name] = fit_model(new, dataset, out / "models" / new.name, run_name=f"{new.name}-{tag}",
-                                     old_model=old_dir if new.needs_old_model else None, stats=stats,
-                                     parent=cfg.old.name, **common)
-    cmc = {c.name: fit_cmc(c, old_dir, models[c.new_model], dataset, out / "models" / c.name, work_dir=out,
-                           run_name=f"{c.name}-{tag}", **common, **encode_options) for c in cfg.cmc}
+            stats[new.name] = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
+
+    def fit_new(new: TrainConfig) -> Path:
+        return fit_model(new, dataset, out / "models" / new.name, run_name=f"{new.name}-{tag}",
+                         old_model=old_dir if new.needs_old_model else None, stats=stats[new.name],
+                         parent=cfg.old.name, **common)
+
+    per_run = {key: max(run_resources(new)[key] for new in cfg.new) for key in ("CPU", "GPU")}
+    fitted = _side_by_side(fit_new, cfg.new, runs_at_once(per_run, cfg.concurrent_fits), "new models")
+    models = {cfg.old.name: old_dir, **dict(zip([new.name for new in cfg.new], fitted))}
+
+    for name in dict.fromkeys(([cfg.old.name] + [c.new_model for c in cfg.cmc]) if cfg.cmc else []):
+        # encoded here once, so that CMC fits running side by side only read them
+        train_split_embeddings(models[name], dataset, out / "embeddings" / name / "train", **encode_options)
+
+    def fit_transformations(c: CmcConfig) -> Path:
+        return fit_cmc(c, old_dir, models[c.new_model], dataset, out / "models" / c.name, work_dir=out,
+                       run_name=f"{c.name}-{tag}", **common, **encode_options)
+
+    at_once = runs_at_once({"CPU": max((c.cpus_per_worker for c in cfg.cmc), default=1)}, cfg.concurrent_fits)
+    cmc = dict(zip([c.name for c in cfg.cmc], _side_by_side(fit_transformations, cfg.cmc, at_once, "CMC fits")))
 
     sets = {}
     for name, model_dir in models.items():

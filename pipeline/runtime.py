@@ -23,3 +23,11 @@ def init_ray(address: str | None = None) -> None:
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleanup queries.
     ray.init(address=address, runtime_env=runtime_env)
     logging.getLogger(__name__).info("ray: %s", ray.cluster_resources())
+
+
+def runs_at_once(per_run: dict[str, float], limit: int | None = None) -> int:
+    """How many runs that each need ``per_run`` resources (``{"CPU": 2, "GPU": 1}``) the cluster
+    holds side by side, at most ``limit`` and at least 1 (which then waits for its resources)."""
+    available = ray.cluster_resources()
+    fits = min((int(available.get(key, 0) // need) for key, need in per_run.items() if need > 0), default=1)
+    return max(1, min(fits, limit) if limit else fits)

@@ -174,6 +174,16 @@ def config_hash(loop_config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({k: loop_config.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
 
 
+def uses_gpu(cfg: TrainConfig) -> bool:
+    """``cfg.use_gpu``, or when unset whether the cluster has GPUs."""
+    return cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+
+
+def run_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What one training run of ``cfg`` holds while it runs: its workers' CPUs and GPUs."""
+    return {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers if uses_gpu(cfg) else 0}
+
+
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *, storage_path: str | Path,
               tracking_uri: str, experiment: str, old_model: str | Path | None = None,
               stats: str | Path | None = None, parent: str | None = None, run_name: str | None = None) -> Path:
@@ -191,7 +201,7 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     if cfg.needs_old_model:  # check on the driver before any worker starts
         build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
         old_dim = int(read_card(old_model)["model"]["embedding_dim"])
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = uses_gpu(cfg)
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
                             tags={"kind": "train", "method": cfg.method, "parent_model": parent or ""})

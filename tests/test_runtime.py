@@ -1,0 +1,19 @@
+"""How many training runs the pipeline starts side by side, against a real local Ray cluster."""
+
+from pipeline.config import TrainConfig
+from pipeline.runtime import runs_at_once
+from pipeline.training import run_resources
+
+
+def test_runs_at_once_counts_what_the_cluster_holds(ray_cluster):
+    # the session cluster has 2 CPUs and no GPU
+    assert runs_at_once({"CPU": 1, "GPU": 0}) == 2
+    assert runs_at_once({"CPU": 1, "GPU": 0}, limit=1) == 1
+    assert runs_at_once({"CPU": 2, "GPU": 0}) == 1
+    assert runs_at_once({"CPU": 4, "GPU": 0}) == 1  # larger than the cluster: one at a time, and it waits
+
+
+def test_run_resources_follow_the_workers(ray_cluster):
+    cfg = TrainConfig(name="m", num_workers=2, cpus_per_worker=0.5)
+    assert run_resources(cfg) == {"CPU": 1.0, "GPU": 0}  # use_gpu unset and the cluster has no GPU
+    assert run_resources(cfg.model_copy(update={"use_gpu": True}))["GPU"] == 2
