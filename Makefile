@@ -38,8 +38,11 @@ else
 	$(PY) -m jobs.results --data "$(DATA)"
 endif
 
+# Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
+# cannot share the machine with the other tests' local one.
 test: env data
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs data .pytest_cache

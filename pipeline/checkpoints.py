@@ -1,7 +1,8 @@
 """Ray Train checkpoints of a training loop: one file per epoch, resumable only under its config.
 
-The state holds the trained module, optimizer, scheduler, torch RNG, the epoch and the hash of
-the config it was trained under; resuming under another config is refused rather than mixed.
+The state holds the trained module, optimizer, scheduler, gradient scaler (mixed precision),
+torch RNG (CPU and CUDA), the epoch and the hash of the config it was trained under; resuming
+under another config is refused rather than mixed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def resume(module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, config_digest: str,
-           what: str, device: torch.device | str = "cpu") -> int:
+           what: str, device: torch.device | str = "cpu", scaler: torch.amp.GradScaler | None = None) -> int:
     """Load the run's last checkpoint into the given objects; the epoch to start from (0 when fresh)."""
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
@@ -31,20 +32,28 @@ def resume(module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     module.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
+    torch.set_rng_state(state["rng"].cpu())
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu())
     return state["epoch"] + 1
 
 
 def report_epoch(metrics: dict[str, float], epoch: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, config_digest: str, with_checkpoint: bool = True) -> None:
+                 scheduler: Any, config_digest: str, with_checkpoint: bool = True,
+                 scaler: torch.amp.GradScaler | None = None) -> None:
     """``ray.train.report`` of one epoch; the worker that saves (rank 0) attaches the checkpoint."""
     if not with_checkpoint:
         ray.train.report(metrics)
         return
+    state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
+             "rng": torch.get_rng_state(), "config_hash": config_digest}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
     with tempfile.TemporaryDirectory() as folder:
-        torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
-                    "config_hash": config_digest}, Path(folder) / CHECKPOINT_FILE)
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 

@@ -35,8 +35,9 @@ from pipeline.embeddings import EmbeddingSet
 from pipeline.losses import alignment_loss, boundary_loss, map_rows, regression_loss
 from pipeline.old_space import train_split_embeddings, training_rows
 from pipeline.statistics import OldSpaceStats, compute_old_space_stats
+from pipeline.steps import optimizer_step
 from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
-from pipeline.training import optimizer_step
+from pipeline.training import storage_location
 from pipeline.transforms import FeatureTransform
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
     trainer = TorchTrainer(cmc_loop_per_worker, train_loop_config=loop_config,
                            scaling_config=ScalingConfig(num_workers=1, use_gpu=False,
                                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
-                           run_config=RunConfig(name=run_name or cfg.name, storage_path=str(Path(storage_path).resolve()),
+                           run_config=RunConfig(name=run_name or cfg.name, storage_path=storage_location(storage_path),
                                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
     log.info("cmc %s: %s between %s and %s on %d images", cfg.name, cfg.method, old_card["name"], new_card["name"], len(rows))
     with finished_run(client, run.info.run_id):

@@ -77,19 +77,38 @@ class TrainConfig(_Strict):
     data_fraction: float = Field(1.0, gt=0, le=1)
     epochs: int = Field(4, gt=0)
     min_steps: int = Field(0, ge=0, description="small datasets: passes per epoch rise until the run has this many steps")
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(128, gt=0, description="global batch: each of the num_workers workers takes "
+                                                   "batch_size / num_workers images a step")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     seed: int = 0
     num_workers: int = Field(1, gt=0)
     cpus_per_worker: float = Field(2, gt=0)
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast of the forward pass; auto: bf16 on GPUs that support it, else fp32 "
+                            "(fp16 adds a gradient scaler)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers on nodes (SPREAD: one per node where possible)")
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint after a "
+                                                    "worker or node dies (-1: no limit)")
     compat: CompatConfig = CompatConfig()
     transform: TransformConfig = TransformConfig()
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainConfig":
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of num_workers {self.num_workers} "
+                             "(the global batch is split evenly over the workers)")
+        return self
 
     @property
     def needs_old_model(self) -> bool:
         return self.method != "independent"
+
+    @property
+    def worker_batch_size(self) -> int:
+        return self.batch_size // self.num_workers
 
 
 class CmcConfig(_Strict):

@@ -4,22 +4,40 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import ray
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_ENV_FILE = PROJECT_ROOT / "configs" / "runtime_env.yaml"
 
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def cluster_runtime_env() -> dict:
+    """The jobs' runtime environment on a cluster (``configs/runtime_env.yaml``), its working
+    directory this checkout, so that workers on every node import the same ``pipeline/``."""
+    runtime_env = yaml.safe_load(RUNTIME_ENV_FILE.read_text())
+    runtime_env["working_dir"] = str(PROJECT_ROOT)
+    return runtime_env
+
+
 def init_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else
-    start a local one with this machine's cores."""
+    """Join the cluster at ``address`` with the project's runtime environment, or the one in
+    ``RAY_ADDRESS`` (set by ``ray job submit``, whose job declared it already), else start a
+    local one with this machine's cores."""
     if ray.is_initialized():
         return
+    if address:
+        runtime_env = cluster_runtime_env()
+    elif os.environ.get("RAY_ADDRESS"):
+        runtime_env = None
+    else:  # a local cluster: its workers find `pipeline/` from this checkout
+        runtime_env = {"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}
     address = address or os.environ.get("RAY_ADDRESS")
-    # Workers of this project find `pipeline/` through the job's working directory.
-    runtime_env = {"env_vars": {"PYTHONPATH": os.getcwd()}} if not address else None
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleanup queries.
     ray.init(address=address, runtime_env=runtime_env)
     logging.getLogger(__name__).info("ray: %s", ray.cluster_resources())

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
@@ -63,6 +64,19 @@ class EpochLogger:
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, epoch)
                                                         for key, value in metrics.items() if key != "epoch"])
+
+
+def resumable_run(client: MlflowClient, tracking_uri: str, experiment: str, run_name: str,
+                  tags: dict[str, str]) -> Run:
+    """The run of ``experiment`` with the same ``tags["ray_run"]`` (the Ray Train run it logs)
+    that never finished (its driver died), to be continued; else a new run with ``tags``."""
+    experiment_key = experiment_id(tracking_uri, experiment)
+    query = "tags.ray_run = '{}'".format(tags["ray_run"].replace("'", "\\'"))
+    for run in client.search_runs([experiment_key], filter_string=query, order_by=["attributes.start_time DESC"],
+                                  max_results=1):
+        if run.info.status == "RUNNING":
+            return run
+    return client.create_run(experiment_key, run_name=run_name, tags=tags)
 
 
 @contextmanager

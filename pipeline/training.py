@@ -13,7 +13,6 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline.artifacts import load_model, new_model_id, read_card, write_artifact
 from pipeline.checkpoints import final_weights, report_epoch, resume
@@ -32,14 +31,11 @@ from pipeline.heads import build_head
 from pipeline.losses import TrainingObjective, check_same_dim, influence_weights
 from pipeline.models import EmbeddingModel
 from pipeline.statistics import OldSpaceStats
-from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
+from pipeline.steps import autocast, autocast_dtype, optimizer_step
+from pipeline.tracking import EpochLogger, finished_run, flat_params, resumable_run
 from pipeline.transforms import TRANSFORMS_OF, build_transforms
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(FloatingPointError):
-    """A NaN or infinite loss: the run stops, keeping its last good checkpoint."""
 
 
 def _old_head(old_model_dir: str, stats: OldSpaceStats, new_dim: int) -> torch.nn.Module:
@@ -66,20 +62,6 @@ def build_objective(cfg: TrainConfig, classes: list[str], stats_path: str | None
     old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if cfg.method == "bct" else None
     old_embedder = load_model(old_model_dir)[0].embedder if cfg.method == "l2" else None
     return TrainingObjective(cfg.method, cfg.compat, stats, old_head, old_embedder)
-
-
-def optimizer_step(terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
-                   totals: dict[str, float], where: Callable[[], str]) -> None:
-    """One step on ``terms["loss"]``, adding every term to ``totals``; a NaN or infinite loss
-    stops the run with ``where()`` (which step, which batch) before any weight changes."""
-    if not torch.isfinite(terms["loss"]):
-        raise NonFiniteLoss(f"loss {terms['loss'].item()}: {where()}")
-    optimizer.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    optimizer.step()
-    scheduler.step()
-    for key, value in terms.items():
-        totals[key] = totals.get(key, 0.0) + value.item()
 
 
 def init_seed(cfg: TrainConfig) -> int:
@@ -117,17 +99,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     transforms = build_transforms(cfg.method, cfg.model.embedding_dim, loop_config.get("old_dim") or 0, cfg.transform)
     model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, info.channels, len(classes), transforms))
     core = model.module if hasattr(model, "module") else model
-    batches_per_pass = len(images) // cfg.batch_size
+    batch_size = cfg.worker_batch_size
+    batches_per_pass = len(images) // batch_size
     if batches_per_pass == 0:
         raise ValueError(f"model {cfg.name!r}: {len(images)} training images per worker, fewer than one batch "
-                         f"of {cfg.batch_size}")
+                         f"of {batch_size} ({cfg.batch_size} over {world} workers)")
     passes = passes_per_epoch(cfg, batches_per_pass)
     steps_per_epoch = passes * batches_per_pass
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
                                                     total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    precision = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == torch.float16 else None
     digest = config_hash(loop_config)
-    start_epoch = resume(core, optimizer, scheduler, digest, f"model {cfg.name!r}", device)
+    start_epoch = resume(core, optimizer, scheduler, digest, f"model {cfg.name!r}", device, scaler)
     if start_epoch and rank == 0:
         log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, start_epoch - 1)
 
@@ -136,27 +121,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.cat([torch.randperm(len(images), generator=shuffle)[: batches_per_pass * cfg.batch_size]
+        order = torch.cat([torch.randperm(len(images), generator=shuffle)[: batches_per_pass * batch_size]
                            for _ in range(passes)])
         totals: dict[str, float] = {}
         started = time.perf_counter()
         for step in range(steps_per_epoch):
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            batch = order[step * batch_size : (step + 1) * batch_size]
             x, y = images[batch].to(device), labels[batch].to(device)
-            features, logits = model(x, y)
-            terms = objective(features, logits, y, core.head.weight, core.transforms, images=x)
+            with autocast(precision, device):
+                features, logits = model(x, y)
+            # The compatibility terms (angles, unit vectors) run in float32.
+            terms = objective(features.float(), logits.float(), y, core.head.weight, core.transforms, images=x)
             optimizer_step(terms, optimizer, scheduler, totals,
                            lambda: f"model {cfg.name!r} at epoch {epoch} step {step}; "
-                                   f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
+                                   f"batch ids {[ids[i] for i in batch[:8].tolist()]}...", scaler)
             if rank == 0 and (step + 1) % max(1, steps_per_epoch // 4) == 0:
-                rate = (step + 1) * cfg.batch_size * world / (time.perf_counter() - started)
+                rate = (step + 1) * cfg.batch_size / (time.perf_counter() - started)
                 log.info("[%s] epoch %d/%d step %d/%d loss %.4f (%.0f img/s)", cfg.name, epoch + 1, cfg.epochs,
                          step + 1, steps_per_epoch, totals["loss"] / (step + 1), rate)
         metrics = _mean_over_workers(totals, steps_per_epoch, world, device)
-        metrics.update(epoch=epoch, images_per_s=steps_per_epoch * cfg.batch_size * world / (time.perf_counter() - started))
-        report_epoch(metrics, epoch, core, optimizer, scheduler, digest, with_checkpoint=rank == 0)
-        if tracker:
+        metrics.update(epoch=epoch, resumed_from_epoch=start_epoch,
+                       images_per_s=steps_per_epoch * cfg.batch_size / (time.perf_counter() - started))
+        if tracker:  # before the checkpoint: a death in between logs this epoch twice, never loses it
             tracker.log_epoch(metrics, epoch)
+        report_epoch(metrics, epoch, core, optimizer, scheduler, digest, with_checkpoint=rank == 0, scaler=scaler)
 
 
 def _mean_over_workers(totals: dict[str, float], steps: int, world: int, device: torch.device) -> dict[str, float]:
@@ -184,13 +172,23 @@ def run_resources(cfg: TrainConfig) -> dict[str, float]:
     return {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers if uses_gpu(cfg) else 0}
 
 
+def storage_location(storage_path: str | Path) -> str:
+    """Ray Train's storage: a URI (``s3://``, ``gs://``, ...) as given, a local or NFS folder made
+    absolute (every node must see it: on a cluster, shared storage)."""
+    text = str(storage_path)
+    return text if "://" in text else str(Path(text).resolve())
+
+
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *, storage_path: str | Path,
               tracking_uri: str, experiment: str, old_model: str | Path | None = None,
               stats: str | Path | None = None, parent: str | None = None, run_name: str | None = None) -> Path:
     """Train one model with a ``TorchTrainer`` and write its artifact folder.
 
     ``run_name`` names the Ray Train run under ``storage_path`` (default: the model's name);
-    fitting again under the same name continues that run from its last checkpoint.
+    fitting again under the same name continues that run from its last checkpoint, and its
+    MLflow run if that never finished (a driver that died), so no reported epoch is lost.
+    Workers that die are replaced up to ``cfg.max_failures`` times, resuming from the last
+    checkpoint.
     """
     from mlflow.tracking import MlflowClient
 
@@ -202,9 +200,10 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
         build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
         old_dim = int(read_card(old_model)["model"]["embedding_dim"])
     use_gpu = uses_gpu(cfg)
+    storage, run_name = storage_location(storage_path), run_name or cfg.name
     client = MlflowClient(tracking_uri)
-    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
-                            tags={"kind": "train", "method": cfg.method, "parent_model": parent or ""})
+    run = resumable_run(client, tracking_uri, experiment, cfg.name, {
+        "kind": "train", "method": cfg.method, "parent_model": parent or "", "ray_run": f"{storage}/{run_name}"})
     loop_config = {"train": cfg.model_dump(), "dataset": str(dataset), "tracking_uri": tracking_uri,
                    "mlflow_run_id": run.info.run_id, "old_dim": old_dim,
                    "old_model": str(Path(old_model).resolve()) if old_model else None,
@@ -213,11 +212,14 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=run_name or cfg.name, storage_path=str(Path(storage_path).resolve()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                     placement_strategy=cfg.placement_strategy),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=run_name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
-    log.info("train %s: %s on %s (%d workers, gpu=%s)", cfg.name, cfg.method, dataset, cfg.num_workers, use_gpu)
+    log.info("train %s: %s on %s (%d workers, gpu=%s, run %s/%s)", cfg.name, cfg.method, dataset, cfg.num_workers,
+             use_gpu, storage, run_name)
     with finished_run(client, run.info.run_id):
         result = trainer.fit()
         card = {

@@ -9,7 +9,8 @@ from pipeline.config import ModelConfig, TrainConfig
 from pipeline.losses import DimensionMismatch
 from pipeline.models import EmbeddingModel
 from pipeline.statistics import StatisticsMismatch, compute_old_space_stats
-from pipeline.training import build_objective, init_seed, passes_per_epoch
+from pipeline.steps import autocast, autocast_dtype, optimizer_step
+from pipeline.training import build_objective, init_seed, passes_per_epoch, storage_location
 
 
 def test_small_datasets_pass_several_times_per_epoch():
@@ -69,3 +70,40 @@ def test_backward_manner_accepts_another_dimension_and_saves_its_transform(tmp_p
     write_artifact(tmp_path / "lce", model.state_dict(), card)
     loaded, _ = load_model(tmp_path / "lce")
     assert loaded.transforms["backward_transform"](torch.randn(3, 16)).shape == (3, 8)
+
+
+def test_the_global_batch_is_split_over_the_workers():
+    assert TrainConfig(name="m", batch_size=128, num_workers=2).worker_batch_size == 64
+    with pytest.raises(ValueError, match="batch_size 100 is not a multiple of num_workers 3"):
+        TrainConfig(name="m", batch_size=100, num_workers=3)
+
+
+def test_precision_auto_is_float32_on_cpu_and_explicit_choices_hold():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
+
+
+def test_bf16_autocast_step_trains_and_keeps_float32_weights():
+    cfg = TrainConfig(name="m", precision="bf16", model=ModelConfig(embedding_dim=8))
+    model = EmbeddingModel(cfg.model, 1, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    objective = build_objective(cfg, ["a", "b", "c"], None, None)
+    images, labels = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+    before = model.head.weight.detach().clone()
+    with autocast(autocast_dtype(cfg.precision, torch.device("cpu")), torch.device("cpu")):
+        features, logits = model(images, labels)
+    assert features.dtype == torch.bfloat16
+    totals: dict[str, float] = {}
+    optimizer_step(objective(features.float(), logits.float(), labels, model.head.weight), optimizer, scheduler,
+                   totals, lambda: "test")
+    assert model.head.weight.dtype == torch.float32 and not torch.equal(model.head.weight, before)
+    assert np.isfinite(totals["loss"])
+
+
+def test_storage_uris_pass_through_and_folders_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage_location("s3://bucket/ray") == "s3://bucket/ray"
+    assert storage_location("gs://bucket/ray") == "gs://bucket/ray"
+    assert storage_location("ray") == str(tmp_path / "ray")

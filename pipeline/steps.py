@@ -1,0 +1,49 @@
+"""One optimisation step and the precision it runs in, shared by every training loop.
+
+Free of Ray, so that a plain PyTorch loop (``scripts/gpu_check.py``, benchmarks) runs the same
+step as the Ray Train workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A NaN or infinite loss: the run stops, keeping its last good checkpoint."""
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The forward pass's autocast dtype for ``precision`` on ``device``; None: float32."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+def optimizer_step(terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
+                   totals: dict[str, float], where: Callable[[], str],
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """One step on ``terms["loss"]``, adding every term to ``totals``; a NaN or infinite loss
+    stops the run with ``where()`` (which step, which batch) before any weight changes.
+    ``scaler`` (fp16) scales the loss and skips steps whose gradients overflow."""
+    if not torch.isfinite(terms["loss"]):
+        raise NonFiniteLoss(f"loss {terms['loss'].item()}: {where()}")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        terms["loss"].backward()
+        optimizer.step()
+    else:
+        scaler.scale(terms["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    scheduler.step()
+    for key, value in terms.items():
+        totals[key] = totals.get(key, 0.0) + value.item()
