@@ -32,11 +32,16 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 
-def flat_ip_index(gallery: np.ndarray) -> faiss.Index:
-    """Exact inner-product index; moved to the GPUs when this faiss build sees any."""
+GPU_MAX_K = 2048  # the largest k that faiss's GPU search serves
+
+
+def flat_ip_index(gallery: np.ndarray, k: int = 1) -> faiss.Index:
+    """Exact inner-product index for searches of ``k`` neighbours; on the GPUs when this faiss
+    build sees any (a GPU build with no device, or faiss-cpu, reports none) and ``k`` is within
+    the GPU search's limit, else on the CPU."""
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
     index = faiss.IndexFlatIP(gallery.shape[1])
-    if faiss.get_num_gpus() > 0:
+    if faiss.get_num_gpus() > 0 and k <= GPU_MAX_K:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(gallery)
     return index
@@ -107,7 +112,7 @@ def per_query_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.n
         raise ValueError(f"query dimension {query.shape[1]} differs from gallery dimension {gallery.shape[1]}")
     query, gallery = normalize(query), normalize(gallery)
     self_index = self_positions(query_ids, gallery_ids, len(query))
-    out = topk_hits(flat_ip_index(gallery), query, query_labels, gallery_labels, self_index, topk)
+    out = topk_hits(flat_ip_index(gallery, max(topk) + 1), query, query_labels, gallery_labels, self_index, topk)
     out["ap"], out["ap_at_r"] = average_precisions(query, query_labels, gallery, gallery_labels, self_index, chunk)
     return out
 
