@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -38,9 +39,12 @@ ADDRESS = f"127.0.0.1:{GCS_PORT}"
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and a second node started with `ray start` on loopback; token auth as Ray 2.60 sets it up."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(Path.home() / ".ray" / "auth_token"),
-           "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    """A head and a second node started with `ray start` on loopback, with token authentication as
+    Ray 2.60 turns it on; the token (fresh for this cluster) reaches every process through the
+    environment, so no file under the user's home is read or written."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_TOKEN_PATH"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), PYTHONPATH=str(ROOT),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--object-store-memory", str(300 * 2**20),
               "--disable-usage-stats"]
     subprocess.run([RAY, "start", "--head", "--port", str(GCS_PORT), "--dashboard-host", "127.0.0.1",
