@@ -7,7 +7,7 @@ DATA ?=
 CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test results env data clean
+.PHONY: demo test results sweep env data clean
 
 env: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ ifeq ($(strip $(DATA)),)
 else
 	$(PY) -m jobs.results --data "$(DATA)"
 endif
+
+# A Ray Tune sweep of LCE's sizes, margin and weights (tuning/configs/demo.yaml, or SWEEP=<yaml>).
+SWEEP ?= tuning/configs/demo.yaml
+sweep: env
+	@bash scripts/fetch_data.sh
+	$(PY) -m tuning.sweep --config $(SWEEP)
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
 # cannot share the machine with the other tests' local one.

@@ -75,6 +75,8 @@ class TrainConfig(_Strict):
     model: ModelConfig = ModelConfig()
     classes: Literal["all", "first_half"] | list[str] = "all"
     data_fraction: float = Field(1.0, gt=0, le=1)
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="share of the training split held out "
+                                       "for validation (pipeline.data.in_validation), the same rows for every model")
     epochs: int = Field(4, gt=0)
     min_steps: int = Field(0, ge=0, description="small datasets: passes per epoch rise until the run has this many steps")
     batch_size: int = Field(128, gt=0, description="global batch: each of the num_workers workers takes "

@@ -293,13 +293,22 @@ def in_fraction(row_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
+def in_validation(row_id: str, fraction: float) -> bool:
+    """Whether a training-split row is held out for validation (sweeps, model selection): a
+    share ``fraction`` decided by the id alone, under no seed, so that the old model, every new
+    model and their statistics leave out the same rows. The test split is never used for it."""
+    return fraction > 0 and in_fraction(f"validation:{row_id}", fraction, seed=0)
+
+
 def load_split(root: str | Path, split: str, labels: list[int] | None = None, fraction: float = 1.0,
-               seed: int = 0, shard: tuple[int, int] = (0, 1)) -> tuple[list[str], np.ndarray, np.ndarray]:
+               seed: int = 0, shard: tuple[int, int] = (0, 1), validation_fraction: float = 0.0,
+               validation: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
     """ids, decoded images and dataset labels of one split, filtered and sharded.
 
     ``labels`` keeps only those dataset labels; ``fraction`` keeps a seeded share of the rows
-    (``in_fraction``); ``shard=(rank, world)`` gives each worker an equal, disjoint share so
-    that all workers run the same number of steps.
+    (``in_fraction``); ``validation_fraction`` leaves out the validation rows
+    (``in_validation``), or keeps only them when ``validation``; ``shard=(rank, world)`` gives
+    each worker an equal, disjoint share so that all workers run the same number of steps.
     """
     info = read_dataset_info(root)
     table = pq.read_table(split_files(root, split), columns=["id", "image", "label"])
@@ -308,6 +317,8 @@ def load_split(root: str | Path, split: str, labels: list[int] | None = None, fr
     keep = np.ones(len(ids), dtype=bool) if labels is None else np.isin(targets, labels)
     if fraction < 1.0:
         keep &= np.array([in_fraction(row_id, fraction, seed) for row_id in ids])
+    if validation_fraction > 0 or validation:
+        keep &= np.array([in_validation(row_id, validation_fraction) == validation for row_id in ids], dtype=bool)
     selected = np.flatnonzero(keep)
     rank, world = shard
     rows = selected[: len(selected) // world * world][rank::world]

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.artifacts import read_card
 from pipeline.config import TrainConfig
-from pipeline.data import class_indices, in_fraction, read_dataset_info
+from pipeline.data import class_indices, in_fraction, in_validation, read_dataset_info
 from pipeline.embeddings import EmbeddingSet, read_embeddings
 from pipeline.encoding import completed_encoding, encode_split
 from pipeline.statistics import compute_old_space_stats
@@ -41,7 +41,8 @@ def training_rows(embeddings: EmbeddingSet, dataset: str | Path, cfg: TrainConfi
     kept = class_indices(info.classes, cfg.classes)
     rows = np.array([index for index in np.argsort(embeddings.ids, kind="stable")
                      if embeddings.labels[index] in kept
-                     and in_fraction(embeddings.ids[index], cfg.data_fraction, cfg.seed)], dtype=np.int64)
+                     and in_fraction(embeddings.ids[index], cfg.data_fraction, cfg.seed)
+                     and not in_validation(embeddings.ids[index], cfg.validation_fraction)], dtype=np.int64)
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(kept)}
     labels = np.array([to_model_label[int(y)] for y in embeddings.labels[rows]], dtype=np.int64)
     return rows, labels, [info.classes[i] for i in kept]

@@ -29,8 +29,8 @@ from pipeline.data import ingest, ingested_from, read_dataset_info
 from pipeline.embeddings import read_embeddings
 from pipeline.encoding import encode_split
 from pipeline.old_space import stats_for_model, train_split_embeddings
-from pipeline.scoring import score_and_report
 from pipeline.runtime import runs_at_once
+from pipeline.scoring import score_and_report
 from pipeline.training import fit_model, run_resources
 from pipeline.transformed import counterpart_pairs, matrix_entries
 

@@ -34,6 +34,7 @@ from pipeline.statistics import OldSpaceStats
 from pipeline.steps import autocast, autocast_dtype, optimizer_step
 from pipeline.tracking import EpochLogger, finished_run, flat_params, resumable_run
 from pipeline.transforms import TRANSFORMS_OF, build_transforms
+from pipeline.validation import References, Validator
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     labels_kept = class_indices(info.classes, cfg.classes)
     classes = [info.classes[i] for i in labels_kept]
     ids, images, dataset_labels = load_split(loop_config["dataset"], "train", labels_kept, cfg.data_fraction,
-                                             cfg.seed, shard=(rank, world))
+                                             cfg.seed, shard=(rank, world), validation_fraction=cfg.validation_fraction)
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(labels_kept)}
     images = torch.from_numpy(images)
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
@@ -116,7 +117,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if start_epoch and rank == 0:
         log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, start_epoch - 1)
 
-    tracker = (EpochLogger(loop_config["tracking_uri"], loop_config.get("mlflow_run_id"),
+    validation = loop_config.get("validation")
+    validator = (Validator(loop_config["dataset"], labels_kept, cfg.method, cfg.validation_fraction,
+                           validation["old_features"], References(validation["old_old"], validation["independent"]))
+                 if validation and rank == 0 else None)
+    tracker = (EpochLogger(loop_config.get("tracking_uri"), loop_config.get("mlflow_run_id"),
                            {**flat_params(loop_config["train"]), "passes_per_epoch": passes}) if rank == 0 else None)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -142,6 +147,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = _mean_over_workers(totals, steps_per_epoch, world, device)
         metrics.update(epoch=epoch, resumed_from_epoch=start_epoch,
                        images_per_s=steps_per_epoch * cfg.batch_size / (time.perf_counter() - started))
+        if validator:
+            metrics.update(validator(core))
         if tracker:  # before the checkpoint: a death in between logs this epoch twice, never loses it
             tracker.log_epoch(metrics, epoch)
         report_epoch(metrics, epoch, core, optimizer, scheduler, digest, with_checkpoint=rank == 0, scaler=scaler)
@@ -179,6 +186,40 @@ def storage_location(storage_path: str | Path) -> str:
     return text if "://" in text else str(Path(text).resolve())
 
 
+def train_loop_config(cfg: TrainConfig, dataset: Path, old_model: str | Path | None = None,
+                      stats: str | Path | None = None, validation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every worker of ``cfg``'s run reads, checked on the driver before any worker starts.
+    ``validation`` (``old_features``, ``old_old``, ``independent``) adds a validation pass after
+    each epoch (``pipeline.validation``)."""
+    info = read_dataset_info(dataset)
+    classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
+    old_dim = None
+    if cfg.needs_old_model:
+        build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
+        old_dim = int(read_card(old_model)["model"]["embedding_dim"])
+    return {"train": cfg.model_dump(), "dataset": str(dataset), "old_dim": old_dim,
+            "old_model": str(Path(old_model).resolve()) if old_model else None,
+            "stats": str(Path(stats).resolve()) if stats else None, "validation": validation}
+
+
+def build_trainer(cfg: TrainConfig, loop_config: dict[str, Any], storage: str, run_name: str,
+                  callbacks: list | None = None) -> TorchTrainer:
+    """The ``TorchTrainer`` of one run: workers, backend, storage, checkpoints, retries."""
+    use_gpu = uses_gpu(cfg)
+    log.info("train %s: %s on %s (%d workers, gpu=%s, run %s/%s)", cfg.name, cfg.method, loop_config["dataset"],
+             cfg.num_workers, use_gpu, storage, run_name)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                     placement_strategy=cfg.placement_strategy),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=run_name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=callbacks),
+    )
+
+
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *, storage_path: str | Path,
               tracking_uri: str, experiment: str, old_model: str | Path | None = None,
               stats: str | Path | None = None, parent: str | None = None, run_name: str | None = None) -> Path:
@@ -195,31 +236,14 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     dataset, artifact_dir = Path(dataset).resolve(), Path(artifact_dir).resolve()
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
-    old_dim = None
-    if cfg.needs_old_model:  # check on the driver before any worker starts
-        build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
-        old_dim = int(read_card(old_model)["model"]["embedding_dim"])
-    use_gpu = uses_gpu(cfg)
     storage, run_name = storage_location(storage_path), run_name or cfg.name
     client = MlflowClient(tracking_uri)
+    loop_config = train_loop_config(cfg, dataset, old_model, stats)
     run = resumable_run(client, tracking_uri, experiment, cfg.name, {
         "kind": "train", "method": cfg.method, "parent_model": parent or "", "ray_run": f"{storage}/{run_name}"})
-    loop_config = {"train": cfg.model_dump(), "dataset": str(dataset), "tracking_uri": tracking_uri,
-                   "mlflow_run_id": run.info.run_id, "old_dim": old_dim,
-                   "old_model": str(Path(old_model).resolve()) if old_model else None,
-                   "stats": str(Path(stats).resolve()) if stats else None}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker},
-                                     placement_strategy=cfg.placement_strategy),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=run_name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
-    )
-    log.info("train %s: %s on %s (%d workers, gpu=%s, run %s/%s)", cfg.name, cfg.method, dataset, cfg.num_workers,
-             use_gpu, storage, run_name)
+    loop_config.update(tracking_uri=tracking_uri, mlflow_run_id=run.info.run_id)
+    trainer = build_trainer(cfg, loop_config, storage, run_name)
+    old_dim = loop_config["old_dim"]
     with finished_run(client, run.info.run_id):
         result = trainer.fit()
         card = {

@@ -1,0 +1,113 @@
+"""Validation metrics of a model in training and the sweep objective built from them.
+
+Computed on the validation rows of the training split (``pipeline.data.in_validation``), never
+on the test split that the final matrix scores. The compatible route follows the method: the
+new features as they are (direct), mapped by ``T21`` into the old space (backward,
+bidirectional), or searched against the old gallery mapped by ``T12`` (forward).
+
+The objective rewards compatibility and retained accuracy together, as the harmonic mean of
+
+- ``gain``: the update gain on top-1, ``(M(new, old) - M(old, old)) / (M(ind, ind) - M(old, old))``
+  with ``ind`` the independently trained new model (design notes, section 3), and
+- ``retention``: ``M(new, new) / M(ind, ind)``,
+
+and is 0 when either is not positive (a model that is not compatible scores nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.data import load_split
+from pipeline.retrieval import flat_ip_index, normalize, self_positions, topk_hits
+
+
+@dataclass(frozen=True)
+class References:
+    """Top-1 on the validation rows of the two fixed models: old/old and independent new/new."""
+
+    old_old: float
+    independent: float
+
+
+def update_gain(new_old: float, references: References) -> float:
+    span = references.independent - references.old_old
+    if span <= 0:
+        raise ValueError(f"the independent model (top-1 {references.independent:.4f}) is no better than the old "
+                         f"one ({references.old_old:.4f}) on the validation rows: no upgrade to measure a gain by")
+    return (new_old - references.old_old) / span
+
+
+def compat_objective(gain: float, retention: float) -> float:
+    """Harmonic mean of the update gain and the retention; 0 unless both are positive."""
+    if gain <= 0 or retention <= 0:
+        return 0.0
+    return 2 * gain * retention / (gain + retention)
+
+
+def top1(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> float:
+    """Top-1 with the validation rows as both query and gallery set, each query excluding itself
+    (the metric of ``pipeline.retrieval``, without its full-ranking AP, which a sweep does not use)."""
+    hits = topk_hits(flat_ip_index(normalize(gallery)), normalize(query), labels, labels,
+                     self_positions(ids, ids, len(ids)), (1,))
+    return float(hits["top1"].mean())
+
+
+@torch.inference_mode()
+def compatible_pair(method: str, new: torch.Tensor, old: torch.Tensor,
+                    transforms: nn.ModuleDict) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, gallery) of the method's compatible route: new features against old ones."""
+    if method in ("lce_backward", "lce_bidirectional"):
+        return transforms["backward_transform"](F.normalize(new, dim=1)).numpy(), old.numpy()
+    if method == "lce_forward":
+        return new.numpy(), transforms["forward_transform"](F.normalize(old, dim=1)).numpy()
+    return new.numpy(), old.numpy()
+
+
+def validation_metrics(method: str, new: torch.Tensor, old: torch.Tensor, labels: np.ndarray, ids: np.ndarray,
+                       transforms: nn.ModuleDict, references: References) -> dict[str, float]:
+    """The epoch's validation numbers: new/new and new/old top-1, gain, retention, objective
+    (``transforms`` in eval mode, as at encode time)."""
+    queries, gallery = compatible_pair(method, new, old, transforms)
+    new_new = top1(new.numpy(), new.numpy(), labels, ids)
+    new_old = top1(queries, gallery, labels, ids)
+    gain, retention = update_gain(new_old, references), new_new / references.independent
+    return {"val_new_new_top1": new_new, "val_new_old_top1": new_old, "val_gain": gain,
+            "val_retention": retention, "objective": compat_objective(gain, retention)}
+
+
+class Validator:
+    """Rank 0's validation after each epoch: the validation rows' images, the old model's features
+    of the same rows (``old_features``: an ``.npz`` with ``ids`` and ``vectors``), references."""
+
+    def __init__(self, dataset: str, labels_kept: list[int], method: str, validation_fraction: float,
+                 old_features: str, references: References) -> None:
+        if validation_fraction <= 0:
+            raise ValueError("validation needs validation_fraction > 0 (the rows held out of training)")
+        ids, self.images, dataset_labels = load_split(dataset, "train", labels_kept,
+                                                      validation_fraction=validation_fraction, validation=True)
+        with np.load(old_features, allow_pickle=False) as stored:
+            position = {row_id: i for i, row_id in enumerate(stored["ids"].tolist())}
+            missing = [row_id for row_id in ids if row_id not in position]
+            if missing:
+                raise ValueError(f"{old_features}: no old features for validation rows {missing[:5]}")
+            self.old = torch.from_numpy(stored["vectors"][[position[row_id] for row_id in ids]])
+        self.ids, self.labels = np.asarray(ids), np.asarray(dataset_labels)
+        self.method, self.references = method, references
+
+    @torch.inference_mode()
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            device = next(model.parameters()).device
+            new = torch.cat([model.embedder(torch.from_numpy(self.images[i : i + 1024]).to(device)).float().cpu()
+                             for i in range(0, len(self.images), 1024)])
+        finally:
+            model.train(was_training)
+        return validation_metrics(self.method, new, self.old, self.labels, self.ids, model.transforms, self.references)

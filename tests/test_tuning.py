@@ -1,0 +1,139 @@
+"""Sweeps: the search space's validation, the objective, and a tiny sweep on the real local Ray."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_train_config
+from pipeline.data import ingest, load_split
+from pipeline.retrieval import per_query_metrics, summarize
+from pipeline.validation import References, compat_objective, top1, update_gain
+from tuning.space import load_sweep_config, trial_config
+
+SPACE_HEADER = """
+name: s
+old: {name: old}
+base: {name: lce, method: lce_direct}
+"""
+
+
+def _load(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SPACE_HEADER + text)
+    return load_sweep_config(path)
+
+
+def test_space_accepts_every_searched_kind(tmp_path):
+    cfg = _load(tmp_path, """space:
+  method: {choice: [lce_direct, lce_backward, lce_forward]}
+  transform.blocks: {randint: [1, 3]}
+  compat.compactness_margin: {uniform: [0.0, 0.8]}
+  compat.lambda_align: {loguniform: [0.1, 10]}
+""")
+    assert set(cfg.tune_space()) == {"method", "transform.blocks", "compat.compactness_margin", "compat.lambda_align"}
+    assert trial_config(cfg.base, {"transform.hidden": 64, "method": "lce_forward"}).transform.hidden == 64
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ("  transform.blockz: {choice: [1]}", "space key 'transform.blockz'.*not a key of the training config"),
+    ("  compat.compactness_margin: {uniform: [-0.5, 0.5]}", "space key 'compat.compactness_margin' value -0.5"),
+    ("  lr: {uniform: [0.1, 1.0], choice: [0.1]}", "exactly one of choice, uniform"),
+    ("  lr: {loguniform: [0.0, 1.0]}", "positive low bound"),
+    ("  method: {choice: [lce_sideways]}", "value 'lce_sideways'"),
+    ("  transform.blocks: {randint: [3, 1]}", "low 3 must be below high 1"),
+])
+def test_space_errors_name_the_key(tmp_path, space, message):
+    with pytest.raises(ConfigError, match=message):
+        _load(tmp_path, "space:\n" + space + "\n")
+
+
+def test_objective_is_the_harmonic_mean_of_gain_and_retention():
+    references = References(old_old=0.80, independent=0.90)
+    assert update_gain(0.85, references) == pytest.approx(0.5)
+    assert compat_objective(0.5, 1.0) == pytest.approx(2 * 0.5 / 1.5)
+    assert compat_objective(1.0, 1.0) == 1.0
+    assert compat_objective(-0.2, 0.99) == 0.0 and compat_objective(0.5, 0.0) == 0.0
+    with pytest.raises(ValueError, match="no better than the old one"):
+        update_gain(0.85, References(old_old=0.80, independent=0.79))
+
+
+def test_validation_top1_is_the_retrieval_metric():
+    rng = np.random.default_rng(0)
+    vectors, labels, ids = rng.normal(size=(60, 4)), rng.integers(0, 3, 60), np.arange(60)
+    expected = summarize(per_query_metrics(vectors, labels, vectors, labels, ids, ids, topk=(1,)))["top1"]
+    assert top1(vectors, vectors, labels, ids) == pytest.approx(expected)
+
+
+def test_validation_rows_are_held_out_of_training(fashion_subset, tmp_path):
+    ingest(fashion_subset, tmp_path / "ds")
+    train_ids, _, _ = load_split(tmp_path / "ds", "train", validation_fraction=0.2)
+    validation_ids, _, _ = load_split(tmp_path / "ds", "train", validation_fraction=0.2, validation=True)
+    all_ids, _, _ = load_split(tmp_path / "ds", "train")
+    assert not set(train_ids) & set(validation_ids)
+    assert sorted(train_ids + validation_ids) == sorted(all_ids)
+    assert 0.1 < len(validation_ids) / len(all_ids) < 0.3
+
+
+TINY_SWEEP = """
+name: {name}
+output_dir: {out}
+data: {{source: {source}, root: {root}}}
+mlflow: {{experiment: sweeps}}
+validation_fraction: 0.25
+train:
+  model: {{embedding_dim: 16}}
+  batch_size: 64
+  cpus_per_worker: 0.95
+  min_steps: 40
+old: {{name: old, classes: first_half, epochs: 1}}
+base: {{name: lce, method: lce_direct, epochs: 2}}
+space:
+  model.embedding_dim: {{choice: {dims}}}   # 8 differs from the old model's 16: those trials crash
+  compat.compactness_margin: {{uniform: [0.0, 0.5]}}
+search: {{algorithm: {algorithm}, num_samples: {samples}, seed: 0}}
+"""
+
+
+@pytest.mark.ray
+def test_tiny_sweep_records_crashed_trials_and_leaves_nothing_reserved(ray_cluster, fashion_subset, tmp_path):
+    from tuning.sweep import run_sweep
+
+    def sweep(name, samples, algorithm="grid", dims="[16, 8]"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(TINY_SWEEP.format(name=name, out=tmp_path / "sweeps", source=fashion_subset,
+                                          root=tmp_path / "data", samples=samples, algorithm=algorithm, dims=dims))
+        return run_sweep(load_sweep_config(path))
+
+    table, best_path = sweep("first", samples=2)
+    assert len(table) == 4
+    crashed = table[table.status == "error"]
+    assert list(crashed["model.embedding_dim"]) == [8, 8]
+    assert all("dimension 8 differs from old dimension 16" in error for error in crashed.error)
+    ran = table[table.status != "error"]
+    assert len(ran) == 2 and ran.objective.notna().all() and (ran.epochs >= 1).all()
+    best = load_train_config(best_path)  # what jobs.train reads
+    assert best.model.embedding_dim == 16 and best.validation_fraction == 0.25
+    assert best.compat.compactness_margin == pytest.approx(float(ran.loc[ran.objective.idxmax(),
+                                                                         "compat.compactness_margin"]))
+    assert (best_path.parent / "objective_vs_params.png").stat().st_size > 0
+    assert pd.read_csv(best_path.parent / "trials.csv").shape[0] == 4
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{best_path.parent / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sweeps").experiment_id
+    parent = client.search_runs([experiment], "tags.kind = 'sweep'")[0]
+    assert parent.data.metrics["trials_failed"] == 2 and not math.isnan(parent.data.metrics["best_objective"])
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 4
+
+    # Nothing stays reserved: every CPU is free again, and a second sweep in this session (Optuna's
+    # TPE this time) runs to the end.
+    assert ray_cluster.available_resources().get("CPU") == pytest.approx(2.0)
+    table, _ = sweep("second", samples=1, algorithm="optuna", dims="[16]")
+    assert len(table) == 1 and (table.status != "error").all()
+    assert yaml.safe_load(best_path.read_text())["name"] == "lce"

@@ -1,0 +1,155 @@
+"""A sweep's config: what is searched, around which training config, and how.
+
+The search space maps a dotted ``TrainConfig`` key (``compat.compactness_margin``,
+``transform.blocks``, ``method``) to exactly one distribution. Loading checks every key and
+every value the space can take against ``TrainConfig`` itself, so a typo or an out-of-range
+bound is refused with the key's name before any trial starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from ray import tune
+
+from pipeline.config import ConfigError, DataConfig, MlflowConfig, TrainConfig, _format_error, _Strict, deep_merge
+
+
+class ParamSpec(_Strict):
+    """One searched key: ``choice`` (a list), ``uniform`` or ``loguniform`` ([low, high]),
+    ``randint`` ([low, high], high exclusive)."""
+
+    choice: list[Any] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ParamSpec":
+        given = [name for name in ("choice", "uniform", "loguniform", "randint") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of choice, uniform, loguniform, randint (got {given or 'none'})")
+        bounds = self.uniform or self.loguniform or self.randint
+        if bounds and not bounds[0] < bounds[1]:
+            raise ValueError(f"low {bounds[0]} must be below high {bounds[1]}")
+        if self.loguniform and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs a positive low bound (got {self.loguniform[0]})")
+        return self
+
+    def extremes(self) -> list[Any]:
+        """The values that bound what this distribution can draw (checked against TrainConfig)."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.randint is not None:
+            return [self.randint[0], self.randint[1] - 1]
+        return list(self.uniform or self.loguniform)
+
+    def to_tune(self, grid: bool) -> Any:
+        if self.choice is not None:
+            return tune.grid_search(self.choice) if grid else tune.choice(self.choice)
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        if self.loguniform is not None:
+            return tune.loguniform(*self.loguniform)
+        return tune.randint(*self.randint)
+
+
+class SearchConfig(_Strict):
+    algorithm: Literal["random", "grid", "optuna"] = Field(
+        "random", description="random sampling; grid: every combination of the choice keys (the others sampled); "
+                              "optuna: TPE through Ray Tune's OptunaSearch")
+    num_samples: int = Field(6, ge=1, description="trials (grid: samples per grid point)")
+    seed: int = 0
+    max_concurrent_trials: int | None = Field(None, ge=1, description="None: as many as the cluster's CPUs hold")
+
+
+class AshaConfig(_Strict):
+    """ASHA early stopping on the objective, one rung per ``grace_period`` epochs."""
+
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SweepConfig(_Strict):
+    """A sweep: the old model and the independent reference (trained once), the base config of
+    the new model, the validation rows, the search space and its algorithm."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    output_dir: str = "outputs/sweeps"
+    ray_address: str | None = None
+    data: DataConfig = DataConfig()
+    mlflow: MlflowConfig = MlflowConfig(experiment="compat-embed-sweeps")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training split held out; "
+                                       "every model, statistics included, leaves these rows out")
+    old: TrainConfig
+    base: TrainConfig = Field(description="the new model's config that each trial's values override; "
+                                          "its method 'independent' is the reference")
+    space: dict[str, ParamSpec] = Field(min_length=1)
+    search: SearchConfig = SearchConfig()
+    asha: AshaConfig = AshaConfig()
+
+    @model_validator(mode="after")
+    def _space_fits_the_train_config(self) -> "SweepConfig":
+        for key, spec in self.space.items():
+            for value in spec.extremes():
+                try:
+                    trial_config(self.base, {key: value})
+                except ValueError as error:
+                    raise ValueError(f"space key '{key}' value {value!r}: {error}") from None
+        return self
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{(self.run_dir() / 'mlflow.db').resolve()}"
+
+    def tune_space(self) -> dict[str, Any]:
+        grid = self.search.algorithm == "grid"
+        return {key: spec.to_tune(grid) for key, spec in self.space.items()}
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    tree: Any = value
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return tree
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """``base`` with a trial's dotted-key values; a key or value TrainConfig refuses is an error."""
+    tree = base.model_dump()
+    for key, value in params.items():
+        node = tree
+        for part in key.split(".")[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                raise ValueError(f"'{key}' is not a key of the training config")
+            node = node[part]
+        if not isinstance(node, dict) or key.split(".")[-1] not in node:
+            raise ValueError(f"'{key}' is not a key of the training config")
+        tree = deep_merge(tree, _nested(key, value))
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ValueError(_format_error("trial", error)) from None
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    """A sweep YAML; its ``train`` block (if any) holds defaults shared by ``old`` and ``base``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read the sweep config ({error})") from None
+    shared = raw.pop("train", {}) if isinstance(raw, dict) else {}
+    for role in ("old", "base"):
+        if isinstance(raw.get(role), dict):
+            raw[role] = deep_merge(shared, raw[role])
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_error(str(path), error)) from None
+

@@ -1,0 +1,250 @@
+"""Ray Tune sweep of LCE's transformation sizes, compactness margin, loss weights and manner.
+
+    python -m tuning.sweep --config tuning/configs/demo.yaml
+
+Once per sweep: the old model and the independent reference are trained, the old-space
+statistics computed, and both fixed models measured on the validation rows. Then Tune runs one
+driver function per trial that builds and fits a ``TorchTrainer`` (Ray 2.60: ``Tuner(trainer)``
+is gone) whose ``TuneReportCallback`` passes each epoch's validation metrics to ASHA. Outputs
+under ``<output_dir>/<name>/``: ``trials.csv`` (every trial, its values, status, error, metrics),
+``best.yaml`` (a config ``jobs.train`` takes as is), ``objective_vs_params.png``; in MLflow, one
+run per trial (``MLflowLoggerCallback``) nested under the sweep's run, which holds the best
+config and those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+import yaml
+from ray import tune
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from pipeline.artifacts import load_model, read_card
+from pipeline.config import TrainConfig
+from pipeline.data import class_indices, ingest, ingested_from, load_split, read_dataset_info
+from pipeline.old_space import stats_for_model, train_split_embeddings
+from pipeline.runtime import init_ray, runs_at_once
+from pipeline.tracking import experiment_id, finished_run
+from pipeline.training import build_trainer, fit_model, run_resources, train_loop_config
+from pipeline.validation import top1
+from tuning.space import SweepConfig, load_sweep_config, trial_config
+
+log = logging.getLogger(__name__)
+# A trial's driver only waits on its TorchTrainer, whose workers hold the CPUs; Tune needs some
+# resource per trial, so the driver takes this sliver (configs give workers 1 - DRIVER_CPUS CPUs
+# so that trials pack whole cores).
+DRIVER_CPUS = 0.05
+
+
+@dataclass(frozen=True)
+class SweepInputs:
+    """What every trial reads: fixed models, statistics, validation features and references."""
+
+    dataset: Path
+    old_model: Path
+    stats: Path
+    validation: dict[str, Any]  # pipeline.training.train_loop_config(validation=...)
+
+
+def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, **fit_options: Any) -> Path:
+    """A fixed model of the sweep, reused when an earlier run trained it under the same config."""
+    folder = out / "models" / cfg.name
+    if (folder / "card.json").is_file() and read_card(folder).get("train_config") == cfg.model_dump():
+        log.info("sweep: reusing %s", folder)
+        return folder
+    return fit_model(cfg, dataset, folder, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", **fit_options)
+
+
+def _embed(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    model, _ = load_model(model_dir)
+    with torch.inference_mode():
+        return torch.cat([model.eval().embedder(torch.from_numpy(images[i : i + 1024]))
+                          for i in range(0, len(images), 1024)]).numpy()
+
+
+def prepare(cfg: SweepConfig) -> SweepInputs:
+    """Ingest, train the old and the independent model (side by side), statistics, references."""
+    out = cfg.run_dir().resolve()
+    dataset = Path(cfg.data.root).resolve()
+    if not ingested_from(dataset, cfg.data.source, cfg.data.image_size):
+        ingest(cfg.data.source, dataset, cfg.data.test_fraction, cfg.old.seed, cfg.data.image_size, cfg.data.rows_per_file)
+    held_out = {"validation_fraction": cfg.validation_fraction}
+    old = cfg.old.model_copy(update=held_out)
+    independent = cfg.base.model_copy(update={**held_out, "name": "independent", "method": "independent"})
+    fit_options = dict(storage_path=out / "ray", tracking_uri=cfg.tracking_uri(), experiment=cfg.mlflow.experiment)
+    at_once = runs_at_once({key: max(run_resources(old)[key], run_resources(independent)[key]) for key in ("CPU", "GPU")}, 2)
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        old_dir, independent_dir = pool.map(lambda c: _fit_once(c, dataset, out, **fit_options), [old, independent])
+
+    base = cfg.base.model_copy(update=held_out)
+    embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / "old" / "train")
+    stats = stats_for_model(base, old_dir, embeddings, dataset, out / "stats" / "base.npz")
+
+    info = read_dataset_info(dataset)
+    ids, images, labels = load_split(dataset, "train", class_indices(info.classes, base.classes),
+                                     validation_fraction=cfg.validation_fraction, validation=True)
+    position = {row_id: i for i, row_id in enumerate(embeddings.ids.tolist())}
+    old_vectors = np.asarray(embeddings.vectors[[position[row_id] for row_id in ids]], dtype=np.float32)
+    features = out / "validation" / "old_features.npz"
+    features.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(features, ids=np.asarray(ids), vectors=old_vectors)
+    ids = np.asarray(ids)
+    references = {"old_old": top1(old_vectors, old_vectors, labels, ids),
+                  "independent": top1(*(2 * [_embed(independent_dir, images)]), labels, ids)}
+    log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
+             references["independent"])
+    return SweepInputs(dataset, old_dir, stats, {"old_features": str(features), **references})
+
+
+def run_trial(params: dict[str, Any], *, base: TrainConfig, inputs: SweepInputs, storage: str) -> None:
+    """One trial: the base config with the trial's values, fitted by its own ``TorchTrainer``."""
+    cfg = trial_config(base, params)
+    loop_config = train_loop_config(cfg, inputs.dataset, inputs.old_model, inputs.stats, inputs.validation)
+    run_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
+    build_trainer(cfg, loop_config, storage, run_name, callbacks=[TuneReportCallback()]).fit()
+
+
+def _search_algorithm(cfg: SweepConfig) -> Any:
+    if cfg.search.algorithm != "optuna":
+        return None  # Tune's random / grid variant generator
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=cfg.search.seed)
+
+
+def trials_table(results: tune.ResultGrid, cfg: SweepConfig) -> pd.DataFrame:
+    """One row per trial: its values, how it ended, its error, its last epoch's metrics."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        epochs = int(metrics.get("training_iteration", 0))
+        status = "error" if result.error else ("finished" if epochs >= cfg.base.epochs else "stopped early")
+        rows.append({"trial": Path(result.path).name, **{key: result.config.get(key) for key in cfg.space},
+                     "status": status, "epochs": epochs,
+                     "error": str(result.error).strip().splitlines()[-1] if result.error else "",
+                     **{key: metrics.get(key, math.nan) for key in
+                        ("objective", "val_gain", "val_retention", "val_new_old_top1", "val_new_new_top1")}})
+    return pd.DataFrame(rows)
+
+
+def plot_objective(table: pd.DataFrame, keys: list[str], path: Path) -> None:
+    """Objective against each searched value, one panel per key (categories as positions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        values = table[key]
+        if pd.api.types.is_numeric_dtype(values):
+            axis.scatter(values, table["objective"])
+        else:
+            labels = sorted(values.astype(str).unique())
+            axis.scatter([labels.index(v) for v in values.astype(str)], table["objective"])
+            axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+        axis.set_xlabel(key, fontsize=8)
+    axes[0][0].set_ylabel("objective (last epoch)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
+    """The whole sweep; returns the trials table and the best config's YAML path."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    out = cfg.run_dir().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = prepare(cfg)
+    base = cfg.base.model_copy(update={"validation_fraction": cfg.validation_fraction})
+    tracking_uri = cfg.tracking_uri()
+    client = MlflowClient(tracking_uri)
+    parent = client.create_run(experiment_id(tracking_uri, cfg.mlflow.experiment), run_name=f"sweep {cfg.name}",
+                               tags={"kind": "sweep", "algorithm": cfg.search.algorithm})
+    per_trial = run_resources(base)
+    per_trial["CPU"] += DRIVER_CPUS
+    at_once = cfg.search.max_concurrent_trials or runs_at_once(per_trial)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, inputs=inputs, storage=str(out / "ray")), {"cpu": DRIVER_CPUS})
+    tuner = tune.Tuner(
+        trainable,
+        param_space=cfg.tune_space(),
+        tune_config=tune.TuneConfig(
+            metric="objective", mode="max", num_samples=cfg.search.num_samples, max_concurrent_trials=at_once,
+            search_alg=_search_algorithm(cfg),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
+                                    grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)),
+        run_config=tune.RunConfig(
+            name=f"sweep-{parent.info.run_id[:8]}", storage_path=str(out / "tune"),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            callbacks=[MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=cfg.mlflow.experiment,
+                                            tags={"mlflow.parentRunId": parent.info.run_id, "kind": "trial"},
+                                            save_artifact=False)]),
+    )
+    log.info("sweep %s: %s search, %d samples, %d trial(s) at once", cfg.name, cfg.search.algorithm,
+             cfg.search.num_samples, at_once)
+    with finished_run(client, parent.info.run_id):
+        results = tuner.fit()
+        table = trials_table(results, cfg)
+        table.to_csv(out / "trials.csv", index=False)
+        done = table[table.status != "error"].dropna(subset=["objective"])
+        if done.empty:
+            raise RuntimeError(f"sweep {cfg.name}: no trial reported an objective; errors:\n{table.error.to_string()}")
+        best_row = done.loc[done.objective.idxmax()]
+        best = trial_config(base, {key: _plain(best_row[key]) for key in cfg.space})
+        best_path = out / "best.yaml"
+        best_path.write_text(f"# best of sweep {cfg.name} (trial {best_row.trial}, objective "
+                             f"{best_row.objective:.4f}); python -m jobs.train --config {best_path.name} ...\n"
+                             + yaml.safe_dump(best.model_dump(), sort_keys=False))
+        plot_objective(table, list(cfg.space), out / "objective_vs_params.png")
+        client.log_batch(parent.info.run_id, params=[Param(f"best.{key}", str(_plain(best_row[key])))
+                                                     for key in cfg.space])
+        for key, value in {"best_objective": best_row.objective, "median_objective": float(done.objective.median()),
+                           "trials": len(table), "trials_failed": int((table.status == "error").sum()),
+                           "trials_stopped_early": int((table.status == "stopped early").sum()),
+                           **{f"reference_{k}": v for k, v in inputs.validation.items() if k != "old_features"}}.items():
+            client.log_metric(parent.info.run_id, key, float(value))
+        for path in (out / "trials.csv", best_path, out / "objective_vs_params.png"):
+            client.log_artifact(parent.info.run_id, str(path))
+    return table, best_path
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from the table as the plain Python values a config holds."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tuning.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="sweep YAML (tuning.space.SweepConfig)")
+    parser.add_argument("--ray-address", default=None)
+    args = parser.parse_args()
+    cfg = load_sweep_config(args.config)
+    init_ray(args.ray_address or cfg.ray_address)
+    table, best = run_sweep(cfg)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.drop(columns=["error"]).to_string(index=False))
+    print(f"best config: {best}\ntrials: {best.parent / 'trials.csv'}\nMLflow: {cfg.tracking_uri()}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    from jobs._common import run_main
+
+    run_main(main)
