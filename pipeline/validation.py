@@ -11,7 +11,10 @@ The objective rewards compatibility and retained accuracy together, as the harmo
   with ``ind`` the independently trained new model (design notes, section 3), and
 - ``retention``: ``M(new, new) / M(ind, ind)``,
 
-and is 0 when either is not positive (a model that is not compatible scores nothing).
+When the gain is not positive the objective is the gain itself (at most 0): an incompatible
+model scores below every compatible one, and ASHA can still rank incompatible trials against
+each other (a flat 0 would tie them all in the early epochs, where most trials are still below
+old/old).
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ def update_gain(new_old: float, references: References) -> float:
 
 
 def compat_objective(gain: float, retention: float) -> float:
-    """Harmonic mean of the update gain and the retention; 0 unless both are positive."""
-    if gain <= 0 or retention <= 0:
+    """Harmonic mean of the update gain and the retention when both are positive; else the gain
+    when it is not positive, and 0 for a positive gain with no retention."""
+    if gain <= 0:
+        return gain
+    if retention <= 0:
         return 0.0
     return 2 * gain * retention / (gain + retention)
 

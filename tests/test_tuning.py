@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import mlflow
 import numpy as np
@@ -58,7 +59,7 @@ def test_objective_is_the_harmonic_mean_of_gain_and_retention():
     assert update_gain(0.85, references) == pytest.approx(0.5)
     assert compat_objective(0.5, 1.0) == pytest.approx(2 * 0.5 / 1.5)
     assert compat_objective(1.0, 1.0) == 1.0
-    assert compat_objective(-0.2, 0.99) == 0.0 and compat_objective(0.5, 0.0) == 0.0
+    assert compat_objective(-0.2, 0.99) == -0.2 and compat_objective(0.5, 0.0) == 0.0  # ranks incompatible trials
     with pytest.raises(ValueError, match="no better than the old one"):
         update_gain(0.85, References(old_old=0.80, independent=0.79))
 
@@ -131,9 +132,16 @@ def test_tiny_sweep_records_crashed_trials_and_leaves_nothing_reserved(ray_clust
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4
 
-    # Nothing stays reserved: every CPU is free again, and a second sweep in this session (Optuna's
-    # TPE this time) runs to the end.
+    # Nothing stays reserved: every CPU comes back (trial actors and their Ray Train placement groups
+    # are released asynchronously, within seconds), and a second sweep in this session (Optuna's TPE
+    # this time) runs to the end.
+    deadline = time.monotonic() + 60
+    while ray_cluster.available_resources().get("CPU", 0) < 2.0 - 1e-6 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert ray_cluster.available_resources().get("CPU") == pytest.approx(2.0)
+    from ray.util import placement_group_table
+
+    assert all(group["state"] == "REMOVED" for group in placement_group_table().values())
     table, _ = sweep("second", samples=1, algorithm="optuna", dims="[16]")
     assert len(table) == 1 and (table.status != "error").all()
     assert yaml.safe_load(best_path.read_text())["name"] == "lce"

@@ -7,7 +7,8 @@ statistics computed, and both fixed models measured on the validation rows. Then
 driver function per trial that builds and fits a ``TorchTrainer`` (Ray 2.60: ``Tuner(trainer)``
 is gone) whose ``TuneReportCallback`` passes each epoch's validation metrics to ASHA. Outputs
 under ``<output_dir>/<name>/``: ``trials.csv`` (every trial, its values, status, error, metrics),
-``best.yaml`` (a config ``jobs.train`` takes as is), ``objective_vs_params.png``; in MLflow, one
+``best.yaml`` (a config ``jobs.train`` takes as is), ``objective_vs_params.png``, ``sweep.yaml``
+(the config it ran, for ``tuning.confirm``); in MLflow, one
 run per trial (``MLflowLoggerCallback``) nested under the sweep's run, which holds the best
 config and those files.
 """
@@ -15,6 +16,7 @@ config and those files.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -32,6 +34,7 @@ from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
 
 from pipeline.artifacts import load_model, read_card
 from pipeline.config import TrainConfig
@@ -105,6 +108,7 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     ids = np.asarray(ids)
     references = {"old_old": top1(old_vectors, old_vectors, labels, ids),
                   "independent": top1(*(2 * [_embed(independent_dir, images)]), labels, ids)}
+    (out / "validation" / "references.json").write_text(json.dumps(references))
     log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
              references["independent"])
     return SweepInputs(dataset, old_dir, stats, {"old_features": str(features), **references})
@@ -118,9 +122,11 @@ def run_trial(params: dict[str, Any], *, base: TrainConfig, inputs: SweepInputs,
     build_trainer(cfg, loop_config, storage, run_name, callbacks=[TuneReportCallback()]).fit()
 
 
-def _search_algorithm(cfg: SweepConfig) -> Any:
+def _search_algorithm(cfg: SweepConfig, at_once: int) -> Any:
+    """Seeded: random and grid through Tune's variant generator (which applies its own limit of
+    trials at once: Tune ignores ``max_concurrent_trials`` for it), or Optuna's TPE."""
     if cfg.search.algorithm != "optuna":
-        return None  # Tune's random / grid variant generator
+        return BasicVariantGenerator(max_concurrent=at_once, random_state=cfg.search.seed)
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(seed=cfg.search.seed)
@@ -171,6 +177,7 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
 
     out = cfg.run_dir().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     inputs = prepare(cfg)
     base = cfg.base.model_copy(update={"validation_fraction": cfg.validation_fraction})
     tracking_uri = cfg.tracking_uri()
@@ -186,8 +193,9 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
         trainable,
         param_space=cfg.tune_space(),
         tune_config=tune.TuneConfig(
-            metric="objective", mode="max", num_samples=cfg.search.num_samples, max_concurrent_trials=at_once,
-            search_alg=_search_algorithm(cfg),
+            metric="objective", mode="max", num_samples=cfg.search.num_samples,
+            max_concurrent_trials=None if cfg.search.algorithm != "optuna" else at_once,
+            search_alg=_search_algorithm(cfg, at_once),
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
                                     grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)),
         run_config=tune.RunConfig(
