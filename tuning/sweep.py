@@ -4,8 +4,9 @@
 
 Once per sweep: the old model and the independent reference are trained, the old-space
 statistics computed, and both fixed models measured on the validation rows. Then Tune runs one
-driver function per trial that builds and fits a ``TorchTrainer`` (Ray 2.60: ``Tuner(trainer)``
-is gone) whose ``TuneReportCallback`` passes each epoch's validation metrics to ASHA. Outputs
+driver function per trial that builds and fits a ``TorchTrainer`` (under Ray 2.60's Train V2 a
+trainer cannot be a Tune trainable itself), whose ``TuneReportCallback`` passes each epoch's
+validation metrics to ASHA. Outputs
 under ``<output_dir>/<name>/``: ``trials.csv`` (every trial, its values, status, error, metrics),
 ``best.yaml`` (a config ``jobs.train`` takes as is), ``objective_vs_params.png``, ``sweep.yaml``
 (the config it ran, for ``tuning.confirm``); in MLflow, one
@@ -105,9 +106,9 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     features = out / "validation" / "old_features.npz"
     features.parent.mkdir(parents=True, exist_ok=True)
     np.savez(features, ids=np.asarray(ids), vectors=old_vectors)
-    ids = np.asarray(ids)
+    ids, independent_vectors = np.asarray(ids), _embed(independent_dir, images)
     references = {"old_old": top1(old_vectors, old_vectors, labels, ids),
-                  "independent": top1(*(2 * [_embed(independent_dir, images)]), labels, ids)}
+                  "independent": top1(independent_vectors, independent_vectors, labels, ids)}
     (out / "validation" / "references.json").write_text(json.dumps(references))
     log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
              references["independent"])
