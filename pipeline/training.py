@@ -166,7 +166,10 @@ def _mean_over_workers(totals: dict[str, float], steps: int, world: int, device:
 def config_hash(loop_config: dict[str, Any]) -> str:
     """What a checkpoint may be resumed under: the training config and its inputs."""
     keys = ("train", "dataset", "old_model", "stats", "old_dim")
-    return hashlib.sha256(json.dumps({k: loop_config.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+    hashed = {k: loop_config.get(k) for k in keys}
+    # Scheduling alone (retries, placement) may change between reruns of one run.
+    hashed["train"] = {k: v for k, v in hashed["train"].items() if k not in ("max_failures", "placement_strategy")}
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
 
 
 def uses_gpu(cfg: TrainConfig) -> bool:

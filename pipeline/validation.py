@@ -59,7 +59,7 @@ def compat_objective(gain: float, retention: float) -> float:
 def top1(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> float:
     """Top-1 with the validation rows as both query and gallery set, each query excluding itself
     (the metric of ``pipeline.retrieval``, without its full-ranking AP, which a sweep does not use)."""
-    hits = topk_hits(flat_ip_index(normalize(gallery)), normalize(query), labels, labels,
+    hits = topk_hits(flat_ip_index(normalize(gallery), k=2), normalize(query), labels, labels,
                      self_positions(ids, ids, len(ids)), (1,))
     return float(hits["top1"].mean())
 
@@ -67,12 +67,13 @@ def top1(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.nda
 @torch.inference_mode()
 def compatible_pair(method: str, new: torch.Tensor, old: torch.Tensor,
                     transforms: nn.ModuleDict) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, gallery) of the method's compatible route: new features against old ones."""
+    """(queries, gallery) of the method's compatible route: new features against old ones (both on
+    the transformations' device), as CPU arrays."""
     if method in ("lce_backward", "lce_bidirectional"):
-        return transforms["backward_transform"](F.normalize(new, dim=1)).numpy(), old.numpy()
-    if method == "lce_forward":
-        return new.numpy(), transforms["forward_transform"](F.normalize(old, dim=1)).numpy()
-    return new.numpy(), old.numpy()
+        new = transforms["backward_transform"](F.normalize(new, dim=1))
+    elif method == "lce_forward":
+        old = transforms["forward_transform"](F.normalize(old, dim=1))
+    return new.float().cpu().numpy(), old.float().cpu().numpy()
 
 
 def validation_metrics(method: str, new: torch.Tensor, old: torch.Tensor, labels: np.ndarray, ids: np.ndarray,
@@ -80,7 +81,7 @@ def validation_metrics(method: str, new: torch.Tensor, old: torch.Tensor, labels
     """The epoch's validation numbers: new/new and new/old top-1, gain, retention, objective
     (``transforms`` in eval mode, as at encode time)."""
     queries, gallery = compatible_pair(method, new, old, transforms)
-    new_new = top1(new.numpy(), new.numpy(), labels, ids)
+    new_new = top1(new.float().cpu().numpy(), new.float().cpu().numpy(), labels, ids)
     new_old = top1(queries, gallery, labels, ids)
     gain, retention = update_gain(new_old, references), new_new / references.independent
     return {"val_new_new_top1": new_new, "val_new_old_top1": new_old, "val_gain": gain,
@@ -110,10 +111,11 @@ class Validator:
     def __call__(self, model: nn.Module) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        try:
+        try:  # eval mode throughout: the transformations' batch norms use (and keep) their running statistics
             device = next(model.parameters()).device
-            new = torch.cat([model.embedder(torch.from_numpy(self.images[i : i + 1024]).to(device)).float().cpu()
+            new = torch.cat([model.embedder(torch.from_numpy(self.images[i : i + 1024]).to(device)).float()
                              for i in range(0, len(self.images), 1024)])
+            return validation_metrics(self.method, new, self.old.to(device), self.labels, self.ids, model.transforms,
+                                      self.references)
         finally:
             model.train(was_training)
-        return validation_metrics(self.method, new, self.old, self.labels, self.ids, model.transforms, self.references)

@@ -48,6 +48,7 @@ def test_space_accepts_every_searched_kind(tmp_path):
     ("  lr: {loguniform: [0.0, 1.0]}", "positive low bound"),
     ("  method: {choice: [lce_sideways]}", "value 'lce_sideways'"),
     ("  transform.blocks: {randint: [3, 1]}", "low 3 must be below high 1"),
+    ("  epochs: {choice: [2, 4]}", r"space keys \['epochs'\] cannot be searched"),
 ])
 def test_space_errors_name_the_key(tmp_path, space, message):
     with pytest.raises(ConfigError, match=message):
@@ -142,6 +143,7 @@ def test_tiny_sweep_records_crashed_trials_and_leaves_nothing_reserved(ray_clust
     from ray.util import placement_group_table
 
     assert all(group["state"] == "REMOVED" for group in placement_group_table().values())
-    table, _ = sweep("second", samples=1, algorithm="optuna", dims="[16]")
+    table, second_best = sweep("second", samples=1, algorithm="optuna", dims="[16]")
     assert len(table) == 1 and (table.status != "error").all()
+    assert load_train_config(second_best).model.embedding_dim == 16
     assert yaml.safe_load(best_path.read_text())["name"] == "lce"

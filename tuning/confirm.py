@@ -22,12 +22,19 @@ import pandas as pd
 from pipeline.artifacts import load_model
 from pipeline.config import load_train_config
 from pipeline.data import class_indices, read_dataset_info
+from pipeline.transforms import TRANSFORMS_OF
 from pipeline.validation import References, Validator
 from tuning.space import load_sweep_config
 
-# The matrix entry of each manner's compatible route: query model and gallery model.
-ROUTES = {"lce_direct": ("{new}", "{old}"), "lce_backward": ("{new}.t21", "{old}"),
-          "lce_bidirectional": ("{new}.t21", "{old}"), "lce_forward": ("{new}", "{old}.t12.{new}")}
+
+def compatible_route(method: str, new: str, old: str) -> tuple[str, str]:
+    """The (query, gallery) matrix entries of a method's compatible route, named as
+    ``pipeline.transformed.matrix_entries`` names them (T21 first, as in ``pipeline.validation``)."""
+    if "backward_transform" in TRANSFORMS_OF[method]:
+        return f"{new}.t21", old
+    if "forward_transform" in TRANSFORMS_OF[method]:
+        return new, f"{old}.t12.{new}"
+    return new, old
 
 
 def _job(*args: str) -> None:
@@ -52,7 +59,7 @@ def confirm(sweep_dir: Path) -> dict:
          "--out", str(report), *tracking)
 
     table = pd.read_csv(report / "report.csv")
-    query, gallery = (part.format(new=best.name, old="old") for part in ROUTES[best.method])
+    query, gallery = compatible_route(best.method, best.name, "old")
     cell = table[(table.query_model == query) & (table.gallery_model == gallery)].iloc[0]
     old_old = table[(table.query_model == "old") & (table.gallery_model == "old")].iloc[0]
 
@@ -63,7 +70,7 @@ def confirm(sweep_dir: Path) -> dict:
                           References(references["old_old"], references["independent"]))
     objective = validator(load_model(model)[0])["objective"]
     trials = pd.read_csv(sweep_dir / "trials.csv")
-    median = float(trials.loc[trials.status != "error", "objective"].fillna(0.0).median())
+    median = float(trials.loc[trials.status != "error", "objective"].dropna().median())  # as the sweep logs it
     result = {
         "method": best.method, "route": f"{query} -> {gallery}",
         "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),

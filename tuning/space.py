@@ -73,6 +73,13 @@ class AshaConfig(_Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+# Keys the sweep reads once from ``base``: trial resources, ASHA's horizon, the rows the
+# statistics and the validation are computed on.
+FIXED_KEYS = {"name", "epochs", "num_workers", "cpus_per_worker", "use_gpu", "placement_strategy", "max_failures",
+              "classes", "data_fraction", "seed", "validation_fraction", "min_steps", "compat.boundary",
+              "compat.boundary_quantile", "compat.old_classes_only"}
+
+
 class SweepConfig(_Strict):
     """A sweep: the old model and the independent reference (trained once), the base config of
     the new model, the validation rows, the search space and its algorithm."""
@@ -93,6 +100,10 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _space_fits_the_train_config(self) -> "SweepConfig":
+        fixed = sorted(key for key in self.space if key in FIXED_KEYS)
+        if fixed:
+            raise ValueError(f"space keys {fixed} cannot be searched: the sweep fixes them once from 'base' "
+                             "(trial resources, epochs for ASHA, the statistics' and validation rows)")
         for key, spec in self.space.items():
             for value in spec.extremes():
                 try:
@@ -144,7 +155,9 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: cannot read the sweep config ({error})") from None
-    shared = raw.pop("train", {}) if isinstance(raw, dict) else {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("train", {}), dict):
+        raise ConfigError(f"{path}: a sweep config is a mapping, and its 'train' block too")
+    shared = raw.pop("train", {})
     for role in ("old", "base"):
         if isinstance(raw.get(role), dict):
             raw[role] = deep_merge(shared, raw[role])

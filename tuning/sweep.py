@@ -44,7 +44,7 @@ from pipeline.old_space import stats_for_model, train_split_embeddings
 from pipeline.runtime import init_ray, runs_at_once
 from pipeline.tracking import experiment_id, finished_run
 from pipeline.training import build_trainer, fit_model, run_resources, train_loop_config
-from pipeline.validation import top1
+from pipeline.validation import References, top1, update_gain
 from tuning.space import SweepConfig, load_sweep_config, trial_config
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     old = cfg.old.model_copy(update=held_out)
     independent = cfg.base.model_copy(update={**held_out, "name": "independent", "method": "independent"})
     fit_options = dict(storage_path=out / "ray", tracking_uri=cfg.tracking_uri(), experiment=cfg.mlflow.experiment)
+    experiment_id(cfg.tracking_uri(), cfg.mlflow.experiment)  # created here, not by two fits at once
     at_once = runs_at_once({key: max(run_resources(old)[key], run_resources(independent)[key]) for key in ("CPU", "GPU")}, 2)
     with ThreadPoolExecutor(max_workers=at_once) as pool:
         old_dir, independent_dir = pool.map(lambda c: _fit_once(c, dataset, out, **fit_options), [old, independent])
@@ -109,6 +110,7 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     ids, independent_vectors = np.asarray(ids), _embed(independent_dir, images)
     references = {"old_old": top1(old_vectors, old_vectors, labels, ids),
                   "independent": top1(independent_vectors, independent_vectors, labels, ids)}
+    update_gain(references["old_old"], References(**references))  # refuses a reference that is no upgrade
     (out / "validation" / "references.json").write_text(json.dumps(references))
     log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
              references["independent"])
@@ -178,7 +180,11 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
 
     out = cfg.run_dir().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    ran = cfg.model_dump(mode="json")  # with absolute paths: tuning.confirm may run from anywhere
+    ran["output_dir"] = str(Path(cfg.output_dir).resolve())
+    ran["data"]["root"] = str(Path(cfg.data.root).resolve())
+    ran["mlflow"]["tracking_uri"] = cfg.tracking_uri()
+    (out / "sweep.yaml").write_text(yaml.safe_dump(ran, sort_keys=False))
     inputs = prepare(cfg)
     base = cfg.base.model_copy(update={"validation_fraction": cfg.validation_fraction})
     tracking_uri = cfg.tracking_uri()
