@@ -88,6 +88,14 @@ def validation_metrics(method: str, new: torch.Tensor, old: torch.Tensor, labels
             "val_retention": retention, "objective": compat_objective(gain, retention)}
 
 
+@torch.inference_mode()
+def embed_images(model: nn.Module, images: np.ndarray, batch: int = 1024) -> torch.Tensor:
+    """``model.embedder`` over decoded images in batches, on the model's device, as float32."""
+    device = next(model.parameters()).device
+    return torch.cat([model.embedder(torch.from_numpy(images[i : i + batch]).to(device)).float()
+                      for i in range(0, len(images), batch)])
+
+
 class Validator:
     """Rank 0's validation after each epoch: the validation rows' images, the old model's features
     of the same rows (``old_features``: an ``.npz`` with ``ids`` and ``vectors``), references."""
@@ -112,10 +120,8 @@ class Validator:
         was_training = model.training
         model.eval()
         try:  # eval mode throughout: the transformations' batch norms use (and keep) their running statistics
-            device = next(model.parameters()).device
-            new = torch.cat([model.embedder(torch.from_numpy(self.images[i : i + 1024]).to(device)).float()
-                             for i in range(0, len(self.images), 1024)])
-            return validation_metrics(self.method, new, self.old.to(device), self.labels, self.ids, model.transforms,
-                                      self.references)
+            new = embed_images(model, self.images)
+            return validation_metrics(self.method, new, self.old.to(new.device), self.labels, self.ids,
+                                      model.transforms, self.references)
         finally:
             model.train(was_training)

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import ray
-import torch
 import yaml
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -44,7 +43,7 @@ from pipeline.old_space import stats_for_model, train_split_embeddings
 from pipeline.runtime import init_ray, runs_at_once
 from pipeline.tracking import experiment_id, finished_run
 from pipeline.training import build_trainer, fit_model, run_resources, train_loop_config
-from pipeline.validation import References, top1, update_gain
+from pipeline.validation import References, embed_images, top1, update_gain
 from tuning.space import SweepConfig, load_sweep_config, trial_config
 
 log = logging.getLogger(__name__)
@@ -71,13 +70,6 @@ def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, **fit_options: Any) ->
         log.info("sweep: reusing %s", folder)
         return folder
     return fit_model(cfg, dataset, folder, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", **fit_options)
-
-
-def _embed(model_dir: Path, images: np.ndarray) -> np.ndarray:
-    model, _ = load_model(model_dir)
-    with torch.inference_mode():
-        return torch.cat([model.eval().embedder(torch.from_numpy(images[i : i + 1024]))
-                          for i in range(0, len(images), 1024)]).numpy()
 
 
 def prepare(cfg: SweepConfig) -> SweepInputs:
@@ -107,7 +99,7 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     features = out / "validation" / "old_features.npz"
     features.parent.mkdir(parents=True, exist_ok=True)
     np.savez(features, ids=np.asarray(ids), vectors=old_vectors)
-    ids, independent_vectors = np.asarray(ids), _embed(independent_dir, images)
+    ids, independent_vectors = np.asarray(ids), embed_images(load_model(independent_dir)[0].eval(), images).numpy()
     references = {"old_old": top1(old_vectors, old_vectors, labels, ids),
                   "independent": top1(independent_vectors, independent_vectors, labels, ids)}
     update_gain(references["old_old"], References(**references))  # refuses a reference that is no upgrade
