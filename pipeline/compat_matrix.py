@@ -14,20 +14,25 @@ import time
 import numpy as np
 import pandas as pd
 
-from pipeline.embeddings import EmbeddingSet
-from pipeline.retrieval import per_query_metrics, summarize
+from pipeline.embeddings import EmbeddingFiles, EmbeddingSet
+from pipeline.retrieval import IndexSpec, score_queries, summarize
 
 log = logging.getLogger(__name__)
 CRITERION_METRICS = ("top1", "map")
+Gallery = EmbeddingSet | EmbeddingFiles  # in memory, or streamed shard by shard from its files
 
 
-def score_pair(query: EmbeddingSet, gallery: EmbeddingSet, seen_labels: list[int] | None,
-               topk: tuple[int, ...] = (1, 5), chunk: int = 1024) -> dict[str, float]:
-    """All metrics of one pair, overall and per query subset."""
+def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | None,
+               topk: tuple[int, ...] = (1, 5), chunk: int = 1024, index: IndexSpec = IndexSpec(),
+               full_ranking: bool = True, shard_rows: int = 100_000) -> dict[str, float]:
+    """All metrics of one pair, overall and per query subset; the gallery read ``shard_rows`` at a time."""
     if query.classes != gallery.classes:
         raise ValueError(f"{query.path} and {gallery.path} were encoded from datasets with different label maps")
-    per_query = per_query_metrics(query.vectors, query.labels, gallery.vectors, gallery.labels,
-                                  query.ids, gallery.ids, topk, chunk)
+    if query.dim != gallery.dim:
+        raise ValueError(f"query dimension {query.dim} ({query.path}) differs from gallery dimension "
+                         f"{gallery.dim} ({gallery.path})")
+    per_query = score_queries(query.vectors, query.labels, query.ids, lambda: gallery.shards(shard_rows),
+                              len(gallery), topk, chunk, index, full_ranking)
     row = summarize(per_query)
     if seen_labels is not None:
         seen = np.isin(query.labels, seen_labels)
@@ -37,14 +42,22 @@ def score_pair(query: EmbeddingSet, gallery: EmbeddingSet, seen_labels: list[int
     return row
 
 
-def score_all_pairs(sets: dict[str, EmbeddingSet], old_classes: list[str] | None = None,
+def score_all_pairs(sets: dict[str, Gallery], old_classes: list[str] | None = None,
                     independent: str | None = None, old: str | None = None, topk: tuple[int, ...] = (1, 5),
                     chunk: int = 1024, references: dict[str, str] | None = None,
-                    transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None
-                    ) -> pd.DataFrame:
+                    transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None,
+                    index: IndexSpec = IndexSpec(), full_ranking: bool = True) -> pd.DataFrame:
     """The report table over ``pairs`` (default: every ordered pair of ``sets`` whose dimensions
-    match); ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``)."""
+    match); ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``).
+    Each set is the gallery as it is (streamed when on disk) and, read into memory, the queries."""
     names = list(sets)
+    loaded: dict[str, EmbeddingSet] = {}
+
+    def queries(name: str) -> EmbeddingSet:
+        if name not in loaded:
+            loaded[name] = sets[name] if isinstance(sets[name], EmbeddingSet) else sets[name].load()
+        return loaded[name]
+
     first = sets[names[0]]
     seen_labels = [first.classes.index(c) for c in old_classes] if old_classes is not None else None
     transforms = transforms or {}
@@ -53,11 +66,11 @@ def score_all_pairs(sets: dict[str, EmbeddingSet], old_classes: list[str] | None
     rows = []
     started = time.perf_counter()
     for number, (q, g) in enumerate(pairs, start=1):
-        metrics = score_pair(sets[q], sets[g], seen_labels, topk, chunk)
+        metrics = score_pair(queries(q), sets[g], seen_labels, topk, chunk, index, full_ranking)
         used = [label for label in (transforms.get(q, "none"), transforms.get(g, "none")) if label != "none"]
         rows.append({"query_model": q, "gallery_model": g, "transform": "; ".join(dict.fromkeys(used)) or "none",
                      "query_embeddings": sets[q].path, "gallery_embeddings": sets[g].path,
-                     "num_queries": len(sets[q].ids), "num_gallery": len(sets[g].ids), **metrics})
+                     "num_queries": len(sets[q]), "num_gallery": len(sets[g]), **metrics})
         log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
                  metrics["top1"], metrics["map"], time.perf_counter() - started)
     table = pd.DataFrame(rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.parquet import write_table_atomic
+from pipeline.retrieval import Shard
 
 META_KEY = b"compat_embed"
 
@@ -34,6 +36,14 @@ class EmbeddingSet:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def shards(self, rows: int = 100_000) -> Iterator[Shard]:
+        for start in range(0, len(self.ids), rows):
+            yield Shard(start, self.ids[start : start + rows], self.labels[start : start + rows],
+                        self.vectors[start : start + rows])
+
 
 def embeddings_table(ids: list[str], labels: np.ndarray, vectors: np.ndarray, model_id: str, model_name: str,
                      classes: list[str]) -> pa.Table:
@@ -51,28 +61,66 @@ def write_embeddings(path: str | Path, table: pa.Table) -> None:
     write_table_atomic(table, path)
 
 
-def read_embeddings(folder: str | Path) -> EmbeddingSet:
-    """All part files of one embeddings set, checked to come from one model."""
+@dataclass(frozen=True)
+class EmbeddingFiles:
+    """An embeddings set on disk, read shard by shard (a gallery larger than memory) or whole."""
+
+    path: str
+    model_id: str
+    model_name: str
+    dim: int
+    classes: list[str]
+    files: list[Path]
+    num_rows: int
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def shards(self, rows: int = 100_000) -> Iterator[Shard]:
+        """Consecutive shards of at most ``rows`` rows, in file order."""
+        offset = 0
+        for file in self.files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=rows, columns=["id", "label", "embedding"]):
+                flat = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
+                yield Shard(offset, np.asarray(batch.column("id").to_pylist(), dtype=object),
+                            batch.column("label").to_numpy().astype(np.int64),
+                            flat.reshape(-1, self.dim).astype(np.float32, copy=False))
+                offset += batch.num_rows
+
+    def load(self) -> EmbeddingSet:
+        """The whole set in memory, its ids checked to be unique."""
+        table = pq.read_table(self.files, columns=["id", "label", "embedding"])
+        ids = np.asarray(table.column("id").to_pylist(), dtype=object)
+        if len(set(ids)) != len(ids):
+            repeated = sorted(i for i, count in Counter(ids.tolist()).items() if count > 1)[:5]
+            raise ValueError(f"{self.path}: repeated ids {repeated} (an id must name one image)")
+        flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return EmbeddingSet(path=self.path, model_id=self.model_id, model_name=self.model_name, ids=ids,
+                            labels=table.column("label").to_numpy().astype(np.int64),
+                            vectors=flat.reshape(-1, self.dim).astype(np.float32, copy=False), classes=self.classes)
+
+
+def open_embeddings(folder: str | Path) -> EmbeddingFiles:
+    """The part files of one embeddings set, their metadata checked to come from one model;
+    no vector is read."""
     folder = Path(folder)
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else [folder]
     if not files or not files[0].exists():
         raise FileNotFoundError(f"{folder}: no embeddings Parquet files")
-    metas = []
+    metas, rows = [], 0
     for file in files:
-        raw = pq.read_schema(file).metadata or {}
+        parquet = pq.ParquetFile(file)
+        raw = parquet.schema_arrow.metadata or {}
         if META_KEY not in raw:
             raise ValueError(f"{file}: not an embeddings file (no {META_KEY.decode()} metadata)")
         metas.append(json.loads(raw[META_KEY]))
+        rows += parquet.metadata.num_rows
     if len({m["model_id"] for m in metas}) != 1:
         raise ValueError(f"{folder}: files from several models {sorted({m['model_id'] for m in metas})}")
-    table = pq.read_table(files, columns=["id", "label", "embedding"])
-    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
-    if len(set(ids)) != len(ids):
-        repeated = sorted(i for i, count in Counter(ids.tolist()).items() if count > 1)[:5]
-        raise ValueError(f"{folder}: repeated ids {repeated} (an id must name one image)")
-    dim = metas[0]["dim"]
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return EmbeddingSet(path=str(folder), model_id=metas[0]["model_id"], model_name=metas[0]["model_name"],
-                        ids=ids,
-                        labels=table.column("label").to_numpy().astype(np.int64),
-                        vectors=flat.reshape(-1, dim).astype(np.float32, copy=False), classes=metas[0]["classes"])
+    return EmbeddingFiles(path=str(folder), model_id=metas[0]["model_id"], model_name=metas[0]["model_name"],
+                          dim=int(metas[0]["dim"]), classes=metas[0]["classes"], files=files, num_rows=rows)
+
+
+def read_embeddings(folder: str | Path) -> EmbeddingSet:
+    """All part files of one embeddings set in memory, checked to come from one model."""
+    return open_embeddings(folder).load()

@@ -1,15 +1,22 @@
-"""Retrieval metrics of one (query set, gallery set) pair: one cell of the matrix.
+"""Retrieval metrics of one (query set, gallery) pair: one cell of the matrix.
 
-Similarity is the inner product of L2-normalised vectors (cosine). Per query:
+Similarity is the inner product of L2-normalised vectors (cosine). The gallery arrives as
+shards (``Shard``: a slice of rows with its position in the whole gallery), from memory or
+streamed from Parquet part files, so that memory is bounded by a shard plus the queries'
+results, never by the gallery. Per query:
 
-- ``top{k}``: 1 when a same-label gallery item is among the k nearest, found with a faiss
-  exact inner-product index (on the GPU only when faiss reports one);
-- ``ap``: average precision over the full ranking, computed by chunked exact scoring (one
-  float64 GEMM per query chunk, then sorted scores). Tied scores count as one threshold, as
-  ``sklearn.metrics.average_precision_score`` does: each relevant item takes the precision
-  at the last position of its tie group, so the value does not depend on how ties are ordered;
-- ``ap_at_r``: ``(1/R) sum_{i<=R} P(i) rel(i)``, R the number of same-label gallery items,
-  with the same tie rule for positions.
+- ``top{k}``: 1 when a same-label gallery item is among the k nearest. Each shard is searched
+  with faiss (exact inner product, on the GPU only when faiss reports one and k <= 2048) and
+  the per-shard results are merged into one top-k per query (``faiss.ResultHeap``). An IVF
+  index (``IndexSpec(kind="ivf")``) serves galleries past what flat search can; its recall
+  against flat search is ``recall_at_k``;
+- ``ap``: average precision over the full ranking, computed on the CPU by chunks of queries:
+  each chunk's scores against every shard (float64), then sorted. Tied scores count as one
+  threshold, as ``sklearn.metrics.average_precision_score`` does: each relevant item takes the
+  precision at the last position of its tie group, so the value does not depend on how ties are
+  ordered;
+- ``ap_at_r``: ``(1/R) sum_{i<=R} P(i) rel(i)``, R the number of same-label gallery items (the
+  top-R of the same ranking), with the same tie rule for positions.
 
 A gallery item with the same id as the query (the same image) is excluded from its ranking.
 Queries with no same-label gallery item count as misses for top-k and are left out of the
@@ -19,10 +26,47 @@ AP means.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
 
 import faiss
 import numpy as np
+
+GPU_MAX_K = 2048  # the largest k that faiss's GPU search serves
+SCORE_BUDGET_BYTES = 512 * 2**20  # full-ranking scores held at once (a query chunk x the gallery)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Consecutive gallery rows starting at position ``offset`` of the whole gallery."""
+
+    offset: int
+    ids: np.ndarray | None  # [n] str, or None when the gallery has no ids to exclude
+    labels: np.ndarray      # [n] int
+    vectors: np.ndarray     # [n, d]
+
+
+Shards = Callable[[], Iterable[Shard]]  # a gallery that can be read again from its first shard
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How each search finds neighbours: exact (``flat``) or inverted lists (``ivf``, probing
+    ``nprobe`` of ``nlist`` lists; ``nlist`` 0 picks about 4 sqrt(gallery size))."""
+
+    kind: Literal["flat", "ivf"] = "flat"
+    nlist: int = 0
+    nprobe: int = 16
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The k nearest gallery items of each query: positions in the gallery (-1: none) and labels."""
+
+    positions: np.ndarray  # [Q, k] int64
+    labels: np.ndarray     # [Q, k] int64 (-1 where no neighbour)
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -32,7 +76,13 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
 
 
-GPU_MAX_K = 2048  # the largest k that faiss's GPU search serves
+def unit32(vectors: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(normalize(vectors), dtype=np.float32)
+
+
+def in_memory(ids: np.ndarray | None, labels: np.ndarray, vectors: np.ndarray) -> Shards:
+    """A gallery held in memory, as one shard."""
+    return lambda: [Shard(0, ids, np.asarray(labels), vectors)]
 
 
 def flat_ip_index(gallery: np.ndarray, k: int = 1) -> faiss.Index:
@@ -47,36 +97,94 @@ def flat_ip_index(gallery: np.ndarray, k: int = 1) -> faiss.Index:
     return index
 
 
-def self_positions(query_ids: np.ndarray | None, gallery_ids: np.ndarray | None, num_queries: int) -> np.ndarray:
-    """For each query, the gallery position of the same image, or -1."""
-    if query_ids is None or gallery_ids is None:
-        return np.full(num_queries, -1)
-    position = {row_id: i for i, row_id in enumerate(gallery_ids)}
-    return np.array([position.get(row_id, -1) for row_id in query_ids], dtype=np.int64)
+def _own_positions(query_ids: np.ndarray | None, shard: Shard) -> np.ndarray:
+    """For each query, the shard row holding the same image, or -1."""
+    own = np.full(0 if query_ids is None else len(query_ids), -1, dtype=np.int64)
+    if query_ids is None or shard.ids is None:
+        return own
+    where = {row_id: i for i, row_id in enumerate(query_ids)}
+    for row, row_id in enumerate(shard.ids):
+        query = where.get(row_id)
+        if query is not None:
+            own[query] = row
+    return own
 
 
-def topk_hits(index: faiss.Index, query: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
-              self_index: np.ndarray, topk: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """``top{k}`` hits from a faiss search of k + 1 neighbours, the query's own image dropped."""
-    depth = min(max(topk) + 1, index.ntotal)
-    _, neighbours = index.search(np.ascontiguousarray(query, dtype=np.float32), depth)
-    valid = (neighbours != self_index[:, None]) & (neighbours >= 0)
-    rank = np.cumsum(valid, axis=1)
-    relevant = (gallery_labels[neighbours] == query_labels[:, None]) & valid
-    return {f"top{k}": (relevant & (rank <= k)).any(axis=1).astype(np.float64) for k in topk}
+def _drop_own(distances: np.ndarray, found: np.ndarray, own: np.ndarray) -> None:
+    """Mark each query's own image among its results as no result (in place)."""
+    if len(own):
+        mine = (found == own[:, None]) & (own[:, None] >= 0)
+        distances[mine], found[mine] = -np.inf, -1
 
 
-def _chunk_average_precisions(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
-                              gallery_labels: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Full-ranking AP and AP@R of one chunk of queries (tie rule in the module docstring)."""
-    ap, ap_at_r = np.full(len(query), np.nan), np.full(len(query), np.nan)
-    scores = query @ gallery.T
-    rows = np.arange(len(scores))
-    scores[rows[own >= 0], own[own >= 0]] = -np.inf  # the query's own image ranks nowhere
+def search(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int,
+           index: IndexSpec = IndexSpec()) -> Neighbours:
+    """The ``k`` nearest gallery items of every query (cosine), own images excluded."""
+    query = unit32(query)
+    if index.kind == "ivf":
+        return _search_ivf(query, query_ids, shards, k, index)
+    heap, labels = faiss.ResultHeap(len(query), k, keep_max=True), []
+    for shard in shards():
+        if not len(shard.labels):
+            continue
+        depth = min(k + 1, len(shard.labels))
+        distances, found = flat_ip_index(unit32(shard.vectors), depth).search(query, depth)
+        _drop_own(distances, found, _own_positions(query_ids, shard))
+        heap.add_result(distances, np.where(found >= 0, found + shard.offset, -1))
+        labels.append(np.asarray(shard.labels, dtype=np.int32))
+    heap.finalize()
+    return _with_labels(heap.I, np.concatenate(labels) if labels else np.zeros(0, np.int32))
+
+
+def _with_labels(positions: np.ndarray, gallery_labels: np.ndarray) -> Neighbours:
+    positions = np.asarray(positions, dtype=np.int64)
+    labels = np.where(positions >= 0, gallery_labels[np.clip(positions, 0, None)] if len(gallery_labels) else -1, -1)
+    return Neighbours(positions, labels.astype(np.int64))
+
+
+def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int, spec: IndexSpec) -> Neighbours:
+    """IVF search: lists trained on the first shard, every shard added, ``nprobe`` lists probed."""
+    index, labels, own = None, [], np.full(len(query), -1, dtype=np.int64)
+    for shard in shards():
+        vectors = unit32(shard.vectors)
+        if index is None:
+            nlist = spec.nlist or max(1, int(4 * np.sqrt(len(vectors))))
+            if len(vectors) < nlist:
+                raise ValueError(f"IVF with {nlist} lists needs a first shard of at least {nlist} vectors, "
+                                 f"got {len(vectors)}")
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], nlist,
+                                       faiss.METRIC_INNER_PRODUCT)
+            index.train(vectors)
+            index.nprobe = min(spec.nprobe, nlist)
+        index.add(vectors)
+        in_shard = _own_positions(query_ids, shard)
+        own[in_shard >= 0] = in_shard[in_shard >= 0] + shard.offset
+        labels.append(np.asarray(shard.labels, dtype=np.int32))
+    if index is None:
+        return _with_labels(np.full((len(query), k), -1), np.zeros(0, np.int32))
+    distances, found = index.search(query, k + 1)
+    _drop_own(distances, found, own)
+    order = np.argsort(found < 0, axis=1, kind="stable")[:, :k]  # results in rank order, dropped ones last
+    return _with_labels(np.take_along_axis(found, order, axis=1), np.concatenate(labels))
+
+
+def recall_at_k(found: Neighbours, exact: Neighbours) -> float:
+    """Share of the exact top-k that a search found (the IVF option against flat search)."""
+    hits = [len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, int((b >= 0).sum()))
+            for a, b in zip(found.positions, exact.positions)]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def topk_hits(neighbours: Neighbours, query_labels: np.ndarray, topk: tuple[int, ...]) -> dict[str, np.ndarray]:
+    relevant = neighbours.labels == np.asarray(query_labels)[:, None]
+    return {f"top{k}": relevant[:, :k].any(axis=1).astype(np.float64) for k in topk}
+
+
+def _precisions(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full-ranking AP and AP@R per row of a score matrix (tie rule in the module docstring)."""
+    ap, ap_at_r = np.full(len(scores), np.nan), np.full(len(scores), np.nan)
     ascending = np.sort(scores, axis=1)
-    relevant = gallery_labels[None, :] == query_labels[:, None]
-    relevant[rows[own >= 0], own[own >= 0]] = False
-    for row in rows:
+    for row in range(len(scores)):
         relevant_scores = np.sort(scores[row, relevant[row]])
         count = len(relevant_scores)
         if count == 0:
@@ -90,31 +198,59 @@ def _chunk_average_precisions(query: np.ndarray, query_labels: np.ndarray, galle
     return ap, ap_at_r
 
 
-def average_precisions(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
-                       self_index: np.ndarray, chunk: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Full-ranking AP and AP@R per query, chunks of queries scored on ``threads`` threads
-    (default: the CPU count; the GEMM and the sorts release the GIL)."""
-    starts = range(0, len(query), chunk)
+def _chunk_precisions(query: np.ndarray, query_labels: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
+                      size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk of queries scored against every shard, then its AP and AP@R."""
+    scores = np.empty((len(query), size))
+    relevant = np.zeros((len(query), size), dtype=bool)
+    rows = np.arange(len(query))
+    for shard in shards():
+        columns = slice(shard.offset, shard.offset + len(shard.labels))
+        scores[:, columns] = query @ normalize(shard.vectors).T
+        relevant[:, columns] = np.asarray(shard.labels)[None, :] == query_labels[:, None]
+        own = _own_positions(query_ids, shard)
+        mine = own >= 0
+        scores[rows[mine], own[mine] + shard.offset] = -np.inf  # the query's own image ranks nowhere
+        relevant[rows[mine], own[mine] + shard.offset] = False
+    return _precisions(scores, relevant)
+
+
+def average_precisions(query: np.ndarray, query_labels: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
+                       gallery_size: int, chunk: int = 1024, threads: int | None = None,
+                       budget_bytes: int = SCORE_BUDGET_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Full-ranking AP and AP@R per query. Chunks of at most ``chunk`` queries, fewer when a
+    chunk's scores against the whole gallery would pass ``budget_bytes``, run on ``threads``
+    threads (default: the CPU count; the GEMMs and the sorts release the GIL)."""
+    query, query_labels = normalize(query), np.asarray(query_labels)
+    rows = max(1, min(chunk, budget_bytes // max(1, 9 * gallery_size * (threads or os.cpu_count() or 1))))
+    starts = range(0, len(query), rows)
+    ids = (lambda start: None) if query_ids is None else (lambda start: query_ids[start : start + rows])
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-        parts = list(pool.map(lambda start: _chunk_average_precisions(
-            query[start : start + chunk], query_labels[start : start + chunk], gallery, gallery_labels,
-            self_index[start : start + chunk]), starts))
+        parts = list(pool.map(lambda start: _chunk_precisions(
+            query[start : start + rows], query_labels[start : start + rows], ids(start), shards, gallery_size), starts))
     if not parts:
         return np.array([]), np.array([])
     return np.concatenate([ap for ap, _ in parts]), np.concatenate([at_r for _, at_r in parts])
 
 
+def score_queries(query: np.ndarray, query_labels: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
+                  gallery_size: int, topk: tuple[int, ...] = (1, 5), chunk: int = 1024,
+                  index: IndexSpec = IndexSpec(), full_ranking: bool = True) -> dict[str, np.ndarray]:
+    """Per-query ``top{k}`` and, with ``full_ranking``, ``ap`` and ``ap_at_r``, as arrays of length Q."""
+    out = topk_hits(search(query, query_ids, shards, max(topk), index), query_labels, topk)
+    if full_ranking:
+        out["ap"], out["ap_at_r"] = average_precisions(query, query_labels, query_ids, shards, gallery_size, chunk)
+    return out
+
+
 def per_query_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
                       query_ids: np.ndarray | None = None, gallery_ids: np.ndarray | None = None,
                       topk: tuple[int, ...] = (1, 5), chunk: int = 1024) -> dict[str, np.ndarray]:
-    """Per-query ``top{k}``, ``ap`` and ``ap_at_r`` as arrays of length Q."""
+    """``score_queries`` against a gallery held in memory."""
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(f"query dimension {query.shape[1]} differs from gallery dimension {gallery.shape[1]}")
-    query, gallery = normalize(query), normalize(gallery)
-    self_index = self_positions(query_ids, gallery_ids, len(query))
-    out = topk_hits(flat_ip_index(gallery, max(topk) + 1), query, query_labels, gallery_labels, self_index, topk)
-    out["ap"], out["ap_at_r"] = average_precisions(query, query_labels, gallery, gallery_labels, self_index, chunk)
-    return out
+    return score_queries(query, query_labels, query_ids, in_memory(gallery_ids, gallery_labels, gallery),
+                         len(gallery), topk, chunk)
 
 
 def summarize(per_query: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.data import load_split
-from pipeline.retrieval import flat_ip_index, normalize, self_positions, topk_hits
+from pipeline.retrieval import in_memory, search, topk_hits
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,7 @@ def compat_objective(gain: float, retention: float) -> float:
 def top1(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> float:
     """Top-1 with the validation rows as both query and gallery set, each query excluding itself
     (the metric of ``pipeline.retrieval``, without its full-ranking AP, which a sweep does not use)."""
-    hits = topk_hits(flat_ip_index(normalize(gallery), k=2), normalize(query), labels, labels,
-                     self_positions(ids, ids, len(ids)), (1,))
+    hits = topk_hits(search(query, ids, in_memory(ids, labels, gallery), 1), labels, (1,))
     return float(hits["top1"].mean())
 
 

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from pipeline.compat_matrix import add_criteria
-from pipeline.retrieval import per_query_metrics, summarize
+from pipeline.retrieval import IndexSpec, Shard, per_query_metrics, recall_at_k, score_queries, search, summarize
 from tests.reference import reference
 
 
@@ -57,3 +57,48 @@ def test_criterion_and_update_gain():
     assert bool(table.loc[("ind", "old"), "compatible_top1"]) is False
     assert pd.isna(table.loc[("old", "old"), "compatible_top1"])
     assert table.loc[("new", "old"), "update_gain_top1"] == pytest.approx((0.85 - 0.80) / (0.90 - 0.80))
+
+
+def _gallery(rng, size=400, dim=16, classes=5):
+    vectors = rng.normal(size=(size, dim)).astype(np.float32)
+    return np.array([f"g{i}" for i in range(size)], dtype=object), rng.integers(0, classes, size), vectors
+
+
+def _shards(ids, labels, vectors, rows):
+    return lambda: [Shard(start, ids[start : start + rows], labels[start : start + rows], vectors[start : start + rows])
+                    for start in range(0, len(ids), rows)]
+
+
+@pytest.mark.parametrize("rows", [1, 37, 400])
+def test_sharded_gallery_scores_as_one_in_memory(rows):
+    """Streaming shards (top-k merged across shards, full ranking chunked) changes no number,
+    and each query's own image is excluded in whichever shard holds it."""
+    rng = np.random.default_rng(3)
+    ids, labels, vectors = _gallery(rng)
+    query = vectors[::4] + rng.normal(scale=0.3, size=vectors[::4].shape).astype(np.float32)
+    whole = per_query_metrics(query, labels[::4], vectors, labels, ids[::4], ids, topk=(1, 5))
+    sharded = score_queries(query, labels[::4], ids[::4], _shards(ids, labels, vectors, rows), len(ids), topk=(1, 5),
+                            chunk=7)
+    for key in whole:
+        assert np.allclose(whole[key], sharded[key]), key
+    neighbours = search(query, ids[::4], _shards(ids, labels, vectors, rows), 5)
+    assert not (neighbours.positions == np.arange(0, 400, 4)[:, None]).any()  # own image never found
+
+
+def test_ivf_probing_every_list_is_exact_and_fewer_lists_report_recall():
+    rng = np.random.default_rng(4)
+    ids, labels, vectors = _gallery(rng, size=2000)
+    query = rng.normal(size=(100, 16)).astype(np.float32)
+    exact = search(query, None, _shards(ids, labels, vectors, 500), 10)
+    everything = search(query, None, _shards(ids, labels, vectors, 500), 10, IndexSpec("ivf", nlist=16, nprobe=16))
+    assert recall_at_k(everything, exact) == pytest.approx(1.0)
+    few = search(query, None, _shards(ids, labels, vectors, 500), 10, IndexSpec("ivf", nlist=16, nprobe=1))
+    assert 0 < recall_at_k(few, exact) < 1
+
+
+def test_ivf_excludes_own_images():
+    rng = np.random.default_rng(5)
+    ids, labels, vectors = _gallery(rng, size=600)
+    found = search(vectors[:50], ids[:50], _shards(ids, labels, vectors, 200), 3, IndexSpec("ivf", nlist=8, nprobe=8))
+    assert not (found.positions == np.arange(50)[:, None]).any()
+    assert (found.positions >= 0).all()
