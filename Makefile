@@ -7,7 +7,7 @@ DATA ?=
 CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test results sweep env data clean
+.PHONY: demo test results sweep lineage bench env data clean
 
 env: $(VENV)/.installed
 
@@ -43,6 +43,17 @@ SWEEP ?= tuning/configs/demo.yaml
 sweep: env
 	@bash scripts/fetch_data.sh
 	$(PY) -m tuning.sweep --config $(SWEEP)
+
+# Three models trained one after the other (configs/lineage.yaml, or LINEAGE=<yaml>), registered
+# in MLflow, and the lineage's compatibility report (matrix, AC/AM, backfill curves, verdicts).
+LINEAGE ?= configs/lineage.yaml
+lineage: env
+	@bash scripts/fetch_data.sh
+	$(PY) -m jobs.lineage --config $(LINEAGE)
+
+# Benchmarks (bench/): each writes bench/results/<name>.json and its rows in docs/performance.md.
+bench: env
+	$(PY) -m bench.scoring
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
 # cannot share the machine with the other tests' local one.

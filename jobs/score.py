@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs._common import add_tracking_args, run_main
+from jobs._common import add_search_args, add_tracking_args, run_main, search_options
 from pipeline.artifacts import read_card
-from pipeline.embeddings import read_embeddings
+from pipeline.embeddings import open_embeddings
 from pipeline.scoring import score_and_report
 from pipeline.transformed import matrix_entries
 
@@ -25,12 +25,12 @@ def main() -> None:
                         help="model or CMC artifact folders whose transformations add matrix entries (mapped sets "
                              "are written under OUT/embeddings)")
     parser.add_argument("--split", default="test", help="the split the embeddings encode (names the mapped sets' folders)")
-    parser.add_argument("--query-chunk", type=int, default=1024)
+    add_search_args(parser)
     add_tracking_args(parser)
     args = parser.parse_args()
     sets = {}
     for folder in args.embeddings:
-        embeddings = read_embeddings(folder)
+        embeddings = open_embeddings(folder)
         if embeddings.model_name in sets:
             raise ValueError(f"{folder}: a second embeddings set of model {embeddings.model_name!r}")
         sets[embeddings.model_name] = embeddings
@@ -41,7 +41,7 @@ def main() -> None:
     entries = matrix_entries(models, sets, read_card(args.old_model)["name"], Path(args.out) / "embeddings", args.split, cmc)
     print(score_and_report({name: e.embeddings for name, e in entries.items()}, old_model=args.old_model,
                            independent=args.independent, out_dir=args.out, tracking_uri=args.tracking_uri,
-                           experiment=args.experiment, chunk=args.query_chunk,
+                           experiment=args.experiment, **search_options(args),
                            references={name: e.reference for name, e in entries.items()},
                            transforms={name: e.transform for name, e in entries.items()}))
 

@@ -15,17 +15,20 @@ import numpy as np
 import pandas as pd
 
 from pipeline.embeddings import EmbeddingFiles, EmbeddingSet
-from pipeline.retrieval import IndexSpec, score_queries, summarize
+from pipeline.retrieval import IndexSpec, recall_at_k, score_queries, search, summarize
 
 log = logging.getLogger(__name__)
 CRITERION_METRICS = ("top1", "map")
+RECALL_QUERIES = 1000  # queries whose IVF neighbours are checked against flat search
 Gallery = EmbeddingSet | EmbeddingFiles  # in memory, or streamed shard by shard from its files
 
 
 def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | None,
                topk: tuple[int, ...] = (1, 5), chunk: int = 1024, index: IndexSpec = IndexSpec(),
                full_ranking: bool = True, shard_rows: int = 100_000) -> dict[str, float]:
-    """All metrics of one pair, overall and per query subset; the gallery read ``shard_rows`` at a time."""
+    """All metrics of one pair, overall and per query subset; the gallery read ``shard_rows`` at a
+    time. With an IVF index, ``ivf_recall_at_k``: its top-k against flat search's, on the first
+    ``RECALL_QUERIES`` queries."""
     if query.classes != gallery.classes:
         raise ValueError(f"{query.path} and {gallery.path} were encoded from datasets with different label maps")
     if query.dim != gallery.dim:
@@ -34,6 +37,10 @@ def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | N
     per_query = score_queries(query.vectors, query.labels, query.ids, lambda: gallery.shards(shard_rows),
                               len(gallery), topk, chunk, index, full_ranking)
     row = summarize(per_query)
+    if index.kind != "flat":
+        sample = slice(0, RECALL_QUERIES)
+        args = (query.vectors[sample], query.ids[sample], lambda: gallery.shards(shard_rows), max(topk))
+        row["ivf_recall_at_k"] = recall_at_k(search(*args, index), search(*args))
     if seen_labels is not None:
         seen = np.isin(query.labels, seen_labels)
         for subset, mask in (("seen", seen), ("unseen", ~seen)):
@@ -108,7 +115,7 @@ def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str |
                 column.append(bool(getattr(row, metric) > _cell(table, reference, reference, metric)))
         table[f"compatible_{metric}"] = pd.array(column, dtype="boolean")
     if independent and old:
-        for metric in CRITERION_METRICS:
+        for metric in (m for m in CRITERION_METRICS if m in table.columns):
             base = _cell(table, old, old, metric)
             span = _cell(table, independent, independent, metric) - base
             table[f"update_gain_{metric}"] = [

@@ -195,9 +195,43 @@ class PipelineConfig(_Strict):
         return self
 
     def tracking_uri(self) -> str:
-        if self.mlflow.tracking_uri:
-            return self.mlflow.tracking_uri
-        return f"sqlite:///{(Path(self.output_dir) / 'mlflow.db').resolve()}"
+        return default_tracking_uri(self.mlflow, self.output_dir)
+
+
+class LineageConfig(_Strict):
+    """A lineage v1 -> v2 -> ... trained in order, each model after the first made compatible with
+    the one before it, registered in the MLflow Model Registry and reported (``jobs.lineage``)."""
+
+    output_dir: str = "outputs/lineage"
+    ray_address: str | None = None
+    registered_model: str = Field("compat-embed-lineage", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataConfig = DataConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    models: list[TrainConfig] = Field(min_length=2)
+    encode: EncodeConfig = EncodeConfig()
+    backfill_steps: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _chain(self) -> "LineageConfig":
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if self.models[0].method != "independent":
+            raise ValueError(f"models.0.method must be 'independent' (the lineage's first model), got {self.models[0].method!r}")
+        for position, model in enumerate(self.models[1:], start=1):
+            if not model.needs_old_model:
+                raise ValueError(f"models.{position} ({model.name}): method 'independent' has no compatibility with its parent")
+        return self
+
+    def tracking_uri(self) -> str:
+        return default_tracking_uri(self.mlflow, self.output_dir)
+
+
+def default_tracking_uri(mlflow: MlflowConfig, output_dir: str) -> str:
+    """The configured tracking URI, else a SQLite store in the output folder."""
+    if mlflow.tracking_uri:
+        return mlflow.tracking_uri
+    return f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -280,6 +314,17 @@ def pipeline_from_dict(raw: dict[str, Any], source: str = "config") -> PipelineC
 def load_pipeline_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     raw = deep_merge(read_yaml(path), overrides or {})
     return pipeline_from_dict(raw, str(path))
+
+
+def load_lineage_config(path: str | Path) -> LineageConfig:
+    """A lineage config with its ``train`` defaults merged into every model."""
+    raw = read_yaml(path)
+    defaults = raw.pop("train", {}) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: key 'train': expected a mapping of training defaults")
+    if isinstance(raw.get("models"), list):
+        raw["models"] = [deep_merge(defaults, m) if isinstance(m, dict) else m for m in raw["models"]]
+    return validate(LineageConfig, raw, str(path))
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

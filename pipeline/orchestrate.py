@@ -1,4 +1,5 @@
-"""The embedded pipeline: ingest -> old model -> statistics -> new models -> encode -> score.
+"""The embedded pipeline: ingest -> old model -> statistics -> new models -> encode -> score;
+and a lineage: models trained one after the other, registered, then reported (``run_lineage``).
 
 Every step calls the same library function as its job; this module only orders them and
 decides where each output lives under ``output_dir``:
@@ -10,6 +11,10 @@ decides where each output lives under ``output_dir``:
                                 matrix entry is: its base model, transformation, counterpart)
     ray/                        Ray Train storage (checkpoints)
     mlflow.db, mlartifacts/     the MLflow store (unless a tracking URI is configured)
+
+A lineage (``run_lineage``) trains into the same ``models/``, ``stats/``, ``embeddings/`` and
+``ray/`` folders, then reports from the registry's versions under ``registry/`` (their
+downloaded artifacts, embeddings and ``report/``: ``pipeline.lineage_report``).
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.cmc import fit_cmc
-from pipeline.config import CmcConfig, PipelineConfig, TrainConfig
+from pipeline.config import CmcConfig, LineageConfig, PipelineConfig, TrainConfig
 from pipeline.data import ingest, ingested_from, read_dataset_info
 from pipeline.embeddings import read_embeddings
 from pipeline.encoding import encode_split
+from pipeline.lineage_report import LineageReport, report_registered_lineage
 from pipeline.old_space import stats_for_model, train_split_embeddings
+from pipeline.registry import register_model
 from pipeline.runtime import runs_at_once
 from pipeline.scoring import score_and_report
+from pipeline.tracking import experiment_id
 from pipeline.training import fit_model, run_resources
 from pipeline.transformed import counterpart_pairs, matrix_entries
 
@@ -119,3 +127,36 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
          for name, e in entries.items()}, indent=1))
     return PipelineResult(report_dir=out / "report", tracking_uri=tracking_uri, matrix_text=report,
                           seconds=time.perf_counter() - started)
+
+
+def run_lineage(cfg: LineageConfig) -> LineageReport:
+    """Train the lineage's models in order (each against the one before it, with old-space
+    statistics from that parent), register each as the next version, then report the chain."""
+    out = Path(cfg.output_dir).resolve()
+    tracking_uri, experiment = cfg.tracking_uri(), cfg.mlflow.experiment
+    dataset = Path(cfg.data.root).resolve()
+    if not ingested_from(dataset, cfg.data.source, cfg.data.image_size):
+        ingest(cfg.data.source, dataset, cfg.data.test_fraction, cfg.models[0].seed, cfg.data.image_size,
+               cfg.data.rows_per_file)
+    encode_options = dict(batch_size=cfg.encode.batch_size, num_actors=cfg.encode.num_actors,
+                          cpus_per_actor=cfg.encode.cpus_per_actor, threads_per_actor=cfg.encode.threads_per_actor)
+    tag = time.strftime("%Y%m%d-%H%M%S")
+    experiment_id(tracking_uri, experiment)
+    parent: tuple[TrainConfig, Path, str] | None = None  # config, artifact, registered version
+    versions = []
+    for model in cfg.models:
+        stats = None
+        if parent is not None:
+            embeddings = train_split_embeddings(parent[1], dataset, out / "embeddings" / parent[0].name / "train",
+                                                **encode_options)
+            stats = stats_for_model(model, parent[1], embeddings, dataset, out / "stats" / f"{model.name}.npz")
+        folder = fit_model(model, dataset, out / "models" / model.name, storage_path=out / "ray",
+                           tracking_uri=tracking_uri, experiment=experiment, run_name=f"{model.name}-{tag}",
+                           old_model=parent[1] if parent else None, stats=stats,
+                           parent=parent[0].name if parent else None)
+        version = register_model(tracking_uri, cfg.registered_model, folder, parent[2] if parent else None, experiment)
+        parent = (model, folder, version.version)
+        versions.append(version.version)
+    return report_registered_lineage(tracking_uri, cfg.registered_model, versions, dataset, cfg.encode.split,
+                                     out / "registry", experiment=experiment, encode_options=encode_options,
+                                     backfill_steps=cfg.backfill_steps)

@@ -29,23 +29,29 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def heatmap(table: pd.DataFrame, order: list[str], path: str | Path) -> Path:
+def _matrix_panel(figure: plt.Figure, axis: plt.Axes, values: np.ndarray, order: list[str], title: str) -> None:
+    """One matrix as a colour grid with its numbers printed in the cells (values in %)."""
+    image = axis.imshow(values, cmap="viridis", vmin=0, vmax=100)
+    axis.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    axis.set_yticks(range(len(order)), order)
+    axis.set_xlabel("gallery model")
+    axis.set_ylabel("query model")
+    axis.set_title(title)
+    for i in range(len(order)):
+        for j in range(len(order)):
+            axis.text(j, i, "-" if np.isnan(values[i, j]) else f"{values[i, j]:.1f}", ha="center", va="center",
+                      color="white" if values[i, j] < 60 else "black", fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.046)
+
+
+def heatmap(table: pd.DataFrame, order: list[str], path: str | Path,
+            metrics: tuple[str, ...] = HEATMAP_METRICS, titles: dict[str, str] | None = None) -> Path:
     """One panel per metric: rows = query model, columns = gallery model, values in the cells."""
     size = 2.5 + 0.9 * len(order)
-    figure, axes = plt.subplots(1, len(HEATMAP_METRICS), figsize=(size * len(HEATMAP_METRICS), size - 0.8), squeeze=False)
-    for axis, metric in zip(axes[0], HEATMAP_METRICS):
-        values = matrix(table, metric, order).to_numpy() * 100
-        image = axis.imshow(values, cmap="viridis", vmin=0, vmax=100)
-        axis.set_xticks(range(len(order)), order, rotation=30, ha="right")
-        axis.set_yticks(range(len(order)), order)
-        axis.set_xlabel("gallery model")
-        axis.set_ylabel("query model")
-        axis.set_title(f"{metric} (%)")
-        for i in range(len(order)):
-            for j in range(len(order)):
-                axis.text(j, i, "-" if np.isnan(values[i, j]) else f"{values[i, j]:.1f}", ha="center", va="center",
-                          color="white" if values[i, j] < 60 else "black", fontsize=9)
-        figure.colorbar(image, ax=axis, fraction=0.046)
+    figure, axes = plt.subplots(1, len(metrics), figsize=(size * len(metrics), size - 0.8), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        _matrix_panel(figure, axis, matrix(table, metric, order).to_numpy() * 100, order,
+                      (titles or {}).get(metric, f"{metric} (%)"))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -63,22 +69,35 @@ def format_matrix(table: pd.DataFrame, order: list[str], metric: str) -> str:
     return "\n".join(lines)
 
 
+def row_metrics(row: dict) -> dict[str, float]:
+    """The metric columns of one report row (NaN left out)."""
+    return {column: float(value) for column, value in row.items()
+            if column.startswith(("top", "map", "update_gain")) and isinstance(value, float) and not math.isnan(value)}
+
+
+def cell_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Every row's metrics as ``<metric>/<query>/<gallery>``."""
+    return {metric_key(column, row["query_model"], row["gallery_model"]): value
+            for row in table.to_dict("records") for column, value in row_metrics(row).items()}
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Metrics in batches of at most 900 (MLflow's limit per call is 1000)."""
+    items = [Metric(key, value, 0, step) for key, value in metrics.items()]
+    for start in range(0, len(items), 900):
+        client.log_batch(run_id, metrics=items[start : start + 900])
+
+
 def log_report(table: pd.DataFrame, order: list[str], files: list[Path], tracking_uri: str, experiment: str,
                run_name: str = "compatibility-matrix") -> str:
     """One MLflow run: each cell a metric ``<metric>/<query>/<gallery>``, verdicts as tags, files as artifacts."""
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=run_name, tags={"kind": "score"})
     run_id = run.info.run_id
-    metrics = []
-    for row in table.to_dict("records"):
-        for column, value in row.items():
-            if column.startswith(("top", "map", "update_gain")) and isinstance(value, float) and not math.isnan(value):
-                metrics.append(Metric(metric_key(column, row["query_model"], row["gallery_model"]), value, 0, 0))
-    for start in range(0, len(metrics), 900):
-        client.log_batch(run_id, metrics=metrics[start : start + 900])
+    log_metrics(client, run_id, cell_metrics(table))
     client.log_batch(run_id, params=[Param("models", ",".join(order))])
     for row in table.to_dict("records"):
-        verdicts = [row[f"compatible_{m}"] for m in ("top1", "map")]
+        verdicts = [row[f"compatible_{m}"] for m in ("top1", "map") if f"compatible_{m}" in row]
         if row["query_model"] != row["gallery_model"] and not any(pd.isna(v) for v in verdicts):
             verdict = all(bool(v) for v in verdicts)
             client.set_tag(run_id, f"compatible/{row['query_model']}/{row['gallery_model']}", str(verdict).lower())

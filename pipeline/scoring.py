@@ -6,17 +6,18 @@ import logging
 from pathlib import Path
 
 from pipeline.artifacts import read_card
-from pipeline.compat_matrix import score_all_pairs
-from pipeline.embeddings import EmbeddingSet
+from pipeline.compat_matrix import Gallery, score_all_pairs
 from pipeline.report import format_matrix, heatmap, log_report, write_tables
+from pipeline.retrieval import IndexSpec
 
 log = logging.getLogger(__name__)
 
 
-def score_and_report(sets: dict[str, EmbeddingSet], *, old_model: str | Path, independent: str | None,
+def score_and_report(sets: dict[str, Gallery], *, old_model: str | Path, independent: str | None,
                      out_dir: str | Path, tracking_uri: str, experiment: str, topk: tuple[int, ...] = (1, 5),
                      chunk: int = 1024, references: dict[str, str] | None = None,
-                     transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None) -> str:
+                     transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None,
+                     index: IndexSpec = IndexSpec(), full_ranking: bool = True) -> str:
     """Score ``pairs`` of ``sets`` (default all), write the report to ``out_dir``, log it; returns
     the printed matrix.
 
@@ -29,9 +30,10 @@ def score_and_report(sets: dict[str, EmbeddingSet], *, old_model: str | Path, in
     order = list(sets)
     table = score_all_pairs(sets, old_classes=old_card["classes"], independent=independent, old=old_card["name"],
                             topk=topk, chunk=chunk, references=references, transforms=transforms,
-                            pairs=pairs)
-    files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, Path(out_dir) / "heatmap.png")]
-    text = "\n\n".join(format_matrix(table, order, metric) for metric in ("top1", "map"))
+                            pairs=pairs, index=index, full_ranking=full_ranking)
+    shown = tuple(metric for metric in ("top1", "map") if metric in table.columns)  # no mAP without the full ranking
+    files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, Path(out_dir) / "heatmap.png", shown)]
+    text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
     (Path(out_dir) / "matrix.txt").write_text(text + "\n")
     files.append(Path(out_dir) / "matrix.txt")
     run_id = log_report(table, order, files, tracking_uri, experiment)

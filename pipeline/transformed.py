@@ -19,14 +19,14 @@ from torch import nn
 
 from pipeline.artifacts import load_model
 from pipeline.cmc import load_cmc
-from pipeline.embeddings import EmbeddingSet, embeddings_table, read_embeddings, write_embeddings
+from pipeline.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_table, open_embeddings, write_embeddings
 
 ROWS_PER_FILE = 10_000
 
 
 @dataclass(frozen=True)
 class MatrixEntry:
-    embeddings: EmbeddingSet
+    embeddings: EmbeddingSet | EmbeddingFiles
     reference: str    # whose M(g, g) a gallery of this entry is compared with
     transform: str    # "none", or which transformation of which model made it
     counterpart: str  # the entry it is compatible with: the old model, or for an old gallery
@@ -48,22 +48,23 @@ def counterpart_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
     return [(q, g) for q, g in dict.fromkeys(pairs) if entries[q].embeddings.dim == entries[g].embeddings.dim]
 
 
-def map_embeddings(source: EmbeddingSet, transform: nn.Module, name: str, model_id: str, out_dir: str | Path) -> EmbeddingSet:
-    """``transform`` (eval mode) applied to every unit-normalised vector of ``source``, written to
-    ``out_dir`` (transformations are trained on unit vectors: ``pipeline.losses.map_rows``)."""
+def map_embeddings(source: EmbeddingSet | EmbeddingFiles, transform: nn.Module, name: str, model_id: str,
+                   out_dir: str | Path) -> EmbeddingFiles:
+    """``transform`` (eval mode) applied to every unit-normalised vector of ``source``, shard by
+    shard, written to ``out_dir`` (transformations are trained on unit vectors:
+    ``pipeline.losses.map_rows``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.parquet"):
         stale.unlink()
     transform = transform.eval()
-    for part, start in enumerate(range(0, len(source.ids), ROWS_PER_FILE)):
-        rows = slice(start, start + ROWS_PER_FILE)
+    for part, shard in enumerate(source.shards(ROWS_PER_FILE)):
         with torch.inference_mode():
-            unit = F.normalize(torch.from_numpy(np.array(source.vectors[rows], dtype=np.float32)), dim=1)
+            unit = F.normalize(torch.from_numpy(np.array(shard.vectors, dtype=np.float32)), dim=1)
             vectors = transform(unit).numpy()
         write_embeddings(out_dir / f"part-{part:05d}.parquet", embeddings_table(
-            source.ids[rows].tolist(), source.labels[rows], vectors, model_id, name, source.classes))
-    return read_embeddings(out_dir)
+            shard.ids.tolist(), shard.labels, vectors, model_id, name, source.classes))
+    return open_embeddings(out_dir)
 
 
 def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet], old: str, out_root: str | Path,

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-JOBS = ["ingest", "stats", "train", "cmc", "encode", "score", "pipeline", "results"]
+JOBS = ["ingest", "stats", "train", "cmc", "encode", "score", "pipeline", "results", "register", "report", "lineage"]
 
 
 @pytest.mark.parametrize("job", JOBS)

@@ -102,3 +102,18 @@ def test_ivf_excludes_own_images():
     found = search(vectors[:50], ids[:50], _shards(ids, labels, vectors, 200), 3, IndexSpec("ivf", nlist=8, nprobe=8))
     assert not (found.positions == np.arange(50)[:, None]).any()
     assert (found.positions >= 0).all()
+
+
+def test_ivf_scoring_reports_its_recall_against_flat_search():
+    from pipeline.compat_matrix import score_pair
+    from pipeline.embeddings import EmbeddingSet
+
+    rng = np.random.default_rng(6)
+    ids, labels, vectors = _gallery(rng, size=1500)
+    embeddings = EmbeddingSet("g", "m-1", "m", ids, labels, vectors, ["a", "b", "c", "d", "e"])
+    flat = score_pair(embeddings, embeddings, None, topk=(1, 5))
+    ivf = score_pair(embeddings, embeddings, None, topk=(1, 5), index=IndexSpec("ivf", nlist=32, nprobe=32))
+    assert "ivf_recall_at_k" not in flat and ivf["ivf_recall_at_k"] == pytest.approx(1.0)
+    assert ivf["top5"] == pytest.approx(flat["top5"]) and ivf["map"] == flat["map"]
+    coarse = score_pair(embeddings, embeddings, None, topk=(1, 5), index=IndexSpec("ivf", nlist=32, nprobe=1))
+    assert coarse["ivf_recall_at_k"] < 1

@@ -15,7 +15,7 @@ def test_mapped_set_holds_the_transformed_vectors(tmp_path):
     projection = torch.nn.Linear(2, 3, bias=False)
     with torch.no_grad():
         projection.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
-    mapped = map_embeddings(source, projection, "m.t21", "m-1.t21", tmp_path / "m.t21")
+    mapped = map_embeddings(source, projection, "m.t21", "m-1.t21", tmp_path / "m.t21").load()
     assert mapped.model_name == "m.t21" and mapped.dim == 3 and mapped.ids.tolist() == ["a", "b"]
     unit = np.array([[1, 2] / np.sqrt(5), [0.6, 0.8]])  # transformations map unit vectors
     assert np.allclose(mapped.vectors, np.c_[unit, unit.sum(axis=1)], atol=1e-6)

@@ -1,0 +1,28 @@
+"""Train a lineage of models from one config (each compatible with the one before it), register
+each version in the MLflow Model Registry, and write the lineage's compatibility report."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs._common import run_main
+from pipeline.config import load_lineage_config
+from pipeline.orchestrate import run_lineage
+from pipeline.runtime import init_ray
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.lineage", description=__doc__)
+    parser.add_argument("--config", default="configs/lineage.yaml")
+    parser.add_argument("--ray-address", default=None)
+    args = parser.parse_args()
+    cfg = load_lineage_config(args.config)
+    init_ray(args.ray_address or cfg.ray_address)
+    report = run_lineage(cfg)
+    print(report.summary_text)
+    print(f"report:  {report.report_dir}")
+    print(f"MLflow:  mlflow ui --backend-store-uri {cfg.tracking_uri()}  (run {report.run_id})")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,300 @@
+"""The lineage report: every model pair of v1 -> v2 -> ..., backfill curves, verdicts, MLflow.
+
+Files under ``out_dir``:
+
+    embeddings/<model>/<split>/   each model's embeddings (kept when already encoded by that model)
+    embeddings/<entry>/<split>/   transformed entries (a model's T21, its parent's gallery through its T12)
+    report/report.{parquet,csv}   one row per scored pair (pipeline.compat_matrix)
+    report/lineage.csv            AC and AM per metric
+    report/backfill.csv           backfill curves: model, order, share, metrics
+    report/verdicts.json          one verdict per new model, with the numbers behind it
+    report/heatmap_<metric>.png   the N x N matrix per metric, numbers in the cells
+    report/backfill.png, report/summary.md
+
+MLflow: one run per report (params: registered model, versions, split, index), every cell as a
+metric ``<metric>/<query>/<gallery>``, AC/AM, gains and backfill areas as metrics, verdicts as
+tags, the files as artifacts; under it one nested run per pair with params ``query_model``,
+``gallery_model``, ``transform`` and the pair's metrics, so the MLflow UI's run table lists,
+sorts and compares pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.entities import Param  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pipeline.artifacts import read_card  # noqa: E402
+from pipeline.compat_matrix import Gallery, matrix, score_all_pairs  # noqa: E402
+from pipeline.embeddings import open_embeddings  # noqa: E402
+from pipeline.encoding import completed_encoding, encode_split  # noqa: E402
+from pipeline.lineage import (Verdict, backfill_curve, curve_area, lower_triangle_summary, random_order,  # noqa: E402
+                              share_to_reach, stratified_order, update_gain, verdict)
+from pipeline.registry import download_version, lineage  # noqa: E402
+from pipeline.report import heatmap, log_metrics, row_metrics, write_tables  # noqa: E402
+from pipeline.retrieval import IndexSpec, in_memory, score_queries, summarize  # noqa: E402
+from pipeline.statistics import OldSpaceStats  # noqa: E402
+from pipeline.tracking import experiment_id, metric_key  # noqa: E402
+from pipeline.transformed import MatrixEntry, matrix_entries  # noqa: E402
+
+log = logging.getLogger(__name__)
+MATRIX_METRICS = ("top1", "top5", "map", "map_at_r")
+BACKFILL_METRICS = ("top1", "map")
+
+
+@dataclass(frozen=True)
+class LineageModel:
+    name: str            # the entry's name in the report, e.g. "v2"
+    folder: Path         # its artifact folder
+    parent: str | None   # the parent's entry name
+
+
+@dataclass(frozen=True)
+class LineageReport:
+    report_dir: Path
+    run_id: str
+    table: pd.DataFrame
+    summary: pd.DataFrame   # AC and AM per metric
+    verdicts: list[Verdict]
+    summary_text: str
+
+
+def _encoded(model: LineageModel, dataset: Path, split: str, out_dir: Path, encode_options: dict) -> Path:
+    folder = out_dir / "embeddings" / model.name / split
+    marker = completed_encoding(folder)
+    if marker and marker.get("model_id") == read_card(model.folder)["id"] and marker.get("split") == split \
+            and marker.get("dataset") == str(dataset):
+        log.info("lineage: reusing %s's embeddings in %s", model.name, folder)
+        return folder
+    return encode_split(model.folder, dataset, split, folder, **encode_options)
+
+
+def _backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int, full_ranking: bool) -> pd.DataFrame:
+    """The child's queries against its parent's gallery re-encoded in random and in stratified order."""
+    query, parent = sets[child.name].load(), sets[child.parent].load()
+    if not np.array_equal(query.ids, parent.ids):
+        raise ValueError(f"{child.name} and {child.parent} embeddings hold different images or orders "
+                         f"({query.path}, {parent.path})")
+
+    def score(mixed: np.ndarray) -> dict[str, float]:
+        per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
+                                  len(mixed), topk=(1,), full_ranking=full_ranking)
+        return {m: v for m, v in summarize(per_query).items() if m in BACKFILL_METRICS}
+
+    orders = {"random": random_order(len(parent.ids), seed)}
+    stats_file = read_card(child.folder).get("stats_file")
+    if stats_file and Path(stats_file).is_file():
+        orders["stratified"] = stratified_order(parent.vectors, OldSpaceStats.load(stats_file).centers, seed)
+    curves = [backfill_curve(parent.vectors, query.vectors, order, score, steps).assign(model=child.name, order=name)
+              for name, order in orders.items()]
+    return pd.concat(curves, ignore_index=True)
+
+
+def _entries(models: list[LineageModel], sets: dict[str, Gallery], out_root: Path, split: str) -> dict[str, MatrixEntry]:
+    """Each model's own entry, plus the entries its transformations make against its parent
+    (``pipeline.transformed``: its T21 queries, its parent's gallery through its T12)."""
+    entries: dict[str, MatrixEntry] = {}
+    for model in models:
+        pair = {name: sets[name] for name in (model.name, model.parent) if name}
+        found = matrix_entries({model.name: model.folder} if model.parent else {}, pair, model.parent or model.name,
+                               out_root, split)
+        entries = {**found, **entries}  # a model's own entry stays as first made
+    return entries
+
+
+def _pairs(models: list[LineageModel], entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
+    """Every ordered pair of the lineage's models, and each transformed entry with its counterpart."""
+    plain = [m.name for m in models]
+    pairs = [(q, g) for q in plain for g in plain]
+    for name, entry in entries.items():
+        if entry.transform == "none":
+            continue
+        pairs.append((name, entry.counterpart) if entry.reference == name else (entry.counterpart, name))
+    return [(q, g) for q, g in pairs if entries[q].embeddings.dim == entries[g].embeddings.dim]
+
+
+def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: str, out_dir: str | Path, *,
+                       tracking_uri: str, experiment: str, registered_model: str = "",
+                       encode_options: dict | None = None, index: IndexSpec = IndexSpec(),
+                       full_ranking: bool = True, chunk: int = 1024, backfill_steps: int = 10,
+                       seed: int = 0) -> LineageReport:
+    """Encode, score every pair, compute the lineage metrics, write the report and log it."""
+    if len(models) < 2:
+        raise ValueError(f"a lineage report needs at least two models, got {[m.name for m in models]}")
+    dataset, out_dir = Path(dataset).resolve(), Path(out_dir)
+    report_dir = out_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    sets: dict[str, Gallery] = {m.name: open_embeddings(_encoded(m, dataset, split, out_dir, encode_options or {}))
+                                for m in models}
+    entries = _entries(models, sets, out_dir / "embeddings", split)
+    order = [m.name for m in models]
+    table = score_all_pairs({name: e.embeddings for name, e in entries.items()},
+                            old_classes=read_card(models[0].folder)["classes"], pairs=_pairs(models, entries),
+                            references={name: e.reference for name, e in entries.items()},
+                            transforms={name: e.transform for name, e in entries.items()},
+                            index=index, full_ranking=full_ranking, chunk=chunk)
+    metrics = [m for m in MATRIX_METRICS if m in table.columns]
+    summary = pd.DataFrame([{"metric": m, **dict(zip(("AC", "AM"), lower_triangle_summary(
+        matrix(table, m, order).to_numpy())))} for m in metrics])
+
+    def cell(query: str, gallery: str) -> dict[str, float] | None:
+        rows = table[(table.query_model == query) & (table.gallery_model == gallery)]
+        return None if rows.empty else rows.iloc[0].to_dict()
+
+    verdicts, gains, backfills = [], {}, []
+    scored = [m for m in BACKFILL_METRICS if m in table.columns]
+    for child in models[1:]:
+        t21, t12 = f"{child.name}.t21", f"{child.parent}.t12.{child.name}"
+        decided = verdict(child.name, child.parent, cell, t21 if t21 in entries else None, t12 if t12 in entries else None)
+        for m in scored:
+            gains[metric_key("update_gain", m, child.name)] = update_gain(
+                cell(child.name, child.parent)[m], cell(child.parent, child.parent)[m], cell(child.name, child.name)[m])
+        curves = _backfill(child, sets, seed, backfill_steps, full_ranking)
+        parent_own = {m: cell(child.parent, child.parent)[m] for m in scored}
+        needed = {f"share_to_beat_parent/{name}": share_to_reach(curve, parent_own)
+                  for name, curve in curves.groupby("order", sort=False)}
+        verdicts.append(replace(decided, numbers={**decided.numbers, **needed}))
+        backfills.append(curves)
+    backfill = pd.concat(backfills, ignore_index=True)
+    files = _write_files(table, summary, backfill, verdicts, order, report_dir, models)
+    text = (report_dir / "summary.md").read_text()
+    run_id = _log_to_mlflow(table, summary, backfill, verdicts, gains, files, order, tracking_uri, experiment,
+                            {"registered_model": registered_model, "models": ",".join(order), "split": split,
+                             "index": index.kind, "full_ranking": str(full_ranking)})
+    log.info("lineage: report in %s, MLflow run %s", report_dir, run_id)
+    return LineageReport(report_dir, run_id, table, summary, verdicts, text)
+
+
+def _areas(backfill: pd.DataFrame) -> list[dict]:
+    return [{"model": model, "order": order,
+             **{f"area_{m}": curve_area(curve, m) for m in BACKFILL_METRICS if m in curve.columns}}
+            for (model, order), curve in backfill.groupby(["model", "order"], sort=False)]
+
+
+def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
+    models = list(dict.fromkeys(backfill.model))
+    metrics = [m for m in BACKFILL_METRICS if m in backfill.columns]
+    figure, axes = plt.subplots(len(models), len(metrics), figsize=(5 * len(metrics), 3.6 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        for column, metric in enumerate(metrics):
+            axis = axes[row][column]
+            for order, curve in backfill[backfill.model == model].groupby("order", sort=False):
+                axis.plot(curve.share * 100, curve[metric] * 100, marker="o", label=f"{order} (area {curve_area(curve, metric):.3f})")
+            axis.set_xlabel("gallery re-encoded with the new model (%)")
+            axis.set_ylabel(f"{metric} (%)")
+            axis.set_title(f"{model} queries: backfill")
+            axis.legend(fontsize=8)
+            axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+                      order: list[str]) -> str:
+    lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Verdicts", "",
+             "| model | parent | verdict | route | top-1 | parent top-1 | mAP | parent mAP |", "|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        numbers = " | ".join(_value(v.numbers, key) for key in ("top1", "parent_top1", "map", "parent_map"))
+        lines.append(f"| {v.model} | {v.parent} | **{v.decision}** | {v.route} | {numbers} |")
+    lines += ["", "Share of the gallery to re-encode before the new model's queries beat the parent's own "
+              "numbers on every metric (from the backfill curves; - when no share does):", ""]
+    for v in verdicts:
+        shares = [f"{key.split('/', 1)[1]} {value:.2f}" if value == value else f"{key.split('/', 1)[1]} -"
+                  for key, value in v.numbers.items() if key.startswith("share_to_beat_parent/")]
+        lines.append(f"- {v.model}: {', '.join(shares)}")
+    lines += ["", "## Lineage summary (lower triangle)", "", "| metric | AC | AM |", "|---|---|---|"]
+    lines += [f"| {r.metric} | {r.AC:.3f} | {r.AM:.4f} |" for r in summary.itertuples()]
+    for metric in (m for m in ("top1", "map") if m in table.columns):
+        grid = matrix(table, metric, order)
+        lines += ["", f"## {metric} (rows: query model, columns: gallery model)", "",
+                  "| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+        lines += [f"| {q} | " + " | ".join(f"{grid.loc[q, g]:.4f}" for g in order) + " |" for q in order]
+    lines += ["", "## Backfill (area under the curve over the re-encoded share)", "",
+              "| model | order | area top-1 | area mAP |", "|---|---|---|---|"]
+    lines += [f"| {a['model']} | {a['order']} | {_value(a, 'area_top1')} | {_value(a, 'area_map')} |" for a in _areas(backfill)]
+    return "\n".join(lines) + "\n"
+
+
+def _value(numbers: dict, key: str) -> str:
+    return f"{numbers[key]:.4f}" if key in numbers else "-"
+
+
+def _write_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+                 order: list[str], report_dir: Path, models: list[LineageModel]) -> list[Path]:
+    files = list(write_tables(table, report_dir).values())
+    for name, frame in (("lineage.csv", summary), ("backfill.csv", backfill)):
+        frame.to_csv(report_dir / name, index=False)
+        files.append(report_dir / name)
+    (report_dir / "verdicts.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=1))
+    files.append(report_dir / "verdicts.json")
+    for metric in summary.metric:
+        ac, am = summary.set_index("metric").loc[metric, ["AC", "AM"]]
+        files.append(heatmap(table, order, report_dir / f"heatmap_{metric}.png", metrics=(metric,),
+                             titles={metric: f"{metric} (%): AC {ac:.2f}, AM {am * 100:.1f}"}))
+    files.append(_backfill_plot(backfill, report_dir / "backfill.png"))
+    (report_dir / "summary.md").write_text(_summary_markdown(table, summary, backfill, verdicts, order))
+    files.append(report_dir / "summary.md")
+    return files
+
+
+def _log_to_mlflow(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+                   gains: dict[str, float], files: list[Path], order: list[str], tracking_uri: str, experiment: str,
+                   params: dict[str, str]) -> str:
+    client = MlflowClient(tracking_uri)
+    experiment_key = experiment_id(tracking_uri, experiment)
+    parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}", tags={"kind": "lineage-report"})
+    run_id = parent.info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    metrics = {metric_key(column, row["query_model"], row["gallery_model"]): value
+               for row in table.to_dict("records") for column, value in row_metrics(row).items()}
+    metrics.update({f"{kind}_{r.metric}": float(getattr(r, kind)) for r in summary.itertuples() for kind in ("AC", "AM")
+                    if not np.isnan(getattr(r, kind))})
+    metrics.update({k: v for k, v in gains.items() if not np.isnan(v)})
+    for area in _areas(backfill):
+        for m in (m for m in BACKFILL_METRICS if f"area_{m}" in area):
+            metrics[metric_key("backfill_area", m, area["model"], area["order"])] = area[f"area_{m}"]
+    for v in verdicts:
+        metrics.update({metric_key(key, v.model): value for key, value in v.numbers.items()
+                        if key.startswith("share_to_beat_parent/") and not np.isnan(value)})
+    log_metrics(client, run_id, metrics)
+    for v in verdicts:
+        client.set_tag(run_id, f"verdict/{v.model}", v.decision)
+        client.set_tag(run_id, f"verdict_route/{v.model}", v.route)
+    for row in table.to_dict("records"):
+        pair = client.create_run(experiment_key, run_name=f"{row['query_model']} -> {row['gallery_model']}",
+                                 tags={"mlflow.parentRunId": run_id, "kind": "model-pair"})
+        client.log_batch(pair.info.run_id, params=[Param("query_model", row["query_model"]),
+                                                   Param("gallery_model", row["gallery_model"]),
+                                                   Param("transform", row["transform"])])
+        log_metrics(client, pair.info.run_id, row_metrics(row))
+        compatible = [row.get(f"compatible_{m}") for m in ("top1", "map")]
+        if not any(pd.isna(c) for c in compatible):
+            client.set_tag(pair.info.run_id, "compatible", str(all(bool(c) for c in compatible)).lower())
+        client.set_terminated(pair.info.run_id)
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def report_registered_lineage(tracking_uri: str, registered_model: str, versions: list[str] | None,
+                              dataset: str | Path, split: str, out_dir: str | Path, **options) -> LineageReport:
+    """``run_lineage_report`` over the registry's chain of versions (``pipeline.registry``), each
+    version's artifact downloaded to ``out_dir/models/v<version>`` and named ``v<version>``."""
+    chain = lineage(tracking_uri, registered_model, versions)
+    models = [LineageModel(f"v{v.version}", download_version(tracking_uri, v, Path(out_dir) / "models" / f"v{v.version}"),
+                           f"v{v.parent}" if i else None) for i, v in enumerate(chain)]
+    return run_lineage_report(models, dataset, split, out_dir, tracking_uri=tracking_uri,
+                              registered_model=registered_model, **options)

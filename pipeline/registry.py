@@ -1,0 +1,114 @@
+"""Model lineage in the MLflow Model Registry.
+
+Each model artifact folder (weights + card) is logged under ``model/`` of its training run (the
+card's ``mlflow_run_id`` when that run is in this tracking store, else a new ``register`` run)
+and registered as a version of one registered model. The version's tags carry the card's id,
+name and method and ``parent_version``: the lineage v1 -> v2 -> v3 is the chain of parents.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.artifacts import CARD_FILE, check_name, read_card
+from pipeline.tracking import experiment_id
+
+log = logging.getLogger(__name__)
+ARTIFACT_PATH = "model"
+
+
+@dataclass(frozen=True)
+class LineageVersion:
+    version: str
+    parent: str | None  # the parent's version, None for the lineage's first model
+    card_id: str
+    run_id: str
+
+
+def _training_run(client: MlflowClient, card: dict, experiment: str, tracking_uri: str) -> str:
+    run_id = card.get("mlflow_run_id")
+    if run_id:
+        try:
+            client.get_run(run_id)
+            return run_id
+        except MlflowException:
+            log.info("registry: training run %s of %s is not in this store; logging to a new run", run_id, card["id"])
+    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register {card['name']}",
+                            tags={"kind": "register"})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def register_model(tracking_uri: str, registered_model: str, artifact_dir: str | Path, parent_version: str | None,
+                   experiment: str = "compat-embed") -> LineageVersion:
+    """Log ``artifact_dir`` and register it as the next version of ``registered_model``."""
+    check_name(registered_model, "registered model name")
+    parent_version = None if parent_version is None else str(parent_version)
+    client = MlflowClient(tracking_uri)
+    card = read_card(artifact_dir)
+    if parent_version is not None:
+        client.get_model_version(registered_model, parent_version)  # raises when the parent does not exist
+    run_id = _training_run(client, card, experiment, tracking_uri)
+    client.log_artifacts(run_id, str(artifact_dir), ARTIFACT_PATH)
+    try:
+        client.create_registered_model(registered_model, description="compat-embed model lineage")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    tags = {"card_id": card["id"], "model_name": card["name"], "method": card.get("method", ""),
+            "embedding_dim": str(card["model"]["embedding_dim"]), "parent_version": parent_version or ""}
+    source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT_PATH}"
+    version = client.create_model_version(registered_model, source, run_id=run_id, tags=tags,
+                                          description=f"{card['name']} ({card['id']}), parent version "
+                                                      f"{parent_version or 'none'}")
+    log.info("registry: %s version %s = %s (parent %s)", registered_model, version.version, card["id"], parent_version)
+    return LineageVersion(str(version.version), parent_version, card["id"], run_id)
+
+
+def lineage(tracking_uri: str, registered_model: str, versions: list[str] | None = None) -> list[LineageVersion]:
+    """The newest version and its ancestors, oldest first (or the given ``versions``, each of
+    which must be the parent of the next)."""
+    client = MlflowClient(tracking_uri)
+    found = {str(v.version): v for v in client.search_model_versions(f"name = '{check_name(registered_model)}'")}
+    if not found:
+        raise ValueError(f"registered model {registered_model!r} has no versions in {tracking_uri}")
+    entries = {number: LineageVersion(number, v.tags.get("parent_version") or None, v.tags.get("card_id", ""), v.run_id)
+               for number, v in found.items()}
+    if versions is None:  # the newest version's ancestry, oldest first
+        versions = [max(entries, key=int)]
+        while entries[versions[-1]].parent is not None:
+            if entries[versions[-1]].parent not in entries or entries[versions[-1]].parent in versions:
+                raise ValueError(f"registered model {registered_model!r} version {versions[-1]}: parent version "
+                                 f"{entries[versions[-1]].parent} is missing or repeats")
+            versions.append(entries[versions[-1]].parent)
+        versions.reverse()
+    chain = []
+    for number in map(str, versions):
+        if number not in entries:
+            raise ValueError(f"registered model {registered_model!r} has no version {number} (has {sorted(entries)})")
+        if chain and entries[number].parent != chain[-1].version:
+            raise ValueError(f"{registered_model} version {number}: its parent is version {entries[number].parent}, "
+                             f"not {chain[-1].version}")
+        chain.append(entries[number])
+    return chain
+
+
+def download_version(tracking_uri: str, version: LineageVersion, out_dir: str | Path) -> Path:
+    """The version's artifact folder under ``out_dir`` (kept when already there with the same card id)."""
+    out_dir = Path(out_dir)
+    if (out_dir / CARD_FILE).is_file() and read_card(out_dir).get("id") == version.card_id:
+        return out_dir
+    staging = out_dir.parent / f".download-{out_dir.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    downloaded = MlflowClient(tracking_uri).download_artifacts(version.run_id, ARTIFACT_PATH, str(staging))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    Path(downloaded).rename(out_dir)
+    shutil.rmtree(staging)
+    return out_dir
