@@ -79,7 +79,7 @@ def score_all_pairs(sets: dict[str, Gallery], old_classes: list[str] | None = No
                      "query_embeddings": sets[q].path, "gallery_embeddings": sets[g].path,
                      "num_queries": len(sets[q]), "num_gallery": len(sets[g]), **metrics})
         log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
-                 metrics["top1"], metrics["map"], time.perf_counter() - started)
+                 metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
     table = pd.DataFrame(rows)
     return add_criteria(table, independent=independent, old=old, references=references)
 

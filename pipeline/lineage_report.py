@@ -41,7 +41,7 @@ from pipeline.encoding import completed_encoding, encode_split  # noqa: E402
 from pipeline.lineage import (Verdict, backfill_curve, curve_area, lower_triangle_summary, random_order,  # noqa: E402
                               share_to_reach, stratified_order, update_gain, verdict)
 from pipeline.registry import download_version, lineage  # noqa: E402
-from pipeline.report import heatmap, log_metrics, row_metrics, write_tables  # noqa: E402
+from pipeline.report import cell_metrics, heatmap, log_metrics, row_metrics, write_tables  # noqa: E402
 from pipeline.retrieval import IndexSpec, in_memory, score_queries, summarize  # noqa: E402
 from pipeline.statistics import OldSpaceStats  # noqa: E402
 from pipeline.tracking import experiment_id, metric_key  # noqa: E402
@@ -257,8 +257,7 @@ def _log_to_mlflow(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.Data
     parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}", tags={"kind": "lineage-report"})
     run_id = parent.info.run_id
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-    metrics = {metric_key(column, row["query_model"], row["gallery_model"]): value
-               for row in table.to_dict("records") for column, value in row_metrics(row).items()}
+    metrics = cell_metrics(table)
     metrics.update({f"{kind}_{r.metric}": float(getattr(r, kind)) for r in summary.itertuples() for kind in ("AC", "AM")
                     if not np.isnan(getattr(r, kind))})
     metrics.update({k: v for k, v in gains.items() if not np.isnan(v)})

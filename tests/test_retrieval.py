@@ -117,3 +117,16 @@ def test_ivf_scoring_reports_its_recall_against_flat_search():
     assert ivf["top5"] == pytest.approx(flat["top5"]) and ivf["map"] == flat["map"]
     coarse = score_pair(embeddings, embeddings, None, topk=(1, 5), index=IndexSpec("ivf", nlist=32, nprobe=1))
     assert coarse["ivf_recall_at_k"] < 1
+
+
+def test_top_k_only_scoring_leaves_map_out_everywhere():
+    from pipeline.compat_matrix import score_all_pairs
+    from pipeline.embeddings import EmbeddingSet
+
+    rng = np.random.default_rng(7)
+    ids, labels, vectors = _gallery(rng, size=300)
+    sets = {name: EmbeddingSet(name, f"{name}-1", name, ids, labels, vectors + rng.normal(scale=0.1, size=vectors.shape),
+                               ["a", "b", "c", "d", "e"]) for name in ("old", "new", "ind")}
+    table = score_all_pairs(sets, old_classes=["a", "b"], independent="ind", old="old", full_ranking=False)
+    assert "map" not in table.columns and "map_at_r" not in table.columns
+    assert {"top1", "top5", "compatible_top1", "update_gain_top1", "top1_unseen"} <= set(table.columns)
