@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.embeddings import EmbeddingFiles, EmbeddingSet
-from pipeline.retrieval import IndexSpec, recall_at_k, score_queries, search, summarize
+from pipeline.retrieval import IndexSpec, ranking_metrics, recall_at_k, search, summarize
 
 log = logging.getLogger(__name__)
 CRITERION_METRICS = ("top1", "map")
@@ -34,13 +34,15 @@ def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | N
     if query.dim != gallery.dim:
         raise ValueError(f"query dimension {query.dim} ({query.path}) differs from gallery dimension "
                          f"{gallery.dim} ({gallery.path})")
-    per_query = score_queries(query.vectors, query.labels, query.ids, lambda: gallery.shards(shard_rows),
-                              len(gallery), topk, chunk, index, full_ranking)
+    shards = lambda: gallery.shards(shard_rows)  # noqa: E731
+    neighbours = search(query.vectors, query.ids, shards, max(topk), index)
+    per_query = ranking_metrics(neighbours, query.vectors, query.labels, query.ids, shards, len(gallery), topk, chunk,
+                                full_ranking)
     row = summarize(per_query)
     if index.kind != "flat":
         sample = slice(0, RECALL_QUERIES)
-        args = (query.vectors[sample], query.ids[sample], lambda: gallery.shards(shard_rows), max(topk))
-        row["ivf_recall_at_k"] = recall_at_k(search(*args, index), search(*args))
+        exact = search(query.vectors[sample], query.ids[sample], shards, max(topk))
+        row["ivf_recall_at_k"] = recall_at_k(neighbours, exact)
     if seen_labels is not None:
         seen = np.isin(query.labels, seen_labels)
         for subset, mask in (("seen", seen), ("unseen", ~seen)):
@@ -56,12 +58,14 @@ def score_all_pairs(sets: dict[str, Gallery], old_classes: list[str] | None = No
                     index: IndexSpec = IndexSpec(), full_ranking: bool = True) -> pd.DataFrame:
     """The report table over ``pairs`` (default: every ordered pair of ``sets`` whose dimensions
     match); ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``).
-    Each set is the gallery as it is (streamed when on disk) and, read into memory, the queries."""
+    A set on disk is read into memory while it is the query set (pairs in query order hold one
+    at a time) and streamed shard by shard while it is only the gallery."""
     names = list(sets)
-    loaded: dict[str, EmbeddingSet] = {}
+    loaded: dict[str, EmbeddingSet] = {}  # the current query model's set only
 
     def queries(name: str) -> EmbeddingSet:
         if name not in loaded:
+            loaded.clear()
             loaded[name] = sets[name] if isinstance(sets[name], EmbeddingSet) else sets[name].load()
         return loaded[name]
 
@@ -73,7 +77,7 @@ def score_all_pairs(sets: dict[str, Gallery], old_classes: list[str] | None = No
     rows = []
     started = time.perf_counter()
     for number, (q, g) in enumerate(pairs, start=1):
-        metrics = score_pair(queries(q), sets[g], seen_labels, topk, chunk, index, full_ranking)
+        metrics = score_pair(queries(q), loaded.get(g, sets[g]), seen_labels, topk, chunk, index, full_ranking)
         used = [label for label in (transforms.get(q, "none"), transforms.get(g, "none")) if label != "none"]
         rows.append({"query_model": q, "gallery_model": g, "transform": "; ".join(dict.fromkeys(used)) or "none",
                      "query_embeddings": sets[q].path, "gallery_embeddings": sets[g].path,

@@ -221,6 +221,10 @@ class LineageConfig(_Strict):
         for position, model in enumerate(self.models[1:], start=1):
             if not model.needs_old_model:
                 raise ValueError(f"models.{position} ({model.name}): method 'independent' has no compatibility with its parent")
+        dims = {m.name: m.model.embedding_dim for m in self.models}
+        if len(set(dims.values())) > 1:
+            raise ValueError(f"every model of a lineage needs one embedding_dim (its report compares each model with "
+                             f"its parent directly), got {dims}")
         return self
 
     def tracking_uri(self) -> str:

@@ -1,8 +1,9 @@
 """Metrics over a lineage of models v1 -> v2 -> ... (design notes, section 3), free of I/O.
 
 - the N x N matrix ``C[q][g]`` per metric (rows: query model, columns: gallery model, in
-  lineage order); over its lower triangle (a newer model's queries against an older gallery)
-  AC = share of cells with ``C[i][j] > C[j][j]`` (strict: a tie fails) and AM = mean of the cells;
+  lineage order); AC = share of the cells below the diagonal (a newer model's queries against
+  an older gallery) with ``C[i][j] > C[j][j]`` (strict: a tie fails), and AM = mean of the lower
+  triangle with its diagonal, as CoReS (Biondi et al.) defines both;
 - update gain of each model against its parent, ``(C[i][p] - C[p][p]) / (C[i][i] - C[p][p])``:
   the share of the new model's own improvement that the parent's gallery gets without a backfill
   (a lineage has no independently trained model, so the new model itself is the upper reference);
@@ -31,12 +32,15 @@ NO_BACKFILL, FORWARD, BACKFILL = "ship, no backfill", "ship, forward transformat
 
 
 def lower_triangle_summary(matrix: np.ndarray) -> tuple[float, float]:
-    """(AC, AM) of an N x N matrix over its cells below the diagonal; NaN for N < 2."""
-    rows, columns = np.tril_indices(len(matrix), k=-1)
-    if not len(rows):
-        return float("nan"), float("nan")
-    cells = matrix[rows, columns]
-    return float(np.mean(cells > matrix[columns, columns])), float(np.mean(cells))
+    """(AC, AM) of an N x N matrix: AC over the cells below the diagonal, AM over the lower
+    triangle with its diagonal (as CoReS defines both). Cells not scored (NaN: dimensions that
+    differ) are left out of both. NaN when no cell counts."""
+    below = [(i, j) for i, j in zip(*np.tril_indices(len(matrix), k=-1))
+             if not np.isnan(matrix[i, j]) and not np.isnan(matrix[j, j])]
+    cells = matrix[np.tril_indices(len(matrix))]
+    cells = cells[~np.isnan(cells)]
+    ac = float(np.mean([matrix[i, j] > matrix[j, j] for i, j in below])) if below else float("nan")
+    return ac, float(cells.mean()) if len(cells) and below else float("nan")
 
 
 def update_gain(new_old: float, old_old: float, new_new: float) -> float:

@@ -40,11 +40,11 @@ from pipeline.embeddings import open_embeddings  # noqa: E402
 from pipeline.encoding import completed_encoding, encode_split  # noqa: E402
 from pipeline.lineage import (Verdict, backfill_curve, curve_area, lower_triangle_summary, random_order,  # noqa: E402
                               share_to_reach, stratified_order, update_gain, verdict)
-from pipeline.registry import download_version, lineage  # noqa: E402
-from pipeline.report import cell_metrics, heatmap, log_metrics, row_metrics, write_tables  # noqa: E402
+from pipeline.registry import STATS_FILE, download_version, lineage  # noqa: E402
+from pipeline.report import cell_metrics, heatmap, log_metrics, pair_compatible, row_metrics, write_tables  # noqa: E402
 from pipeline.retrieval import IndexSpec, in_memory, score_queries, summarize  # noqa: E402
 from pipeline.statistics import OldSpaceStats  # noqa: E402
-from pipeline.tracking import experiment_id, metric_key  # noqa: E402
+from pipeline.tracking import experiment_id, finished_run, metric_key  # noqa: E402
 from pipeline.transformed import MatrixEntry, matrix_entries  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,9 @@ def _backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: i
         return {m: v for m, v in summarize(per_query).items() if m in BACKFILL_METRICS}
 
     orders = {"random": random_order(len(parent.ids), seed)}
-    stats_file = read_card(child.folder).get("stats_file")
-    if stats_file and Path(stats_file).is_file():
-        orders["stratified"] = stratified_order(parent.vectors, OldSpaceStats.load(stats_file).centers, seed)
+    centers = _parent_centers(child, parent.dim)
+    if centers is not None:
+        orders["stratified"] = stratified_order(parent.vectors, centers, seed)
     curves = [backfill_curve(parent.vectors, query.vectors, order, score, steps).assign(model=child.name, order=name)
               for name, order in orders.items()]
     return pd.concat(curves, ignore_index=True)
@@ -110,6 +110,22 @@ def _entries(models: list[LineageModel], sets: dict[str, Gallery], out_root: Pat
                                out_root, split)
         entries = {**found, **entries}  # a model's own entry stays as first made
     return entries
+
+
+def _parent_centers(child: LineageModel, parent_dim: int) -> np.ndarray | None:
+    """The parent-space class centers of the child's statistics: the copy registered with the
+    artifact (``pipeline.registry.STATS_FILE``), else the card's path; None (logged) if neither."""
+    card = read_card(child.folder)
+    for path in (child.folder / STATS_FILE, Path(card.get("stats_file") or "")):
+        if path.is_file():
+            centers = OldSpaceStats.load(path).centers
+            if centers.shape[1] != parent_dim:
+                raise ValueError(f"{path}: statistics of dimension {centers.shape[1]}, the parent's embeddings have "
+                                 f"{parent_dim}")
+            return centers
+    log.warning("lineage: no statistics for %s (card: %s); the backfill curve has the random order only",
+                child.name, card.get("stats_file"))
+    return None
 
 
 def _pairs(models: list[LineageModel], entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
@@ -136,6 +152,11 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: s
     report_dir.mkdir(parents=True, exist_ok=True)
     sets: dict[str, Gallery] = {m.name: open_embeddings(_encoded(m, dataset, split, out_dir, encode_options or {}))
                                 for m in models}
+    for child in models[1:]:
+        if sets[child.name].dim != sets[child.parent].dim:
+            raise ValueError(f"{child.name} ({sets[child.name].dim}-d) and its parent {child.parent} "
+                             f"({sets[child.parent].dim}-d) differ in dimension: a lineage report compares every "
+                             "model with its parent directly")
     entries = _entries(models, sets, out_dir / "embeddings", split)
     order = [m.name for m in models]
     table = score_all_pairs({name: e.embeddings for name, e in entries.items()},
@@ -214,7 +235,8 @@ def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.D
         shares = [f"{key.split('/', 1)[1]} {value:.2f}" if value == value else f"{key.split('/', 1)[1]} -"
                   for key, value in v.numbers.items() if key.startswith("share_to_beat_parent/")]
         lines.append(f"- {v.model}: {', '.join(shares)}")
-    lines += ["", "## Lineage summary (lower triangle)", "", "| metric | AC | AM |", "|---|---|---|"]
+    lines += ["", "## Lineage summary (AC: cells below the diagonal; AM: the lower triangle with it)", "",
+              "| metric | AC | AM |", "|---|---|---|"]
     lines += [f"| {r.metric} | {r.AC:.3f} | {r.AM:.4f} |" for r in summary.itertuples()]
     for metric in (m for m in ("top1", "map") if m in table.columns):
         grid = matrix(table, metric, order)
@@ -256,6 +278,14 @@ def _log_to_mlflow(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.Data
     experiment_key = experiment_id(tracking_uri, experiment)
     parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}", tags={"kind": "lineage-report"})
     run_id = parent.info.run_id
+    with finished_run(client, run_id):
+        _log_report_run(client, run_id, experiment_key, table, summary, backfill, verdicts, gains, files, params)
+    return run_id
+
+
+def _log_report_run(client: MlflowClient, run_id: str, experiment_key: str, table: pd.DataFrame, summary: pd.DataFrame,
+                    backfill: pd.DataFrame, verdicts: list[Verdict], gains: dict[str, float], files: list[Path],
+                    params: dict[str, str]) -> None:
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     metrics = cell_metrics(table)
     metrics.update({f"{kind}_{r.metric}": float(getattr(r, kind)) for r in summary.itertuples() for kind in ("AC", "AM")
@@ -274,18 +304,16 @@ def _log_to_mlflow(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.Data
     for row in table.to_dict("records"):
         pair = client.create_run(experiment_key, run_name=f"{row['query_model']} -> {row['gallery_model']}",
                                  tags={"mlflow.parentRunId": run_id, "kind": "model-pair"})
-        client.log_batch(pair.info.run_id, params=[Param("query_model", row["query_model"]),
-                                                   Param("gallery_model", row["gallery_model"]),
-                                                   Param("transform", row["transform"])])
-        log_metrics(client, pair.info.run_id, row_metrics(row))
-        compatible = [row.get(f"compatible_{m}") for m in ("top1", "map")]
-        if not any(pd.isna(c) for c in compatible):
-            client.set_tag(pair.info.run_id, "compatible", str(all(bool(c) for c in compatible)).lower())
-        client.set_terminated(pair.info.run_id)
+        with finished_run(client, pair.info.run_id):
+            client.log_batch(pair.info.run_id, params=[Param("query_model", row["query_model"]),
+                                                       Param("gallery_model", row["gallery_model"]),
+                                                       Param("transform", row["transform"])])
+            log_metrics(client, pair.info.run_id, row_metrics(row))
+            compatible = pair_compatible(row)
+            if compatible is not None:
+                client.set_tag(pair.info.run_id, "compatible", str(compatible).lower())
     for path in files:
         client.log_artifact(run_id, str(path))
-    client.set_terminated(run_id)
-    return run_id
 
 
 def report_registered_lineage(tracking_uri: str, registered_model: str, versions: list[str] | None,

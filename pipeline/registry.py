@@ -1,18 +1,22 @@
 """Model lineage in the MLflow Model Registry.
 
-Each model artifact folder (weights + card) is logged under ``model/`` of its training run (the
-card's ``mlflow_run_id`` when that run is in this tracking store, else a new ``register`` run)
-and registered as a version of one registered model. The version's tags carry the card's id,
-name and method and ``parent_version``: the lineage v1 -> v2 -> v3 is the chain of parents.
+Each model artifact folder (weights + card, and the old-space statistics it was trained with as
+``old_space_stats.npz``) is logged under ``model/`` of its training run (the card's
+``mlflow_run_id`` when that run is in this tracking store, else a new ``register`` run) and
+registered as a version of one registered model. The version's tags carry the card's id, name,
+method and dimension and ``parent_version``: the lineage v1 -> v2 -> v3 is the chain of parents,
+each checked at registration to be the model the card was trained against.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -21,6 +25,7 @@ from pipeline.tracking import experiment_id
 
 log = logging.getLogger(__name__)
 ARTIFACT_PATH = "model"
+STATS_FILE = "old_space_stats.npz"  # the statistics the model was trained with, registered beside it
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class LineageVersion:
     version: str
     parent: str | None  # the parent's version, None for the lineage's first model
     card_id: str
-    run_id: str
+    source: str         # the artifact folder's URI
 
 
 def _training_run(client: MlflowClient, card: dict, experiment: str, tracking_uri: str) -> str:
@@ -45,17 +50,35 @@ def _training_run(client: MlflowClient, card: dict, experiment: str, tracking_ur
     return run.info.run_id
 
 
+def _check_parent(client: MlflowClient, registered_model: str, parent_version: str, card: dict) -> None:
+    """The parent version exists and is the model the card was trained against (by name)."""
+    try:
+        parent = client.get_model_version(registered_model, parent_version)
+    except MlflowException as error:
+        raise ValueError(f"registered model {registered_model!r} has no version {parent_version} to be the parent "
+                         f"of {card['id']} ({error.error_code})") from None
+    trained_against, registered_as = card.get("parent_model"), parent.tags.get("model_name")
+    if trained_against and registered_as and trained_against != registered_as:
+        raise ValueError(f"{card['id']} was trained against {trained_against!r}, but {registered_model} version "
+                         f"{parent_version} is {registered_as!r}")
+
+
 def register_model(tracking_uri: str, registered_model: str, artifact_dir: str | Path, parent_version: str | None,
                    experiment: str = "compat-embed") -> LineageVersion:
-    """Log ``artifact_dir`` and register it as the next version of ``registered_model``."""
+    """Log ``artifact_dir`` (and the card's old-space statistics, as ``STATS_FILE``) under
+    ``model/`` of its training run and register it as the next version of ``registered_model``."""
     check_name(registered_model, "registered model name")
     parent_version = None if parent_version is None else str(parent_version)
     client = MlflowClient(tracking_uri)
     card = read_card(artifact_dir)
     if parent_version is not None:
-        client.get_model_version(registered_model, parent_version)  # raises when the parent does not exist
+        _check_parent(client, registered_model, parent_version, card)
     run_id = _training_run(client, card, experiment, tracking_uri)
     client.log_artifacts(run_id, str(artifact_dir), ARTIFACT_PATH)
+    if card.get("stats_file") and Path(card["stats_file"]).is_file():
+        with tempfile.TemporaryDirectory() as folder:  # under a fixed name, for reports on other machines
+            shutil.copy(card["stats_file"], Path(folder) / STATS_FILE)
+            client.log_artifact(run_id, str(Path(folder) / STATS_FILE), ARTIFACT_PATH)
     try:
         client.create_registered_model(registered_model, description="compat-embed model lineage")
     except MlflowException as error:
@@ -68,7 +91,7 @@ def register_model(tracking_uri: str, registered_model: str, artifact_dir: str |
                                           description=f"{card['name']} ({card['id']}), parent version "
                                                       f"{parent_version or 'none'}")
     log.info("registry: %s version %s = %s (parent %s)", registered_model, version.version, card["id"], parent_version)
-    return LineageVersion(str(version.version), parent_version, card["id"], run_id)
+    return LineageVersion(str(version.version), parent_version, card["id"], source)
 
 
 def lineage(tracking_uri: str, registered_model: str, versions: list[str] | None = None) -> list[LineageVersion]:
@@ -78,7 +101,7 @@ def lineage(tracking_uri: str, registered_model: str, versions: list[str] | None
     found = {str(v.version): v for v in client.search_model_versions(f"name = '{check_name(registered_model)}'")}
     if not found:
         raise ValueError(f"registered model {registered_model!r} has no versions in {tracking_uri}")
-    entries = {number: LineageVersion(number, v.tags.get("parent_version") or None, v.tags.get("card_id", ""), v.run_id)
+    entries = {number: LineageVersion(number, v.tags.get("parent_version") or None, v.tags.get("card_id", ""), v.source)
                for number, v in found.items()}
     if versions is None:  # the newest version's ancestry, oldest first
         versions = [max(entries, key=int)]
@@ -107,7 +130,8 @@ def download_version(tracking_uri: str, version: LineageVersion, out_dir: str | 
     staging = out_dir.parent / f".download-{out_dir.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    downloaded = MlflowClient(tracking_uri).download_artifacts(version.run_id, ARTIFACT_PATH, str(staging))
+    downloaded = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(staging),
+                                                     tracking_uri=tracking_uri)
     shutil.rmtree(out_dir, ignore_errors=True)
     Path(downloaded).rename(out_dir)
     shutil.rmtree(staging)

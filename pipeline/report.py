@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline.compat_matrix import matrix  # noqa: E402
+from pipeline.compat_matrix import CRITERION_METRICS, matrix  # noqa: E402
 from pipeline.tracking import experiment_id, metric_key  # noqa: E402
 
 HEATMAP_METRICS = ("top1", "map")
@@ -72,13 +72,23 @@ def format_matrix(table: pd.DataFrame, order: list[str], metric: str) -> str:
 def row_metrics(row: dict) -> dict[str, float]:
     """The metric columns of one report row (NaN left out)."""
     return {column: float(value) for column, value in row.items()
-            if column.startswith(("top", "map", "update_gain")) and isinstance(value, float) and not math.isnan(value)}
+            if column.startswith(("top", "map", "update_gain", "ivf_")) and isinstance(value, float)
+            and not math.isnan(value)}
 
 
 def cell_metrics(table: pd.DataFrame) -> dict[str, float]:
     """Every row's metrics as ``<metric>/<query>/<gallery>``."""
     return {metric_key(column, row["query_model"], row["gallery_model"]): value
             for row in table.to_dict("records") for column, value in row_metrics(row).items()}
+
+
+def pair_compatible(row: dict) -> bool | None:
+    """The criterion of one report row on every criterion metric scored (top-1, and mAP with the
+    full ranking); None on the diagonal or where the reference was not scored."""
+    verdicts = [row[f"compatible_{m}"] for m in CRITERION_METRICS if f"compatible_{m}" in row]
+    if row["query_model"] == row["gallery_model"] or not verdicts or any(pd.isna(v) for v in verdicts):
+        return None
+    return all(bool(v) for v in verdicts)
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -97,10 +107,9 @@ def log_report(table: pd.DataFrame, order: list[str], files: list[Path], trackin
     log_metrics(client, run_id, cell_metrics(table))
     client.log_batch(run_id, params=[Param("models", ",".join(order))])
     for row in table.to_dict("records"):
-        verdicts = [row[f"compatible_{m}"] for m in ("top1", "map") if f"compatible_{m}" in row]
-        if row["query_model"] != row["gallery_model"] and not any(pd.isna(v) for v in verdicts):
-            verdict = all(bool(v) for v in verdicts)
-            client.set_tag(run_id, f"compatible/{row['query_model']}/{row['gallery_model']}", str(verdict).lower())
+        compatible = pair_compatible(row)
+        if compatible is not None:
+            client.set_tag(run_id, f"compatible/{row['query_model']}/{row['gallery_model']}", str(compatible).lower())
     for path in files:
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)

@@ -33,6 +33,7 @@ from typing import Literal
 
 import faiss
 import numpy as np
+import pandas as pd
 
 GPU_MAX_K = 2048  # the largest k that faiss's GPU search serves
 SCORE_BUDGET_BYTES = 512 * 2**20  # full-ranking scores held at once (a query chunk x the gallery)
@@ -63,10 +64,11 @@ class IndexSpec:
 
 @dataclass(frozen=True)
 class Neighbours:
-    """The k nearest gallery items of each query: positions in the gallery (-1: none) and labels."""
+    """The k nearest gallery items of each query: positions in the gallery and their labels."""
 
-    positions: np.ndarray  # [Q, k] int64
-    labels: np.ndarray     # [Q, k] int64 (-1 where no neighbour)
+    positions: np.ndarray  # [Q, k] int64, -1 where there is no neighbour
+    labels: np.ndarray     # [Q, k] int64, meaningful where ``found``
+    found: np.ndarray      # [Q, k] bool
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -97,24 +99,24 @@ def flat_ip_index(gallery: np.ndarray, k: int = 1) -> faiss.Index:
     return index
 
 
-def _own_positions(query_ids: np.ndarray | None, shard: Shard) -> np.ndarray:
-    """For each query, the shard row holding the same image, or -1."""
-    own = np.full(0 if query_ids is None else len(query_ids), -1, dtype=np.int64)
-    if query_ids is None or shard.ids is None:
-        return own
-    where = {row_id: i for i, row_id in enumerate(query_ids)}
-    for row, row_id in enumerate(shard.ids):
-        query = where.get(row_id)
-        if query is not None:
-            own[query] = row
+def _query_index(query_ids: np.ndarray | None) -> pd.Index | None:
+    return None if query_ids is None else pd.Index(query_ids)
+
+
+def _own_rows(queries: pd.Index | None, count: int, shard: Shard) -> np.ndarray:
+    """For each of ``count`` queries, the shard row holding the same image (same id), or -1."""
+    own = np.full(count, -1, dtype=np.int64)
+    if queries is not None and shard.ids is not None:
+        query_of_row = queries.get_indexer(shard.ids)
+        rows = np.flatnonzero(query_of_row >= 0)
+        own[query_of_row[rows]] = rows
     return own
 
 
 def _drop_own(distances: np.ndarray, found: np.ndarray, own: np.ndarray) -> None:
     """Mark each query's own image among its results as no result (in place)."""
-    if len(own):
-        mine = (found == own[:, None]) & (own[:, None] >= 0)
-        distances[mine], found[mine] = -np.inf, -1
+    mine = (found == own[:, None]) & (own[:, None] >= 0)
+    distances[mine], found[mine] = -np.inf, -1
 
 
 def search(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int,
@@ -123,45 +125,53 @@ def search(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: i
     query = unit32(query)
     if index.kind == "ivf":
         return _search_ivf(query, query_ids, shards, k, index)
-    heap, labels = faiss.ResultHeap(len(query), k, keep_max=True), []
+    heap, labels, queries = faiss.ResultHeap(len(query), k, keep_max=True), [], _query_index(query_ids)
     for shard in shards():
+        _check_offset(shard, labels)
         if not len(shard.labels):
             continue
         depth = min(k + 1, len(shard.labels))
         distances, found = flat_ip_index(unit32(shard.vectors), depth).search(query, depth)
-        _drop_own(distances, found, _own_positions(query_ids, shard))
+        _drop_own(distances, found, _own_rows(queries, len(query), shard))
         heap.add_result(distances, np.where(found >= 0, found + shard.offset, -1))
-        labels.append(np.asarray(shard.labels, dtype=np.int32))
+        labels.append(np.asarray(shard.labels, dtype=np.int64))
     heap.finalize()
-    return _with_labels(heap.I, np.concatenate(labels) if labels else np.zeros(0, np.int32))
+    return _with_labels(heap.I, np.concatenate(labels) if labels else np.zeros(0, np.int64))
+
+
+def _check_offset(shard: Shard, previous: list[np.ndarray]) -> None:
+    expected = sum(len(labels) for labels in previous)
+    if shard.offset != expected:
+        raise ValueError(f"gallery shard at offset {shard.offset} does not follow the previous rows (expected {expected})")
 
 
 def _with_labels(positions: np.ndarray, gallery_labels: np.ndarray) -> Neighbours:
     positions = np.asarray(positions, dtype=np.int64)
-    labels = np.where(positions >= 0, gallery_labels[np.clip(positions, 0, None)] if len(gallery_labels) else -1, -1)
-    return Neighbours(positions, labels.astype(np.int64))
+    labels = gallery_labels[np.clip(positions, 0, None)] if len(gallery_labels) else np.zeros_like(positions)
+    return Neighbours(positions, labels, positions >= 0)
 
 
 def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int, spec: IndexSpec) -> Neighbours:
-    """IVF search: lists trained on the first shard, every shard added, ``nprobe`` lists probed."""
-    index, labels, own = None, [], np.full(len(query), -1, dtype=np.int64)
+    """IVF search: lists trained on a random sample of the whole gallery (64 vectors per list),
+    every shard added, ``nprobe`` lists probed. The index holds the gallery's vectors."""
+    size = sum(len(shard.labels) for shard in shards())
+    if size == 0:
+        return _with_labels(np.full((len(query), k), -1), np.zeros(0, np.int64))
+    nlist = spec.nlist or max(1, int(4 * np.sqrt(size)))
+    if nlist > size:
+        raise ValueError(f"IVF with {nlist} lists needs at least {nlist} gallery vectors, got {size}")
+    share, rng = min(1.0, 64 * nlist / size), np.random.default_rng(0)
+    sample = np.concatenate([unit32(shard.vectors)[rng.random(len(shard.labels)) < share] for shard in shards()])
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(query.shape[1]), query.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(sample if len(sample) >= nlist else np.concatenate([unit32(s.vectors) for s in shards()]))
+    index.nprobe = min(spec.nprobe, nlist)
+    labels, own, queries = [], np.full(len(query), -1, dtype=np.int64), _query_index(query_ids)
     for shard in shards():
-        vectors = unit32(shard.vectors)
-        if index is None:
-            nlist = spec.nlist or max(1, int(4 * np.sqrt(len(vectors))))
-            if len(vectors) < nlist:
-                raise ValueError(f"IVF with {nlist} lists needs a first shard of at least {nlist} vectors, "
-                                 f"got {len(vectors)}")
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], nlist,
-                                       faiss.METRIC_INNER_PRODUCT)
-            index.train(vectors)
-            index.nprobe = min(spec.nprobe, nlist)
-        index.add(vectors)
-        in_shard = _own_positions(query_ids, shard)
-        own[in_shard >= 0] = in_shard[in_shard >= 0] + shard.offset
-        labels.append(np.asarray(shard.labels, dtype=np.int32))
-    if index is None:
-        return _with_labels(np.full((len(query), k), -1), np.zeros(0, np.int32))
+        _check_offset(shard, labels)
+        index.add(unit32(shard.vectors))
+        rows = _own_rows(queries, len(query), shard)
+        own[rows >= 0] = rows[rows >= 0] + shard.offset
+        labels.append(np.asarray(shard.labels, dtype=np.int64))
     distances, found = index.search(query, k + 1)
     _drop_own(distances, found, own)
     order = np.argsort(found < 0, axis=1, kind="stable")[:, :k]  # results in rank order, dropped ones last
@@ -169,14 +179,15 @@ def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
 
 
 def recall_at_k(found: Neighbours, exact: Neighbours) -> float:
-    """Share of the exact top-k that a search found (the IVF option against flat search)."""
-    hits = [len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, int((b >= 0).sum()))
+    """Share of the exact top-k that a search found (the IVF option against flat search), over
+    the queries of ``exact`` (the first queries of ``found``)."""
+    hits = [len(np.intersect1d(a[a >= 0], b[b >= 0])) / max(1, int((b >= 0).sum()))
             for a, b in zip(found.positions, exact.positions)]
     return float(np.mean(hits)) if hits else float("nan")
 
 
 def topk_hits(neighbours: Neighbours, query_labels: np.ndarray, topk: tuple[int, ...]) -> dict[str, np.ndarray]:
-    relevant = neighbours.labels == np.asarray(query_labels)[:, None]
+    relevant = (neighbours.labels == np.asarray(query_labels)[:, None]) & neighbours.found
     return {f"top{k}": relevant[:, :k].any(axis=1).astype(np.float64) for k in topk}
 
 
@@ -198,49 +209,73 @@ def _precisions(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, n
     return ap, ap_at_r
 
 
-def _chunk_precisions(query: np.ndarray, query_labels: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
+def _chunk_precisions(query: np.ndarray, query_labels: np.ndarray, own: np.ndarray, shards: Shards,
                       size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One chunk of queries scored against every shard, then its AP and AP@R."""
-    scores = np.empty((len(query), size))
+    """One chunk of queries scored against every shard, then its AP and AP@R; ``own`` holds each
+    query's own image's gallery position (-1: none), which ranks nowhere."""
+    scores = np.full((len(query), size), -np.inf)
     relevant = np.zeros((len(query), size), dtype=bool)
-    rows = np.arange(len(query))
     for shard in shards():
         columns = slice(shard.offset, shard.offset + len(shard.labels))
         scores[:, columns] = query @ normalize(shard.vectors).T
         relevant[:, columns] = np.asarray(shard.labels)[None, :] == query_labels[:, None]
-        own = _own_positions(query_ids, shard)
-        mine = own >= 0
-        scores[rows[mine], own[mine] + shard.offset] = -np.inf  # the query's own image ranks nowhere
-        relevant[rows[mine], own[mine] + shard.offset] = False
+    mine = np.flatnonzero(own >= 0)
+    scores[mine, own[mine]] = -np.inf
+    relevant[mine, own[mine]] = False
     return _precisions(scores, relevant)
+
+
+def own_positions(query_ids: np.ndarray | None, count: int, shards: Shards) -> np.ndarray:
+    """For each of ``count`` queries, the gallery position of its own image (same id), or -1."""
+    own, queries = np.full(count, -1, dtype=np.int64), _query_index(query_ids)
+    if queries is not None:
+        for shard in shards():
+            rows = _own_rows(queries, count, shard)
+            own[rows >= 0] = rows[rows >= 0] + shard.offset
+    return own
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity, which containers and Ray workers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def average_precisions(query: np.ndarray, query_labels: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
                        gallery_size: int, chunk: int = 1024, threads: int | None = None,
                        budget_bytes: int = SCORE_BUDGET_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """Full-ranking AP and AP@R per query. Chunks of at most ``chunk`` queries, fewer when a
-    chunk's scores against the whole gallery would pass ``budget_bytes``, run on ``threads``
-    threads (default: the CPU count; the GEMMs and the sorts release the GIL)."""
+    """Full-ranking AP and AP@R per query. Chunks of at most ``chunk`` queries, fewer when the
+    chunks in flight (scores, their sorted copy and the relevance mask: 17 bytes per query and
+    gallery item) would pass ``budget_bytes``, run on ``threads`` threads (default: the CPUs
+    this process may use; the GEMMs and the sorts release the GIL)."""
+    threads = threads or cpu_count()
     query, query_labels = normalize(query), np.asarray(query_labels)
-    rows = max(1, min(chunk, budget_bytes // max(1, 9 * gallery_size * (threads or os.cpu_count() or 1))))
-    starts = range(0, len(query), rows)
-    ids = (lambda start: None) if query_ids is None else (lambda start: query_ids[start : start + rows])
-    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+    own = own_positions(query_ids, len(query), shards)
+    rows = max(1, min(chunk, budget_bytes // max(1, 17 * gallery_size * threads)))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         parts = list(pool.map(lambda start: _chunk_precisions(
-            query[start : start + rows], query_labels[start : start + rows], ids(start), shards, gallery_size), starts))
+            query[start : start + rows], query_labels[start : start + rows], own[start : start + rows], shards,
+            gallery_size), range(0, len(query), rows)))
     if not parts:
         return np.array([]), np.array([])
     return np.concatenate([ap for ap, _ in parts]), np.concatenate([at_r for _, at_r in parts])
+
+
+def ranking_metrics(neighbours: Neighbours, query: np.ndarray, query_labels: np.ndarray,
+                    query_ids: np.ndarray | None, shards: Shards, gallery_size: int, topk: tuple[int, ...] = (1, 5),
+                    chunk: int = 1024, full_ranking: bool = True) -> dict[str, np.ndarray]:
+    """Per-query ``top{k}`` from a search's ``neighbours`` and, with ``full_ranking``, ``ap`` and ``ap_at_r``."""
+    out = topk_hits(neighbours, query_labels, topk)
+    if full_ranking:
+        out["ap"], out["ap_at_r"] = average_precisions(query, query_labels, query_ids, shards, gallery_size, chunk)
+    return out
 
 
 def score_queries(query: np.ndarray, query_labels: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
                   gallery_size: int, topk: tuple[int, ...] = (1, 5), chunk: int = 1024,
                   index: IndexSpec = IndexSpec(), full_ranking: bool = True) -> dict[str, np.ndarray]:
     """Per-query ``top{k}`` and, with ``full_ranking``, ``ap`` and ``ap_at_r``, as arrays of length Q."""
-    out = topk_hits(search(query, query_ids, shards, max(topk), index), query_labels, topk)
-    if full_ranking:
-        out["ap"], out["ap_at_r"] = average_precisions(query, query_labels, query_ids, shards, gallery_size, chunk)
-    return out
+    return ranking_metrics(search(query, query_ids, shards, max(topk), index), query, query_labels, query_ids,
+                           shards, gallery_size, topk, chunk, full_ranking)
 
 
 def per_query_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,

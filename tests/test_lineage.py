@@ -29,7 +29,9 @@ def test_ac_and_am_over_the_lower_triangle_with_a_strict_tie_rule():
                        [0.82, 0.86, 0.90]])   # both above their gallery's own value
     ac, am = lower_triangle_summary(matrix)
     assert ac == pytest.approx(2 / 3)
-    assert am == pytest.approx((0.80 + 0.82 + 0.86) / 3)
+    assert am == pytest.approx((0.80 + 0.80 + 0.85 + 0.82 + 0.86 + 0.90) / 6)  # the diagonal counts in AM
+    matrix[2, 1] = np.nan  # a pair of two dimensions is not scored: left out of both
+    assert lower_triangle_summary(matrix) == pytest.approx((0.5, (0.80 + 0.80 + 0.85 + 0.82 + 0.90) / 5))
     assert np.isnan(lower_triangle_summary(np.array([[0.5]]))[0])
 
 
@@ -197,7 +199,7 @@ def test_lineage_matrix_ac_am_and_backfill_match_brute_force(lineage_report):
         cells = [brute[(names[i], names[j])][metric] for i, j in lower]
         own = [brute[(names[j], names[j])][metric] for _, j in lower]
         assert summary.loc[metric, "AC"] == pytest.approx(np.mean([c > o for c, o in zip(cells, own)]))
-        assert summary.loc[metric, "AM"] == pytest.approx(np.mean(cells))
+        assert summary.loc[metric, "AM"] == pytest.approx(np.mean(cells + [brute[(n, n)][metric] for n in names]))
     # the forward-trained v3 adds v2's gallery through its T12, judged against v2/v2
     assert ("v3", "v2.t12.v3") in table.index
     backfill = pd.read_csv(report.report_dir / "backfill.csv")
