@@ -8,8 +8,8 @@ results, never by the gallery. Per query:
 - ``top{k}``: 1 when a same-label gallery item is among the k nearest. Each shard is searched
   with faiss (exact inner product, on the GPU only when faiss reports one and k <= 2048) and
   the per-shard results are merged into one top-k per query (``faiss.ResultHeap``). An IVF
-  index (``IndexSpec(kind="ivf")``) serves galleries past what flat search can; its recall
-  against flat search is ``recall_at_k``;
+  index (``IndexSpec(kind="ivf")``) computes fewer distances (it holds the gallery's vectors);
+  its recall against flat search is ``recall_at_k``;
 - ``ap``: average precision over the full ranking, computed on the CPU by chunks of queries:
   each chunk's scores against every shard (float64), then sorted. Tied scores count as one
   threshold, as ``sklearn.metrics.average_precision_score`` does: each relevant item takes the
@@ -225,7 +225,7 @@ def _chunk_precisions(query: np.ndarray, query_labels: np.ndarray, own: np.ndarr
     return _precisions(scores, relevant)
 
 
-def own_positions(query_ids: np.ndarray | None, count: int, shards: Shards) -> np.ndarray:
+def _own_positions(query_ids: np.ndarray | None, count: int, shards: Shards) -> np.ndarray:
     """For each of ``count`` queries, the gallery position of its own image (same id), or -1."""
     own, queries = np.full(count, -1, dtype=np.int64), _query_index(query_ids)
     if queries is not None:
@@ -249,7 +249,7 @@ def average_precisions(query: np.ndarray, query_labels: np.ndarray, query_ids: n
     this process may use; the GEMMs and the sorts release the GIL)."""
     threads = threads or cpu_count()
     query, query_labels = normalize(query), np.asarray(query_labels)
-    own = own_positions(query_ids, len(query), shards)
+    own = _own_positions(query_ids, len(query), shards)
     rows = max(1, min(chunk, budget_bytes // max(1, 17 * gallery_size * threads)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         parts = list(pool.map(lambda start: _chunk_precisions(
