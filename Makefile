@@ -53,6 +53,7 @@ lineage: env
 
 # Benchmarks (bench/): each writes bench/results/<name>.json and its rows in docs/performance.md.
 bench: env
+	$(PY) -m bench.training_step
 	$(PY) -m bench.scoring
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which

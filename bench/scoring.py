@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import gemm_rate, write_section
+
 DIM, QUERIES, K, CLASSES, ROWS_PER_FILE = 256, 10_000, 100, 100, 100_000
 TIME_TARGET, MEMORY_TARGET_GIB = 1.2, 6.0  # issue 6, at 1e6 vectors
 RESULTS = Path("bench/results")
@@ -97,23 +99,6 @@ def run_matmul(folder: Path) -> tuple[dict, np.ndarray]:
     return {"seconds": seconds, "top1": float((gallery_labels[positions[:, 0]].numpy() == labels).mean())}, positions.numpy()
 
 
-def gemm_rate() -> float:
-    """float32 GEMM FLOP/s of this machine (torch, every core), best of 3."""
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    a, b = torch.randn(1024, DIM), torch.randn(DIM, 100_000)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(3))
-    return 2 * 1024 * DIM * 100_000 / best
-
-
-def _timed(work) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
-
-
 def measure(kind: str, folder: Path, repeats: int = 2) -> dict:
     """The fastest of ``repeats`` runs, each in a fresh process, with the highest peak resident
     memory (the machine is shared: the best time is the least disturbed one)."""
@@ -132,9 +117,9 @@ def agreement(folder: Path) -> float:
     return float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(streamed, matmul)]))
 
 
-def write_markdown(results: dict, path: Path = Path("docs/performance.md")) -> None:
-    """Replace the scoring section of ``docs/performance.md``, keeping the other benchmarks' sections."""
-    rows = ["<!-- scoring:start -->", "## Scoring (bench/scoring.py)", "",
+def write_markdown(results: dict) -> None:
+    """The scoring section of ``docs/performance.md``."""
+    rows = ["## Scoring (bench/scoring.py)", "",
             f"{results['machine']}; {QUERIES:,} queries, d = {DIM}, k = {K}; measured {results['date']} "
             f"(`make bench`). GEMM rate {results['gemm_gflops']:.0f} GFLOP/s (torch.mm, 1,024 x 256 by 256 x "
             "100,000, best of 3); floor = 2 Q G d / that rate, so a kernel faster than that torch.mm can "
@@ -147,15 +132,7 @@ def write_markdown(results: dict, path: Path = Path("docs/performance.md")) -> N
         rows.append(f"| {case['gallery']:,} | {case['streamed']['seconds']:.1f} | {case['matmul']['seconds']:.1f} "
                     f"| **{case['ratio']:.2f}** | {case['floor_seconds']:.1f} | {case['streamed']['seconds'] / case['floor_seconds']:.1f}x "
                     f"| {case['streamed']['peak_gib']:.2f} / {case['matmul']['peak_gib']:.2f} | {case['topk_agreement']:.5f} |")
-    rows.append("<!-- scoring:end -->")
-    text = path.read_text() if path.is_file() else "# Performance\n\nEach benchmark writes its own section.\n"
-    if "<!-- scoring:start -->" in text:
-        head, rest = text.split("<!-- scoring:start -->", 1)
-        text = head + "\n".join(rows) + rest.split("<!-- scoring:end -->", 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(rows) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_section("scoring", rows)
 
 
 def main() -> None:
@@ -171,7 +148,7 @@ def main() -> None:
         result["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(json.dumps(result))
         return
-    rate = gemm_rate()
+    rate = gemm_rate(DIM)
     cases = []
     for size in args.sizes:
         folder = args.data / f"g{size}"
