@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.cmc import fit_cmc
-from pipeline.config import CmcConfig, LineageConfig, PipelineConfig, TrainConfig
+from pipeline.config import CmcConfig, DataConfig, EncodeConfig, LineageConfig, PipelineConfig, TrainConfig
 from pipeline.data import ingest, ingested_from, read_dataset_info
 from pipeline.embeddings import read_embeddings
 from pipeline.encoding import encode_split
@@ -55,6 +55,21 @@ class PipelineResult:
     seconds: float
 
 
+def ensure_dataset(data: DataConfig, seed: int) -> Path:
+    """The Parquet dataset at ``data.root``, ingested from ``data.source`` first when it is
+    missing or was ingested from elsewhere."""
+    dataset = Path(data.root).resolve()
+    if not ingested_from(dataset, data.source, data.image_size):
+        ingest(data.source, dataset, data.test_fraction, seed, data.image_size, data.rows_per_file)
+    return dataset
+
+
+def encoding_options(encode: EncodeConfig) -> dict:
+    """``encode_split``'s keyword arguments from an ``encode:`` block."""
+    return {"batch_size": encode.batch_size, "num_actors": encode.num_actors, "cpus_per_actor": encode.cpus_per_actor,
+            "threads_per_actor": encode.threads_per_actor}
+
+
 def _side_by_side(fit: Callable[[T], Path], configs: list[T], at_once: int, what: str) -> list[Path]:
     """``fit`` of every config, ``at_once`` of them at a time (each fit waits on its own Ray Train
     run, so threads are enough); results in the order of ``configs``, the first error raised."""
@@ -69,13 +84,10 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri, experiment = cfg.tracking_uri(), cfg.mlflow.experiment
     tag = time.strftime("%Y%m%d-%H%M%S")
-    dataset = Path(cfg.data.root).resolve()
-    if not ingested_from(dataset, cfg.data.source, cfg.data.image_size):
-        ingest(cfg.data.source, dataset, cfg.data.test_fraction, cfg.old.seed, cfg.data.image_size, cfg.data.rows_per_file)
+    dataset = ensure_dataset(cfg.data, cfg.old.seed)
     info = read_dataset_info(dataset)
     log.info("pipeline: dataset %s, %d classes, %s rows", dataset, len(info.classes), info.rows)
-    encode_options = dict(batch_size=cfg.encode.batch_size, num_actors=cfg.encode.num_actors,
-                          cpus_per_actor=cfg.encode.cpus_per_actor, threads_per_actor=cfg.encode.threads_per_actor)
+    encode_options = encoding_options(cfg.encode)
     common = dict(storage_path=out / "ray", tracking_uri=tracking_uri, experiment=experiment)
 
     old_dir = fit_model(cfg.old, dataset, out / "models" / cfg.old.name, run_name=f"{cfg.old.name}-{tag}", **common)
@@ -134,12 +146,8 @@ def run_lineage(cfg: LineageConfig) -> LineageReport:
     statistics from that parent), register each as the next version, then report the chain."""
     out = Path(cfg.output_dir).resolve()
     tracking_uri, experiment = cfg.tracking_uri(), cfg.mlflow.experiment
-    dataset = Path(cfg.data.root).resolve()
-    if not ingested_from(dataset, cfg.data.source, cfg.data.image_size):
-        ingest(cfg.data.source, dataset, cfg.data.test_fraction, cfg.models[0].seed, cfg.data.image_size,
-               cfg.data.rows_per_file)
-    encode_options = dict(batch_size=cfg.encode.batch_size, num_actors=cfg.encode.num_actors,
-                          cpus_per_actor=cfg.encode.cpus_per_actor, threads_per_actor=cfg.encode.threads_per_actor)
+    dataset = ensure_dataset(cfg.data, cfg.models[0].seed)
+    encode_options = encoding_options(cfg.encode)
     tag = time.strftime("%Y%m%d-%H%M%S")
     experiment_id(tracking_uri, experiment)
     parent: tuple[TrainConfig, Path, str] | None = None  # config, artifact, registered version

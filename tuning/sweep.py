@@ -38,8 +38,9 @@ from ray.tune.search import BasicVariantGenerator
 
 from pipeline.artifacts import load_model, read_card
 from pipeline.config import TrainConfig
-from pipeline.data import class_indices, ingest, ingested_from, load_split, read_dataset_info
+from pipeline.data import class_indices, load_split, read_dataset_info
 from pipeline.old_space import stats_for_model, train_split_embeddings
+from pipeline.orchestrate import ensure_dataset
 from pipeline.runtime import init_ray, runs_at_once
 from pipeline.tracking import experiment_id, finished_run
 from pipeline.training import build_trainer, fit_model, run_resources, train_loop_config
@@ -75,9 +76,7 @@ def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, **fit_options: Any) ->
 def prepare(cfg: SweepConfig) -> SweepInputs:
     """Ingest, train the old and the independent model (side by side), statistics, references."""
     out = cfg.run_dir().resolve()
-    dataset = Path(cfg.data.root).resolve()
-    if not ingested_from(dataset, cfg.data.source, cfg.data.image_size):
-        ingest(cfg.data.source, dataset, cfg.data.test_fraction, cfg.old.seed, cfg.data.image_size, cfg.data.rows_per_file)
+    dataset = ensure_dataset(cfg.data, cfg.old.seed)
     held_out = {"validation_fraction": cfg.validation_fraction}
     old = cfg.old.model_copy(update=held_out)
     independent = cfg.base.model_copy(update={**held_out, "name": "independent", "method": "independent"})
