@@ -18,6 +18,12 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default="compat-embed", help="MLflow experiment name")
 
 
+def add_bad_rows_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--on-bad-rows", choices=["error", "skip"], default="error",
+                        help="a row whose image does not decode or whose label is missing or outside classes.json: "
+                             "error stops naming it (default); skip leaves it out, counted and listed")
+
+
 def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", choices=["flat", "ivf"], default="flat",
                         help="flat: exact search (default); ivf: inverted lists, for galleries past what flat serves "

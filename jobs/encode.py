@@ -1,10 +1,12 @@
-"""Encode a dataset split with one model on Ray Data (actor pool) into embeddings Parquet."""
+"""Encode a dataset split with one model on Ray Data (actor pool) into embeddings Parquet.
+
+Run again on the same --out, it encodes only the input files not done yet (a killed job resumes)."""
 
 from __future__ import annotations
 
 import argparse
 
-from jobs._common import run_main
+from jobs._common import add_bad_rows_arg, run_main
 from pipeline.encoding import encode_split
 from pipeline.runtime import init_ray
 
@@ -18,11 +20,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--num-actors", type=int, default=1)
     parser.add_argument("--cpus-per-actor", type=float, default=1)
+    parser.add_argument("--threads-per-actor", type=int, default=2, help="torch threads in each actor")
+    add_bad_rows_arg(parser)
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
     init_ray(args.ray_address)
     out = encode_split(args.model, args.dataset, args.split, args.out, batch_size=args.batch_size,
-                       num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor)
+                       num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor,
+                       threads_per_actor=args.threads_per_actor, on_bad_rows=args.on_bad_rows)
     print(f"embeddings: {out}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs._common import run_main
+from jobs._common import add_bad_rows_arg, run_main
 from pipeline.data import ingest
 
 
@@ -15,8 +15,11 @@ def main() -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="test share for sources without a split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=None, help="resize to this size (default: source size, <= 64)")
+    parser.add_argument("--rows-per-file", type=int, default=10_000, help="rows per Parquet part file")
+    add_bad_rows_arg(parser)
     args = parser.parse_args()
-    info = ingest(args.source, args.out, args.test_fraction, args.seed, args.image_size)
+    info = ingest(args.source, args.out, args.test_fraction, args.seed, args.image_size, args.rows_per_file,
+                  args.on_bad_rows)
     print(f"dataset written to {args.out}: {len(info.classes)} classes, rows {info.rows}, {info.mode} {info.image_size}px")
 
 

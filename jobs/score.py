@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--artifacts", nargs="*", default=[],
                         help="model or CMC artifact folders whose transformations add matrix entries (mapped sets "
                              "are written under OUT/embeddings)")
+    parser.add_argument("--topk", type=int, nargs="+", default=[1, 5], help="k of the top-k accuracies")
     parser.add_argument("--split", default="test", help="the split the embeddings encode (names the mapped sets' folders)")
     add_search_args(parser)
     add_tracking_args(parser)
@@ -41,7 +42,7 @@ def main() -> None:
     entries = matrix_entries(models, sets, read_card(args.old_model)["name"], Path(args.out) / "embeddings", args.split, cmc)
     print(score_and_report({name: e.embeddings for name, e in entries.items()}, old_model=args.old_model,
                            independent=args.independent, out_dir=args.out, tracking_uri=args.tracking_uri,
-                           experiment=args.experiment, **search_options(args),
+                           experiment=args.experiment, topk=tuple(args.topk), **search_options(args),
                            references={name: e.reference for name, e in entries.items()},
                            transforms={name: e.transform for name, e in entries.items()}))
 

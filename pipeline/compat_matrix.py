@@ -8,13 +8,16 @@ models, and the update gain against the independent model when one is named.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.embeddings import EmbeddingFiles, EmbeddingSet
+from pipeline.parquet import write_atomic
 from pipeline.retrieval import IndexSpec, ranking_metrics, recall_at_k, search, summarize
 
 log = logging.getLogger(__name__)
@@ -55,11 +58,13 @@ def score_all_pairs(sets: dict[str, Gallery], old_classes: list[str] | None = No
                     independent: str | None = None, old: str | None = None, topk: tuple[int, ...] = (1, 5),
                     chunk: int = 1024, references: dict[str, str] | None = None,
                     transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None,
-                    index: IndexSpec = IndexSpec(), full_ranking: bool = True) -> pd.DataFrame:
+                    index: IndexSpec = IndexSpec(), full_ranking: bool = True,
+                    pair_dir: Path | None = None) -> pd.DataFrame:
     """The report table over ``pairs`` (default: every ordered pair of ``sets`` whose dimensions
     match); ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``).
     A set on disk is read into memory while it is the query set (pairs in query order hold one
-    at a time) and streamed shard by shard while it is only the gallery."""
+    at a time) and streamed shard by shard while it is only the gallery. With ``pair_dir``, each
+    pair's row is saved there as it is scored and reused by a later call on the same inputs."""
     names = list(sets)
     loaded: dict[str, EmbeddingSet] = {}  # the current query model's set only
 
@@ -74,18 +79,37 @@ def score_all_pairs(sets: dict[str, Gallery], old_classes: list[str] | None = No
     transforms = transforms or {}
     if pairs is None:
         pairs = [(q, g) for q in names for g in names if sets[q].dim == sets[g].dim]
+    for q, g in pairs:
+        if max(topk) > len(sets[g]) - (q == g):
+            raise ValueError(f"score.topk: k = {max(topk)} is larger than the gallery {sets[g].path} "
+                             f"({len(sets[g])} rows{', one of them the query itself' if q == g else ''})")
+    options = {"topk": list(topk), "index": repr(index), "full_ranking": full_ranking, "seen_labels": seen_labels}
     rows = []
     started = time.perf_counter()
     for number, (q, g) in enumerate(pairs, start=1):
+        key = {"query": _identity(sets[q]), "gallery": _identity(sets[g]), **options}
+        saved = pair_dir / f"{q}__{g}.json" if pair_dir else None
+        if saved and saved.is_file() and (done := json.loads(saved.read_text()))["key"] == key:
+            rows.append(done["row"])
+            log.info("score: pair %d/%d %s -> %s scored before (%s)", number, len(pairs), q, g, saved)
+            continue
         metrics = score_pair(queries(q), loaded.get(g, sets[g]), seen_labels, topk, chunk, index, full_ranking)
         used = [label for label in (transforms.get(q, "none"), transforms.get(g, "none")) if label != "none"]
         rows.append({"query_model": q, "gallery_model": g, "transform": "; ".join(dict.fromkeys(used)) or "none",
                      "query_embeddings": sets[q].path, "gallery_embeddings": sets[g].path,
                      "num_queries": len(sets[q]), "num_gallery": len(sets[g]), **metrics})
+        if saved:
+            text = json.dumps({"key": key, "row": rows[-1]}, default=float)
+            write_atomic(saved, lambda temporary: temporary.write_text(text))
         log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
                  metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
     table = pd.DataFrame(rows)
     return add_criteria(table, independent=independent, old=old, references=references)
+
+
+def _identity(embeddings: Gallery) -> dict:
+    """What a saved pair row was scored from: the set's folder, model and size."""
+    return {"path": str(embeddings.path), "model_id": embeddings.model_id, "rows": len(embeddings)}
 
 
 def _cell(table: pd.DataFrame, query: str, gallery: str, metric: str) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -139,6 +139,8 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="for sources with no test split of their own")
     image_size: int | None = Field(None, gt=0, description="None: the source's own size, at most 64")
     rows_per_file: int = Field(10_000, gt=0)
+    on_bad_rows: Literal["error", "skip"] = Field("error", description="a row whose image does not decode or whose "
+                                                  "label is missing or unknown: stop naming it, or skip and list it")
 
 
 class EncodeConfig(_Strict):
@@ -147,10 +149,12 @@ class EncodeConfig(_Strict):
     num_actors: int = Field(1, gt=0)
     cpus_per_actor: float = Field(1, gt=0)
     threads_per_actor: int = Field(2, gt=0, description="torch threads in each actor")
+    on_bad_rows: Literal["error", "skip"] = Field("error", description="as data.on_bad_rows, for the rows encoded")
 
 
 class ScoreConfig(_Strict):
-    topk: list[int] = [1, 5]
+    topk: list[PositiveInt] = Field([1, 5], min_length=1, description="k of the top-k accuracies; at most the "
+                                    "gallery's size (checked when scoring)")
     query_chunk: int = Field(1024, gt=0)
     pairs: Literal["all", "counterparts"] = Field(
         "all", description="all: every ordered pair of equal dimension; counterparts: each model with itself, "

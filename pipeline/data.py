@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.bad_rows import BadRows, DataError, label_problem
 from pipeline.parquet import write_table_atomic
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ FASHION_MNIST_CLASSES = [
 ]
 MAX_DEFAULT_IMAGE_SIZE = 64
 DATASET_SCHEMA = pa.schema([("id", pa.string()), ("image", pa.binary()), ("label", pa.int64())])
-
-
-class DataError(ValueError):
-    """Input data that breaks the dataset contract."""
 
 
 @dataclass(frozen=True)
@@ -116,12 +113,11 @@ def _find_idx(folder: Path, prefix: str, kind: str) -> Path:
 
 
 def _idx_class_names(folder: Path, num_classes: int) -> list[str]:
+    """``classes.txt`` (one name per line) when present, its labels then checked row by row;
+    else Fashion-MNIST's names or the label numbers."""
     listed = folder / "classes.txt"
     if listed.is_file():
-        names = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
-        if len(names) != num_classes:
-            raise DataError(f"{listed}: {len(names)} names for {num_classes} labels")
-        return names
+        return [line.strip() for line in listed.read_text().splitlines() if line.strip()]
     if "fashion" in str(folder).lower() and num_classes == len(FASHION_MNIST_CLASSES):
         return list(FASHION_MNIST_CLASSES)
     return [str(i) for i in range(num_classes)]
@@ -137,33 +133,34 @@ def is_idx_folder(folder: Path) -> bool:
     return any(folder.glob("train-images-idx*-ubyte*"))
 
 
-def iter_idx_rows(folder: Path) -> tuple[list[str], dict[str, Iterator[tuple[str, bytes, int]]]]:
-    """Class names and, per split, rows of an idx folder (``train-*`` and ``t10k-*`` files)."""
-    arrays = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(_find_idx(folder, prefix, "images"))
-        labels = read_idx(_find_idx(folder, prefix, "labels"))
-        if len(images) != len(labels):
-            raise DataError(f"{folder}: {prefix} has {len(images)} images but {len(labels)} labels")
-        arrays[split] = (images, labels)
-    num_classes = int(max(labels.max() for _, labels in arrays.values())) + 1
+def iter_idx_rows(folder: Path) -> tuple[list[str], dict[str, Iterator[tuple[str, bytes, int | None]]]]:
+    """Class names and, per split, rows of an idx folder (``train-*`` and ``t10k-*`` files).
+
+    Rows past the end of a shorter labels file have no label (``None``), rows past the end of
+    a shorter images file no image bytes: bad rows, for the ingest's policy to decide.
+    """
+    arrays = {split: (read_idx(_find_idx(folder, prefix, "images")), read_idx(_find_idx(folder, prefix, "labels")))
+              for split, prefix in (("train", "train"), ("test", "t10k"))}
+    num_classes = int(max((labels.max() for _, labels in arrays.values() if len(labels)), default=0)) + 1
     classes = _idx_class_names(folder, num_classes)
 
-    def rows(split: str) -> Iterator[tuple[str, bytes, int]]:
+    def rows(split: str) -> Iterator[tuple[str, bytes, int | None]]:
         images, labels = arrays[split]
-        for index, (image, label) in enumerate(zip(images, labels)):
-            yield f"{split}-{index:06d}", _png(image), int(label)
+        for index in range(max(len(images), len(labels))):
+            image = _png(images[index]) if index < len(images) else b""
+            yield f"{split}-{index:06d}", image, int(labels[index]) if index < len(labels) else None
 
     return classes, {split: rows(split) for split in SPLITS}
 
 
 def iter_imagefolder_rows(
     folder: Path, test_fraction: float, seed: int
-) -> tuple[list[str], dict[str, Iterator[tuple[str, bytes, int]]]]:
+) -> tuple[list[str], dict[str, Iterator[tuple[str, bytes, int | None]]]]:
     """Class names and rows of an ImageFolder tree, split per class with a seeded shuffle.
 
     A tree that already has ``train/`` and ``test/`` sub-folders with the same classes keeps
-    that split.
+    that split. An image outside every class folder has no label (``None``): a bad row, for the
+    ingest's policy to decide.
     """
     presplit = all((folder / s).is_dir() for s in SPLITS)
     roots = {s: folder / s for s in SPLITS} if presplit else {"all": folder}
@@ -177,7 +174,10 @@ def iter_imagefolder_rows(
     def files_of(root: Path, name: str) -> list[Path]:
         return sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
-    assignment: dict[str, list[tuple[Path, int]]] = {s: [] for s in SPLITS}
+    assignment: dict[str, list[tuple[Path, int | None]]] = {s: [] for s in SPLITS}
+    for split, root in roots.items():
+        assignment["train" if split == "all" else split] += [
+            (p, None) for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     rng = random.Random(seed)
     for label, name in enumerate(classes):
         if presplit:
@@ -192,25 +192,33 @@ def iter_imagefolder_rows(
         assignment["test"] += [(p, label) for p in files[:n_test]]
         assignment["train"] += [(p, label) for p in files[n_test:]]
 
-    def rows(split: str) -> Iterator[tuple[str, bytes, int]]:
+    def rows(split: str) -> Iterator[tuple[str, bytes, int | None]]:
         for path, label in sorted(assignment[split], key=lambda item: str(item[0])):
             yield str(path.relative_to(folder)), path.read_bytes(), label
 
     return classes, {split: rows(split) for split in SPLITS}
 
 
-def _probe(image_bytes: bytes, row_id: str) -> Image.Image:
+def open_image(data: bytes | None) -> Image.Image:
+    """The decoded image of encoded ``data``; ``DataError`` saying why it cannot be."""
+    if not data:
+        raise DataError("no image bytes")
     try:
-        image = Image.open(io.BytesIO(image_bytes))
+        image = Image.open(io.BytesIO(data))
         image.load()
         return image
     except Exception as error:  # PIL raises many types for bad bytes
-        raise DataError(f"row {row_id!r}: image bytes cannot be decoded ({error})") from None
+        raise DataError(f"image bytes cannot be decoded ({error})") from None
 
 
 def ingest(source: str | Path, out: str | Path, test_fraction: float = 0.2, seed: int = 0,
-           image_size: int | None = None, rows_per_file: int = 10_000) -> DatasetInfo:
-    """Convert an idx folder or an ImageFolder tree into the Parquet dataset at ``out``."""
+           image_size: int | None = None, rows_per_file: int = 10_000, on_bad_rows: str = "error") -> DatasetInfo:
+    """Convert an idx folder or an ImageFolder tree into the Parquet dataset at ``out``.
+
+    Bad rows (image bytes that do not decode, no label, a label outside the label map) stop the
+    ingest naming the row (``on_bad_rows="error"``) or are left out and listed in
+    ``<out>/bad_rows.json`` (``"skip"``); a split left without rows is an error either way.
+    """
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise DataError(f"{source}: dataset source folder not found")
@@ -218,20 +226,27 @@ def ingest(source: str | Path, out: str | Path, test_fraction: float = 0.2, seed
         classes, split_rows = iter_idx_rows(source)
     else:
         classes, split_rows = iter_imagefolder_rows(source, test_fraction, seed)
-    counts, modes, sizes = {}, set(), []
+    counts, modes, sizes, bad = {}, set(), [], {}
+    (out / "dataset.json").unlink(missing_ok=True)  # the folder is no finished ingest until the end
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
         for stale in (out / split).glob("*.parquet"):
             stale.unlink()
+        bad[split] = BadRows(on_bad_rows, f"{source} ({split} split)")
         batch: list[tuple[str, bytes, int]] = []
         part = 0
         counts[split] = 0
-        for row in split_rows[split]:
-            image = _probe(row[1], row[0])
+        for row_id, data, label in split_rows[split]:
+            try:
+                image, problem = open_image(data), label_problem(label, len(classes))
+            except DataError as error:
+                image, problem = None, str(error)
+            if not bad[split].keep(row_id, problem):
+                continue
             modes.add("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
             if len(sizes) < 2000:
                 sizes.append(max(image.size))
-            batch.append(row)
+            batch.append((row_id, data, label))
             if len(batch) == rows_per_file:
                 _write_rows(out / split / f"part-{part:05d}.parquet", batch)
                 counts[split] += len(batch)
@@ -239,14 +254,21 @@ def ingest(source: str | Path, out: str | Path, test_fraction: float = 0.2, seed
         if batch:
             _write_rows(out / split / f"part-{part:05d}.parquet", batch)
             counts[split] += len(batch)
+        skipped = bad[split].summary()
+        (out / "bad_rows.json").write_text(json.dumps({s: b.summary() for s, b in bad.items()}, indent=1))
         if counts[split] == 0:
-            raise DataError(f"{source}: the {split} split is empty")
+            detail = f" (all {skipped['skipped']} rows are bad: {skipped['by_problem']}, see {out / 'bad_rows.json'})"
+            raise DataError(f"{source}: the {split} split is empty{detail if skipped['skipped'] else ''}")
+        if skipped["skipped"]:
+            log.warning("ingest: skipped %d bad %s rows %s (listed in %s)", skipped["skipped"], split,
+                        skipped["by_problem"], out / "bad_rows.json")
         log.info("ingest: wrote %d %s rows to %s", counts[split], split, out / split)
     size = image_size or min(int(np.median(sizes)), MAX_DEFAULT_IMAGE_SIZE)
     info = DatasetInfo(classes=classes, mode="L" if modes == {"L"} else "RGB", image_size=size, rows=counts)
     (out / "classes.json").write_text(json.dumps(classes, indent=1))
     (out / "dataset.json").write_text(json.dumps(
-        {"mode": info.mode, "image_size": info.image_size, "rows": counts, "source": str(source.resolve())}, indent=1))
+        {"mode": info.mode, "image_size": info.image_size, "rows": counts, "source": str(source.resolve()),
+         "skipped": {split: len(b.skipped) for split, b in bad.items()}}, indent=1))
     return info
 
 
@@ -259,17 +281,24 @@ def _write_rows(path: Path, rows: list[tuple[str, bytes, int]]) -> None:
 # ---------------------------------------------------------------- reading
 
 
-def decode_images(images: list[bytes], mode: str, size: int, ids: list[str] | None = None) -> np.ndarray:
-    """Encoded images as a float32 array [N, C, size, size] scaled to [-1, 1]."""
-    channels = 1 if mode == "L" else 3
-    out = np.empty((len(images), channels, size, size), dtype=np.float32)
+def decode_image(data: bytes | None, mode: str, size: int) -> np.ndarray:
+    """One encoded image as float32 [C, size, size] scaled to [-1, 1]; ``DataError`` if it cannot be."""
+    image = open_image(data).convert(mode)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32)
+    return (pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)) / 127.5 - 1.0
+
+
+def decode_images(images: list[bytes], mode: str, size: int, ids: list[str]) -> np.ndarray:
+    """Encoded images as a float32 array [N, C, size, size]; a bad one stops, naming its id."""
+    out = np.empty((len(images), 1 if mode == "L" else 3, size, size), dtype=np.float32)
     for index, data in enumerate(images):
-        image = _probe(data, ids[index] if ids else str(index)).convert(mode)
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float32)
-        out[index] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    return out / 127.5 - 1.0
+        try:
+            out[index] = decode_image(data, mode, size)
+        except DataError as error:
+            raise DataError(f"row {ids[index]!r}: {error}") from None
+    return out
 
 
 def class_indices(dataset_classes: list[str], wanted: str | list[str]) -> list[int]:
@@ -313,7 +342,11 @@ def load_split(root: str | Path, split: str, labels: list[int] | None = None, fr
     info = read_dataset_info(root)
     table = pq.read_table(split_files(root, split), columns=["id", "image", "label"])
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
-    targets = table.column("label").to_numpy()
+    targets = table.column("label").to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~np.isfinite(targets) | (targets < 0) | (targets >= len(info.classes)))
+    if len(bad):
+        raise DataError(f"{Path(root) / split}: row {ids[bad[0]]!r}: {label_problem(targets[bad[0]], len(info.classes))} "
+                        f"({len(bad)} such rows; ingest or encode with on_bad_rows: skip to list them)")
     keep = np.ones(len(ids), dtype=bool) if labels is None else np.isin(targets, labels)
     if fraction < 1.0:
         keep &= np.array([in_fraction(row_id, fraction, seed) for row_id in ids])

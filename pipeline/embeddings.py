@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.artifacts import check_name
 from pipeline.parquet import write_table_atomic
 from pipeline.retrieval import Shard
 
@@ -46,11 +47,13 @@ class EmbeddingSet:
 
 
 def embeddings_table(ids: list[str], labels: np.ndarray, vectors: np.ndarray, model_id: str, model_name: str,
-                     classes: list[str]) -> pa.Table:
+                     classes: list[str], source: dict | None = None) -> pa.Table:
+    """The embeddings of ``ids``; ``source`` (which input file, which rows were skipped) joins the
+    metadata, so that a rerun knows what a part holds."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-    meta = {"model_id": model_id, "model_name": model_name, "dim": dim, "classes": classes}
+    meta = {"model_id": model_id, "model_name": model_name, "dim": dim, "classes": classes, **(source or {})}
     schema = pa.schema([("id", pa.string()), ("label", pa.int64()), ("model", pa.string()),
                         ("embedding", pa.list_(pa.float32(), dim))], metadata={META_KEY: json.dumps(meta)})
     return pa.table([pa.array(ids, pa.string()), pa.array(labels, pa.int64()),
@@ -117,6 +120,7 @@ def open_embeddings(folder: str | Path) -> EmbeddingFiles:
         rows += parquet.metadata.num_rows
     if len({m["model_id"] for m in metas}) != 1:
         raise ValueError(f"{folder}: files from several models {sorted({m['model_id'] for m in metas})}")
+    check_name(metas[0]["model_name"], f"{files[0]}: model name")  # it names report files and MLflow keys
     return EmbeddingFiles(path=str(folder), model_id=metas[0]["model_id"], model_name=metas[0]["model_name"],
                           dim=int(metas[0]["dim"]), classes=metas[0]["classes"], files=files, num_rows=rows)
 

@@ -1,8 +1,11 @@
 """Batch encoding of a dataset split with one model, on Ray Data.
 
 The images stream from the dataset's Parquet files through an actor pool whose actors each
-hold the model once (``BatchEncoder``); the driver only receives the embeddings and writes
-them as numbered part files, so no process ever holds the whole dataset's images.
+hold the model once (``BatchEncoder``); the driver only receives the embeddings. Each input
+file becomes one output part file (written to a temporary name, then renamed) whose metadata
+names its source, so that a job killed midway and run again encodes only the files not done
+yet and ends with the same files as a run that was never interrupted. No process ever holds
+the whole dataset's images.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import torch
 
 from pipeline.artifacts import load_model
-from pipeline.data import decode_images, read_dataset_info, split_files
-from pipeline.embeddings import embeddings_table, write_embeddings
+from pipeline.bad_rows import BadRows, DataError, label_problem
+from pipeline.data import DatasetInfo, decode_image, read_dataset_info, split_files
+from pipeline.embeddings import META_KEY, embeddings_table, write_embeddings
+from pipeline.parquet import write_atomic
 
 log = logging.getLogger(__name__)
-COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model
+COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model, what was skipped
 
 
 def completed_encoding(out_dir: str | Path) -> dict | None:
@@ -31,64 +37,175 @@ def completed_encoding(out_dir: str | Path) -> dict | None:
 
 
 class BatchEncoder:
-    """Ray Data callable class: encoded images in, unnormalised embeddings out."""
+    """Ray Data callable class: encoded images in, unnormalised embeddings out.
 
-    def __init__(self, model_dir: str, mode: str, image_size: int, threads: int = 1) -> None:
+    A bad row (image that does not decode, missing label, label outside the label map) comes
+    out with a zero vector and its ``problem``; the driver applies the bad-row policy, so that
+    the error names the row and its file instead of surfacing as an actor failure.
+    """
+
+    def __init__(self, model_dir: str, info: DatasetInfo, threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, _ = load_model(model_dir)
         self.model.to(self.device)
-        self.mode, self.image_size = mode, image_size
+        self.mode, self.image_size, self.num_classes = info.mode, info.image_size, len(info.classes)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = batch["id"].tolist()
-        pixels = decode_images(batch["image"].tolist(), self.mode, self.image_size, ids)
-        with torch.inference_mode():
-            vectors = self.model.embedder(torch.from_numpy(pixels).to(self.device)).float().cpu().numpy()
-        return {"id": batch["id"], "label": batch["label"], "embedding": vectors}
+        pixels = np.zeros((len(batch["id"]), 1 if self.mode == "L" else 3, self.image_size, self.image_size),
+                          dtype=np.float32)
+        problems = []
+        for row, (data, label) in enumerate(zip(batch["image"], batch["label"])):
+            problem = label_problem(label, self.num_classes)
+            if problem is None:
+                try:
+                    pixels[row] = decode_image(data, self.mode, self.image_size)
+                except DataError as error:
+                    problem = str(error)
+            problems.append(problem or "")
+        good = np.array([not p for p in problems])
+        vectors = np.zeros((len(problems), self.model.embedder.embedding_dim), dtype=np.float32)
+        if good.any():
+            with torch.inference_mode():
+                encoded = self.model.embedder(torch.from_numpy(pixels[good]).to(self.device))
+            vectors[good] = encoded.float().cpu().numpy()
+        labels = np.array([int(y) if ok else -1 for y, ok in zip(batch["label"], good)], dtype=np.int64)
+        return {"id": batch["id"], "label": labels, "embedding": vectors, "problem": np.array(problems, dtype=object),
+                "path": batch["path"]}
+
+
+def part_name(index: int) -> str:
+    """The output part of the ``index``-th input file (in sorted order)."""
+    return f"part-{index:05d}.parquet"
+
+
+def source_stamp(file: Path) -> str:
+    """An input file as its part's metadata names it: path, size and modification time, so that
+    a re-ingested dataset is encoded again."""
+    stat = file.stat()
+    return f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _finished_part(path: Path, model_id: str, source: Path, on_bad_rows: str) -> bool:
+    """Whether ``path`` holds the part of ``source`` encoded by ``model_id`` under ``on_bad_rows``."""
+    if not path.is_file():
+        return False
+    meta = json.loads((pq.read_schema(path).metadata or {}).get(META_KEY, b"{}"))
+    return (meta.get("model_id"), meta.get("source"), meta.get("on_bad_rows")) == \
+        (model_id, source_stamp(source), on_bad_rows)
 
 
 def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, out_dir: str | Path, *,
                  batch_size: int = 512, num_actors: int = 1, cpus_per_actor: float = 1, threads_per_actor: int = 2,
-                 use_gpu: bool | None = None, rows_per_file: int = 10_000) -> Path:
+                 use_gpu: bool | None = None, on_bad_rows: str = "error") -> Path:
     """Encode ``split`` of the dataset with the model at ``model_dir`` into ``out_dir``.
 
-    ``threads_per_actor`` may exceed ``cpus_per_actor``: an actor that reserved every CPU
-    would leave none for Ray Data's read tasks, while the reads themselves need little.
+    Input files whose part is already in ``out_dir`` (same model, same input file, same policy)
+    are not encoded again: a finished encoding is reused, an interrupted one completed. ``on_bad_rows`` is ``pipeline.bad_rows``'s policy. ``threads_per_actor`` may
+    exceed ``cpus_per_actor``: an actor that reserved every CPU would leave none for Ray Data's
+    read tasks, while the reads themselves need little.
     """
     _, card = load_model(model_dir)  # fail fast, on the driver, on a bad artifact
     info = read_dataset_info(dataset_root)
     if card["classes"] and not set(card["classes"]) <= set(info.classes):
         raise ValueError(f"{model_dir}: model classes {sorted(set(card['classes']) - set(info.classes))} "
                          f"are not in the dataset {dataset_root}")
+    BadRows(on_bad_rows, str(dataset_root))  # an unknown policy fails before any work
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    inputs = [Path(file) for file in split_files(dataset_root, split)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("*.parquet"), out_dir / COMPLETE_MARKER]:
-        stale.unlink(missing_ok=True)
-    # Rows keep the dataset's order, so that encoding the same data twice writes the same files.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    dataset = ray.data.read_parquet(split_files(dataset_root, split), columns=["id", "image", "label"])
-    embedded = dataset.map_batches(
-        BatchEncoder,
-        fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "mode": info.mode,
-                               "image_size": info.image_size, "threads": threads_per_actor},
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        batch_size=batch_size,
-        batch_format="numpy",
-        num_cpus=cpus_per_actor,
-        num_gpus=1 if use_gpu else 0,
-    )
-    start, written, part = time.perf_counter(), 0, 0
-    for batch in embedded.iter_batches(batch_size=rows_per_file, batch_format="numpy"):
-        table = embeddings_table(batch["id"].tolist(), batch["label"], batch["embedding"], card["id"],
-                                 card["name"], info.classes)
-        write_embeddings(out_dir / f"part-{part:05d}.parquet", table)
-        written, part = written + len(table), part + 1
-        log.info("encode %s/%s: %d rows (%.0f rows/s)", card["name"], split, written,
-                 written / (time.perf_counter() - start))
-    (out_dir / COMPLETE_MARKER).write_text(json.dumps(
-        {"model_id": card["id"], "dataset": str(Path(dataset_root).resolve()), "split": split, "rows": written}))
-    log.info("encode: wrote %d embeddings of %s to %s", written, card["name"], out_dir)
+    parts = {file.name: out_dir / part_name(index) for index, file in enumerate(inputs)}
+    finished = {file.name for file in inputs if _finished_part(parts[file.name], card["id"], file, on_bad_rows)}
+    kept = {parts[name] for name in finished}
+    for stale in [*out_dir.glob(".*.tmp-*"), out_dir / COMPLETE_MARKER, *set(out_dir.glob("*.parquet")) - kept]:
+        stale.unlink(missing_ok=True)  # partial files of a killed run, parts of another model or input
+    todo = [file for file in inputs if file.name not in finished]
+    if finished:
+        log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card["name"], split,
+                 len(finished), len(inputs), out_dir)
+    if todo:
+        # Rows keep the files' order, so that each file's rows come back together and in order.
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        embedded = ray.data.read_parquet([str(file) for file in todo], columns=["id", "image", "label"],
+                                         include_paths=True).map_batches(
+            BatchEncoder,
+            fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "info": info,
+                                   "threads": threads_per_actor},
+            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=cpus_per_actor,
+            num_gpus=1 if use_gpu else 0,
+        )
+        _write_parts(embedded, {file.name: file for file in todo}, parts, card, info, on_bad_rows)
+    return _complete(parts, card, dataset_root, split, out_dir)
+
+
+def _runs(names: list[str]) -> list[tuple[str, slice]]:
+    """Consecutive runs of equal ``names``: (name, rows)."""
+    runs, start = [], 0
+    for row in range(1, len(names) + 1):
+        if row == len(names) or names[row] != names[start]:
+            runs.append((names[start], slice(start, row)))
+            start = row
+    return runs
+
+
+def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dict[str, Path], card: dict,
+                 info: DatasetInfo, on_bad_rows: str) -> None:
+    """Consume ``embedded`` (rows of ``inputs``, in order), writing each input's part as soon as
+    its last row is back; bad rows go through the ``on_bad_rows`` policy, named by their file."""
+    received: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in inputs}
+    started, rows = time.perf_counter(), 0  # rows: received so far
+
+    def write_part(name: str) -> None:
+        chunks = received.pop(name)
+        columns = ("id", "label", "embedding", "problem")
+        merged = ({key: np.concatenate([chunk[key] for chunk in chunks]) for key in columns} if chunks else
+                  {"id": np.array([], dtype=object), "label": np.array([], dtype=np.int64),
+                   "embedding": np.zeros((0, card["model"]["embedding_dim"]), np.float32),
+                   "problem": np.array([], dtype=object)})
+        bad = BadRows(on_bad_rows, str(inputs[name]))
+        good = np.array([bad.keep(row_id, problem or None) for row_id, problem in zip(merged["id"], merged["problem"])],
+                        dtype=bool)
+        source = {"source": source_stamp(inputs[name]), "source_rows": len(good), "on_bad_rows": on_bad_rows,
+                  "skipped": bad.summary()["rows"]}
+        write_embeddings(parts[name], embeddings_table(merged["id"][good].tolist(), merged["label"][good],
+                                                       merged["embedding"][good], card["id"], card["name"],
+                                                       info.classes, source))
+        log.info("encode %s: %s -> %s (%d rows; %d rows in %.0f s, %.0f rows/s)", card["name"], name, parts[name].name,
+                 len(good), rows, time.perf_counter() - started, rows / (time.perf_counter() - started))
+
+    current = None
+    for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+        for name, part_rows in _runs([Path(path).name for path in batch["path"]]):
+            if current is not None and name != current:
+                write_part(current)
+            current = name
+            received[name].append({key: values[part_rows] for key, values in batch.items()})
+        rows += len(batch["id"])
+    for name in list(received):  # the last file, and files without rows
+        write_part(name)
+
+
+def _complete(parts: dict[str, Path], card: dict, dataset_root: str | Path, split: str, out_dir: Path) -> Path:
+    """Check the parts of a finished encoding and write its marker (rows, skipped rows)."""
+    rows, skipped = 0, []
+    for name, path in parts.items():
+        meta = json.loads(pq.read_schema(path).metadata[META_KEY])
+        rows += pq.read_metadata(path).num_rows
+        skipped += meta["skipped"]
+    summary = BadRows("skip", str(dataset_root), [(e["id"], e["problem"]) for e in skipped]).summary()
+    if rows == 0:
+        detail = f" ({summary['skipped']} bad rows skipped: {summary['by_problem']})" if skipped else ""
+        raise DataError(f"{Path(dataset_root) / split}: no rows to encode{detail}")
+    marker = {"model_id": card["id"], "dataset": str(Path(dataset_root).resolve()), "split": split, "rows": rows,
+              "bad_rows": summary}
+    write_atomic(out_dir / COMPLETE_MARKER, lambda temporary: temporary.write_text(json.dumps(marker, indent=1)))
+    if skipped:
+        log.warning("encode %s/%s: skipped %d bad rows %s (listed in %s)", card["name"], split, len(skipped),
+                    summary["by_problem"], out_dir / COMPLETE_MARKER)
+    log.info("encode: %d embeddings of %s in %s", rows, card["name"], out_dir)
     return out_dir

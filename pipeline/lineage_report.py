@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from pipeline.artifacts import read_card  # noqa: E402
 from pipeline.compat_matrix import Gallery, matrix, score_all_pairs  # noqa: E402
 from pipeline.embeddings import open_embeddings  # noqa: E402
-from pipeline.encoding import completed_encoding, encode_split  # noqa: E402
+from pipeline.encoding import encode_split  # noqa: E402
 from pipeline.lineage import (Verdict, backfill_curve, curve_area, lower_triangle_summary, random_order,  # noqa: E402
                               share_to_reach, stratified_order, update_gain, verdict)
 from pipeline.registry import STATS_FILE, download_version, lineage  # noqa: E402
@@ -70,13 +70,8 @@ class LineageReport:
 
 
 def _encoded(model: LineageModel, dataset: Path, split: str, out_dir: Path, encode_options: dict) -> Path:
-    folder = out_dir / "embeddings" / model.name / split
-    marker = completed_encoding(folder)
-    if marker and marker.get("model_id") == read_card(model.folder)["id"] and marker.get("split") == split \
-            and marker.get("dataset") == str(dataset):
-        log.info("lineage: reusing %s's embeddings in %s", model.name, folder)
-        return folder
-    return encode_split(model.folder, dataset, split, folder, **encode_options)
+    """``model``'s embeddings of ``split`` (``encode_split`` reuses those already written)."""
+    return encode_split(model.folder, dataset, split, out_dir / "embeddings" / model.name / split, **encode_options)
 
 
 def _backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int, full_ranking: bool) -> pd.DataFrame:

@@ -12,23 +12,15 @@ from pipeline.artifacts import read_card
 from pipeline.config import TrainConfig
 from pipeline.data import class_indices, in_fraction, in_validation, read_dataset_info
 from pipeline.embeddings import EmbeddingSet, read_embeddings
-from pipeline.encoding import completed_encoding, encode_split
+from pipeline.encoding import encode_split
 from pipeline.statistics import compute_old_space_stats
 
 log = logging.getLogger(__name__)
 
 
 def train_split_embeddings(model: str | Path, dataset: str | Path, out_dir: str | Path, **encode_options) -> EmbeddingSet:
-    """A model's embeddings of the training split, reused when already written by that model."""
-    out_dir = Path(out_dir)
-    card = read_card(model)
-    wanted = {"model_id": card["id"], "dataset": str(Path(dataset).resolve()), "split": "train"}
-    done = completed_encoding(out_dir)
-    if done and all(done.get(key) == value for key, value in wanted.items()):
-        log.info("stats: reusing %s's complete train-split embeddings in %s", card["name"], out_dir)
-        return read_embeddings(out_dir)
-    encode_split(model, dataset, "train", out_dir, **encode_options)
-    return read_embeddings(out_dir)
+    """A model's embeddings of the training split (``encode_split`` reuses those already written)."""
+    return read_embeddings(encode_split(model, dataset, "train", out_dir, **encode_options))
 
 
 def training_rows(embeddings: EmbeddingSet, dataset: str | Path, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:

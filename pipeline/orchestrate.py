@@ -60,14 +60,14 @@ def ensure_dataset(data: DataConfig, seed: int) -> Path:
     missing or was ingested from elsewhere."""
     dataset = Path(data.root).resolve()
     if not ingested_from(dataset, data.source, data.image_size):
-        ingest(data.source, dataset, data.test_fraction, seed, data.image_size, data.rows_per_file)
+        ingest(data.source, dataset, data.test_fraction, seed, data.image_size, data.rows_per_file, data.on_bad_rows)
     return dataset
 
 
 def encoding_options(encode: EncodeConfig) -> dict:
     """``encode_split``'s keyword arguments from an ``encode:`` block."""
     return {"batch_size": encode.batch_size, "num_actors": encode.num_actors, "cpus_per_actor": encode.cpus_per_actor,
-            "threads_per_actor": encode.threads_per_actor}
+            "threads_per_actor": encode.threads_per_actor, "on_bad_rows": encode.on_bad_rows}
 
 
 def _side_by_side(fit: Callable[[T], Path], configs: list[T], at_once: int, what: str) -> list[Path]:

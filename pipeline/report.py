@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline.compat_matrix import CRITERION_METRICS, matrix  # noqa: E402
+from pipeline.parquet import write_atomic  # noqa: E402
 from pipeline.tracking import experiment_id, metric_key  # noqa: E402
 
 HEATMAP_METRICS = ("top1", "map")
@@ -24,8 +25,8 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"parquet": out_dir / "report.parquet", "csv": out_dir / "report.csv"}
-    table.to_parquet(paths["parquet"], index=False)
-    table.to_csv(paths["csv"], index=False)
+    write_atomic(paths["parquet"], lambda temporary: table.to_parquet(temporary, index=False))
+    write_atomic(paths["csv"], lambda temporary: table.to_csv(temporary, index=False))
     return paths
 
 
@@ -53,7 +54,7 @@ def heatmap(table: pd.DataFrame, order: list[str], path: str | Path,
         _matrix_panel(figure, axis, matrix(table, metric, order).to_numpy() * 100, order,
                       (titles or {}).get(metric, f"{metric} (%)"))
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     plt.close(figure)
     return Path(path)
 

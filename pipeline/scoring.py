@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.artifacts import read_card
 from pipeline.compat_matrix import Gallery, score_all_pairs
+from pipeline.parquet import write_atomic
 from pipeline.report import format_matrix, heatmap, log_report, write_tables
 from pipeline.retrieval import IndexSpec
 
@@ -19,7 +20,8 @@ def score_and_report(sets: dict[str, Gallery], *, old_model: str | Path, indepen
                      transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None,
                      index: IndexSpec = IndexSpec(), full_ranking: bool = True) -> str:
     """Score ``pairs`` of ``sets`` (default all), write the report to ``out_dir``, log it; returns
-    the printed matrix.
+    the printed matrix. Each pair's row is kept in ``out_dir/pairs``, so that a rerun after a
+    kill scores only the pairs not done yet.
 
     ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``).
     """
@@ -30,11 +32,11 @@ def score_and_report(sets: dict[str, Gallery], *, old_model: str | Path, indepen
     order = list(sets)
     table = score_all_pairs(sets, old_classes=old_card["classes"], independent=independent, old=old_card["name"],
                             topk=topk, chunk=chunk, references=references, transforms=transforms,
-                            pairs=pairs, index=index, full_ranking=full_ranking)
+                            pairs=pairs, index=index, full_ranking=full_ranking, pair_dir=Path(out_dir) / "pairs")
     shown = tuple(metric for metric in ("top1", "map") if metric in table.columns)  # no mAP without the full ranking
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, Path(out_dir) / "heatmap.png", shown)]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
-    (Path(out_dir) / "matrix.txt").write_text(text + "\n")
+    write_atomic(Path(out_dir) / "matrix.txt", lambda temporary: temporary.write_text(text + "\n"))
     files.append(Path(out_dir) / "matrix.txt")
     run_id = log_report(table, order, files, tracking_uri, experiment)
     log.info("score: report in %s, MLflow run %s", out_dir, run_id)
