@@ -25,7 +25,13 @@ def resume(module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     if not checkpoint:
         return 0
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        path = Path(folder) / CHECKPOINT_FILE
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as error:  # missing, truncated, or not a checkpoint: torch raises several types
+            raise ValueError(f"{what}: cannot resume from {checkpoint.path}/{CHECKPOINT_FILE} "
+                             f"({type(error).__name__}: {str(error).splitlines()[0]}); remove that checkpoint "
+                             "folder or give another run name") from None
     if state.get("config_hash") != config_digest:
         raise ValueError(f"{what}: this Ray Train run was started with another config or inputs; resuming it "
                          "would mix the two (give another run name)")

@@ -95,7 +95,7 @@ def cmc_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
-    data = np.load(loop_config["features"])
+    data = np.load(loop_config["features"], allow_pickle=False)
     old_features, new_features = torch.from_numpy(data["old"]), torch.from_numpy(data["new"])
     labels = torch.from_numpy(data["labels"])
     old_space, new_space = OldSpaceStats.load(loop_config["old_space"]), OldSpaceStats.load(loop_config["new_space"])

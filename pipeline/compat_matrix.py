@@ -33,7 +33,12 @@ def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | N
     time. With an IVF index, ``ivf_recall_at_k``: its top-k against flat search's, on the first
     ``RECALL_QUERIES`` queries."""
     if query.classes != gallery.classes:
-        raise ValueError(f"{query.path} and {gallery.path} were encoded from datasets with different label maps")
+        only_query = [c for c in query.classes if c not in gallery.classes]
+        only_gallery = [c for c in gallery.classes if c not in query.classes]
+        detail = (f"only the query's has {only_query}, only the gallery's has {only_gallery}"
+                  if only_query or only_gallery else "the same classes in another order")
+        raise ValueError(f"{query.path} and {gallery.path} were encoded from datasets with different label maps: "
+                         f"{detail}")
     if query.dim != gallery.dim:
         raise ValueError(f"query dimension {query.dim} ({query.path}) differs from gallery dimension "
                          f"{gallery.dim} ({gallery.path})")

@@ -31,7 +31,7 @@ from pipeline.heads import build_head
 from pipeline.losses import TrainingObjective, check_same_dim, influence_weights
 from pipeline.models import EmbeddingModel
 from pipeline.statistics import OldSpaceStats
-from pipeline.steps import autocast, autocast_dtype, optimizer_step
+from pipeline.steps import NonFiniteLoss, autocast, autocast_dtype, optimizer_step
 from pipeline.tracking import EpochLogger, finished_run, flat_params, resumable_run
 from pipeline.transforms import TRANSFORMS_OF, build_transforms
 from pipeline.validation import References, Validator
@@ -223,6 +223,21 @@ def build_trainer(cfg: TrainConfig, loop_config: dict[str, Any], storage: str, r
     )
 
 
+class TrainingStopped(ValueError):
+    """A run stopped on a worker by bad input or a non-finite loss; its last good checkpoint stays."""
+
+
+def stopped_training(error: ray.train.WorkerGroupError, run_path: str) -> Exception:
+    """A worker's known error (bad data, a non-finite loss) as one message that names the run's
+    last good checkpoint; any other failure as it was."""
+    known = [failure for failure in error.worker_failures.values() if isinstance(failure, (ValueError, NonFiniteLoss))]
+    if not known:
+        return error
+    checkpoint = ray.train.Result.from_path(run_path).checkpoint
+    kept = f"the last good checkpoint stays in {checkpoint.path}" if checkpoint else "no checkpoint was saved"
+    return TrainingStopped(f"{known[0]} ({kept}; no artifact written)")
+
+
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *, storage_path: str | Path,
               tracking_uri: str, experiment: str, old_model: str | Path | None = None,
               stats: str | Path | None = None, parent: str | None = None, run_name: str | None = None) -> Path:
@@ -248,7 +263,10 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
     trainer = build_trainer(cfg, loop_config, storage, run_name)
     old_dim = loop_config["old_dim"]
     with finished_run(client, run.info.run_id):
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.WorkerGroupError as error:
+            raise stopped_training(error, f"{storage}/{run_name}") from None
         card = {
             "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
             "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": cfg.method,

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,15 +21,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from jobs._common import run_main
 from pipeline.artifacts import write_artifact
-from pipeline.config import ModelConfig
+from pipeline.config import ConfigError, ModelConfig, load_lineage_config, load_pipeline_config
 from pipeline.data import DATASET_SCHEMA, ingest, read_idx
 from pipeline.embeddings import embeddings_table, read_embeddings, write_embeddings
 from pipeline.models import EmbeddingModel
+from pipeline.statistics import compute_old_space_stats
 from tests.conftest import FASHION_MNIST, write_idx
+from tuning.space import load_sweep_config
 
 
 def run_job(job: str, *args, caplog: pytest.LogCaptureFixture) -> tuple[int, str]:
@@ -51,6 +55,26 @@ def png(value: int = 128, size: int = 28) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (size, size), value).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def mutated_images(rng: np.random.Generator, count: int) -> list[bytes]:
+    """Random bytes, truncated and bit-flipped PNGs, and a few good ones."""
+    images = []
+    for index in range(count):
+        good = png(int(rng.integers(0, 255)))
+        kind = index % 4
+        if kind == 0:
+            images.append(rng.bytes(int(rng.integers(0, 300))))
+        elif kind == 1:
+            images.append(good[: int(rng.integers(0, len(good)))])
+        elif kind == 2:
+            flipped = bytearray(good)
+            for position in rng.integers(0, len(flipped), 3):
+                flipped[position] ^= 1 << int(rng.integers(0, 8))
+            images.append(bytes(flipped))
+        else:
+            images.append(good)
+    return images
 
 
 def untrained_model(folder: Path, classes: list[str], name: str = "m", dim: int = 16, seed: int = 0) -> Path:
@@ -158,12 +182,15 @@ def dataset_with_test_rows(small_dataset: Path, folder: Path, rows: list[tuple[s
 
 
 @pytest.mark.ray
-def test_encode_bad_rows_stop_naming_file_and_row_or_are_skipped_and_listed(tmp_path, small_dataset, ray_cluster, caplog):
+def test_encode_bad_rows_stop_naming_file_and_row_or_are_skipped_and_listed_fuzzed_too(tmp_path, small_dataset, ray_cluster, caplog):
     classes = json.loads((small_dataset / "classes.json").read_text())
     model = untrained_model(tmp_path / "model", classes)
-    dataset = dataset_with_test_rows(small_dataset, tmp_path / "ds", [
-        ("good-1", png(), 1), ("bad-bytes", b"\x00garbage", 2), ("no-label", png(), None), ("label-99", png(), 99),
-        ("no-image", None, 3), ("good-2", png(7), 4)])
+    named = [("good-1", png(), 1), ("bad-bytes", b"\x00garbage", 2), ("no-label", png(), None), ("label-99", png(), 99),
+             ("no-image", None, 3), ("good-2", png(7), 4)]
+    rng = np.random.default_rng(11)  # and fuzz: random bytes, broken PNGs, random labels
+    fuzz_labels = [None if i % 7 == 0 else int(rng.integers(-3, 14)) for i in range(60)]
+    fuzz = [(f"fuzz-{i:02d}", data, label) for i, (data, label) in enumerate(zip(mutated_images(rng, 60), fuzz_labels))]
+    dataset = dataset_with_test_rows(small_dataset, tmp_path / "ds", named + fuzz)
     code, log = run_job("encode", "--model", model, "--dataset", dataset, "--out", tmp_path / "strict",
                         "--threads-per-actor", 1, caplog=caplog)
     assert code == 2 and "part-00099.parquet: row 'bad-bytes': image bytes cannot be decoded" in log
@@ -173,14 +200,17 @@ def test_encode_bad_rows_stop_naming_file_and_row_or_are_skipped_and_listed(tmp_
                       "--on-bad-rows", "skip", "--threads-per-actor", 1, caplog=caplog)
     assert code == 0
     marker = json.loads((tmp_path / "lenient" / "_COMPLETE.json").read_text())
-    assert marker["rows"] == 402 and marker["bad_rows"]["skipped"] == 4
+    assert marker["rows"] + marker["bad_rows"]["skipped"] == 466
     problems = {row["id"]: row["problem"] for row in marker["bad_rows"]["rows"]}
     assert problems.pop("bad-bytes").startswith("image bytes cannot be decoded")
-    assert problems == {"no-label": "missing label", "label-99": "label 99 outside classes.json (10 classes)",
-                        "no-image": "no image bytes"}
-    embeddings = read_embeddings(tmp_path / "lenient")
-    assert len(embeddings) == 402 and {"good-1", "good-2"} <= set(embeddings.ids)
-    assert not {"bad-bytes", "no-label", "label-99", "no-image"} & set(embeddings.ids)
+    assert {row_id: problems.pop(row_id) for row_id in ("no-label", "label-99", "no-image")} == {
+        "no-label": "missing label", "label-99": "label 99 outside classes.json (10 classes)",
+        "no-image": "no image bytes"}
+    encoded = set(read_embeddings(tmp_path / "lenient").ids)
+    assert len(encoded) == marker["rows"] and {"good-1", "good-2"} <= encoded
+    fuzz_encoded = {row_id for row_id in encoded if row_id.startswith("fuzz-")}
+    assert fuzz_encoded | set(problems) == {row_id for row_id, _, _ in fuzz} and not fuzz_encoded & set(problems)
+    assert fuzz_encoded and all(fuzz_labels[int(row_id[5:])] in range(10) for row_id in fuzz_encoded)
 
 
 @pytest.mark.ray
@@ -293,3 +323,241 @@ def test_killed_score_resumes_to_the_same_report(tmp_path, ray_cluster, caplog):
     assert pq.read_table(interrupted / "report.parquet").equals(pq.read_table(tmp_path / "whole" / "report.parquet"))
     assert (interrupted / "report.csv").read_text() == (tmp_path / "whole" / "report.csv").read_text()
     assert not list(interrupted.rglob(".*"))
+
+
+# ---------------------------------------------------------------- training faults
+
+
+@pytest.mark.ray
+def test_non_finite_loss_stops_naming_step_and_batch_and_keeps_the_last_good_checkpoint(tmp_path, small_dataset,
+                                                                                       ray_cluster, caplog):
+    """A learning rate of 1e12 (weight decay makes the weights overflow) turns the loss NaN in the
+    second epoch; the run stops there. Run again, it resumes from that checkpoint, which is then
+    truncated: the error names the file."""
+    config = tmp_path / "boom.yaml"
+    config.write_text("name: boom\nmethod: independent\nepochs: 6\nbatch_size: 512\nlr: 1.0e12\ncpus_per_worker: 1\n"
+                      "model: {embedding_dim: 16}\n")
+    command = ["--config", config, "--dataset", small_dataset, "--out", tmp_path / "artifact", "--storage-path",
+               tmp_path / "ray", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    code, log = run_job("train", *command, caplog=caplog)
+    stopped = re.search(r"loss (nan|inf): model 'boom' at epoch (\d+) step (\d+); batch ids \['train-\d+'.*"
+                        r"the last good checkpoint stays in (\S+); no artifact written", log)
+    assert code == 2 and stopped, log[-2000:]
+    epoch, checkpoint = int(stopped.group(2)), Path(stopped.group(4)) / "checkpoint.pt"
+    assert epoch >= 1 and not (tmp_path / "artifact" / "model.pt").exists()
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["epoch"] == epoch - 1 and "embedder.embedding.0.weight" in state["model"]
+
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    code, log = run_job("train", *command, caplog=caplog)
+    assert code == 2 and f"model 'boom': cannot resume from {checkpoint}" in log
+
+
+@pytest.mark.ray
+def test_statistics_of_another_label_map_are_refused_naming_the_classes(tmp_path, small_dataset, ray_cluster, caplog):
+    classes = json.loads((small_dataset / "classes.json").read_text())
+    old = untrained_model(tmp_path / "old", classes[:5], name="old")
+    renamed = ["Tee" if c == "T-shirt/top" else c for c in classes]
+    features = np.random.default_rng(0).normal(size=(100, 16))
+    compute_old_space_stats(features, np.arange(100) % 10, renamed, renamed[:5]).save(tmp_path / "stats.npz")
+    config = tmp_path / "lce.yaml"
+    config.write_text("name: lce\nmethod: lce_direct\nmodel: {embedding_dim: 16}\n")
+    code, log = run_job("train", "--config", config, "--dataset", small_dataset, "--out", tmp_path / "lce",
+                        "--old-model", old, "--stats", tmp_path / "stats.npz", caplog=caplog)
+    assert code == 2 and f"{tmp_path / 'stats.npz'}: classes do not match the model's label map: " \
+        "missing ['T-shirt/top'], not in the label map ['Tee']" in log
+
+
+@pytest.mark.ray
+def test_dimensions_that_differ_without_a_transformation_are_refused(tmp_path, small_dataset, ray_cluster, caplog):
+    classes = json.loads((small_dataset / "classes.json").read_text())
+    old = untrained_model(tmp_path / "old", classes[:5], name="old", dim=8)
+    features = np.random.default_rng(0).normal(size=(100, 8))
+    compute_old_space_stats(features, np.arange(100) % 10, classes, classes[:5]).save(tmp_path / "stats.npz")
+    config = tmp_path / "lce.yaml"
+    config.write_text("name: lce\nmethod: lce_direct\nmodel: {embedding_dim: 16}\n")
+    code, log = run_job("train", "--config", config, "--dataset", small_dataset, "--out", tmp_path / "lce",
+                        "--old-model", old, "--stats", tmp_path / "stats.npz", caplog=caplog)
+    assert code == 2 and f"against statistics {tmp_path / 'stats.npz'}" in log
+    assert "dimension 16 differs from old dimension 8" in log
+
+
+def test_scoring_sets_of_two_label_maps_is_refused_naming_the_classes(tmp_path, caplog):
+    first = synthetic_embeddings(tmp_path / "a", "a", 50, 8, 0)
+    table = pq.read_table(first / "part-00000.parquet")
+    classes = [f"c{i}" for i in range(9)] + ["zebra"]
+    write_embeddings(tmp_path / "b" / "part-00000.parquet", embeddings_table(
+        table.column("id").to_pylist(), table.column("label").to_numpy(), np.ones((50, 8)), "b-id", "b", classes))
+    write_artifact(tmp_path / "old", {}, {"name": "a", "classes": ["c0"]})
+    code, log = run_job("score", "--embeddings", first, tmp_path / "b", "--old-model", tmp_path / "old", "--out",
+                        tmp_path / "report", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", caplog=caplog)
+    assert code == 2 and "different label maps: only the query's has ['c9'], only the gallery's has ['zebra']" in log
+
+
+@pytest.mark.ray
+def test_bad_model_artifacts_are_named(tmp_path, small_dataset, ray_cluster, caplog):
+    """Weights of another architecture, a truncated and a missing weights file: encode stops before
+    any work, naming the file."""
+    classes = json.loads((small_dataset / "classes.json").read_text())
+    model = untrained_model(tmp_path / "model", classes)
+    card = json.loads((model / "card.json").read_text())
+    encode = ["--dataset", small_dataset, "--out", tmp_path / "out"]
+
+    card["model"]["architecture"] = "resnet18"
+    (model / "card.json").write_text(json.dumps(card))
+    code, log = run_job("encode", "--model", model, *encode, caplog=caplog)
+    assert code == 2 and f"{model / 'model.pt'}: weights do not match the card's architecture resnet18" in log
+
+    weights = model / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:500])
+    code, log = run_job("encode", "--model", model, *encode, caplog=caplog)
+    assert code == 2 and f"{weights}: cannot read weights" in log
+    weights.unlink()
+    code, log = run_job("encode", "--model", model, *encode, caplog=caplog)
+    assert code == 2 and f"{weights}: weights file not found" in log
+
+
+@pytest.mark.ray
+def test_pickled_objects_in_a_weights_file_are_not_loaded(tmp_path, ray_cluster, caplog):
+    """weights_only=True: a weights file that would run code when unpickled is refused."""
+    model = untrained_model(tmp_path / "model", ["a", "b"])
+    torch.save({"payload": Exploit()}, model / "model.pt")
+    code, log = run_job("encode", "--model", model, "--dataset", tmp_path, "--out", tmp_path / "out", caplog=caplog)
+    assert code == 2 and "cannot read weights (UnpicklingError" in log and not (tmp_path / "exploited").exists()
+
+
+class Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path("exploited").resolve(),))
+
+
+# ---------------------------------------------------------------- configs and names
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("old: {name: old}\nnew: [{name: lce, compat: {compactness_margin: -0.1}}]\n",
+     "key 'new.0.compat.compactness_margin': Input should be greater than or equal to 0 (got -0.1)"),
+    ("old: {name: old, epochs: four}\nnew: [{name: lce}]\n", "key 'old.epochs': Input should be a valid integer"),
+    ("old: {name: old}\nnew: [{name: lce}]\nscore: {topk: [1, 0]}\n", "key 'score.topk.1': Input should be greater than 0 (got 0)"),
+    ("old: {name: ../old}\nnew: [{name: lce}]\n", "key 'old.name': String should match pattern"),
+])
+def test_bad_configs_give_one_message_naming_the_key(tmp_path, caplog, yaml_text, message):
+    (tmp_path / "bad.yaml").write_text(yaml_text)
+    code, log = run_job("pipeline", "--config", tmp_path / "bad.yaml", caplog=caplog)
+    assert code == 2 and message in log
+    assert len([line for line in log.splitlines() if "ERROR" in line]) == 1
+
+
+def test_k_larger_than_the_gallery_names_the_key(tmp_path, caplog):
+    sets = [synthetic_embeddings(tmp_path / name, name, 30, 8, seed) for seed, name in enumerate(("old", "new"))]
+    write_artifact(tmp_path / "old_model", {}, {"name": "old", "classes": ["c0"]})
+    code, log = run_job("score", "--embeddings", *sets, "--old-model", tmp_path / "old_model", "--topk", 1, 30,
+                        "--out", tmp_path / "report", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", caplog=caplog)
+    assert code == 2 and "score.topk: k = 30 is larger than the gallery" in log and "one of them the query itself" in log
+
+
+def test_model_names_that_would_become_paths_are_refused(tmp_path, caplog):
+    vectors = np.ones((3, 4))
+    write_embeddings(tmp_path / "evil" / "part-00000.parquet",
+                     embeddings_table(["a", "b", "c"], np.zeros(3), vectors, "x", "../../etc", ["c0"]))
+    write_artifact(tmp_path / "old_model", {}, {"name": "old", "classes": ["c0"]})
+    code, log = run_job("score", "--embeddings", tmp_path / "evil", "--old-model", tmp_path / "old_model", "--out",
+                        tmp_path / "report", caplog=caplog)
+    assert code == 2 and "model name '../../etc' is not allowed" in log
+
+
+# ---------------------------------------------------------------- fuzz
+
+
+def test_fuzz_ingest_random_image_bytes(tmp_path, caplog):
+    rng = np.random.default_rng(7)
+    source = tmp_path / "src"
+    for name in ("coat", "shirt"):
+        (source / name).mkdir(parents=True)
+    files = {}
+    for index, data in enumerate(mutated_images(rng, 80)):
+        relative = f"{('coat', 'shirt')[index % 2]}/{index:03d}.png"
+        (source / relative).write_bytes(data)
+        files[relative] = data
+    code, log = run_job("ingest", "--source", source, "--out", tmp_path / "strict", caplog=caplog)
+    assert code == 2 and re.search(r"row '(coat|shirt)/\d{3}\.png': ", log)
+    code, log = run_job("ingest", "--source", source, "--out", tmp_path / "ds", "--on-bad-rows", "skip", caplog=caplog)
+    assert code == 0, log
+    kept = pq.read_table(tmp_path / "ds" / "train").column("id").to_pylist() + \
+        pq.read_table(tmp_path / "ds" / "test").column("id").to_pylist()
+    listed = json.loads((tmp_path / "ds" / "bad_rows.json").read_text())
+    skipped = [row["id"] for split in listed.values() for row in split["rows"]]
+    assert sorted(kept + skipped) == sorted(files) and len(kept) >= 20  # every row kept or listed, none twice
+
+
+def random_value(rng: np.random.Generator):
+    return [None, "x", -1, 0, 3, 1e9, -0.5, 2.5, True, [], [1, "a"], {}, {"k": 1}, "first_half", "lce_direct"][
+        int(rng.integers(0, 15))]
+
+
+def mutate(value, rng: np.random.Generator, rate: float):
+    """``value`` with keys dropped, added or retyped and values replaced, each at ``rate``."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            roll = rng.random()
+            if roll < rate:
+                continue
+            out[key] = random_value(rng) if roll < 2 * rate else mutate(item, rng, rate)
+        if rng.random() < rate:
+            out[f"unknown_{int(rng.integers(0, 100))}"] = random_value(rng)
+        return out
+    if isinstance(value, list):
+        return [mutate(item, rng, rate) for item in value if rng.random() > rate]
+    return random_value(rng) if rng.random() < rate else value
+
+
+def test_fuzz_configs_fail_only_with_config_errors(tmp_path):
+    """Random edits of the shipped configs, and random bytes as YAML: each loads, or fails with a
+    ConfigError (one message naming the file and key); never another exception."""
+    rng = np.random.default_rng(3)
+    loaders = {"configs/demo.yaml": load_pipeline_config, "configs/lineage.yaml": load_lineage_config,
+               "tuning/configs/demo.yaml": load_sweep_config}
+    outcomes = {"loaded": 0, "refused": 0}
+    for trial in range(300):
+        shipped = list(loaders)[trial % len(loaders)]
+        path = tmp_path / f"fuzz-{trial}.yaml"
+        if trial % 10 == 9:
+            path.write_bytes(rng.bytes(int(rng.integers(0, 200))))
+        else:
+            rate = (0.005, 0.02, 0.1)[trial // len(loaders) % 3]
+            path.write_text(yaml.safe_dump(mutate(yaml.safe_load(Path(shipped).read_text()), rng, rate)))
+        try:
+            loaders[shipped](path)
+            outcomes["loaded"] += 1
+        except ConfigError as error:
+            assert str(error).startswith(str(path)), error
+            outcomes["refused"] += 1
+    assert outcomes["loaded"] >= 20 and outcomes["refused"] >= 100, outcomes
+
+
+def _calls(text: str, name: str) -> list[str]:
+    """The argument text of every ``name(...)`` call in ``text``."""
+    calls = []
+    for start in (m.end() for m in re.finditer(re.escape(name) + r"\(", text)):
+        depth, end = 1, start
+        while depth:
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            end += 1
+        calls.append(text[start : end - 1])
+    return calls
+
+
+def test_nothing_is_unpickled_from_files():
+    """Every checkpoint and weights load is weights_only, every .npz load refuses pickles, and
+    no module imports pickle."""
+    sources = [p for folder in ("pipeline", "jobs", "tuning", "scripts") for p in Path(folder).rglob("*.py")]
+    loads = []
+    for path in sources:
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from) (pickle|cloudpickle|dill|joblib)\b", text, re.M), path
+        loads += [(path, "torch", call) for call in _calls(text, "torch.load")]
+        loads += [(path, "np", call) for call in _calls(text, "np.load")]
+    assert len(loads) >= 6
+    for path, kind, call in loads:
+        assert ("weights_only=True" if kind == "torch" else "allow_pickle=False") in call, (path, call)

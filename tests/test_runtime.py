@@ -17,3 +17,14 @@ def test_run_resources_follow_the_workers(ray_cluster):
     cfg = TrainConfig(name="m", num_workers=2, cpus_per_worker=0.5)
     assert run_resources(cfg) == {"CPU": 1.0, "GPU": 0}  # use_gpu unset and the cluster has no GPU
     assert run_resources(cfg.model_copy(update={"use_gpu": True}))["GPU"] == 2
+
+
+def test_the_dashboard_listens_on_127_0_0_1_only(ray_cluster):
+    """Jobs start local Ray with its defaults, as this session's cluster: the dashboard (and the
+    state API it serves) is reachable from this machine only."""
+    import psutil
+    from urllib.parse import urlsplit
+
+    port = urlsplit(f"http://{ray_cluster._private.worker._global_node.webui_url}").port
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}

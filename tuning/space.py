@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 from ray import tune
 
-from pipeline.config import ConfigError, DataConfig, MlflowConfig, TrainConfig, _format_error, _Strict, deep_merge
+from pipeline.config import (ConfigError, DataConfig, MlflowConfig, TrainConfig, _format_error, _Strict, deep_merge,
+                             read_yaml)
 
 
 class ParamSpec(_Strict):
@@ -150,12 +150,8 @@ def trial_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
     """A sweep YAML; its ``train`` block (if any) holds defaults shared by ``old`` and ``base``."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read the sweep config ({error})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("train", {}), dict):
+    raw = read_yaml(path)
+    if not isinstance(raw.get("train", {}), dict):
         raise ConfigError(f"{path}: a sweep config is a mapping, and its 'train' block too")
     shared = raw.pop("train", {})
     for role in ("old", "base"):
