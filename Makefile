@@ -53,7 +53,10 @@ lineage: env
 
 # Benchmarks (bench/): each writes bench/results/<name>.json and its rows in docs/performance.md.
 bench: env
+	@bash scripts/fetch_data.sh
 	$(PY) -m bench.training_step
+	$(PY) -m bench.ray_train
+	$(PY) -m bench.ray_data
 	$(PY) -m bench.scoring
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
