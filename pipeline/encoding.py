@@ -114,6 +114,8 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     inputs = [Path(file) for file in split_files(dataset_root, split)]
+    if sum(pq.read_metadata(file).num_rows for file in inputs) == 0:
+        raise DataError(f"{Path(dataset_root) / split}: no rows to encode (its Parquet files are empty)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = {file.name: out_dir / part_name(index) for index, file in enumerate(inputs)}

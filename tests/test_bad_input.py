@@ -221,7 +221,7 @@ def test_encode_empty_split_is_an_error(tmp_path, small_dataset, ray_cluster, ca
     for part in (dataset / "test").glob("part-000[0-8]*.parquet"):
         part.unlink()
     code, log = run_job("encode", "--model", model, "--dataset", dataset, "--out", tmp_path / "out", caplog=caplog)
-    assert code == 2 and f"{dataset / 'test'}: no rows to encode" in log
+    assert code == 2 and f"{dataset / 'test'}: no rows to encode (its Parquet files are empty)" in log
 
 
 # ---------------------------------------------------------------- interrupted jobs

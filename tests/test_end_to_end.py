@@ -27,7 +27,7 @@ def finished_pipeline(tmp_path_factory, fashion_subset, ray_cluster):
         "output_dir": str(out / "run"),
         "data": {"source": str(fashion_subset), "root": str(out / "dataset")},
         "mlflow": {"experiment": "e2e"},
-        "train": {"epochs": 2, "batch_size": 64, "cpus_per_worker": 1},
+        "train": {"epochs": 1, "batch_size": 64, "cpus_per_worker": 1},
         "encode": {"batch_size": 128, "threads_per_actor": 1},
         "old": {"name": "old", "classes": "first_half"},
         "new": [{"name": "independent", "method": "independent"}, {"name": "bct", "method": "bct"},
@@ -36,8 +36,8 @@ def finished_pipeline(tmp_path_factory, fashion_subset, ray_cluster):
                 {"name": "lce_fwd", "method": "lce_forward", "transform": SMALL_T},
                 {"name": "lce_bi", "method": "lce_bidirectional", "transform": SMALL_T},
                 {"name": "l2", "method": "l2"}],
-        "cmc": [{"name": "cmc_lce", "method": "lce_cmc", "new_model": "independent", "epochs": 2, "transform": SMALL_T},
-                {"name": "cmc_rbt", "method": "rbt_cmc", "new_model": "independent", "epochs": 2, "transform": SMALL_T}],
+        "cmc": [{"name": "cmc_lce", "method": "lce_cmc", "new_model": "independent", "epochs": 1, "transform": SMALL_T},
+                {"name": "cmc_rbt", "method": "rbt_cmc", "new_model": "independent", "epochs": 1, "transform": SMALL_T}],
         "score": {"pairs": "counterparts"},
     })
     return cfg, run_pipeline(cfg)
