@@ -1,13 +1,21 @@
-"""What the benchmarks share: the measured GEMM rate (their arithmetic floor) and their
-sections of ``docs/performance.md``."""
+"""What the benchmarks share: the measured GEMM rate (their arithmetic floor), their results
+files and their sections of ``docs/performance.md``."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 PERFORMANCE = Path("docs/performance.md")
+RESULTS = Path("bench/results")
+
+
+def save_results(name: str, results: dict) -> None:
+    """``bench/results/<name>.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
 
 
 def write_section(name: str, lines: list[str], path: Path = PERFORMANCE) -> None:

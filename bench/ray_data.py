@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import gemm_rate, write_section
+from bench.common import gemm_rate, save_results, write_section
 from pipeline.artifacts import load_model, write_artifact
 from pipeline.config import DataConfig, ModelConfig
 from pipeline.data import DATASET_SCHEMA, decode_image, read_dataset_info, split_files
@@ -42,7 +42,6 @@ from pipeline.orchestrate import ensure_dataset
 TARGET = 0.9  # issue 7: images/s of the Ray Data encoding against the plain loop, at 1e5 images
 GALLERY, ROWS_PER_FILE, BATCH = 100_000, 10_000, 512
 MODEL = ModelConfig(architecture="small_cnn", embedding_dim=128)
-RESULTS = Path("bench/results")
 
 
 def make_gallery(source: Path, out: Path, files: int = GALLERY // ROWS_PER_FILE) -> Path:
@@ -185,8 +184,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("outputs/bench"), help="where the 1e5 gallery is kept")
     args = parser.parse_args()
     results = run((args.dataset or ensure_dataset(DataConfig(), seed=0)).resolve(), args.work.resolve())
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ray_data.json").write_text(json.dumps(results, indent=1))
+    save_results("ray_data", results)
     write_markdown(results)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import gemm_rate, write_section
+from bench.common import gemm_rate, save_results, write_section
 from pipeline.config import DataConfig, TrainConfig
 from pipeline.data import load_split, read_dataset_info
 from pipeline.losses import TrainingObjective
@@ -36,7 +36,6 @@ from pipeline.steps import optimizer_step
 from pipeline.training import init_seed
 
 TARGET = 0.9  # issue 7: jobs.train samples/s against the plain loop
-RESULTS = Path("bench/results")
 CONFIG = {"name": "bench", "method": "independent", "epochs": 2, "batch_size": 128, "lr": 0.002, "cpus_per_worker": 2,
           "model": {"architecture": "small_cnn", "embedding_dim": 128, "head": {"kind": "cosface", "scale": 16,
                                                                                  "margin": 0.1}}}
@@ -147,8 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     results = run((args.dataset or ensure_dataset(DataConfig(), seed=0)).resolve())
     print(f"ratio {results['ratio']:.3f} (target >= {TARGET}); fixed cost {results['fixed_seconds']:.0f} s")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ray_train.json").write_text(json.dumps(results, indent=1))
+    save_results("ray_train", results)
     write_markdown(results)
 
 

@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import gemm_rate, write_section
+from bench.common import gemm_rate, save_results, write_section
 
 DIM, QUERIES, K, CLASSES, ROWS_PER_FILE = 256, 10_000, 100, 100, 100_000
 TIME_TARGET, MEMORY_TARGET_GIB = 1.2, 6.0  # issue 6, at 1e6 vectors
-RESULTS = Path("bench/results")
 
 
 def _vectors(rng: np.random.Generator, centers: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,8 +162,7 @@ def main() -> None:
               f"floor {case['floor_seconds']:.1f} s", flush=True)
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores", "gemm_gflops": rate / 1e9,
                "cases": cases}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scoring.json").write_text(json.dumps(results, indent=1))
+    save_results("scoring", results)
     write_markdown(results)
 
 

@@ -16,17 +16,15 @@ The arithmetic floor is the step's FLOPs (forward + backward, counted by
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import gemm_rate, write_section
+from bench.common import gemm_rate, save_results, write_section
 from pipeline.config import CompatConfig, HeadConfig, ModelConfig, TransformConfig
 from pipeline.heads import build_head
 from pipeline.losses import TrainingObjective
@@ -40,7 +38,6 @@ TARGET = 1.05  # issue 7: LCE and BCT steps against the independent step
 MODEL = ModelConfig(architecture="small_cnn", embedding_dim=128, head=HeadConfig(kind="cosface", scale=16, margin=0.1))
 CLASSES = [str(c) for c in range(10)]
 BATCH = 128
-RESULTS = Path("bench/results")
 
 
 def make_step(method: str, images: torch.Tensor, labels: torch.Tensor):
@@ -126,8 +123,7 @@ def main() -> None:
     results = run(args.rounds, args.steps)
     for method, m in results["methods"].items():
         print(f"{method:18s} {m['seconds_per_step'] * 1e3:7.1f} ms/step  x{m['ratio']:.3f}  floor {m['floor_seconds'] * 1e3:.1f} ms")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "training_step.json").write_text(json.dumps(results, indent=1))
+    save_results("training_step", results)
     write_markdown(results)
 
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,22 +18,15 @@ import torch
 
 from pipeline.config import ModelConfig, TransformConfig
 from pipeline.models import EmbeddingModel
+from pipeline.names import check_name
 from pipeline.transforms import build_transforms
 
 WEIGHTS_FILE = "model.pt"
 CARD_FILE = "card.json"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ArtifactError(ValueError):
     """A model artifact that is missing, truncated or does not match its card."""
-
-
-def check_name(name: str, what: str = "model name") -> str:
-    """Names that become file names and MLflow keys: no path separators, no '..'."""
-    if not SAFE_NAME.match(name) or ".." in name:
-        raise ValueError(f"{what} {name!r} is not allowed: use letters, digits, '_', '-', '.' (no '..' or '/')")
-    return name
 
 
 def new_model_id(name: str) -> str:

@@ -28,7 +28,8 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from pipeline.artifacts import ArtifactError, check_name, new_model_id, read_card, write_artifact
+from pipeline.artifacts import ArtifactError, new_model_id, read_card, write_artifact
+from pipeline.names import check_name
 from pipeline.checkpoints import final_weights, report_epoch, resume
 from pipeline.config import CmcConfig, CompatConfig, TrainConfig, TransformConfig
 from pipeline.embeddings import EmbeddingSet

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.artifacts import check_name
+from pipeline.names import check_name
 from pipeline.parquet import write_table_atomic
 from pipeline.retrieval import Shard
 

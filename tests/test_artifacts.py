@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import ArtifactError, check_name, load_model, write_artifact
+from pipeline.artifacts import ArtifactError, load_model, write_artifact
 from pipeline.config import ModelConfig
 from pipeline.embeddings import embeddings_table, read_embeddings, write_embeddings
 from pipeline.models import EmbeddingModel
+from pipeline.names import check_name
 
 
 def _card(**model):

@@ -353,31 +353,31 @@ def test_non_finite_loss_stops_naming_step_and_batch_and_keeps_the_last_good_che
     assert code == 2 and f"model 'boom': cannot resume from {checkpoint}" in log
 
 
+def train_lce_against(folder: Path, dataset: Path, stats_classes: list[str], old_dim: int,
+                      caplog: pytest.LogCaptureFixture) -> tuple[int, str]:
+    """``jobs.train`` of a 16-d LCE model against an old model of ``old_dim`` and statistics over
+    ``stats_classes``."""
+    classes = json.loads((dataset / "classes.json").read_text())
+    old = untrained_model(folder / "old", classes[:5], name="old", dim=old_dim)
+    features = np.random.default_rng(0).normal(size=(100, old_dim))
+    compute_old_space_stats(features, np.arange(100) % 10, stats_classes, stats_classes[:5]).save(folder / "stats.npz")
+    (folder / "lce.yaml").write_text("name: lce\nmethod: lce_direct\nmodel: {embedding_dim: 16}\n")
+    return run_job("train", "--config", folder / "lce.yaml", "--dataset", dataset, "--out", folder / "lce",
+                   "--old-model", old, "--stats", folder / "stats.npz", caplog=caplog)
+
+
 @pytest.mark.ray
 def test_statistics_of_another_label_map_are_refused_naming_the_classes(tmp_path, small_dataset, ray_cluster, caplog):
-    classes = json.loads((small_dataset / "classes.json").read_text())
-    old = untrained_model(tmp_path / "old", classes[:5], name="old")
-    renamed = ["Tee" if c == "T-shirt/top" else c for c in classes]
-    features = np.random.default_rng(0).normal(size=(100, 16))
-    compute_old_space_stats(features, np.arange(100) % 10, renamed, renamed[:5]).save(tmp_path / "stats.npz")
-    config = tmp_path / "lce.yaml"
-    config.write_text("name: lce\nmethod: lce_direct\nmodel: {embedding_dim: 16}\n")
-    code, log = run_job("train", "--config", config, "--dataset", small_dataset, "--out", tmp_path / "lce",
-                        "--old-model", old, "--stats", tmp_path / "stats.npz", caplog=caplog)
+    renamed = ["Tee" if c == "T-shirt/top" else c for c in json.loads((small_dataset / "classes.json").read_text())]
+    code, log = train_lce_against(tmp_path, small_dataset, renamed, 16, caplog)
     assert code == 2 and f"{tmp_path / 'stats.npz'}: classes do not match the model's label map: " \
         "missing ['T-shirt/top'], not in the label map ['Tee']" in log
 
 
 @pytest.mark.ray
 def test_dimensions_that_differ_without_a_transformation_are_refused(tmp_path, small_dataset, ray_cluster, caplog):
-    classes = json.loads((small_dataset / "classes.json").read_text())
-    old = untrained_model(tmp_path / "old", classes[:5], name="old", dim=8)
-    features = np.random.default_rng(0).normal(size=(100, 8))
-    compute_old_space_stats(features, np.arange(100) % 10, classes, classes[:5]).save(tmp_path / "stats.npz")
-    config = tmp_path / "lce.yaml"
-    config.write_text("name: lce\nmethod: lce_direct\nmodel: {embedding_dim: 16}\n")
-    code, log = run_job("train", "--config", config, "--dataset", small_dataset, "--out", tmp_path / "lce",
-                        "--old-model", old, "--stats", tmp_path / "stats.npz", caplog=caplog)
+    code, log = train_lce_against(tmp_path, small_dataset, json.loads((small_dataset / "classes.json").read_text()), 8,
+                                  caplog)
     assert code == 2 and f"against statistics {tmp_path / 'stats.npz'}" in log
     assert "dimension 16 differs from old dimension 8" in log
 
