@@ -30,12 +30,6 @@ log = logging.getLogger(__name__)
 COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model, what was skipped
 
 
-def completed_encoding(out_dir: str | Path) -> dict | None:
-    """The marker of a finished ``encode_split`` in ``out_dir``, or None (absent or interrupted)."""
-    marker = Path(out_dir) / COMPLETE_MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
-
-
 class BatchEncoder:
     """Ray Data callable class: encoded images in, unnormalised embeddings out.
 

@@ -7,6 +7,8 @@ import pytest
 JOBS = ["ingest", "stats", "train", "cmc", "encode", "score", "pipeline", "results", "register", "report", "lineage"]
 
 
+# Other tests import some jobs first; runpy warns that it runs such a module again as __main__.
+@pytest.mark.filterwarnings("ignore:'jobs\\..*' found in sys.modules:RuntimeWarning")
 def test_every_job_has_help(capsys, monkeypatch):
     """``python -m jobs.<job> --help`` for every job, run the way ``-m`` runs it (runpy, as
     ``__main__``) in this process, which has torch and Ray imported already; the test below
