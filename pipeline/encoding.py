@@ -1,11 +1,11 @@
 """Batch encoding of a dataset split with one model, on Ray Data.
 
-The images stream from the dataset's Parquet files through an actor pool whose actors each
-hold the model once (``BatchEncoder``); the driver only receives the embeddings. Each input
-file becomes one output part file (written to a temporary name, then renamed) whose metadata
-names its source, so that a job killed midway and run again encodes only the files not done
-yet and ends with the same files as a run that was never interrupted. No process ever holds
-the whole dataset's images.
+The images stream from the dataset's Parquet files (one read task per file) through an actor
+pool whose actors each hold the model once (``BatchEncoder``); the driver only receives the
+embeddings. Each input file becomes one output part file (written to a temporary name, then
+renamed) whose metadata names its source, so that a job killed midway and run again encodes
+only the files not done yet and ends with the same files as a run that was never
+interrupted. No process holds more than a few files' images.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -66,6 +67,13 @@ class BatchEncoder:
         labels = np.array([int(y) if ok else -1 for y, ok in zip(batch["label"], good)], dtype=np.int64)
         return {"id": batch["id"], "label": labels, "embedding": vectors, "problem": np.array(problems, dtype=object),
                 "path": batch["path"]}
+
+
+def read_input_file(batch: pa.Table) -> pa.Table:
+    """Ray Data task: the rows of one dataset file (``batch`` names it), with its path."""
+    [path] = batch.column("path").to_pylist()
+    table = pq.read_table(path, columns=["id", "image", "label"])
+    return table.append_column("path", pa.array([path] * len(table), pa.string()))
 
 
 def part_name(index: int) -> str:
@@ -124,8 +132,10 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     if todo:
         # Rows keep the files' order, so that each file's rows come back together and in order.
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-        embedded = ray.data.read_parquet([str(file) for file in todo], columns=["id", "image", "label"],
-                                         include_paths=True).map_batches(
+        # One read task and block per input file (Ray Data's Parquet reader packs small files into one
+        # 128 MiB task): reading, encoding and writing overlap, and actors share the files.
+        files = ray.data.from_items([{"path": str(file)} for file in todo], override_num_blocks=len(todo))
+        embedded = files.map_batches(read_input_file, batch_size=1, batch_format="pyarrow").map_batches(
             BatchEncoder,
             fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "info": info,
                                    "threads": threads_per_actor},
