@@ -103,9 +103,10 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     """Encode ``split`` of the dataset with the model at ``model_dir`` into ``out_dir``.
 
     Input files whose part is already in ``out_dir`` (same model, same input file, same policy)
-    are not encoded again: a finished encoding is reused, an interrupted one completed. ``on_bad_rows`` is ``pipeline.bad_rows``'s policy. ``threads_per_actor`` may
-    exceed ``cpus_per_actor``: an actor that reserved every CPU would leave none for Ray Data's
-    read tasks, while the reads themselves need little.
+    are not encoded again: a finished encoding is reused, an interrupted one completed.
+    ``on_bad_rows`` is ``pipeline.bad_rows``'s policy. ``threads_per_actor`` may exceed
+    ``cpus_per_actor``: an actor that reserved every CPU would leave none for Ray Data's read
+    tasks, while the reads themselves need little.
     """
     _, card = load_model(model_dir)  # fail fast, on the driver, on a bad artifact
     info = read_dataset_info(dataset_root)
@@ -199,10 +200,10 @@ def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dic
 def _complete(parts: dict[str, Path], card: dict, dataset_root: str | Path, split: str, out_dir: Path) -> Path:
     """Check the parts of a finished encoding and write its marker (rows, skipped rows)."""
     rows, skipped = 0, []
-    for name, path in parts.items():
-        meta = json.loads(pq.read_schema(path).metadata[META_KEY])
-        rows += pq.read_metadata(path).num_rows
-        skipped += meta["skipped"]
+    for path in parts.values():
+        part = pq.ParquetFile(path)  # the footer alone: row count and metadata
+        rows += part.metadata.num_rows
+        skipped += json.loads(part.schema_arrow.metadata[META_KEY])["skipped"]
     summary = BadRows("skip", str(dataset_root), [(e["id"], e["problem"]) for e in skipped]).summary()
     if rows == 0:
         detail = f" ({summary['skipped']} bad rows skipped: {summary['by_problem']})" if skipped else ""
