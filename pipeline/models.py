@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18, resnet50
 
 from pipeline.config import ModelConfig
 from pipeline.heads import build_head
@@ -43,6 +42,10 @@ def _resnet(kind: str, in_channels: int, stem_stride: int) -> tuple[nn.Module, i
     """A torchvision ResNet with a small-image stem and no classifier: a 3x3 conv of stride 1 or
     2, or (``stem_stride`` 4) stride 2 followed by the usual max-pool. At 28x28 on 2 CPU threads
     a ResNet-18 trains 74, 240 and 685 img/s with strides 1, 2, 4 (measured)."""
+    # Imported here: torchvision costs 1.6 s of start-up in every process that loads a model (it
+    # imports torch._dynamo), which the small CNN does not need; Ray Data's encoders paid it.
+    from torchvision.models import resnet18, resnet50
+
     network = {"resnet18": resnet18, "resnet50": resnet50}[kind](weights=None)
     network.conv1 = nn.Conv2d(in_channels, 64, 3, stride=min(stem_stride, 2), padding=1, bias=False)
     network.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem_stride == 4 else nn.Identity()
