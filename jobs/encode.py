@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from jobs._common import add_bad_rows_arg, run_main
+from pipeline.config import EncodeConfig
 from pipeline.encoding import encode_split
 from pipeline.runtime import init_ray
 
@@ -17,10 +18,13 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="ingested dataset folder")
     parser.add_argument("--split", default="test", choices=["train", "test"])
     parser.add_argument("--out", required=True, help="embeddings folder to write")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--num-actors", type=int, default=1)
-    parser.add_argument("--cpus-per-actor", type=float, default=1)
-    parser.add_argument("--threads-per-actor", type=int, default=2, help="torch threads in each actor")
+    defaults = EncodeConfig()
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--num-actors", type=int, default=defaults.num_actors)
+    parser.add_argument("--cpus-per-actor", type=float, default=defaults.cpus_per_actor,
+                        help=EncodeConfig.model_fields["cpus_per_actor"].description)
+    parser.add_argument("--threads-per-actor", type=int, default=defaults.threads_per_actor,
+                        help=EncodeConfig.model_fields["threads_per_actor"].description)
     add_bad_rows_arg(parser)
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()

@@ -281,13 +281,53 @@ def _write_rows(path: Path, rows: list[tuple[str, bytes, int]]) -> None:
 # ---------------------------------------------------------------- reading
 
 
-def decode_image(data: bytes | None, mode: str, size: int) -> np.ndarray:
-    """One encoded image as float32 [C, size, size] scaled to [-1, 1]; ``DataError`` if it cannot be."""
+def decode_pixels(data: bytes | None, mode: str, size: int) -> np.ndarray:
+    """One encoded image as uint8 [C, size, size]; ``DataError`` if it cannot be."""
     image = open_image(data).convert(mode)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32)
-    return (pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)) / 127.5 - 1.0
+    pixels = np.asarray(image)
+    return pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)
+
+
+def scale_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as the models' float32 input, in [-1, 1]."""
+    return pixels.astype(np.float32) / 127.5 - 1.0
+
+
+def decode_image(data: bytes | None, mode: str, size: int) -> np.ndarray:
+    """One encoded image as float32 [C, size, size] scaled to [-1, 1]; ``DataError`` if it cannot be."""
+    return scale_pixels(decode_pixels(data, mode, size))
+
+
+def decode_file(files: dict[str, np.ndarray], info: DatasetInfo,
+                rows_per_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of the dataset files that ``files["path"]`` names, images decoded to uint8 pixels
+    (``scale_pixels`` makes them model input), in batches of at most ``rows_per_batch`` (which
+    bounds memory at any image size); a Ray Data task.
+
+    A bad row (image that does not decode, missing label, label outside the label map) comes
+    out with zero pixels, label -1 and its ``problem`` (else ""), so that the consumer applies
+    the bad-row policy and names the row and its file.
+    """
+    for path in files["path"]:
+        table = pq.read_table(path, columns=["id", "image", "label"])
+        for start in range(0, len(table), rows_per_batch):
+            rows = table.slice(start, rows_per_batch)
+            images, labels = rows.column("image").to_pylist(), rows.column("label").to_pylist()
+            pixels = np.zeros((len(rows), info.channels, info.image_size, info.image_size), dtype=np.uint8)
+            problems = []
+            for row, (data, label) in enumerate(zip(images, labels)):
+                problem = label_problem(label, len(info.classes))
+                if problem is None:
+                    try:
+                        pixels[row] = decode_pixels(data, info.mode, info.image_size)
+                    except DataError as error:
+                        problem = str(error)
+                problems.append(problem or "")
+            yield {"id": np.array(rows.column("id").to_pylist(), dtype=object), "pixels": pixels,
+                   "label": np.array([-1 if p else int(y) for y, p in zip(labels, problems)], dtype=np.int64),
+                   "problem": np.array(problems, dtype=object), "path": np.array([path] * len(rows), dtype=object)}
 
 
 def decode_images(images: list[bytes], mode: str, size: int, ids: list[str]) -> np.ndarray:

@@ -1,11 +1,13 @@
 """Batch encoding of a dataset split with one model, on Ray Data.
 
-The images stream from the dataset's Parquet files (one read task per file) through an actor
-pool whose actors each hold the model once (``BatchEncoder``); the driver only receives the
-embeddings. Each input file becomes one output part file (written to a temporary name, then
-renamed) whose metadata names its source, so that a job killed midway and run again encodes
-only the files not done yet and ends with the same files as a run that was never
-interrupted. No process holds more than a few files' images.
+The dataset's Parquet files are read and their images decoded in Ray Data tasks, one per file
+(``pipeline.data.decode_file``), which feed an actor pool whose actors each hold the model once
+(``BatchEncoder``); the driver only receives the embeddings. Decoding in tasks of its own
+overlaps the actors' start-up (a process importing torch: seconds) and their inference, and on
+a GPU node keeps the CPUs' work off the GPU actor. Each input file becomes one output part file
+(written to a temporary name, then renamed) whose metadata names its source, so that a job
+killed midway and run again encodes only the files not done yet and ends with the same files as
+a run that was never interrupted. No process holds more than a few files' images.
 """
 
 from __future__ import annotations
@@ -16,64 +18,40 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
 
 from pipeline.artifacts import load_model
-from pipeline.bad_rows import BadRows, DataError, label_problem
-from pipeline.data import DatasetInfo, decode_image, read_dataset_info, split_files
+from pipeline.bad_rows import BadRows, DataError
+from pipeline.data import DatasetInfo, decode_file, read_dataset_info, scale_pixels, split_files
 from pipeline.embeddings import META_KEY, embeddings_table, write_embeddings
 from pipeline.parquet import write_atomic
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model, what was skipped
+DECODE_CPUS = 1  # each decoding task's reservation: it decodes one image at a time
 
 
 class BatchEncoder:
-    """Ray Data callable class: encoded images in, unnormalised embeddings out.
+    """Ray Data callable class: decoded images in (``pipeline.data.decode_file``), unnormalised
+    embeddings out; bad rows pass through with a zero vector and their ``problem``."""
 
-    A bad row (image that does not decode, missing label, label outside the label map) comes
-    out with a zero vector and its ``problem``; the driver applies the bad-row policy, so that
-    the error names the row and its file instead of surfacing as an actor failure.
-    """
-
-    def __init__(self, model_dir: str, info: DatasetInfo, threads: int = 1) -> None:
+    def __init__(self, model_dir: str, threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, _ = load_model(model_dir)
         self.model.to(self.device)
-        self.mode, self.image_size, self.num_classes = info.mode, info.image_size, len(info.classes)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = np.zeros((len(batch["id"]), 1 if self.mode == "L" else 3, self.image_size, self.image_size),
-                          dtype=np.float32)
-        problems = []
-        for row, (data, label) in enumerate(zip(batch["image"], batch["label"])):
-            problem = label_problem(label, self.num_classes)
-            if problem is None:
-                try:
-                    pixels[row] = decode_image(data, self.mode, self.image_size)
-                except DataError as error:
-                    problem = str(error)
-            problems.append(problem or "")
-        good = np.array([not p for p in problems])
-        vectors = np.zeros((len(problems), self.model.embedder.embedding_dim), dtype=np.float32)
+        good = batch["problem"] == ""
+        vectors = np.zeros((len(good), self.model.embedder.embedding_dim), dtype=np.float32)
         if good.any():
             with torch.inference_mode():
-                encoded = self.model.embedder(torch.from_numpy(pixels[good]).to(self.device))
+                encoded = self.model.embedder(torch.from_numpy(scale_pixels(batch["pixels"][good])).to(self.device))
             vectors[good] = encoded.float().cpu().numpy()
-        labels = np.array([int(y) if ok else -1 for y, ok in zip(batch["label"], good)], dtype=np.int64)
-        return {"id": batch["id"], "label": labels, "embedding": vectors, "problem": np.array(problems, dtype=object),
+        return {"id": batch["id"], "label": batch["label"], "embedding": vectors, "problem": batch["problem"],
                 "path": batch["path"]}
-
-
-def read_input_file(batch: pa.Table) -> pa.Table:
-    """Ray Data task: the rows of one dataset file (``batch`` names it), with its path."""
-    [path] = batch.column("path").to_pylist()
-    table = pq.read_table(path, columns=["id", "image", "label"])
-    return table.append_column("path", pa.array([path] * len(table), pa.string()))
 
 
 def part_name(index: int) -> str:
@@ -98,15 +76,19 @@ def _finished_part(path: Path, model_id: str, source: Path, on_bad_rows: str) ->
 
 
 def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, out_dir: str | Path, *,
-                 batch_size: int = 512, num_actors: int = 1, cpus_per_actor: float = 1, threads_per_actor: int = 2,
+                 batch_size: int = 512, num_actors: int = 1, cpus_per_actor: float = 0.5, threads_per_actor: int = 2,
                  use_gpu: bool | None = None, on_bad_rows: str = "error") -> Path:
     """Encode ``split`` of the dataset with the model at ``model_dir`` into ``out_dir``.
 
     Input files whose part is already in ``out_dir`` (same model, same input file, same policy)
     are not encoded again: a finished encoding is reused, an interrupted one completed.
-    ``on_bad_rows`` is ``pipeline.bad_rows``'s policy. ``threads_per_actor`` may exceed
-    ``cpus_per_actor``: an actor that reserved every CPU would leave none for Ray Data's read
-    tasks, while the reads themselves need little.
+    ``on_bad_rows`` is ``pipeline.bad_rows``'s policy.
+
+    ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
+    decoding tasks, which reserve ``DECODE_CPUS`` each. An actor reserving as much as a
+    decoding task makes Ray Data fuse the decoding into the actor (same resources), where it no
+    longer overlaps the actor's start-up or inference (0.80 of the plain loop's rate at 1e5
+    images against 1.0 unfused, ``bench/ray_data.py``); hence the default of half a CPU.
     """
     _, card = load_model(model_dir)  # fail fast, on the driver, on a bad artifact
     info = read_dataset_info(dataset_root)
@@ -114,6 +96,10 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         raise ValueError(f"{model_dir}: model classes {sorted(set(card['classes']) - set(info.classes))} "
                          f"are not in the dataset {dataset_root}")
     BadRows(on_bad_rows, str(dataset_root))  # an unknown policy fails before any work
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if num_actors * cpus_per_actor + DECODE_CPUS > cpus:
+        raise ValueError(f"encode: {num_actors} actors x {cpus_per_actor} CPUs (num_actors x cpus_per_actor) leave "
+                         f"less than the {DECODE_CPUS} CPU a decoding task needs on this cluster of {cpus:g} CPUs")
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     inputs = [Path(file) for file in split_files(dataset_root, split)]
@@ -133,13 +119,14 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     if todo:
         # Rows keep the files' order, so that each file's rows come back together and in order.
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-        # One read task and block per input file (Ray Data's Parquet reader packs small files into one
+        # One decoding task per input file (Ray Data's Parquet reader packs small files into one
         # 128 MiB task): reading, encoding and writing overlap, and actors share the files.
         files = ray.data.from_items([{"path": str(file)} for file in todo], override_num_blocks=len(todo))
-        embedded = files.map_batches(read_input_file, batch_size=1, batch_format="pyarrow").map_batches(
+        decoded = files.map_batches(decode_file, fn_kwargs={"info": info, "rows_per_batch": batch_size},
+                                    batch_size=1, batch_format="numpy", num_cpus=DECODE_CPUS)
+        embedded = decoded.map_batches(
             BatchEncoder,
-            fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "info": info,
-                                   "threads": threads_per_actor},
+            fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "threads": threads_per_actor},
             compute=ray.data.ActorPoolStrategy(size=num_actors),
             batch_size=batch_size,
             batch_format="numpy",

@@ -224,6 +224,16 @@ def test_encode_empty_split_is_an_error(tmp_path, small_dataset, ray_cluster, ca
     assert code == 2 and f"{dataset / 'test'}: no rows to encode (its Parquet files are empty)" in log
 
 
+@pytest.mark.ray
+def test_encode_actors_leaving_no_cpu_for_decoding_are_refused(tmp_path, small_dataset, ray_cluster, caplog):
+    model = untrained_model(tmp_path / "model", json.loads((small_dataset / "classes.json").read_text()))
+    code, log = run_job("encode", "--model", model, "--dataset", small_dataset, "--out", tmp_path / "out",
+                        "--num-actors", 2, "--cpus-per-actor", 1, caplog=caplog)
+    assert code == 2 and ("encode: 2 actors x 1.0 CPUs (num_actors x cpus_per_actor) leave less than the 1 CPU a "
+                          "decoding task needs on this cluster of 2 CPUs") in log
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- interrupted jobs
 
 

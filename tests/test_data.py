@@ -2,11 +2,24 @@ import io
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.data import DataError, class_indices, in_fraction, ingest, load_split, read_dataset_info
+from pipeline.data import (
+    DATASET_SCHEMA,
+    DataError,
+    DatasetInfo,
+    class_indices,
+    decode_file,
+    decode_image,
+    in_fraction,
+    ingest,
+    load_split,
+    read_dataset_info,
+    scale_pixels,
+)
 from tests.conftest import write_idx
 
 
@@ -54,6 +67,26 @@ def test_corrupt_image_is_named(tmp_path):
     (source / "a" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"a/broken.png.*cannot be decoded"):
         ingest(source, tmp_path / "ds")
+
+
+def test_decode_file_yields_bounded_batches_of_pixels_and_each_bad_rows_problem(tmp_path):
+    rows = [("good", _png(30), 3), ("bytes", b"\x89PNG broken", 1), ("unlabelled", _png(40), None),
+            ("label-12", _png(50), 12), ("last", _png(60), 5)]
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.table(list(zip(*rows)), schema=DATASET_SCHEMA), path)
+    info = DatasetInfo(classes=[str(c) for c in range(10)], mode="L", image_size=8, rows={"test": 5})
+    batches = list(decode_file({"path": np.array([str(path)], dtype=object)}, info, rows_per_batch=2))
+    assert [len(batch["id"]) for batch in batches] == [2, 2, 1]
+    merged = {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
+    assert merged["id"].tolist() == [row[0] for row in rows] and set(merged["path"]) == {str(path)}
+    assert merged["label"].tolist() == [3, -1, -1, -1, 5]
+    problems = merged["problem"].tolist()
+    assert problems[1].startswith("image bytes cannot be decoded") and problems[::4] == ["", ""]
+    assert problems[2:4] == ["missing label", "label 12 outside classes.json (10 classes)"]
+    assert merged["pixels"].dtype == np.uint8 and merged["pixels"].shape == (5, 1, 8, 8)
+    assert (merged["pixels"][0] == 30).all() and (merged["pixels"][1:4] == 0).all()
+    # the encoder scales the pixels into exactly what training decodes
+    assert np.array_equal(scale_pixels(merged["pixels"][4]), decode_image(_png(60), "L", 8))
 
 
 def test_missing_dataset_and_unknown_classes_are_clear(tmp_path):
