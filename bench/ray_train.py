@@ -32,7 +32,7 @@ from pipeline.data import load_split, read_dataset_info
 from pipeline.losses import TrainingObjective
 from pipeline.models import EmbeddingModel
 from pipeline.orchestrate import ensure_dataset
-from pipeline.steps import optimizer_step
+from pipeline.steps import optimizer_and_schedule, optimizer_step
 from pipeline.training import init_seed
 
 TARGET = 0.9  # issue 7: jobs.train samples/s against the plain loop
@@ -52,9 +52,7 @@ def plain_loop(dataset: Path, cfg: TrainConfig) -> dict:
     model = EmbeddingModel(cfg.model, info.channels, len(info.classes))
     objective = TrainingObjective(cfg.method, cfg.compat)
     steps = len(images) // cfg.batch_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
-                                                    pct_start=0.15)
+    optimizer, scheduler = optimizer_and_schedule(model.parameters(), cfg.lr, cfg.weight_decay, cfg.epochs * steps)
     epochs = []
     for epoch in range(cfg.epochs):
         model.train()

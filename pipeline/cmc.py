@@ -36,7 +36,7 @@ from pipeline.embeddings import EmbeddingSet
 from pipeline.losses import alignment_loss, boundary_loss, map_rows, regression_loss
 from pipeline.old_space import train_split_embeddings, training_rows
 from pipeline.statistics import OldSpaceStats, compute_old_space_stats
-from pipeline.steps import optimizer_step
+from pipeline.steps import optimizer_and_schedule, optimizer_step
 from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
 from pipeline.training import storage_location
 from pipeline.transforms import FeatureTransform
@@ -101,10 +101,9 @@ def cmc_loop_per_worker(loop_config: dict[str, Any]) -> None:
     labels = torch.from_numpy(data["labels"])
     old_space, new_space = OldSpaceStats.load(loop_config["old_space"]), OldSpaceStats.load(loop_config["new_space"])
     transforms = build_cmc_transforms(old_features.shape[1], new_features.shape[1], cfg.transform).to(device)
-    optimizer = torch.optim.AdamW(transforms.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(labels) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                    pct_start=0.15)
+    optimizer, scheduler = optimizer_and_schedule(transforms.parameters(), cfg.lr, cfg.weight_decay,
+                                                  cfg.epochs * steps_per_epoch)
     digest = loop_config["config_hash"]
     start_epoch = resume(transforms, optimizer, scheduler, digest, f"cmc {cfg.name!r}", device)
     logger = EpochLogger(loop_config["tracking_uri"], loop_config.get("mlflow_run_id"), flat_params(loop_config["cmc"]))

@@ -31,7 +31,7 @@ from pipeline.heads import build_head
 from pipeline.losses import TrainingObjective, check_same_dim, influence_weights
 from pipeline.models import EmbeddingModel
 from pipeline.statistics import OldSpaceStats
-from pipeline.steps import NonFiniteLoss, autocast, autocast_dtype, optimizer_step
+from pipeline.steps import NonFiniteLoss, autocast, autocast_dtype, optimizer_and_schedule, optimizer_step
 from pipeline.tracking import EpochLogger, finished_run, flat_params, resumable_run
 from pipeline.transforms import TRANSFORMS_OF, build_transforms
 from pipeline.validation import References, Validator
@@ -107,9 +107,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          f"of {batch_size} ({cfg.batch_size} over {world} workers)")
     passes = passes_per_epoch(cfg, batches_per_pass)
     steps_per_epoch = passes * batches_per_pass
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
-                                                    total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    optimizer, scheduler = optimizer_and_schedule(model.parameters(), cfg.lr, cfg.weight_decay,
+                                                  cfg.epochs * steps_per_epoch)
     precision = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == torch.float16 else None
     digest = config_hash(loop_config)
