@@ -87,8 +87,8 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
     decoding tasks, which reserve ``DECODE_CPUS`` each. An actor reserving as much as a
     decoding task makes Ray Data fuse the decoding into the actor (same resources), where it no
-    longer overlaps the actor's start-up or inference (0.80 of the plain loop's rate at 1e5
-    images against 1.0 unfused, ``bench/ray_data.py``); hence the default of half a CPU.
+    longer overlaps the actor's start-up or inference (at 1e5 images, 0.85 of the plain loop's
+    rate against 1.0 unfused, ``bench/ray_data.py``); hence the default of half a CPU.
     """
     _, card = load_model(model_dir)  # fail fast, on the driver, on a bad artifact
     info = read_dataset_info(dataset_root)
