@@ -104,7 +104,7 @@ def write_markdown(results: dict) -> None:
     blocks = "; ".join(f"{name}: {r['rounds']} blocks of {r['steps_per_block']} steps"
                        for name, r in results["backbones"].items())
     rows = ["## Training step (bench/training_step.py)", "",
-            f"{results['machine']}; 128-d, CosFace, batch {results['batch']} of 28 x 28, fp32, fused AdamW; a "
+            f"{results['machine']}; 128-d, CosFace, batch {results['batch']} of 28 x 28, fp32, AdamW; a "
             f"method's figure is its fastest of interleaved blocks of steps ({blocks}); ResNet-18 with stem stride 4; "
             f"measured {results['date']} (`make bench`). Floor = the step's FLOPs (forward + "
             f"backward) / {results['gemm_gflops']:.0f} GFLOP/s (torch.mm, 1,024 x 1,024 by 1,024 x 100,000). LCE's "

@@ -30,13 +30,8 @@ def autocast(dtype: torch.dtype | None, device: torch.device) -> AbstractContext
 
 def optimizer_and_schedule(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
                            total_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR]:
-    """AdamW and its one-cycle schedule (peak ``lr`` after 15 % of ``total_steps``).
-
-    AdamW runs fused: one kernel over every tensor instead of a dozen small ops per tensor, which
-    on the CPU are a visible share of a small model's step once a learned transformation adds its
-    ~15 tensors (``bench/training_step.py``).
-    """
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+    """AdamW and its one-cycle schedule (peak ``lr`` after 15 % of ``total_steps``)."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.15)
 
 
