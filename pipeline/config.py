@@ -147,8 +147,9 @@ class EncodeConfig(_Strict):
     split: Literal["train", "test"] = "test"
     batch_size: int = Field(512, gt=0)
     num_actors: int = Field(1, gt=0)
-    cpus_per_actor: float = Field(0.5, gt=0, description="CPUs each actor reserves; below the decoding tasks' "
-                                  "1, so that Ray Data keeps decoding apart (pipeline.encoding.encode_split)")
+    cpus_per_actor: float = Field(0.5, gt=0, description="CPUs each actor reserves; on CPUs exactly 1 (what a "
+                                  "decoding task reserves) makes Ray Data fuse decoding into the actors, which is "
+                                  "slower (pipeline.encoding.encode_split)")
     threads_per_actor: int = Field(2, gt=0, description="torch threads in each actor")
     on_bad_rows: Literal["error", "skip"] = Field("error", description="as data.on_bad_rows, for the rows encoded")
 

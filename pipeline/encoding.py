@@ -85,10 +85,11 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     ``on_bad_rows`` is ``pipeline.bad_rows``'s policy.
 
     ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
-    decoding tasks, which reserve ``DECODE_CPUS`` each. An actor reserving as much as a
-    decoding task makes Ray Data fuse the decoding into the actor (same resources), where it no
-    longer overlaps the actor's start-up or inference (at 1e5 images, 0.85 of the plain loop's
-    rate against 1.0 unfused, ``bench/ray_data.py``); hence the default of half a CPU.
+    decoding tasks, which reserve ``DECODE_CPUS`` each. A CPU actor reserving exactly as much
+    as a decoding task makes Ray Data fuse the decoding into the actor (same resources), where
+    it no longer overlaps the actor's start-up or inference (at 1e5 images, 0.85 of the plain
+    loop's rate against 1.0 apart, ``bench/ray_data.py``); hence the default of half a CPU.
+    GPU actors never fuse.
     """
     _, card = load_model(model_dir)  # fail fast, on the driver, on a bad artifact
     info = read_dataset_info(dataset_root)
@@ -96,23 +97,21 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         raise ValueError(f"{model_dir}: model classes {sorted(set(card['classes']) - set(info.classes))} "
                          f"are not in the dataset {dataset_root}")
     BadRows(on_bad_rows, str(dataset_root))  # an unknown policy fails before any work
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if num_actors * cpus_per_actor + DECODE_CPUS > cpus:
-        raise ValueError(f"encode: {num_actors} actors x {cpus_per_actor} CPUs (num_actors x cpus_per_actor) leave "
-                         f"less than the {DECODE_CPUS} CPU a decoding task needs on this cluster of {cpus:g} CPUs")
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     inputs = [Path(file) for file in split_files(dataset_root, split)]
     if sum(pq.read_metadata(file).num_rows for file in inputs) == 0:
         raise DataError(f"{Path(dataset_root) / split}: no rows to encode (its Parquet files are empty)")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     parts = {file.name: out_dir / part_name(index) for index, file in enumerate(inputs)}
     finished = {file.name for file in inputs if _finished_part(parts[file.name], card["id"], file, on_bad_rows)}
+    todo = [file for file in inputs if file.name not in finished]
+    if todo:
+        _check_layout(num_actors, cpus_per_actor, use_gpu)
+    out_dir.mkdir(parents=True, exist_ok=True)
     kept = {parts[name] for name in finished}
     for stale in [*out_dir.glob(".*.tmp-*"), out_dir / COMPLETE_MARKER, *set(out_dir.glob("*.parquet")) - kept]:
         stale.unlink(missing_ok=True)  # partial files of a killed run, parts of another model or input
-    todo = [file for file in inputs if file.name not in finished]
     if finished:
         log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card["name"], split,
                  len(finished), len(inputs), out_dir)
@@ -135,6 +134,20 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         )
         _write_parts(embedded, {file.name: file for file in todo}, parts, card, info, on_bad_rows)
     return _complete(parts, card, dataset_root, split, out_dir)
+
+
+def _check_layout(num_actors: int, cpus_per_actor: float, use_gpu: bool) -> None:
+    """Refuse actors that leave no CPU for a decoding task, which would then wait for ever. CPU
+    actors reserving exactly ``DECODE_CPUS`` decode themselves (Ray Data fuses stages of equal
+    resources) and need nothing more. Counts the CPUs the cluster has now (not what an
+    autoscaler could add)."""
+    if not use_gpu and cpus_per_actor == DECODE_CPUS:
+        return
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if num_actors * cpus_per_actor + DECODE_CPUS > cpus:
+        raise ValueError(f"encode: {num_actors} actors x {cpus_per_actor:g} CPUs (num_actors x cpus_per_actor) "
+                         f"leave less than the {DECODE_CPUS} CPU a decoding task needs: the cluster has {cpus:g} "
+                         "CPUs now")
 
 
 def _runs(names: list[str]) -> list[tuple[str, slice]]:

@@ -225,13 +225,17 @@ def test_encode_empty_split_is_an_error(tmp_path, small_dataset, ray_cluster, ca
 
 
 @pytest.mark.ray
-def test_encode_actors_leaving_no_cpu_for_decoding_are_refused(tmp_path, small_dataset, ray_cluster, caplog):
+def test_encode_actors_leaving_no_cpu_for_decoding_are_refused_fused_ones_run(tmp_path, small_dataset, ray_cluster, caplog):
     model = untrained_model(tmp_path / "model", json.loads((small_dataset / "classes.json").read_text()))
     code, log = run_job("encode", "--model", model, "--dataset", small_dataset, "--out", tmp_path / "out",
-                        "--num-actors", 2, "--cpus-per-actor", 1, caplog=caplog)
-    assert code == 2 and ("encode: 2 actors x 1.0 CPUs (num_actors x cpus_per_actor) leave less than the 1 CPU a "
-                          "decoding task needs on this cluster of 2 CPUs") in log
+                        "--num-actors", 3, "--cpus-per-actor", 0.5, caplog=caplog)
+    assert code == 2 and ("encode: 3 actors x 0.5 CPUs (num_actors x cpus_per_actor) leave less than the 1 CPU a "
+                          "decoding task needs: the cluster has 2 CPUs now") in log
     assert not (tmp_path / "out").exists()
+    # actors of exactly one CPU decode themselves (Ray Data fuses the stages): every CPU may go to them
+    code, _ = run_job("encode", "--model", model, "--dataset", small_dataset, "--out", tmp_path / "out",
+                      "--num-actors", 2, "--cpus-per-actor", 1, "--threads-per-actor", 1, caplog=caplog)
+    assert code == 0 and json.loads((tmp_path / "out" / "_COMPLETE.json").read_text())["rows"] == 400
 
 
 # ---------------------------------------------------------------- interrupted jobs
