@@ -25,13 +25,15 @@ def main() -> None:
                         help=EncodeConfig.model_fields["cpus_per_actor"].description)
     parser.add_argument("--threads-per-actor", type=int, default=defaults.threads_per_actor,
                         help=EncodeConfig.model_fields["threads_per_actor"].description)
+    parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=defaults.use_gpu,
+                        help=EncodeConfig.model_fields["use_gpu"].description)
     add_bad_rows_arg(parser)
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
     init_ray(args.ray_address)
     out = encode_split(args.model, args.dataset, args.split, args.out, batch_size=args.batch_size,
                        num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor,
-                       threads_per_actor=args.threads_per_actor, on_bad_rows=args.on_bad_rows)
+                       threads_per_actor=args.threads_per_actor, use_gpu=args.use_gpu, on_bad_rows=args.on_bad_rows)
     print(f"embeddings: {out}")
 
 

@@ -151,6 +151,8 @@ class EncodeConfig(_Strict):
                                   "decoding task reserves) makes Ray Data fuse decoding into the actors, which is "
                                   "slower (pipeline.encoding.encode_split)")
     threads_per_actor: int = Field(2, gt=0, description="torch threads in each actor")
+    use_gpu: bool | None = Field(None, description="None: one GPU per actor when the cluster has GPUs at the start; "
+                                 "true asks for them (an autoscaler then adds GPU nodes)")
     on_bad_rows: Literal["error", "skip"] = Field("error", description="as data.on_bad_rows, for the rows encoded")
 
 

@@ -67,7 +67,7 @@ def ensure_dataset(data: DataConfig, seed: int) -> Path:
 def encoding_options(encode: EncodeConfig) -> dict:
     """``encode_split``'s keyword arguments from an ``encode:`` block."""
     return {"batch_size": encode.batch_size, "num_actors": encode.num_actors, "cpus_per_actor": encode.cpus_per_actor,
-            "threads_per_actor": encode.threads_per_actor, "on_bad_rows": encode.on_bad_rows}
+            "threads_per_actor": encode.threads_per_actor, "use_gpu": encode.use_gpu, "on_bad_rows": encode.on_bad_rows}
 
 
 def _side_by_side(fit: Callable[[T], Path], configs: list[T], at_once: int, what: str) -> list[Path]:
