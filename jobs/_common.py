@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.bad_rows import POLICIES
 from pipeline.runtime import setup_logging
 
 DEFAULT_TRACKING_URI = f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
@@ -19,7 +20,7 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_bad_rows_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--on-bad-rows", choices=["error", "skip"], default="error",
+    parser.add_argument("--on-bad-rows", choices=POLICIES, default=POLICIES[0],
                         help="a row whose image does not decode or whose label is missing or outside classes.json: "
                              "error stops naming it (default); skip leaves it out, counted and listed")
 
