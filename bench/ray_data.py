@@ -1,10 +1,10 @@
-"""Benchmark: batch encoding on Ray Data (``pipeline.encoding.encode_split``, what ``jobs.encode``
+"""Benchmark: batch encoding on Ray Data (``pipeline.encode.split.encode_split``, what ``jobs.encode``
 runs) against a plain ``torch`` inference loop over the same Parquet files, in the same run.
 
 A gallery of 100,000 Fashion-MNIST images (the 70,000 of both splits, then the first 30,000 again
 under new ids; PNG bytes as ingested, 10 files of 10,000 rows), the demo's model (small CNN,
 128-d; initial weights: the arithmetic is the same), batch 512. Both sides read the Parquet
-files, decode the PNGs (``pipeline.data``), run the embedder and write the embeddings Parquet.
+files, decode the PNGs (``pipeline.data.dataset``), run the embedder and write the embeddings Parquet.
 The plain loop runs with 2 torch threads, before and after the Ray runs (its figure is the
 mean). Ray Data runs three layouts: 1 actor of 2 threads (the job's default), 2 actors of 1
 thread (how it scales with actors on this machine's cores), and 1 actor reserving 1 CPU, which
@@ -35,12 +35,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import gemm_rate, save_results, write_section
-from pipeline.artifacts import load_model, write_artifact
+from pipeline.model.artifacts import load_model, write_artifact
 from pipeline.config import DataConfig, ModelConfig
-from pipeline.data import DATASET_SCHEMA, decode_image, read_dataset_info, split_files
-from pipeline.embeddings import embeddings_table, write_embeddings
-from pipeline.models import EmbeddingModel
-from pipeline.orchestrate import ensure_dataset
+from pipeline.data.dataset import DATASET_SCHEMA, decode_image, read_dataset_info, split_files
+from pipeline.data.embeddings import embeddings_table, write_embeddings
+from pipeline.model.networks import EmbeddingModel
+from pipeline.flows.experiment import ensure_dataset
 
 TARGET = 0.9  # issue 7: images/s of the Ray Data encoding against the plain loop, at 1e5 images
 GALLERY, ROWS_PER_FILE, BATCH = 100_000, 10_000, 512
@@ -96,7 +96,7 @@ def plain_loop(model_dir: Path, dataset: Path, out: Path, threads: int = 2) -> f
 
 def ray_data(model_dir: Path, dataset: Path, out: Path, layout: dict) -> float:
     """Seconds of ``encode_split`` on the running Ray (actor pool start and model loading included)."""
-    from pipeline.encoding import encode_split
+    from pipeline.encode.split import encode_split
 
     started = time.perf_counter()
     encode_split(model_dir, dataset, "test", out, batch_size=BATCH, num_actors=layout["actors"],

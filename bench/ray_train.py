@@ -28,12 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import gemm_rate, save_results, write_section
 from pipeline.config import DataConfig, TrainConfig
-from pipeline.data import load_split, read_dataset_info
-from pipeline.losses import TrainingObjective
-from pipeline.models import EmbeddingModel
-from pipeline.orchestrate import ensure_dataset
-from pipeline.steps import optimizer_and_schedule, optimizer_step
-from pipeline.training import init_seed
+from pipeline.data.dataset import load_split, read_dataset_info
+from pipeline.compat.losses import TrainingObjective
+from pipeline.model.networks import EmbeddingModel
+from pipeline.flows.experiment import ensure_dataset
+from pipeline.compat.steps import optimizer_and_schedule, optimizer_step
+from pipeline.train.training import init_seed
 
 TARGET = 0.9  # issue 7: jobs.train samples/s against the plain loop
 CONFIG = {"name": "bench", "method": "independent", "epochs": 2, "batch_size": 128, "lr": 0.002, "cpus_per_worker": 2,

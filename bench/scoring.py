@@ -1,4 +1,4 @@
-"""Benchmark: scoring a gallery streamed from sharded Parquet (``pipeline.retrieval.search``)
+"""Benchmark: scoring a gallery streamed from sharded Parquet (``pipeline.score.retrieval.search``)
 against a plain matrix-product top-k, on the same data in the same run.
 
 Galleries of 1e4, 1e5 and 1e6 vectors (d = 256, part files of 100,000 rows), 1e4 queries,
@@ -44,7 +44,7 @@ def _vectors(rng: np.random.Generator, centers: np.ndarray, count: int) -> tuple
 
 def make_gallery(folder: Path, size: int, seed: int = 0) -> None:
     """A clustered gallery of ``size`` vectors as embeddings Parquet part files (kept if present)."""
-    from pipeline.embeddings import embeddings_table, write_embeddings
+    from pipeline.data.embeddings import embeddings_table, write_embeddings
 
     if (folder / "_COMPLETE").is_file():
         return
@@ -65,8 +65,8 @@ def make_queries(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_streamed(folder: Path) -> tuple[dict, np.ndarray]:
-    from pipeline.embeddings import open_embeddings
-    from pipeline.retrieval import search
+    from pipeline.data.embeddings import open_embeddings
+    from pipeline.score.retrieval import search
 
     query, labels = make_queries()
     gallery = open_embeddings(folder)

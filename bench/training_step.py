@@ -1,6 +1,6 @@
 """Benchmark: the cost of one training step of each method against independent training.
 
-The step the Ray Train workers run (``pipeline.steps.optimizer_step`` on ``TrainingObjective``),
+The step the Ray Train workers run (``pipeline.compat.steps.optimizer_step`` on ``TrainingObjective``),
 without Ray, on the demo's batch (128 images of 28 x 28, 10 classes), on the CPU with every
 core, for two backbones (128-d, CosFace): the demo's small CNN and the ResNet-18 of the backbone
 scenario (``configs/scenarios/backbone.yaml``). LCE in every manner and BCT need no forward pass
@@ -28,12 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import gemm_rate, save_results, write_section
 from pipeline.config import CompatConfig, HeadConfig, ModelConfig, TransformConfig
-from pipeline.heads import build_head
-from pipeline.losses import TrainingObjective
-from pipeline.models import EmbeddingModel
-from pipeline.statistics import compute_old_space_stats
-from pipeline.steps import optimizer_and_schedule, optimizer_step
-from pipeline.transforms import build_transforms
+from pipeline.model.heads import build_head
+from pipeline.compat.losses import TrainingObjective
+from pipeline.model.networks import EmbeddingModel
+from pipeline.compat.statistics import compute_old_space_stats
+from pipeline.compat.steps import optimizer_and_schedule, optimizer_step
+from pipeline.model.transformations import build_transforms
 
 METHODS = ("independent", "lce_direct", "lce_backward", "lce_forward", "lce_bidirectional", "bct", "l2")
 TARGET = 1.05  # issue 7: LCE and BCT steps against the independent step

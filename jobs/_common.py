@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.bad_rows import POLICIES
+from pipeline.data.bad_rows import POLICIES
 from pipeline.runtime import setup_logging
 
 DEFAULT_TRACKING_URI = f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
@@ -38,7 +38,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
 
 def search_options(args: argparse.Namespace) -> dict:
     """``index``, ``full_ranking`` and ``chunk`` for the scoring functions, from ``add_search_args``."""
-    from pipeline.retrieval import IndexSpec
+    from pipeline.score.retrieval import IndexSpec
 
     for name in ("nlist", "nprobe", "query_chunk"):
         value = getattr(args, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jobs._common import add_tracking_args, run_main
-from pipeline.cmc import fit_cmc
+from pipeline.train.cross_model import fit_cmc
 from pipeline.config import load_cmc_config
 from pipeline.runtime import init_ray
 

@@ -8,7 +8,7 @@ import argparse
 
 from jobs._common import add_bad_rows_arg, run_main
 from pipeline.config import EncodeConfig
-from pipeline.encoding import encode_split
+from pipeline.encode.split import encode_split
 from pipeline.runtime import init_ray
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jobs._common import run_main
 from pipeline.config import load_pipeline_config
-from pipeline.orchestrate import run_pipeline
+from pipeline.flows.experiment import run_pipeline
 from pipeline.runtime import init_ray
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jobs._common import add_tracking_args, run_main
-from pipeline.registry import register_model
+from pipeline.lineage.registry import register_model
 
 
 def main() -> None:

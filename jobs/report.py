@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from jobs._common import add_search_args, add_tracking_args, run_main, search_options
-from pipeline.lineage_report import report_registered_lineage
+from pipeline.lineage.report import report_registered_lineage
 from pipeline.runtime import init_ray
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from jobs._common import run_main
 from pipeline.config import load_train_config
-from pipeline.old_space import stats_for_model, train_split_embeddings
+from pipeline.train.inputs import stats_for_model, train_split_embeddings
 from pipeline.runtime import init_ray
 
 

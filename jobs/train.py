@@ -7,7 +7,7 @@ import argparse
 from jobs._common import add_tracking_args, run_main
 from pipeline.config import load_train_config
 from pipeline.runtime import init_ray
-from pipeline.training import fit_model
+from pipeline.train.training import fit_model
 
 
 def main() -> None:

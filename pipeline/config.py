@@ -76,7 +76,7 @@ class TrainConfig(_Strict):
     classes: Literal["all", "first_half"] | list[str] = "all"
     data_fraction: float = Field(1.0, gt=0, le=1)
     validation_fraction: float = Field(0.0, ge=0, lt=1, description="share of the training split held out "
-                                       "for validation (pipeline.data.in_validation), the same rows for every model")
+                                       "for validation (pipeline.data.dataset.in_validation), the same rows for every model")
     epochs: int = Field(4, gt=0)
     min_steps: int = Field(0, ge=0, description="small datasets: passes per epoch rise until the run has this many steps")
     batch_size: int = Field(128, gt=0, description="global batch: each of the num_workers workers takes "
@@ -149,7 +149,7 @@ class EncodeConfig(_Strict):
     num_actors: int = Field(1, gt=0)
     cpus_per_actor: float = Field(0.5, gt=0, description="CPUs each actor reserves; on CPUs exactly 1 (what a "
                                   "decoding task reserves) makes Ray Data fuse decoding into the actors, which is "
-                                  "slower (pipeline.encoding.encode_split)")
+                                  "slower (pipeline.encode.split.encode_split)")
     threads_per_actor: int = Field(2, gt=0, description="torch threads in each actor")
     use_gpu: bool | None = Field(None, description="None: one GPU per actor when the cluster has GPUs at the start; "
                                  "true asks for them (an autoscaler then adds GPU nodes)")
@@ -163,7 +163,7 @@ class ScoreConfig(_Strict):
     pairs: Literal["all", "counterparts"] = Field(
         "all", description="all: every ordered pair of equal dimension; counterparts: each model with itself, "
                            "each new model and T21 entry against the old gallery, and each T12-mapped old gallery "
-                           "with its new model both ways (pipeline.transformed.counterpart_pairs)")
+                           "with its new model both ways (pipeline.encode.mapped.counterpart_pairs)")
 
 
 class MlflowConfig(_Strict):

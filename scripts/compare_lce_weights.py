@@ -15,13 +15,13 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.compat_matrix import score_pair
+from pipeline.score.matrix import score_pair
 from pipeline.config import TrainConfig, load_pipeline_config
-from pipeline.embeddings import read_embeddings
-from pipeline.encoding import encode_split
-from pipeline.old_space import stats_for_model
+from pipeline.data.embeddings import read_embeddings
+from pipeline.encode.split import encode_split
+from pipeline.train.inputs import stats_for_model
 from pipeline.runtime import init_ray, setup_logging
-from pipeline.training import fit_model
+from pipeline.train.training import fit_model
 
 
 def main() -> None:

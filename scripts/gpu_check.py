@@ -1,10 +1,10 @@
 """GPU check: the project's training step, encoding and faiss scoring on one GPU, in a few minutes.
 
 Trains three models for a few hundred steps each with the step the Ray Train workers run
-(``pipeline.steps``, autocast at the configured precision): the old model on classes 0-4, then an
+(``pipeline.compat.steps``, autocast at the configured precision): the old model on classes 0-4, then an
 independent and an LCE-direct new model on all ten, LCE against the old model's statistics.
 Encodes the test split with each, scores every (query, gallery) pair with faiss (the GPU build
-when it sees a GPU, else faiss-cpu, as ``pipeline.retrieval`` decides) and prints throughput and
+when it sees a GPU, else faiss-cpu, as ``pipeline.score.retrieval`` decides) and prints throughput and
 the matrix. Needs no Ray: the GPU math is what it checks; ``make demo`` on a GPU node runs the
 same code through Ray Train and Ray Data.
 
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from pipeline.config import CompatConfig, ModelConfig
-from pipeline.data import read_idx
-from pipeline.losses import TrainingObjective
-from pipeline.models import EmbeddingModel
-from pipeline.retrieval import per_query_metrics, summarize
-from pipeline.statistics import compute_old_space_stats
-from pipeline.steps import autocast, autocast_dtype, optimizer_step
+from pipeline.data.dataset import read_idx
+from pipeline.compat.losses import TrainingObjective
+from pipeline.model.networks import EmbeddingModel
+from pipeline.score.retrieval import per_query_metrics, summarize
+from pipeline.compat.statistics import compute_old_space_stats
+from pipeline.compat.steps import autocast, autocast_dtype, optimizer_step
 
 CLASSES = [str(label) for label in range(10)]
 MODEL = ModelConfig(architecture="resnet18", embedding_dim=128)

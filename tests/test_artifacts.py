@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import ArtifactError, load_model, write_artifact
+from pipeline.model.artifacts import ArtifactError, load_model, write_artifact
 from pipeline.config import ModelConfig
-from pipeline.embeddings import embeddings_table, read_embeddings, write_embeddings
-from pipeline.models import EmbeddingModel
+from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
+from pipeline.model.networks import EmbeddingModel
 from pipeline.names import check_name
 
 

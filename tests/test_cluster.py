@@ -25,9 +25,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline.artifacts import load_model, read_card
-from pipeline.data import ingest, load_split
-from pipeline.retrieval import per_query_metrics, summarize
+from pipeline.model.artifacts import load_model, read_card
+from pipeline.data.dataset import ingest, load_split
+from pipeline.score.retrieval import per_query_metrics, summarize
 
 pytestmark = pytest.mark.cluster
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import ArtifactError, write_artifact
-from pipeline.cmc import build_cmc_transforms, cmc_terms, load_cmc
+from pipeline.model.artifacts import ArtifactError, write_artifact
+from pipeline.train.cross_model import build_cmc_transforms, cmc_terms, load_cmc
 from pipeline.config import CompatConfig, ModelConfig, TransformConfig
-from pipeline.models import EmbeddingModel
-from pipeline.statistics import OldSpaceStats
+from pipeline.model.networks import EmbeddingModel
+from pipeline.compat.statistics import OldSpaceStats
 
 
 class _Rotate(torch.nn.Module):

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.data import (
+from pipeline.data.dataset import (
     DATASET_SCHEMA,
     DataError,
     DatasetInfo,

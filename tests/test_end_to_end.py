@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.artifacts import read_card
-from pipeline.cmc import load_cmc
+from pipeline.model.artifacts import read_card
+from pipeline.train.cross_model import load_cmc
 from pipeline.config import pipeline_from_dict
-from pipeline.embeddings import read_embeddings
-from pipeline.orchestrate import run_pipeline
-from pipeline.results import load_run, seed_rows
+from pipeline.data.embeddings import read_embeddings
+from pipeline.flows.experiment import run_pipeline
+from pipeline.score.results import load_run, seed_rows
 from tests.reference import reference
 
 pytestmark = pytest.mark.ray

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.config import HeadConfig
-from pipeline.heads import ArcFaceHead, CosFaceHead, SoftmaxHead, build_head
+from pipeline.model.heads import ArcFaceHead, CosFaceHead, SoftmaxHead, build_head
 
 
 def _head(kind, weight, scale=2.0, margin=0.5):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pipeline.config import CompatConfig, HeadConfig
-from pipeline.heads import build_head
-from pipeline.losses import (
+from pipeline.model.heads import build_head
+from pipeline.compat.losses import (
     DimensionMismatch,
     TrainingObjective,
     alignment_loss,
@@ -16,7 +16,7 @@ from pipeline.losses import (
     influence_weights,
     regression_loss,
 )
-from pipeline.statistics import OldSpaceStats, StatisticsMismatch
+from pipeline.compat.statistics import OldSpaceStats, StatisticsMismatch
 
 
 def _stats(classes=("a", "b"), old_classes=("a",)):

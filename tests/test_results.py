@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import pipeline_from_dict
-from pipeline.results import claim_checks, fold_seeds, scenario_markdown, seed_rows
+from pipeline.score.results import claim_checks, fold_seeds, scenario_markdown, seed_rows
 
 CFG = pipeline_from_dict({"old": {"name": "old"}, "seeds": [0, 1],
                           "new": [{"name": "ind"}, {"name": "lce", "method": "lce_backward"}]})

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.statistics import OldSpaceStats, StatisticsMismatch, boundary_angle, compute_old_space_stats
+from pipeline.compat.statistics import OldSpaceStats, StatisticsMismatch, boundary_angle, compute_old_space_stats
 
 
 def test_centers_and_max_boundary_by_hand():

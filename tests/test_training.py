@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import write_artifact
+from pipeline.model.artifacts import write_artifact
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.losses import DimensionMismatch
-from pipeline.models import EmbeddingModel
-from pipeline.statistics import StatisticsMismatch, compute_old_space_stats
-from pipeline.steps import autocast, autocast_dtype, optimizer_step
-from pipeline.training import build_objective, init_seed, passes_per_epoch, storage_location
+from pipeline.compat.losses import DimensionMismatch
+from pipeline.model.networks import EmbeddingModel
+from pipeline.compat.statistics import StatisticsMismatch, compute_old_space_stats
+from pipeline.compat.steps import autocast, autocast_dtype, optimizer_step
+from pipeline.train.training import build_objective, init_seed, passes_per_epoch, storage_location
 
 
 def test_small_datasets_pass_several_times_per_epoch():
@@ -57,8 +57,8 @@ def test_bct_objective_uses_the_old_classifier(tmp_path, old_model):
 
 
 def test_backward_manner_accepts_another_dimension_and_saves_its_transform(tmp_path, old_model):
-    from pipeline.artifacts import load_model
-    from pipeline.transforms import build_transforms
+    from pipeline.model.artifacts import load_model
+    from pipeline.model.transformations import build_transforms
 
     cfg = TrainConfig(name="lce", method="lce_backward", model=ModelConfig(embedding_dim=16))
     objective = build_objective(cfg, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))

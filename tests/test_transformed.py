@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.compat_matrix import add_criteria, matrix
-from pipeline.embeddings import EmbeddingSet
-from pipeline.transformed import map_embeddings
+from pipeline.score.matrix import add_criteria, matrix
+from pipeline.data.embeddings import EmbeddingSet
+from pipeline.encode.mapped import map_embeddings
 
 
 def test_mapped_set_holds_the_transformed_vectors(tmp_path):
@@ -31,7 +31,7 @@ def test_forward_gallery_is_judged_against_old_old_and_other_dimensions_are_abse
 
 
 def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with():
-    from pipeline.transformed import MatrixEntry, counterpart_pairs
+    from pipeline.encode.mapped import MatrixEntry, counterpart_pairs
 
     def of_dim(dim):
         return EmbeddingSet(path="p", model_id="m", model_name="m", ids=np.array(["a"], dtype=object),
@@ -47,7 +47,7 @@ def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with()
 
 
 def test_all_pairs_by_default_and_only_pairs_of_one_dimension():
-    from pipeline.compat_matrix import score_all_pairs
+    from pipeline.score.matrix import score_all_pairs
 
     rng = np.random.default_rng(0)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.config import TransformConfig
-from pipeline.transforms import FeatureTransform, TransformBlock
+from pipeline.model.transformations import FeatureTransform, TransformBlock
 
 
 def test_block_is_skip_plus_paths():

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.artifacts import load_model
+from pipeline.model.artifacts import load_model
 from pipeline.config import load_train_config
-from pipeline.data import class_indices, read_dataset_info
-from pipeline.transforms import TRANSFORMS_OF
-from pipeline.validation import References, Validator
+from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.model.transformations import TRANSFORMS_OF
+from pipeline.train.validation import References, Validator
 from tuning.space import load_sweep_config
 
 
 def compatible_route(method: str, new: str, old: str) -> tuple[str, str]:
     """The (query, gallery) matrix entries of a method's compatible route, named as
-    ``pipeline.transformed.matrix_entries`` names them (T21 first, as in ``pipeline.validation``)."""
+    ``pipeline.encode.mapped.matrix_entries`` names them (T21 first, as in ``pipeline.train.validation``)."""
     if "backward_transform" in TRANSFORMS_OF[method]:
         return f"{new}.t21", old
     if "forward_transform" in TRANSFORMS_OF[method]:

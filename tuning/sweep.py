@@ -36,15 +36,15 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from pipeline.artifacts import load_model, read_card
+from pipeline.model.artifacts import load_model, read_card
 from pipeline.config import TrainConfig
-from pipeline.data import class_indices, load_split, read_dataset_info
-from pipeline.old_space import stats_for_model, train_split_embeddings
-from pipeline.orchestrate import ensure_dataset
+from pipeline.data.dataset import class_indices, load_split, read_dataset_info
+from pipeline.train.inputs import stats_for_model, train_split_embeddings
+from pipeline.flows.experiment import ensure_dataset
 from pipeline.runtime import init_ray, runs_at_once
 from pipeline.tracking import experiment_id, finished_run
-from pipeline.training import build_trainer, fit_model, run_resources, train_loop_config
-from pipeline.validation import References, embed_images, top1, update_gain
+from pipeline.train.training import build_trainer, fit_model, run_resources, train_loop_config
+from pipeline.train.validation import References, embed_images, top1, update_gain
 from tuning.space import SweepConfig, load_sweep_config, trial_config
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class SweepInputs:
     dataset: Path
     old_model: Path
     stats: Path
-    validation: dict[str, Any]  # pipeline.training.train_loop_config(validation=...)
+    validation: dict[str, Any]  # pipeline.train.training.train_loop_config(validation=...)
 
 
 def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, **fit_options: Any) -> Path:

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.names import check_name
-from pipeline.parquet import write_table_atomic
-from pipeline.retrieval import Shard
+from pipeline.atomic import write_table_atomic
+from pipeline.score.retrieval import Shard
 
 META_KEY = b"compat_embed"
 

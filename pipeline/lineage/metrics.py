@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.retrieval import normalize
+from pipeline.score.retrieval import normalize
 
 VERDICT_METRICS = ("top1", "map")
 NO_BACKFILL, FORWARD, BACKFILL = "ship, no backfill", "ship, forward transformation on the gallery", "backfill needed"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.embeddings import EmbeddingFiles, EmbeddingSet
-from pipeline.parquet import write_atomic
-from pipeline.retrieval import IndexSpec, ranking_metrics, recall_at_k, search, summarize
+from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
+from pipeline.atomic import write_atomic
+from pipeline.score.retrieval import IndexSpec, ranking_metrics, recall_at_k, search, summarize
 
 log = logging.getLogger(__name__)
 CRITERION_METRICS = ("top1", "map")
@@ -66,7 +66,7 @@ def score_all_pairs(sets: dict[str, Gallery], old_classes: list[str] | None = No
                     index: IndexSpec = IndexSpec(), full_ranking: bool = True,
                     pair_dir: Path | None = None) -> pd.DataFrame:
     """The report table over ``pairs`` (default: every ordered pair of ``sets`` whose dimensions
-    match); ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``).
+    match); ``references`` and ``transforms`` describe transformed entries (``pipeline.encode.mapped``).
     A set on disk is read into memory while it is the query set (pairs in query order hold one
     at a time) and streamed shard by shard while it is only the gallery. With ``pair_dir``, each
     pair's row is saved there as it is scored and reused by a later call on the same inputs."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.heads import build_head
+from pipeline.model.heads import build_head
 
 
 class SmallCNN(nn.Module):

@@ -14,7 +14,7 @@ decides where each output lives under ``output_dir``:
 
 A lineage (``run_lineage``) trains into the same ``models/``, ``stats/``, ``embeddings/`` and
 ``ray/`` folders, then reports from the registry's versions under ``registry/`` (their
-downloaded artifacts, embeddings and ``report/``: ``pipeline.lineage_report``).
+downloaded artifacts, embeddings and ``report/``: ``pipeline.lineage.report``).
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.cmc import fit_cmc
+from pipeline.train.cross_model import fit_cmc
 from pipeline.config import CmcConfig, DataConfig, EncodeConfig, LineageConfig, PipelineConfig, TrainConfig
-from pipeline.data import ingest, ingested_from, read_dataset_info
-from pipeline.embeddings import read_embeddings
-from pipeline.encoding import encode_split
-from pipeline.lineage_report import LineageReport, report_registered_lineage
-from pipeline.old_space import stats_for_model, train_split_embeddings
-from pipeline.registry import register_model
+from pipeline.data.dataset import ingest, ingested_from, read_dataset_info
+from pipeline.data.embeddings import read_embeddings
+from pipeline.encode.split import encode_split
+from pipeline.lineage.report import LineageReport, report_registered_lineage
+from pipeline.train.inputs import stats_for_model, train_split_embeddings
+from pipeline.lineage.registry import register_model
 from pipeline.runtime import runs_at_once
-from pipeline.scoring import score_and_report
+from pipeline.score.scoring import score_and_report
 from pipeline.tracking import experiment_id
-from pipeline.training import fit_model, run_resources
-from pipeline.transformed import counterpart_pairs, matrix_entries
+from pipeline.train.training import fit_model, run_resources
+from pipeline.encode.mapped import counterpart_pairs, matrix_entries
 
 log = logging.getLogger(__name__)
 ENTRIES_FILE = "entries.json"

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import CompatConfig
-from pipeline.statistics import OldSpaceStats
-from pipeline.transforms import TRANSFORMS_OF
+from pipeline.compat.statistics import OldSpaceStats
+from pipeline.model.transformations import TRANSFORMS_OF
 
 
 class DimensionMismatch(ValueError):

@@ -20,7 +20,7 @@ import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.artifacts import CARD_FILE, read_card
+from pipeline.model.artifacts import CARD_FILE, read_card
 from pipeline.names import check_name
 from pipeline.tracking import experiment_id
 

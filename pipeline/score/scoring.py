@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.artifacts import read_card
-from pipeline.compat_matrix import Gallery, score_all_pairs
-from pipeline.parquet import write_atomic
-from pipeline.report import format_matrix, heatmap, log_report, write_tables
-from pipeline.retrieval import IndexSpec
+from pipeline.model.artifacts import read_card
+from pipeline.score.matrix import Gallery, score_all_pairs
+from pipeline.atomic import write_atomic
+from pipeline.score.report import format_matrix, heatmap, log_report, write_tables
+from pipeline.score.retrieval import IndexSpec
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def score_and_report(sets: dict[str, Gallery], *, old_model: str | Path, indepen
     the printed matrix. Each pair's row is kept in ``out_dir/pairs``, so that a rerun after a
     kill scores only the pairs not done yet.
 
-    ``references`` and ``transforms`` describe transformed entries (``pipeline.transformed``).
+    ``references`` and ``transforms`` describe transformed entries (``pipeline.encode.mapped``).
     """
     old_card = read_card(old_model)
     for role, name in (("old", old_card["name"]), ("independent", independent)):

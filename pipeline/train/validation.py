@@ -1,6 +1,6 @@
 """Validation metrics of a model in training and the sweep objective built from them.
 
-Computed on the validation rows of the training split (``pipeline.data.in_validation``), never
+Computed on the validation rows of the training split (``pipeline.data.dataset.in_validation``), never
 on the test split that the final matrix scores. The compatible route follows the method: the
 new features as they are (direct), mapped by ``T21`` into the old space (backward,
 bidirectional), or searched against the old gallery mapped by ``T12`` (forward).
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data import load_split
-from pipeline.retrieval import in_memory, search, topk_hits
+from pipeline.data.dataset import load_split
+from pipeline.score.retrieval import in_memory, search, topk_hits
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def compat_objective(gain: float, retention: float) -> float:
 
 def top1(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> float:
     """Top-1 with the validation rows as both query and gallery set, each query excluding itself
-    (the metric of ``pipeline.retrieval``, without its full-ranking AP, which a sweep does not use)."""
+    (the metric of ``pipeline.score.retrieval``, without its full-ranking AP, which a sweep does not use)."""
     hits = topk_hits(search(query, ids, in_memory(ids, labels, gallery), 1), labels, (1,))
     return float(hits["top1"].mean())
 

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from pipeline.config import ModelConfig, TransformConfig
-from pipeline.models import EmbeddingModel
+from pipeline.model.networks import EmbeddingModel
 from pipeline.names import check_name
-from pipeline.transforms import build_transforms
+from pipeline.model.transformations import build_transforms
 
 WEIGHTS_FILE = "model.pt"
 CARD_FILE = "card.json"

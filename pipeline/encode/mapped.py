@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.artifacts import load_model
-from pipeline.cmc import load_cmc
-from pipeline.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_table, open_embeddings, write_embeddings
+from pipeline.model.artifacts import load_model
+from pipeline.train.cross_model import load_cmc
+from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_table, open_embeddings, write_embeddings
 
 ROWS_PER_FILE = 10_000
 
@@ -52,7 +52,7 @@ def map_embeddings(source: EmbeddingSet | EmbeddingFiles, transform: nn.Module, 
                    out_dir: str | Path) -> EmbeddingFiles:
     """``transform`` (eval mode) applied to every unit-normalised vector of ``source``, shard by
     shard, written to ``out_dir`` (transformations are trained on unit vectors:
-    ``pipeline.losses.map_rows``)."""
+    ``pipeline.compat.losses.map_rows``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.parquet"):

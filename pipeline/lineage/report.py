@@ -4,7 +4,7 @@ Files under ``out_dir``:
 
     embeddings/<model>/<split>/   each model's embeddings (kept when already encoded by that model)
     embeddings/<entry>/<split>/   transformed entries (a model's T21, its parent's gallery through its T12)
-    report/report.{parquet,csv}   one row per scored pair (pipeline.compat_matrix)
+    report/report.{parquet,csv}   one row per scored pair (pipeline.score.matrix)
     report/lineage.csv            AC and AM per metric
     report/backfill.csv           backfill curves: model, order, share, metrics
     report/verdicts.json          one verdict per new model, with the numbers behind it
@@ -34,18 +34,18 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline.artifacts import read_card  # noqa: E402
-from pipeline.compat_matrix import Gallery, matrix, score_all_pairs  # noqa: E402
-from pipeline.embeddings import open_embeddings  # noqa: E402
-from pipeline.encoding import encode_split  # noqa: E402
-from pipeline.lineage import (Verdict, backfill_curve, curve_area, lower_triangle_summary, random_order,  # noqa: E402
+from pipeline.model.artifacts import read_card  # noqa: E402
+from pipeline.score.matrix import Gallery, matrix, score_all_pairs  # noqa: E402
+from pipeline.data.embeddings import open_embeddings  # noqa: E402
+from pipeline.encode.split import encode_split  # noqa: E402
+from pipeline.lineage.metrics import (Verdict, backfill_curve, curve_area, lower_triangle_summary, random_order,  # noqa: E402
                               share_to_reach, stratified_order, update_gain, verdict)
-from pipeline.registry import STATS_FILE, download_version, lineage  # noqa: E402
-from pipeline.report import cell_metrics, heatmap, log_metrics, pair_compatible, row_metrics, write_tables  # noqa: E402
-from pipeline.retrieval import IndexSpec, in_memory, score_queries, summarize  # noqa: E402
-from pipeline.statistics import OldSpaceStats  # noqa: E402
+from pipeline.lineage.registry import STATS_FILE, download_version, lineage  # noqa: E402
+from pipeline.score.report import cell_metrics, heatmap, log_metrics, pair_compatible, row_metrics, write_tables  # noqa: E402
+from pipeline.score.retrieval import IndexSpec, in_memory, score_queries, summarize  # noqa: E402
+from pipeline.compat.statistics import OldSpaceStats  # noqa: E402
 from pipeline.tracking import experiment_id, finished_run, metric_key  # noqa: E402
-from pipeline.transformed import MatrixEntry, matrix_entries  # noqa: E402
+from pipeline.encode.mapped import MatrixEntry, matrix_entries  # noqa: E402
 
 log = logging.getLogger(__name__)
 MATRIX_METRICS = ("top1", "top5", "map", "map_at_r")
@@ -97,7 +97,7 @@ def _backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: i
 
 def _entries(models: list[LineageModel], sets: dict[str, Gallery], out_root: Path, split: str) -> dict[str, MatrixEntry]:
     """Each model's own entry, plus the entries its transformations make against its parent
-    (``pipeline.transformed``: its T21 queries, its parent's gallery through its T12)."""
+    (``pipeline.encode.mapped``: its T21 queries, its parent's gallery through its T12)."""
     entries: dict[str, MatrixEntry] = {}
     for model in models:
         pair = {name: sets[name] for name in (model.name, model.parent) if name}
@@ -109,7 +109,7 @@ def _entries(models: list[LineageModel], sets: dict[str, Gallery], out_root: Pat
 
 def _parent_centers(child: LineageModel, parent_dim: int) -> np.ndarray | None:
     """The parent-space class centers of the child's statistics: the copy registered with the
-    artifact (``pipeline.registry.STATS_FILE``), else the card's path; None (logged) if neither."""
+    artifact (``pipeline.lineage.registry.STATS_FILE``), else the card's path; None (logged) if neither."""
     card = read_card(child.folder)
     for path in (child.folder / STATS_FILE, Path(card.get("stats_file") or "")):
         if path.is_file():
@@ -313,7 +313,7 @@ def _log_report_run(client: MlflowClient, run_id: str, experiment_key: str, tabl
 
 def report_registered_lineage(tracking_uri: str, registered_model: str, versions: list[str] | None,
                               dataset: str | Path, split: str, out_dir: str | Path, **options) -> LineageReport:
-    """``run_lineage_report`` over the registry's chain of versions (``pipeline.registry``), each
+    """``run_lineage_report`` over the registry's chain of versions (``pipeline.lineage.registry``), each
     version's artifact downloaded to ``out_dir/models/v<version>`` and named ``v<version>``."""
     chain = lineage(tracking_uri, registered_model, versions)
     models = [LineageModel(f"v{v.version}", download_version(tracking_uri, v, Path(out_dir) / "models" / f"v{v.version}"),

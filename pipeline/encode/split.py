@@ -1,7 +1,7 @@
 """Batch encoding of a dataset split with one model, on Ray Data.
 
 The dataset's Parquet files are read and their images decoded in Ray Data tasks, one per file
-(``pipeline.data.decode_file``), which feed an actor pool whose actors each hold the model once
+(``pipeline.data.dataset.decode_file``), which feed an actor pool whose actors each hold the model once
 (``BatchEncoder``); the driver only receives the embeddings. Decoding in tasks of its own
 overlaps the actors' start-up (a process importing torch: seconds) and their inference, and on
 a GPU node keeps the CPUs' work off the GPU actor. Each input file becomes one output part file
@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from pipeline.artifacts import load_model
-from pipeline.bad_rows import BadRows, DataError
-from pipeline.data import DatasetInfo, decode_file, read_dataset_info, scale_pixels, split_files
-from pipeline.embeddings import META_KEY, embeddings_table, write_embeddings
-from pipeline.parquet import write_atomic
+from pipeline.model.artifacts import load_model
+from pipeline.data.bad_rows import BadRows, DataError
+from pipeline.data.dataset import DatasetInfo, decode_file, read_dataset_info, scale_pixels, split_files
+from pipeline.data.embeddings import META_KEY, embeddings_table, write_embeddings
+from pipeline.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model, what was skipped
@@ -34,7 +34,7 @@ DECODE_CPUS = 1  # each decoding task's reservation: it decodes one image at a t
 
 
 class BatchEncoder:
-    """Ray Data callable class: decoded images in (``pipeline.data.decode_file``), unnormalised
+    """Ray Data callable class: decoded images in (``pipeline.data.dataset.decode_file``), unnormalised
     embeddings out; bad rows pass through with a zero vector and their ``problem``."""
 
     def __init__(self, model_dir: str, threads: int = 1) -> None:
@@ -82,7 +82,7 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
 
     Input files whose part is already in ``out_dir`` (same model, same input file, same policy)
     are not encoded again: a finished encoding is reused, an interrupted one completed.
-    ``on_bad_rows`` is ``pipeline.bad_rows``'s policy.
+    ``on_bad_rows`` is ``pipeline.data.bad_rows``'s policy.
 
     ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
     decoding tasks, which reserve ``DECODE_CPUS`` each. A CPU actor reserving exactly as much

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.bad_rows import BadRows, DataError, label_problem
-from pipeline.parquet import write_table_atomic
+from pipeline.data.bad_rows import BadRows, DataError, label_problem
+from pipeline.atomic import write_table_atomic
 
 log = logging.getLogger(__name__)
 

@@ -23,18 +23,18 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipeline.artifacts import load_model, new_model_id, read_card, write_artifact
-from pipeline.checkpoints import final_weights, report_epoch, resume
+from pipeline.model.artifacts import load_model, new_model_id, read_card, write_artifact
+from pipeline.train.checkpoints import final_weights, report_epoch, resume
 from pipeline.config import HeadConfig, TrainConfig
-from pipeline.data import class_indices, load_split, read_dataset_info
-from pipeline.heads import build_head
-from pipeline.losses import TrainingObjective, check_same_dim, influence_weights
-from pipeline.models import EmbeddingModel
-from pipeline.statistics import OldSpaceStats
-from pipeline.steps import NonFiniteLoss, autocast, autocast_dtype, optimizer_and_schedule, optimizer_step
+from pipeline.data.dataset import class_indices, load_split, read_dataset_info
+from pipeline.model.heads import build_head
+from pipeline.compat.losses import TrainingObjective, check_same_dim, influence_weights
+from pipeline.model.networks import EmbeddingModel
+from pipeline.compat.statistics import OldSpaceStats
+from pipeline.compat.steps import NonFiniteLoss, autocast, autocast_dtype, optimizer_and_schedule, optimizer_step
 from pipeline.tracking import EpochLogger, finished_run, flat_params, resumable_run
-from pipeline.transforms import TRANSFORMS_OF, build_transforms
-from pipeline.validation import References, Validator
+from pipeline.model.transformations import TRANSFORMS_OF, build_transforms
+from pipeline.train.validation import References, Validator
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def train_loop_config(cfg: TrainConfig, dataset: Path, old_model: str | Path | N
                       stats: str | Path | None = None, validation: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every worker of ``cfg``'s run reads, checked on the driver before any worker starts.
     ``validation`` (``old_features``, ``old_old``, ``independent``) adds a validation pass after
-    each epoch (``pipeline.validation``)."""
+    each epoch (``pipeline.train.validation``)."""
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
     old_dim = None
