@@ -35,12 +35,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import gemm_rate, save_results, write_section
-from pipeline.model.artifacts import load_model, write_artifact
 from pipeline.config import DataConfig, ModelConfig
-from pipeline.data.dataset import DATASET_SCHEMA, decode_image, read_dataset_info, split_files
+from pipeline.data.dataset import DATASET_SCHEMA, read_dataset_info, split_files
+from pipeline.data.decode import decode_image
 from pipeline.data.embeddings import embeddings_table, write_embeddings
+from pipeline.data.importers import ensure_dataset
+from pipeline.model.artifacts import load_model, write_artifact
 from pipeline.model.networks import EmbeddingModel
-from pipeline.flows.experiment import ensure_dataset
 
 TARGET = 0.9  # issue 7: images/s of the Ray Data encoding against the plain loop, at 1e5 images
 GALLERY, ROWS_PER_FILE, BATCH = 100_000, 10_000, 512

@@ -27,12 +27,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import gemm_rate, save_results, write_section
-from pipeline.config import DataConfig, TrainConfig
-from pipeline.data.dataset import load_split, read_dataset_info
 from pipeline.compat.losses import TrainingObjective
-from pipeline.model.networks import EmbeddingModel
-from pipeline.flows.experiment import ensure_dataset
 from pipeline.compat.steps import optimizer_and_schedule, optimizer_step
+from pipeline.config import DataConfig, TrainConfig
+from pipeline.data.dataset import read_dataset_info
+from pipeline.data.decode import load_split
+from pipeline.data.importers import ensure_dataset
+from pipeline.model.networks import EmbeddingModel
 from pipeline.train.training import init_seed
 
 TARGET = 0.9  # issue 7: jobs.train samples/s against the plain loop

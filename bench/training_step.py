@@ -27,12 +27,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import gemm_rate, save_results, write_section
-from pipeline.config import CompatConfig, HeadConfig, ModelConfig, TransformConfig
-from pipeline.model.heads import build_head
 from pipeline.compat.losses import TrainingObjective
-from pipeline.model.networks import EmbeddingModel
 from pipeline.compat.statistics import compute_old_space_stats
 from pipeline.compat.steps import optimizer_and_schedule, optimizer_step
+from pipeline.config import CompatConfig, HeadConfig, ModelConfig, TransformConfig
+from pipeline.model.heads import build_head
+from pipeline.model.networks import EmbeddingModel
 from pipeline.model.transformations import build_transforms
 
 METHODS = ("independent", "lce_direct", "lce_backward", "lce_forward", "lce_bidirectional", "bct", "l2")

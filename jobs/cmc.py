@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from jobs._common import add_tracking_args, run_main
-from pipeline.train.cross_model import fit_cmc
 from pipeline.config import load_cmc_config
 from pipeline.runtime import init_ray
+from pipeline.train.cross_model import fit_cmc
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jobs._common import add_bad_rows_arg, run_main
-from pipeline.data.dataset import ingest
+from pipeline.data.importers import ingest
 
 
 def main() -> None:

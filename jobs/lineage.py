@@ -7,7 +7,7 @@ import argparse
 
 from jobs._common import run_main
 from pipeline.config import load_lineage_config
-from pipeline.flows.experiment import run_lineage
+from pipeline.lineage.chain import run_lineage
 from pipeline.runtime import init_ray
 
 

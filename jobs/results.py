@@ -16,8 +16,8 @@ from jobs._common import run_main
 from jobs.pipeline import data_overrides
 from pipeline.config import load_pipeline_config
 from pipeline.flows.experiment import run_pipeline
-from pipeline.score.results import claim_checks, fold_seeds, load_run, scenario_markdown, seed_rows
 from pipeline.runtime import init_ray
+from pipeline.score.results import claim_checks, fold_seeds, load_run, scenario_markdown, seed_rows
 
 TIMING_FILE = "results_run.json"
 

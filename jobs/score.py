@@ -9,10 +9,10 @@ import argparse
 from pathlib import Path
 
 from jobs._common import add_search_args, add_tracking_args, run_main, search_options
-from pipeline.model.artifacts import read_card
 from pipeline.data.embeddings import open_embeddings
-from pipeline.score.scoring import score_and_report
 from pipeline.encode.mapped import matrix_entries
+from pipeline.model.artifacts import read_card
+from pipeline.score.scoring import score_and_report
 
 
 def main() -> None:

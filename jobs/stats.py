@@ -6,8 +6,8 @@ import argparse
 
 from jobs._common import run_main
 from pipeline.config import load_train_config
-from pipeline.train.inputs import stats_for_model, train_split_embeddings
 from pipeline.runtime import init_ray
+from pipeline.train.inputs import stats_for_model, train_split_embeddings
 
 
 def main() -> None:

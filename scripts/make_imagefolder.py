@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.data.dataset import read_idx
+from pipeline.data.importers import read_idx
 
 NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model.artifacts import ArtifactError, load_model, write_artifact
 from pipeline.config import ModelConfig
 from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
+from pipeline.model.artifacts import ArtifactError, load_model, write_artifact
 from pipeline.model.networks import EmbeddingModel
 from pipeline.names import check_name
 

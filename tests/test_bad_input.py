@@ -25,12 +25,13 @@ import yaml
 from PIL import Image
 
 from jobs._common import run_main
-from pipeline.model.artifacts import write_artifact
-from pipeline.config import ConfigError, ModelConfig, load_lineage_config, load_pipeline_config
-from pipeline.data.dataset import DATASET_SCHEMA, ingest, read_idx
-from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
-from pipeline.model.networks import EmbeddingModel
 from pipeline.compat.statistics import compute_old_space_stats
+from pipeline.config import ConfigError, ModelConfig, load_lineage_config, load_pipeline_config
+from pipeline.data.dataset import DATASET_SCHEMA
+from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
+from pipeline.data.importers import ingest, read_idx
+from pipeline.model.artifacts import write_artifact
+from pipeline.model.networks import EmbeddingModel
 from tests.conftest import FASHION_MNIST, write_idx
 from tuning.space import load_sweep_config
 

@@ -25,8 +25,9 @@ import pytest
 import torch
 import yaml
 
+from pipeline.data.decode import load_split
+from pipeline.data.importers import ingest
 from pipeline.model.artifacts import load_model, read_card
-from pipeline.data.dataset import ingest, load_split
 from pipeline.score.retrieval import per_query_metrics, summarize
 
 pytestmark = pytest.mark.cluster

@@ -7,19 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.data.dataset import (
-    DATASET_SCHEMA,
-    DataError,
-    DatasetInfo,
-    class_indices,
-    decode_file,
-    decode_image,
-    in_fraction,
-    ingest,
-    load_split,
-    read_dataset_info,
-    scale_pixels,
-)
+from pipeline.data.bad_rows import DataError
+from pipeline.data.dataset import DATASET_SCHEMA, DatasetInfo, class_indices, in_fraction, read_dataset_info
+from pipeline.data.decode import decode_file, decode_image, load_split, scale_pixels
+from pipeline.data.importers import ingest
 from tests.conftest import write_idx
 
 

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.model.artifacts import read_card
-from pipeline.train.cross_model import load_cmc
 from pipeline.config import pipeline_from_dict
 from pipeline.data.embeddings import read_embeddings
 from pipeline.flows.experiment import run_pipeline
+from pipeline.model.artifacts import read_card
 from pipeline.score.results import load_run, seed_rows
+from pipeline.train.cross_model import load_cmc
 from tests.reference import reference
 
 pytestmark = pytest.mark.ray

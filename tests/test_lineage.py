@@ -17,8 +17,18 @@ import pytest
 
 from pipeline.config import LineageConfig, load_lineage_config
 from pipeline.data.embeddings import embeddings_table, open_embeddings, read_embeddings, write_embeddings
-from pipeline.lineage.metrics import (BACKFILL, FORWARD, NO_BACKFILL, backfill_curve, curve_area, lower_triangle_summary,
-                              share_to_reach, stratified_order, update_gain, verdict)
+from pipeline.lineage.metrics import (
+    BACKFILL,
+    FORWARD,
+    NO_BACKFILL,
+    backfill_curve,
+    curve_area,
+    lower_triangle_summary,
+    share_to_reach,
+    stratified_order,
+    update_gain,
+    verdict,
+)
 from pipeline.score.retrieval import in_memory, per_query_metrics, score_queries, summarize
 from tests.reference import reference
 
@@ -161,7 +171,7 @@ def _post(url: str, path: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def lineage_report(tmp_path_factory, fashion_subset, ray_cluster, mlflow_server):
-    from pipeline.flows.experiment import run_lineage
+    from pipeline.lineage.chain import run_lineage
 
     out = tmp_path_factory.mktemp("lineage")
     cfg = LineageConfig.model_validate({

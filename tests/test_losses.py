@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import CompatConfig, HeadConfig
-from pipeline.model.heads import build_head
 from pipeline.compat.losses import (
     DimensionMismatch,
     TrainingObjective,
@@ -17,6 +15,8 @@ from pipeline.compat.losses import (
     regression_loss,
 )
 from pipeline.compat.statistics import OldSpaceStats, StatisticsMismatch
+from pipeline.config import CompatConfig, HeadConfig
+from pipeline.model.heads import build_head
 
 
 def _stats(classes=("a", "b"), old_classes=("a",)):

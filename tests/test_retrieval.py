@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
+from pipeline.data.embeddings import Shard
 from pipeline.score.matrix import add_criteria
-from pipeline.score.retrieval import IndexSpec, Shard, per_query_metrics, recall_at_k, score_queries, search, summarize
+from pipeline.score.retrieval import IndexSpec, per_query_metrics, recall_at_k, score_queries, search, summarize
 from tests.reference import reference
 
 
@@ -105,8 +106,8 @@ def test_ivf_excludes_own_images():
 
 
 def test_ivf_scoring_reports_its_recall_against_flat_search():
-    from pipeline.score.matrix import score_pair
     from pipeline.data.embeddings import EmbeddingSet
+    from pipeline.score.matrix import score_pair
 
     rng = np.random.default_rng(6)
     ids, labels, vectors = _gallery(rng, size=1500)
@@ -120,8 +121,8 @@ def test_ivf_scoring_reports_its_recall_against_flat_search():
 
 
 def test_top_k_only_scoring_leaves_map_out_everywhere():
-    from pipeline.score.matrix import score_all_pairs
     from pipeline.data.embeddings import EmbeddingSet
+    from pipeline.score.matrix import score_all_pairs
 
     rng = np.random.default_rng(7)
     ids, labels, vectors = _gallery(rng, size=300)

@@ -22,8 +22,9 @@ def test_run_resources_follow_the_workers(ray_cluster):
 def test_the_dashboard_listens_on_127_0_0_1_only(ray_cluster):
     """Jobs start local Ray with its defaults, as this session's cluster: the dashboard (and the
     state API it serves) is reachable from this machine only."""
-    import psutil
     from urllib.parse import urlsplit
+
+    import psutil
 
     port = urlsplit(f"http://{ray_cluster._private.worker._global_node.webui_url}").port
     listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}

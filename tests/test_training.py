@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model.artifacts import write_artifact
-from pipeline.config import ModelConfig, TrainConfig
 from pipeline.compat.losses import DimensionMismatch
-from pipeline.model.networks import EmbeddingModel
 from pipeline.compat.statistics import StatisticsMismatch, compute_old_space_stats
 from pipeline.compat.steps import autocast, autocast_dtype, optimizer_step
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.model.artifacts import write_artifact
+from pipeline.model.networks import EmbeddingModel
 from pipeline.train.training import build_objective, init_seed, passes_per_epoch, storage_location
 
 

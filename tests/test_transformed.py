@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.score.matrix import add_criteria, matrix
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.encode.mapped import map_embeddings
+from pipeline.score.matrix import add_criteria, matrix
 
 
 def test_mapped_set_holds_the_transformed_vectors(tmp_path):
@@ -31,7 +31,7 @@ def test_forward_gallery_is_judged_against_old_old_and_other_dimensions_are_abse
 
 
 def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with():
-    from pipeline.encode.mapped import MatrixEntry, counterpart_pairs
+    from pipeline.score.entries import MatrixEntry, counterpart_pairs
 
     def of_dim(dim):
         return EmbeddingSet(path="p", model_id="m", model_name="m", ids=np.array(["a"], dtype=object),

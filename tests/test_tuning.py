@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_train_config
-from pipeline.data.dataset import ingest, load_split
+from pipeline.data.decode import load_split
+from pipeline.data.importers import ingest
 from pipeline.score.retrieval import per_query_metrics, summarize
 from pipeline.train.validation import References, compat_objective, top1, update_gain
 from tuning.space import load_sweep_config, trial_config

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.model.artifacts import load_model
 from pipeline.config import load_train_config
 from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.model.artifacts import load_model
 from pipeline.model.transformations import TRANSFORMS_OF
 from pipeline.train.validation import References, Validator
 from tuning.space import load_sweep_config

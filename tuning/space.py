@@ -14,8 +14,16 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from ray import tune
 
-from pipeline.config import (ConfigError, DataConfig, MlflowConfig, TrainConfig, _format_error, _Strict, deep_merge,
-                             read_yaml)
+from pipeline.config import (
+    ConfigError,
+    DataConfig,
+    MlflowConfig,
+    TrainConfig,
+    _format_error,
+    _Strict,
+    deep_merge,
+    read_yaml,
+)
 
 
 class ParamSpec(_Strict):

@@ -36,13 +36,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from pipeline.model.artifacts import load_model, read_card
 from pipeline.config import TrainConfig
-from pipeline.data.dataset import class_indices, load_split, read_dataset_info
-from pipeline.train.inputs import stats_for_model, train_split_embeddings
-from pipeline.flows.experiment import ensure_dataset
+from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.data.decode import load_split
+from pipeline.data.importers import ensure_dataset
+from pipeline.model.artifacts import load_model, read_card
 from pipeline.runtime import init_ray, runs_at_once
 from pipeline.tracking import experiment_id, finished_run
+from pipeline.train.inputs import stats_for_model, train_split_embeddings
 from pipeline.train.training import build_trainer, fit_model, run_resources, train_loop_config
 from pipeline.train.validation import References, embed_images, top1, update_gain
 from tuning.space import SweepConfig, load_sweep_config, trial_config

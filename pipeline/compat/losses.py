@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import CompatConfig
 from pipeline.compat.statistics import OldSpaceStats
+from pipeline.config import CompatConfig
 from pipeline.model.transformations import TRANSFORMS_OF
 
 

@@ -16,9 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.names import check_name
 from pipeline.atomic import write_table_atomic
-from pipeline.score.retrieval import Shard
+from pipeline.names import check_name
 
 META_KEY = b"compat_embed"
 
@@ -128,3 +127,13 @@ def open_embeddings(folder: str | Path) -> EmbeddingFiles:
 def read_embeddings(folder: str | Path) -> EmbeddingSet:
     """All part files of one embeddings set in memory, checked to come from one model."""
     return open_embeddings(folder).load()
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Consecutive gallery rows starting at position ``offset`` of the whole gallery."""
+
+    offset: int
+    ids: np.ndarray | None  # [n] str, or None when the gallery has no ids to exclude
+    labels: np.ndarray      # [n] int
+    vectors: np.ndarray     # [n, d]

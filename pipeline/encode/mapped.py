@@ -9,7 +9,6 @@ entry is written as an ordinary embeddings set, so the report names the files it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,35 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.model.artifacts import load_model
-from pipeline.train.cross_model import load_cmc
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_table, open_embeddings, write_embeddings
+from pipeline.model.artifacts import load_model
+from pipeline.score.entries import MatrixEntry
+from pipeline.train.cross_model import load_cmc
 
 ROWS_PER_FILE = 10_000
-
-
-@dataclass(frozen=True)
-class MatrixEntry:
-    embeddings: EmbeddingSet | EmbeddingFiles
-    reference: str    # whose M(g, g) a gallery of this entry is compared with
-    transform: str    # "none", or which transformation of which model made it
-    counterpart: str  # the entry it is compatible with: the old model, or for an old gallery
-                      # mapped by T12, the new model whose queries search it
-    base: str         # the model whose own embeddings (new/new) this entry stands for
-
-
-def counterpart_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
-    """Each plain model with itself; each new model or T21 entry as queries against the old
-    gallery; each T12-mapped old gallery both ways with its new model (new queries against it,
-    and as queries against the new gallery: old/new). Pairs of two dimensions are left out."""
-    pairs = [(name, name) for name, entry in entries.items() if entry.transform == "none"]
-    for name, entry in entries.items():
-        if name == entry.counterpart:
-            continue
-        pairs.append((name, entry.counterpart))
-        if entry.reference != name and entry.transform != "none":  # an old gallery mapped by T12
-            pairs.append((entry.counterpart, name))
-    return [(q, g) for q, g in dict.fromkeys(pairs) if entries[q].embeddings.dim == entries[g].embeddings.dim]
 
 
 def map_embeddings(source: EmbeddingSet | EmbeddingFiles, transform: nn.Module, name: str, model_id: str,

@@ -22,11 +22,12 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from pipeline.model.artifacts import load_model
-from pipeline.data.bad_rows import BadRows, DataError
-from pipeline.data.dataset import DatasetInfo, decode_file, read_dataset_info, scale_pixels, split_files
-from pipeline.data.embeddings import META_KEY, embeddings_table, write_embeddings
 from pipeline.atomic import write_atomic
+from pipeline.data.bad_rows import BadRows, DataError
+from pipeline.data.dataset import DatasetInfo, read_dataset_info, split_files
+from pipeline.data.decode import decode_file, scale_pixels
+from pipeline.data.embeddings import META_KEY, embeddings_table, write_embeddings
+from pipeline.model.artifacts import load_model
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model, what was skipped

@@ -28,19 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.train.cross_model import fit_cmc
-from pipeline.config import CmcConfig, DataConfig, EncodeConfig, LineageConfig, PipelineConfig, TrainConfig
-from pipeline.data.dataset import ingest, ingested_from, read_dataset_info
+from pipeline.config import CmcConfig, EncodeConfig, PipelineConfig, TrainConfig
+from pipeline.data.dataset import read_dataset_info
 from pipeline.data.embeddings import read_embeddings
+from pipeline.data.importers import ensure_dataset
+from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
-from pipeline.lineage.report import LineageReport, report_registered_lineage
-from pipeline.train.inputs import stats_for_model, train_split_embeddings
-from pipeline.lineage.registry import register_model
 from pipeline.runtime import runs_at_once
+from pipeline.score.entries import counterpart_pairs
 from pipeline.score.scoring import score_and_report
-from pipeline.tracking import experiment_id
+from pipeline.train.cross_model import fit_cmc
+from pipeline.train.inputs import stats_for_model, train_split_embeddings
 from pipeline.train.training import fit_model, run_resources
-from pipeline.encode.mapped import counterpart_pairs, matrix_entries
 
 log = logging.getLogger(__name__)
 ENTRIES_FILE = "entries.json"
@@ -53,15 +52,6 @@ class PipelineResult:
     tracking_uri: str
     matrix_text: str
     seconds: float
-
-
-def ensure_dataset(data: DataConfig, seed: int) -> Path:
-    """The Parquet dataset at ``data.root``, ingested from ``data.source`` first when it is
-    missing or was ingested from elsewhere."""
-    dataset = Path(data.root).resolve()
-    if not ingested_from(dataset, data.source, data.image_size):
-        ingest(data.source, dataset, data.test_fraction, seed, data.image_size, data.rows_per_file, data.on_bad_rows)
-    return dataset
 
 
 def encoding_options(encode: EncodeConfig) -> dict:
@@ -141,30 +131,3 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
                           seconds=time.perf_counter() - started)
 
 
-def run_lineage(cfg: LineageConfig) -> LineageReport:
-    """Train the lineage's models in order (each against the one before it, with old-space
-    statistics from that parent), register each as the next version, then report the chain."""
-    out = Path(cfg.output_dir).resolve()
-    tracking_uri, experiment = cfg.tracking_uri(), cfg.mlflow.experiment
-    dataset = ensure_dataset(cfg.data, cfg.models[0].seed)
-    encode_options = encoding_options(cfg.encode)
-    tag = time.strftime("%Y%m%d-%H%M%S")
-    experiment_id(tracking_uri, experiment)
-    parent: tuple[TrainConfig, Path, str] | None = None  # config, artifact, registered version
-    versions = []
-    for model in cfg.models:
-        stats = None
-        if parent is not None:
-            embeddings = train_split_embeddings(parent[1], dataset, out / "embeddings" / parent[0].name / "train",
-                                                **encode_options)
-            stats = stats_for_model(model, parent[1], embeddings, dataset, out / "stats" / f"{model.name}.npz")
-        folder = fit_model(model, dataset, out / "models" / model.name, storage_path=out / "ray",
-                           tracking_uri=tracking_uri, experiment=experiment, run_name=f"{model.name}-{tag}",
-                           old_model=parent[1] if parent else None, stats=stats,
-                           parent=parent[0].name if parent else None)
-        version = register_model(tracking_uri, cfg.registered_model, folder, parent[2] if parent else None, experiment)
-        parent = (model, folder, version.version)
-        versions.append(version.version)
-    return report_registered_lineage(tracking_uri, cfg.registered_model, versions, dataset, cfg.encode.split,
-                                     out / "registry", experiment=experiment, encode_options=encode_options,
-                                     backfill_steps=cfg.backfill_steps)

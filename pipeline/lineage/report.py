@@ -34,18 +34,28 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline.model.artifacts import read_card  # noqa: E402
-from pipeline.score.matrix import Gallery, matrix, score_all_pairs  # noqa: E402
+from pipeline.compat.statistics import OldSpaceStats  # noqa: E402
 from pipeline.data.embeddings import open_embeddings  # noqa: E402
+from pipeline.encode.mapped import matrix_entries  # noqa: E402
 from pipeline.encode.split import encode_split  # noqa: E402
-from pipeline.lineage.metrics import (Verdict, backfill_curve, curve_area, lower_triangle_summary, random_order,  # noqa: E402
-                              share_to_reach, stratified_order, update_gain, verdict)
+from pipeline.lineage.metrics import (  # noqa: E402
+    Verdict,
+    backfill_curve,
+    curve_area,
+    lower_triangle_summary,
+    random_order,
+    share_to_reach,
+    stratified_order,
+    update_gain,
+    verdict,
+)
 from pipeline.lineage.registry import STATS_FILE, download_version, lineage  # noqa: E402
+from pipeline.model.artifacts import read_card  # noqa: E402
+from pipeline.score.entries import MatrixEntry
+from pipeline.score.matrix import Gallery, matrix, score_all_pairs  # noqa: E402
 from pipeline.score.report import cell_metrics, heatmap, log_metrics, pair_compatible, row_metrics, write_tables  # noqa: E402
 from pipeline.score.retrieval import IndexSpec, in_memory, score_queries, summarize  # noqa: E402
-from pipeline.compat.statistics import OldSpaceStats  # noqa: E402
 from pipeline.tracking import experiment_id, finished_run, metric_key  # noqa: E402
-from pipeline.encode.mapped import MatrixEntry, matrix_entries  # noqa: E402
 
 log = logging.getLogger(__name__)
 MATRIX_METRICS = ("top1", "top5", "map", "map_at_r")

@@ -18,8 +18,8 @@ import torch
 
 from pipeline.config import ModelConfig, TransformConfig
 from pipeline.model.networks import EmbeddingModel
-from pipeline.names import check_name
 from pipeline.model.transformations import build_transforms
+from pipeline.names import check_name
 
 WEIGHTS_FILE = "model.pt"
 CARD_FILE = "card.json"

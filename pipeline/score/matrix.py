@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.atomic import write_atomic
+from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.score.retrieval import IndexSpec, ranking_metrics, recall_at_k, search, summarize
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline.score.matrix import CRITERION_METRICS, matrix  # noqa: E402
 from pipeline.atomic import write_atomic  # noqa: E402
+from pipeline.score.matrix import CRITERION_METRICS, matrix  # noqa: E402
 from pipeline.tracking import experiment_id, metric_key  # noqa: E402
 
 HEATMAP_METRICS = ("top1", "map")

@@ -35,18 +35,10 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from pipeline.data.embeddings import Shard
+
 GPU_MAX_K = 2048  # the largest k that faiss's GPU search serves
 SCORE_BUDGET_BYTES = 512 * 2**20  # full-ranking scores held at once (a query chunk x the gallery)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Consecutive gallery rows starting at position ``offset`` of the whole gallery."""
-
-    offset: int
-    ids: np.ndarray | None  # [n] str, or None when the gallery has no ids to exclude
-    labels: np.ndarray      # [n] int
-    vectors: np.ndarray     # [n, d]
 
 
 Shards = Callable[[], Iterable[Shard]]  # a gallery that can be read again from its first shard

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pipeline.atomic import write_atomic
 from pipeline.model.artifacts import read_card
 from pipeline.score.matrix import Gallery, score_all_pairs
-from pipeline.atomic import write_atomic
 from pipeline.score.report import format_matrix, heatmap, log_report, write_tables
 from pipeline.score.retrieval import IndexSpec
 

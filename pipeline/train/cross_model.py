@@ -28,18 +28,18 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from pipeline.model.artifacts import ArtifactError, new_model_id, read_card, write_artifact
-from pipeline.names import check_name
-from pipeline.train.checkpoints import final_weights, report_epoch, resume
-from pipeline.config import CmcConfig, CompatConfig, TrainConfig, TransformConfig
-from pipeline.data.embeddings import EmbeddingSet
 from pipeline.compat.losses import alignment_loss, boundary_loss, map_rows, regression_loss
-from pipeline.train.inputs import train_split_embeddings, training_rows
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.compat.steps import optimizer_and_schedule, optimizer_step
-from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
-from pipeline.train.training import storage_location
+from pipeline.config import CmcConfig, CompatConfig, TrainConfig, TransformConfig
+from pipeline.data.embeddings import EmbeddingSet
+from pipeline.model.artifacts import ArtifactError, new_model_id, read_card, write_artifact
 from pipeline.model.transformations import FeatureTransform
+from pipeline.names import check_name
+from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
+from pipeline.train.checkpoints import final_weights, report_epoch, resume
+from pipeline.train.inputs import train_split_embeddings, training_rows
+from pipeline.train.training import storage_location
 
 log = logging.getLogger(__name__)
 TRANSFORMS_FILE = "transforms.pt"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.model.artifacts import read_card
+from pipeline.compat.statistics import compute_old_space_stats
 from pipeline.config import TrainConfig
 from pipeline.data.dataset import class_indices, in_fraction, in_validation, read_dataset_info
 from pipeline.data.embeddings import EmbeddingSet, read_embeddings
 from pipeline.encode.split import encode_split
-from pipeline.compat.statistics import compute_old_space_stats
+from pipeline.model.artifacts import read_card
 
 log = logging.getLogger(__name__)
 

@@ -23,17 +23,18 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipeline.model.artifacts import load_model, new_model_id, read_card, write_artifact
-from pipeline.train.checkpoints import final_weights, report_epoch, resume
-from pipeline.config import HeadConfig, TrainConfig
-from pipeline.data.dataset import class_indices, load_split, read_dataset_info
-from pipeline.model.heads import build_head
 from pipeline.compat.losses import TrainingObjective, check_same_dim, influence_weights
-from pipeline.model.networks import EmbeddingModel
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.compat.steps import NonFiniteLoss, autocast, autocast_dtype, optimizer_and_schedule, optimizer_step
-from pipeline.tracking import EpochLogger, finished_run, flat_params, resumable_run
+from pipeline.config import HeadConfig, TrainConfig
+from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.data.decode import load_split
+from pipeline.model.artifacts import load_model, new_model_id, read_card, write_artifact
+from pipeline.model.heads import build_head
+from pipeline.model.networks import EmbeddingModel
 from pipeline.model.transformations import TRANSFORMS_OF, build_transforms
+from pipeline.tracking import EpochLogger, finished_run, flat_params, resumable_run
+from pipeline.train.checkpoints import final_weights, report_epoch, resume
 from pipeline.train.validation import References, Validator
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data.dataset import load_split
+from pipeline.data.decode import load_split
 from pipeline.score.retrieval import in_memory, search, topk_hits
 
 

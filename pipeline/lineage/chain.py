@@ -1,0 +1,44 @@
+"""A lineage trained, registered and reported: models v1 -> v2 -> ... fitted one after the other."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline.config import LineageConfig, TrainConfig
+from pipeline.data.importers import ensure_dataset
+from pipeline.flows.experiment import encoding_options
+from pipeline.lineage.registry import register_model
+from pipeline.lineage.report import LineageReport, report_registered_lineage
+from pipeline.tracking import experiment_id
+from pipeline.train.inputs import stats_for_model, train_split_embeddings
+from pipeline.train.training import fit_model
+
+
+def run_lineage(cfg: LineageConfig) -> LineageReport:
+    """Train the lineage's models in order (each against the one before it, with old-space
+    statistics from that parent), register each as the next version, then report the chain."""
+    out = Path(cfg.output_dir).resolve()
+    tracking_uri, experiment = cfg.tracking_uri(), cfg.mlflow.experiment
+    dataset = ensure_dataset(cfg.data, cfg.models[0].seed)
+    encode_options = encoding_options(cfg.encode)
+    tag = time.strftime("%Y%m%d-%H%M%S")
+    experiment_id(tracking_uri, experiment)
+    parent: tuple[TrainConfig, Path, str] | None = None  # config, artifact, registered version
+    versions = []
+    for model in cfg.models:
+        stats = None
+        if parent is not None:
+            embeddings = train_split_embeddings(parent[1], dataset, out / "embeddings" / parent[0].name / "train",
+                                                **encode_options)
+            stats = stats_for_model(model, parent[1], embeddings, dataset, out / "stats" / f"{model.name}.npz")
+        folder = fit_model(model, dataset, out / "models" / model.name, storage_path=out / "ray",
+                           tracking_uri=tracking_uri, experiment=experiment, run_name=f"{model.name}-{tag}",
+                           old_model=parent[1] if parent else None, stats=stats,
+                           parent=parent[0].name if parent else None)
+        version = register_model(tracking_uri, cfg.registered_model, folder, parent[2] if parent else None, experiment)
+        parent = (model, folder, version.version)
+        versions.append(version.version)
+    return report_registered_lineage(tracking_uri, cfg.registered_model, versions, dataset, cfg.encode.split,
+                                     out / "registry", experiment=experiment, encode_options=encode_options,
+                                     backfill_steps=cfg.backfill_steps)

@@ -1,0 +1,31 @@
+"""Matrix entries: each model's embeddings set and the transformed sets, with what each is compared with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
+
+
+@dataclass(frozen=True)
+class MatrixEntry:
+    embeddings: EmbeddingSet | EmbeddingFiles
+    reference: str    # whose M(g, g) a gallery of this entry is compared with
+    transform: str    # "none", or which transformation of which model made it
+    counterpart: str  # the entry it is compatible with: the old model, or for an old gallery
+                      # mapped by T12, the new model whose queries search it
+    base: str         # the model whose own embeddings (new/new) this entry stands for
+
+
+def counterpart_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
+    """Each plain model with itself; each new model or T21 entry as queries against the old
+    gallery; each T12-mapped old gallery both ways with its new model (new queries against it,
+    and as queries against the new gallery: old/new). Pairs of two dimensions are left out."""
+    pairs = [(name, name) for name, entry in entries.items() if entry.transform == "none"]
+    for name, entry in entries.items():
+        if name == entry.counterpart:
+            continue
+        pairs.append((name, entry.counterpart))
+        if entry.reference != name and entry.transform != "none":  # an old gallery mapped by T12
+            pairs.append((entry.counterpart, name))
+    return [(q, g) for q, g in dict.fromkeys(pairs) if entries[q].embeddings.dim == entries[g].embeddings.dim]
