@@ -32,7 +32,7 @@ from pipeline.score.retrieval import per_query_metrics, summarize
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 GCS_PORT, DASHBOARD_PORT = 6391, 8291
 ADDRESS = f"127.0.0.1:{GCS_PORT}"
