@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import gemm_rate, save_results, write_section
-from pipeline.compat.losses import TrainingObjective
+from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.steps import optimizer_and_schedule, optimizer_step
 from pipeline.config import DataConfig, TrainConfig
 from pipeline.data.dataset import read_dataset_info

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from pipeline.compat.methods import Method
 
 
 class ConfigError(ValueError):
@@ -70,8 +73,7 @@ class TrainConfig(_Strict):
     """One model's training run (a Ray Train job)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    method: Literal["independent", "bct", "l2", "lce_direct", "lce_backward", "lce_forward",
-                    "lce_bidirectional"] = "independent"
+    method: str = Field("independent", description="a training method of the catalogue (pipeline.compat.methods)")
     model: ModelConfig = ModelConfig()
     classes: Literal["all", "first_half"] | list[str] = "all"
     data_fraction: float = Field(1.0, gt=0, le=1)
@@ -104,9 +106,21 @@ class TrainConfig(_Strict):
                              "(the global batch is split evenly over the workers)")
         return self
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        return _catalogued(method, "training")
+
+    @property
+    def method_spec(self) -> "Method":
+        """The catalogue's entry of ``method``."""
+        from pipeline.compat.methods import Kind, method_named
+
+        return method_named(self.method, Kind.TRAIN)
+
     @property
     def needs_old_model(self) -> bool:
-        return self.method != "independent"
+        return self.method_spec.needs_old_model
 
     @property
     def worker_batch_size(self) -> int:
@@ -121,7 +135,7 @@ class CmcConfig(_Strict):
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    method: Literal["lce_cmc", "rbt_cmc"] = "lce_cmc"
+    method: str = Field("lce_cmc", description="a CMC method of the catalogue (pipeline.compat.methods)")
     new_model: str = Field(description="name of the trained model 2 (model 1 is the pipeline's old model)")
     transform: TransformConfig = TransformConfig()
     compat: CompatConfig = CompatConfig()
@@ -131,6 +145,26 @@ class CmcConfig(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
     seed: int = 0
     cpus_per_worker: float = Field(2, gt=0)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        return _catalogued(method, "CMC")
+
+    @property
+    def method_spec(self) -> "Method":
+        from pipeline.compat.methods import Kind, method_named
+
+        return method_named(self.method, Kind.CMC)
+
+
+def _catalogued(method: str, kind: str) -> str:
+    """``method`` if the catalogue has it as a ``kind`` method. The catalogue is imported here, not
+    at the top: it imports torch, which a config should not need until it is validated."""
+    from pipeline.compat.methods import Kind, method_named
+
+    method_named(method, Kind(kind))
+    return method
 
 
 class DataConfig(_Strict):
@@ -194,8 +228,9 @@ class PipelineConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {dupes}")
-        if self.old.method != "independent":
-            raise ValueError(f"old.method must be 'independent' (got {self.old.method!r})")
+        if self.old.needs_old_model:
+            raise ValueError(f"old.method {self.old.method!r} needs an old model of its own: the old model trains "
+                             "without one")
         trained = {m.name for m in self.new}
         for cmc in self.cmc:
             if cmc.new_model not in trained:
@@ -224,11 +259,13 @@ class LineageConfig(_Strict):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
-        if self.models[0].method != "independent":
-            raise ValueError(f"models.0.method must be 'independent' (the lineage's first model), got {self.models[0].method!r}")
+        if self.models[0].needs_old_model:
+            raise ValueError(f"models.0.method {self.models[0].method!r} needs an old model: the lineage's first "
+                             "model trains without one")
         for position, model in enumerate(self.models[1:], start=1):
             if not model.needs_old_model:
-                raise ValueError(f"models.{position} ({model.name}): method 'independent' has no compatibility with its parent")
+                raise ValueError(f"models.{position} ({model.name}): method {model.method!r} has no compatibility "
+                                 "with its parent")
         dims = {m.name: m.model.embedding_dim for m in self.models}
         if len(set(dims.values())) > 1:
             raise ValueError(f"every model of a lineage needs one embedding_dim (its report compares each model with "

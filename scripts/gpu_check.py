@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 import torch
 
-from pipeline.compat.losses import TrainingObjective
+from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import compute_old_space_stats
 from pipeline.compat.steps import autocast, autocast_dtype, optimizer_step
 from pipeline.config import CompatConfig, ModelConfig

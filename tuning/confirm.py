@@ -19,22 +19,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.compat.methods import Method, Route, entry_name
 from pipeline.config import load_train_config
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.model.artifacts import load_model
-from pipeline.model.transformations import TRANSFORMS_OF
 from pipeline.train.validation import References, Validator
 from tuning.space import load_sweep_config
 
 
-def compatible_route(method: str, new: str, old: str) -> tuple[str, str]:
-    """The (query, gallery) matrix entries of a method's compatible route, named as
-    ``pipeline.encode.mapped.matrix_entries`` names them (T21 first, as in ``pipeline.train.validation``)."""
-    if "backward_transform" in TRANSFORMS_OF[method]:
-        return f"{new}.t21", old
-    if "forward_transform" in TRANSFORMS_OF[method]:
-        return new, f"{old}.t12.{new}"
-    return new, old
+def compatible_route(method: Method, new: str, old: str) -> tuple[str, str]:
+    """The (query, gallery) matrix entries of the route a method is judged by (``Method.judged_route``,
+    as ``pipeline.train.validation`` judges it)."""
+    route = method.judged_route
+    if route is Route.T12:
+        return new, entry_name(route, new, old)
+    return entry_name(route, new, old), old
 
 
 def _job(*args: str) -> None:
@@ -59,13 +58,13 @@ def confirm(sweep_dir: Path) -> dict:
          "--out", str(report), *tracking)
 
     table = pd.read_csv(report / "report.csv")
-    query, gallery = compatible_route(best.method, best.name, "old")
+    query, gallery = compatible_route(best.method_spec, best.name, "old")
     cell = table[(table.query_model == query) & (table.gallery_model == gallery)].iloc[0]
     old_old = table[(table.query_model == "old") & (table.gallery_model == "old")].iloc[0]
 
     info = read_dataset_info(dataset)
     references = json.loads((sweep_dir / "validation" / "references.json").read_text())
-    validator = Validator(str(dataset), class_indices(info.classes, best.classes), best.method,
+    validator = Validator(str(dataset), class_indices(info.classes, best.classes), best.method_spec,
                           best.validation_fraction, str(sweep_dir / "validation" / "old_features.npz"),
                           References(references["old_old"], references["independent"]))
     objective = validator(load_model(model)[0])["objective"]

@@ -36,6 +36,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from pipeline.compat.methods import INDEPENDENT
 from pipeline.config import TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
@@ -80,7 +81,7 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     dataset = ensure_dataset(cfg.data, cfg.old.seed)
     held_out = {"validation_fraction": cfg.validation_fraction}
     old = cfg.old.model_copy(update=held_out)
-    independent = cfg.base.model_copy(update={**held_out, "name": "independent", "method": "independent"})
+    independent = cfg.base.model_copy(update={**held_out, "name": "independent", "method": INDEPENDENT.name})
     fit_options = dict(storage_path=out / "ray", tracking_uri=cfg.tracking_uri(), experiment=cfg.mlflow.experiment)
     experiment_id(cfg.tracking_uri(), cfg.mlflow.experiment)  # created here, not by two fits at once
     at_once = runs_at_once({key: max(run_resources(old)[key], run_resources(independent)[key]) for key in ("CPU", "GPU")}, 2)

@@ -1,4 +1,5 @@
-"""Compatibility losses (design notes, section 2), as pure functions on tensors.
+"""Compatibility losses (design notes, section 2), as pure functions on tensors, and the terms
+each method adds to its objective (``pipeline.compat.methods`` says which method uses which).
 
 Notation: ``f2`` model 2's features, ``W2`` its classifier rows, ``c_j`` and ``b_j`` the old
 space's class centers and boundary angles, ``y`` the labels in model 2's label map.
@@ -6,13 +7,16 @@ space's class centers and boundary angles, ``y`` the labels in model 2's label m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig
-from pipeline.model.transformations import TRANSFORMS_OF
+from pipeline.model.transformations import BACKWARD, FORWARD
 
 
 class DimensionMismatch(ValueError):
@@ -67,9 +71,6 @@ def regression_loss(mapped: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return (F.normalize(mapped, dim=1) - F.normalize(targets, dim=1)).pow(2).sum(dim=1).mean()
 
 
-LCE_METHODS = ("lce_direct", "lce_backward", "lce_forward", "lce_bidirectional")
-
-
 def map_rows(transform: nn.Module, *parts: torch.Tensor) -> list[torch.Tensor]:
     """``transform`` applied to several row sets, each L2-normalised, in one batch: its batch
     norms then see one set of statistics (features and class weights are mapped alike, whatever
@@ -78,95 +79,125 @@ def map_rows(transform: nn.Module, *parts: torch.Tensor) -> list[torch.Tensor]:
     return list(mapped.split([len(p) for p in parts]))
 
 
-def lce_terms(method: str, features: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor,
-              centers: torch.Tensor, boundaries: torch.Tensor, margin: float, class_mask: torch.Tensor,
-              transforms: nn.ModuleDict) -> tuple[torch.Tensor, torch.Tensor]:
-    """LCE alignment and boundary terms of one manner (design notes, section 2).
+@dataclass(frozen=True)
+class TrainingBatch:
+    """What a compatible-training method's terms see of one batch of model 2, and the old space."""
 
-    - direct: ``d(norm(W2_j), c_j)``, boundary on ``f2``;
-    - backward: ``d(norm(T21(W2_j)), c_j)``, boundary on ``T21(f2)``;
-    - forward: ``d(norm(W2_j), norm(T12(c_j)))``, boundary on ``f2`` around ``norm(T12(c_y))``
-      with the old boundary angle (there is no new->old map in this manner);
-    - bidirectional: the mean of the backward and forward alignments, the backward boundary.
-    """
-    if method == "lce_direct":
-        return (alignment_loss(class_weights, centers, class_mask),
-                boundary_loss(features, labels, centers, boundaries, margin, class_mask))
-    alignments = []
-    if method in ("lce_backward", "lce_bidirectional"):
-        mapped_features, mapped_weights = map_rows(transforms["backward_transform"], features, class_weights)
-        alignments.append(alignment_loss(mapped_weights, centers, class_mask))
-        boundary = boundary_loss(mapped_features, labels, centers, boundaries, margin, class_mask)
-    if method in ("lce_forward", "lce_bidirectional"):
-        mapped_centers = F.normalize(transforms["forward_transform"](centers), dim=1)
-        alignments.append(alignment_loss(class_weights, mapped_centers, class_mask))
-        if method == "lce_forward":
-            boundary = boundary_loss(features, labels, mapped_centers, boundaries, margin, class_mask)
-    return torch.stack(alignments).mean(), boundary
+    features: torch.Tensor       # f2, unnormalised [B, d2]
+    labels: torch.Tensor         # y in model 2's label map [B]
+    class_weights: torch.Tensor  # W2 [C, d2]
+    transforms: nn.ModuleDict    # the transformations trained with model 2 (BACKWARD, FORWARD)
+    images: torch.Tensor | None  # the batch's images (for an old forward pass)
+    centers: torch.Tensor | None     # c_j [C, d1] (methods with statistics)
+    boundaries: torch.Tensor | None  # b_j [C]
+    class_mask: torch.Tensor | None  # classes with compatibility terms [C]
+    margin: float                # the compactness margin m
+    old_head: nn.Module | None       # BCT: model 1's frozen classifier with pseudo rows
+    old_embedder: nn.Module | None   # L2: model 1's frozen embedder
 
 
-class TrainingObjective(nn.Module):
-    """``L = L_cls + terms of the method``: independent, BCT, L2 or LCE in one of its manners.
+def lce_direct_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """Direct: ``d(norm(W2_j), c_j)``, boundary on ``f2``."""
+    return {"align": alignment_loss(batch.class_weights, batch.centers, batch.class_mask),
+            "boundary": boundary_loss(batch.features, batch.labels, batch.centers, batch.boundaries, batch.margin,
+                                      batch.class_mask)}
 
-    Every term is computed on every path (zero where the method has none), so that logging and
-    DDP see the same graph whatever the method. The frozen old parts (BCT's classifier, L2's
-    embedder) never train: no gradient, and the embedder stays in eval mode.
-    """
 
-    def __init__(self, method: str, compat: CompatConfig, stats: OldSpaceStats | None = None,
-                 old_head: nn.Module | None = None, old_embedder: nn.Module | None = None) -> None:
-        super().__init__()
-        self.method, self.compat = method, compat
-        self.old_head = old_head
-        if old_head is not None:
-            old_head.requires_grad_(False)
-        self.old_embedder = old_embedder
-        if old_embedder is not None:
-            old_embedder.requires_grad_(False).eval()
-        if method == "l2" and old_embedder is None:
-            raise ValueError("method 'l2' needs the old model's embedder")
-        if method not in ("independent", "l2"):
-            if stats is None:
-                raise ValueError(f"method {method!r} needs old-space statistics")
-            mask = torch.as_tensor(stats.old_class_mask() if compat.old_classes_only else [True] * len(stats.classes))
-            if not mask.any():
-                raise ValueError(f"old_classes_only: none of the classes {stats.classes} is among the old model's "
-                                 f"classes {stats.old_classes}, so no class has compatibility terms")
-            self.register_buffer("centers", torch.as_tensor(stats.centers))
-            self.register_buffer("boundaries", torch.as_tensor(stats.boundaries))
-            self.register_buffer("class_mask", mask)
-        if method == "bct" and old_head is None:
-            raise ValueError("method 'bct' needs the old classifier")
+def _backward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward alignment ``d(norm(T21(W2_j)), c_j)`` and boundary on ``T21(f2)``."""
+    mapped_features, mapped_weights = map_rows(batch.transforms[BACKWARD], batch.features, batch.class_weights)
+    return (alignment_loss(mapped_weights, batch.centers, batch.class_mask),
+            boundary_loss(mapped_features, batch.labels, batch.centers, batch.boundaries, batch.margin,
+                          batch.class_mask))
 
-    def train(self, mode: bool = True) -> "TrainingObjective":
-        super().train(mode)
-        if self.old_embedder is not None:
-            self.old_embedder.eval()
-        return self
 
-    def forward(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                class_weights: torch.Tensor, transforms: nn.ModuleDict | None = None,
-                images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        zero = features.new_zeros(())
-        terms = {"cls": F.cross_entropy(logits, labels), "align": zero, "boundary": zero, "influence": zero,
-                 "regression": zero}
-        if self.method in LCE_METHODS:
-            missing = [name for name in TRANSFORMS_OF[self.method] if transforms is None or name not in transforms]
-            if missing:
-                raise ValueError(f"method {self.method!r} needs the {missing} transformation(s)")
-            terms["align"], terms["boundary"] = lce_terms(
-                self.method, features, labels, class_weights, self.centers, self.boundaries,
-                self.compat.compactness_margin, self.class_mask, transforms)
-        elif self.method == "bct":
-            terms["influence"] = influence_loss(features, labels, self.old_head)
-        elif self.method == "l2":
-            if images is None:
-                raise ValueError("method 'l2' needs the batch's images for the old model's forward pass")
-            with torch.no_grad():
-                old_features = self.old_embedder(images)
-            terms["regression"] = regression_loss(features, old_features)
-        terms["loss"] = (terms["cls"] + self.compat.lambda_align * terms["align"]
-                         + self.compat.lambda_boundary * terms["boundary"]
-                         + self.compat.lambda_influence * terms["influence"]
-                         + self.compat.lambda_regression * terms["regression"])
-        return terms
+def _forward_centers(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm(T12(c_j))`` and the forward alignment ``d(norm(W2_j), norm(T12(c_j)))``."""
+    mapped_centers = F.normalize(batch.transforms[FORWARD](batch.centers), dim=1)
+    return mapped_centers, alignment_loss(batch.class_weights, mapped_centers, batch.class_mask)
+
+
+def lce_backward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """Backward: ``d(norm(T21(W2_j)), c_j)``, boundary on ``T21(f2)``."""
+    align, boundary = _backward(batch)
+    return {"align": align, "boundary": boundary}
+
+
+def lce_forward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """Forward: ``d(norm(W2_j), norm(T12(c_j)))``, boundary on ``f2`` around ``norm(T12(c_y))``
+    with the old boundary angle (there is no new->old map in this manner)."""
+    mapped_centers, align = _forward_centers(batch)
+    return {"align": align, "boundary": boundary_loss(batch.features, batch.labels, mapped_centers, batch.boundaries,
+                                                      batch.margin, batch.class_mask)}
+
+
+def lce_bidirectional_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """Bidirectional: the mean of the backward and forward alignments, the backward boundary."""
+    backward_align, boundary = _backward(batch)
+    _, forward_align = _forward_centers(batch)
+    return {"align": torch.stack([backward_align, forward_align]).mean(), "boundary": boundary}
+
+
+def influence_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """BCT: the influence loss through model 1's frozen classifier."""
+    return {"influence": influence_loss(batch.features, batch.labels, batch.old_head)}
+
+
+def regression_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """L2: ``||norm(f2) - norm(f1)||^2`` with ``f1`` the frozen old embedder's features of the batch."""
+    if batch.images is None:
+        raise ValueError("the L2 regression needs the batch's images for the old model's forward pass")
+    with torch.no_grad():
+        old_features = batch.old_embedder(batch.images)
+    return {"regression": regression_loss(batch.features, old_features)}
+
+
+def no_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """Independent training: no compatibility term."""
+    return {}
+
+
+@dataclass(frozen=True)
+class CmcBatch:
+    """One batch of cross-model compatibility: both frozen models' features of the same images.
+
+    ``old_space``/``new_space`` are the statistics of model 1's and model 2's spaces over the
+    same images and label map (model 2's). Inputs of a transformation are unit vectors, as at
+    encode time (``map_rows``)."""
+
+    old_features: torch.Tensor
+    new_features: torch.Tensor
+    labels: torch.Tensor
+    old_space: OldSpaceStats
+    new_space: OldSpaceStats
+    compat: CompatConfig
+    transforms: nn.ModuleDict
+
+
+def _space(stats: OldSpaceStats, like: torch.Tensor, old_classes_only: bool
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mask = stats.old_class_mask() if old_classes_only else np.ones(len(stats.classes), dtype=bool)
+    return (torch.as_tensor(stats.centers, device=like.device), torch.as_tensor(stats.boundaries, device=like.device),
+            torch.as_tensor(mask, device=like.device))
+
+
+def lce_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
+    """LCE's CMC: in each target space, the mapped class centers aligned with that space's centers
+    and the mapped features bounded by its boundaries."""
+    c1, b1, mask = _space(batch.old_space, batch.new_features, batch.compat.old_classes_only)
+    c2, b2, _ = _space(batch.new_space, batch.new_features, False)
+    margin = batch.compat.compactness_margin
+    mapped_f2, mapped_c2 = map_rows(batch.transforms[BACKWARD], batch.new_features, c2)
+    mapped_f1, mapped_c1 = map_rows(batch.transforms[FORWARD], batch.old_features, c1)
+    return {"align_21": alignment_loss(mapped_c2, c1, mask),
+            "boundary_21": boundary_loss(mapped_f2, batch.labels, c1, b1, margin, mask),
+            "align_12": alignment_loss(mapped_c1, c2, mask),
+            "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, margin, mask)}
+
+
+def rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
+    """The RBT-style baseline: point-wise regression ``||T21(f2) - f1||^2 + ||T12(f1) - f2||^2``."""
+    return {"regression": (regression_loss(map_rows(batch.transforms[BACKWARD], batch.new_features)[0],
+                                           batch.old_features)
+                           + regression_loss(map_rows(batch.transforms[FORWARD], batch.old_features)[0],
+                                             batch.new_features))}

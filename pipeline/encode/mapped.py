@@ -1,10 +1,11 @@
 """Transformed models as matrix entries: embedding sets mapped through a learned transformation.
 
-A model trained with ``backward_transform`` (T21) adds the entry ``<model>.t21``: its own
+A model trained with a backward transformation (T21) adds the entry ``<model>.t21``: its own
 embeddings mapped into the old space, to be searched against the old gallery. A model trained
-with ``forward_transform`` (T12) adds ``<old>.t12.<model>``: the old gallery mapped into the new
-space, searched by the new model's queries; its criterion reference is the old model. Each
-entry is written as an ordinary embeddings set, so the report names the files it scored.
+with a forward transformation (T12) adds ``<old>.t12.<model>``: the old gallery mapped into the
+new space, searched by the new model's queries; its criterion reference is the old model (the
+names are ``pipeline.compat.methods``'s). Each entry is written as an ordinary embeddings set, so
+the report names the files it scored.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.compat.methods import t12_entry, t21_entry
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_table, open_embeddings, write_embeddings
 from pipeline.model.artifacts import load_model
+from pipeline.model.transformations import BACKWARD, FORWARD
 from pipeline.score.entries import MatrixEntry
 from pipeline.train.cross_model import load_cmc
 
@@ -60,14 +63,14 @@ def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet], old: 
         missing = [model for model in (source, old) if model not in sets]
         if missing and len(transforms):
             raise ValueError(f"the transformations of {name} need the embeddings of {missing} (have {sorted(sets)})")
-        if "backward_transform" in transforms:
-            entry = f"{name}.t21"
-            mapped = map_embeddings(sets[source], transforms["backward_transform"], entry, f"{model_id}.t21",
+        if BACKWARD in transforms:
+            entry = t21_entry(name)
+            mapped = map_embeddings(sets[source], transforms[BACKWARD], entry, f"{model_id}.t21",
                                     Path(out_root) / entry / split)
             entries[entry] = MatrixEntry(mapped, entry, f"T21 of {what} (new -> old)", old, source)
-        if "forward_transform" in transforms:
-            entry = f"{old}.t12.{name}"
-            mapped = map_embeddings(sets[old], transforms["forward_transform"], entry, f"{model_id}.t12",
+        if FORWARD in transforms:
+            entry = t12_entry(old, name)
+            mapped = map_embeddings(sets[old], transforms[FORWARD], entry, f"{model_id}.t12",
                                     Path(out_root) / entry / split)
             entries[entry] = MatrixEntry(mapped, old, f"T12 of {what} (old -> new)", source, source)
     return entries

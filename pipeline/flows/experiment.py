@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from pipeline.compat.methods import Role
 from pipeline.config import CmcConfig, EncodeConfig, PipelineConfig, TrainConfig
 from pipeline.data.dataset import read_dataset_info
 from pipeline.data.embeddings import read_embeddings
@@ -85,7 +86,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     stats: dict[str, Path | None] = {}
     for new in cfg.new:
         stats[new.name] = None
-        if new.needs_old_model:
+        if new.method_spec.needs_statistics:
             if old_embeddings is None:
                 old_embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name / "train",
                                                       **encode_options)
@@ -117,7 +118,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
                               **encode_options)
         sets[name] = read_embeddings(folder)
     entries = matrix_entries(models, sets, cfg.old.name, out / "embeddings", cfg.encode.split, cmc)
-    independent = next((m.name for m in cfg.new if m.method == "independent"), None)
+    independent = next((m.name for m in cfg.new if m.method_spec.role is Role.INDEPENDENT), None)
     report = score_and_report({name: e.embeddings for name, e in entries.items()}, old_model=old_dir,
                               independent=independent, out_dir=out / "report", tracking_uri=tracking_uri,
                               experiment=experiment, topk=tuple(cfg.score.topk), chunk=cfg.score.query_chunk,

@@ -34,6 +34,7 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from pipeline.compat.methods import t12_entry, t21_entry  # noqa: E402
 from pipeline.compat.statistics import OldSpaceStats  # noqa: E402
 from pipeline.data.embeddings import open_embeddings  # noqa: E402
 from pipeline.encode.mapped import matrix_entries  # noqa: E402
@@ -180,7 +181,7 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: s
     verdicts, gains, backfills = [], {}, []
     scored = [m for m in BACKFILL_METRICS if m in table.columns]
     for child in models[1:]:
-        t21, t12 = f"{child.name}.t21", f"{child.parent}.t12.{child.name}"
+        t21, t12 = t21_entry(child.name), t12_entry(child.parent, child.name)
         decided = verdict(child.name, child.parent, cell, t21 if t21 in entries else None, t12 if t12 in entries else None)
         for m in scored:
             gains[metric_key("update_gain", m, child.name)] = update_gain(

@@ -58,7 +58,7 @@ def load_model(folder: str | Path) -> tuple[EmbeddingModel, dict[str, Any]]:
     """The model of an artifact folder in eval mode, and its card."""
     card = read_card(folder)
     config = ModelConfig.model_validate(card["model"])
-    transforms = build_transforms(card.get("method", "independent"), config.embedding_dim, card.get("old_dim") or 0,
+    transforms = build_transforms(card.get("transforms", []), config.embedding_dim, card.get("old_dim") or 0,
                                   TransformConfig.model_validate(card.get("transform", {})))
     model = EmbeddingModel(config, card["channels"], len(card["classes"]), transforms)
     path = Path(folder) / WEIGHTS_FILE

@@ -74,7 +74,8 @@ class Embedder(nn.Module):
 
 class EmbeddingModel(nn.Module):
     """Embedder, classification head and the transformations trained with them
-    (``transforms["backward_transform"]`` is T21, new -> old; ``transforms["forward_transform"]`` is T12, old -> new)."""
+    (``transforms[BACKWARD]`` is T21, new -> old; ``transforms[FORWARD]`` is T12, old -> new: the names
+    of ``pipeline.model.transformations``)."""
 
     def __init__(self, config: ModelConfig, in_channels: int, num_classes: int,
                  transforms: dict[str, nn.Module] | None = None) -> None:

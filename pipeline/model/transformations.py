@@ -51,14 +51,18 @@ class FeatureTransform(nn.Module):
         return self.blocks(x)
 
 
-# The transformations each method trains: the backward transform is T21 (new -> old), the forward T12.
-TRANSFORMS_OF: dict[str, tuple[str, ...]] = {
-    "independent": (), "bct": (), "l2": (), "lce_direct": (), "lce_backward": ("backward_transform",), "lce_forward": ("forward_transform",),
-    "lce_bidirectional": ("backward_transform", "forward_transform"),
-}
+# The names of the two transformations, as the keys of ``EmbeddingModel.transforms`` and of a CMC
+# artifact's state dict: the backward transformation is T21 (new -> old), the forward one T12.
+BACKWARD = "backward_transform"
+FORWARD = "forward_transform"
 
 
-def build_transforms(method: str, new_dim: int, old_dim: int, config: TransformConfig) -> dict[str, FeatureTransform]:
-    """The freshly initialised transformations that ``method`` trains with model 2."""
-    ends = {"backward_transform": (new_dim, old_dim), "forward_transform": (old_dim, new_dim)}
-    return {name: FeatureTransform(*ends[name], config) for name in TRANSFORMS_OF[method]}
+def build_transforms(names: tuple[str, ...] | list[str], new_dim: int, old_dim: int,
+                     config: TransformConfig) -> dict[str, FeatureTransform]:
+    """Freshly initialised transformations of the given ``names`` (``BACKWARD``, ``FORWARD``), in
+    that order (which fixes the order their weights are drawn in)."""
+    ends = {BACKWARD: (new_dim, old_dim), FORWARD: (old_dim, new_dim)}
+    unknown = [name for name in names if name not in ends]
+    if unknown:
+        raise ValueError(f"unknown transformations {unknown}: expected {sorted(ends)}")
+    return {name: FeatureTransform(*ends[name], config) for name in names}

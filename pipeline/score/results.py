@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.compat.methods import Kind, Role, Route, entry_carrier, method_named
 from pipeline.config import PipelineConfig
 
 SUBSETS = ("", "_seen", "_unseen")
 METRICS = ("top1", "map")
-# The routes through which each LCE manner is meant to be compatible with the old model.
-COMPATIBLE_ROUTES = {"lce_direct": ("direct",), "lce_backward": ("T21",), "lce_forward": ("T12",),
-                     "lce_bidirectional": ("T21", "T12")}
 
 
 @dataclass(frozen=True)
@@ -32,15 +30,15 @@ class EntryRoute:
     new_query: str    # the query side of the new/old cell
     old_gallery: str  # the gallery side of the new/old cell
     base: str         # the new model whose own new/new cell the row reports
-    route: str        # "direct", "T21" or "T12"
+    route: Route
 
 
 def route_of(name: str, entry: dict[str, str], old: str) -> EntryRoute:
     if entry["transform"] == "none":
-        return EntryRoute(name, old, name, "direct")
+        return EntryRoute(name, old, name, Route.DIRECT)
     if entry["counterpart"] == old:  # new embeddings mapped into the old space
-        return EntryRoute(name, old, entry["base"], "T21")
-    return EntryRoute(entry["counterpart"], name, entry["base"], "T12")  # old gallery mapped forward
+        return EntryRoute(name, old, entry["base"], Route.T21)
+    return EntryRoute(entry["counterpart"], name, entry["base"], Route.T12)  # old gallery mapped forward
 
 
 def _cell(table: pd.DataFrame, query: str, gallery: str, column: str) -> float:
@@ -56,13 +54,13 @@ def seed_rows(table: pd.DataFrame, entries: dict[str, dict[str, str]], cfg: Pipe
     old = cfg.old.name
     models = {m.name: (m.method, m.seed) for m in cfg.new}
     cmc = {c.name: (c.method, c.seed) for c in cfg.cmc}
-    independents = {m.seed: m.name for m in cfg.new if m.method == "independent"}
+    independents = {m.seed: m.name for m in cfg.new if m.method_spec.role is Role.INDEPENDENT}
     rows = []
     for name, entry in entries.items():
         if name == old:
             continue
         route = route_of(name, entry, old)
-        carrier = name.removesuffix(".t21").removeprefix(f"{old}.t12.")
+        carrier = entry_carrier(name, old)
         method, seed = cmc.get(carrier) or models[carrier]
         row = {"entry": name.replace(f"-s{seed}", ""), "method": method, "route": route.route, "seed": seed,
                "transform": entry["transform"].replace(f"-s{seed}", "")}
@@ -144,30 +142,33 @@ def claim_checks(folded: pd.DataFrame, has_subsets: bool) -> list[tuple[str, boo
     """The paper's claims (issue 3's acceptance) checked against the folded table."""
     subsets = SUBSETS if has_subsets else ("",)
     by_entry = {row.entry: row for _, row in folded.iterrows()}
-    independent = next((row for row in by_entry.values() if row.method == "independent" and row.route == "direct"), None)
-    bct = next((row for row in by_entry.values() if row.method == "bct"), None)
+    spec = {entry: method_named(row.method) for entry, row in by_entry.items()}
+    lce_training = {entry for entry, method in spec.items() if method.kind is Kind.TRAIN and method.role is Role.LCE}
+    independent = next((row for entry, row in by_entry.items()
+                        if spec[entry].role is Role.INDEPENDENT and row.route == Route.DIRECT), None)
+    benchmark = next((row for entry, row in by_entry.items() if spec[entry].new_new_benchmark), None)
     checks = []
-    for row in by_entry.values():
-        if row.route in COMPATIBLE_ROUTES.get(row.method, ()):
+    for entry, row in by_entry.items():
+        if entry in lce_training and row.route in spec[entry].compatible_routes:
             passes = all(row[f"pass_{m}{s}"] == row.seeds for m in METRICS for s in subsets)
             checks.append((f"{row.entry} ({row.route}) meets the criterion in every seed"
                            + (", overall and on seen and unseen classes" if has_subsets else ""), passes))
-    for row in by_entry.values():
-        if row.method in COMPATIBLE_ROUTES and row.route == "direct":
+    for entry, row in by_entry.items():
+        if entry in lce_training and row.route == Route.DIRECT:
             if independent is not None:
                 checks.append((f"{row.entry} new/new top-1 within 2 points of independent",
                                row.new_new_top1 >= independent.new_new_top1 - 0.02))
-            if bct is not None:
-                checks.append((f"{row.entry} new/new top-1 at least BCT's minus its spread",
-                               row.new_new_top1 >= bct.new_new_top1 - bct.new_new_top1_spread))
+            if benchmark is not None:
+                checks.append((f"{row.entry} new/new top-1 at least {benchmark.method.upper()}'s minus its spread",
+                               row.new_new_top1 >= benchmark.new_new_top1 - benchmark.new_new_top1_spread))
     if independent is not None and not np.isnan(independent.new_old_top1):  # not comparable across dimensions
         checks.append(("independent fails the criterion", independent.pass_top1 + independent.pass_map < 2 * independent.seeds))
-    cmc = {(row.method, row.route): row for row in by_entry.values() if row.method in ("lce_cmc", "rbt_cmc")}
-    if ("lce_cmc", "T21") in cmc:
-        lce = cmc[("lce_cmc", "T21")]
+    cmc = {(spec[entry].role, row.route): row for entry, row in by_entry.items() if spec[entry].kind is Kind.CMC}
+    if (Role.LCE, Route.T21) in cmc:
+        lce = cmc[(Role.LCE, Route.T21)]
         checks.append(("CMC: (model 2 with T21, old) meets the criterion in every seed",
                        lce.pass_top1 == lce.seeds and lce.pass_map == lce.seeds))
-        if ("rbt_cmc", "T21") in cmc:
+        if (Role.BASELINE, Route.T21) in cmc:
             checks.append(("CMC: LCE's T21 beats the RBT-style regression on new/old mAP",
-                           lce.new_old_map > cmc[("rbt_cmc", "T21")].new_old_map))
+                           lce.new_old_map > cmc[(Role.BASELINE, Route.T21)].new_old_map))
     return checks

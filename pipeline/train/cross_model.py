@@ -28,13 +28,13 @@ from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
 
-from pipeline.compat.losses import alignment_loss, boundary_loss, map_rows, regression_loss
+from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.compat.steps import optimizer_and_schedule, optimizer_step
-from pipeline.config import CmcConfig, CompatConfig, TrainConfig, TransformConfig
+from pipeline.config import CmcConfig, TrainConfig, TransformConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.model.artifacts import ArtifactError, new_model_id, read_card, write_artifact
-from pipeline.model.transformations import FeatureTransform
+from pipeline.model.transformations import BACKWARD, FORWARD, build_transforms
 from pipeline.names import check_name
 from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
 from pipeline.train.checkpoints import final_weights, report_epoch, resume
@@ -46,48 +46,8 @@ TRANSFORMS_FILE = "transforms.pt"
 
 
 def build_cmc_transforms(old_dim: int, new_dim: int, config: TransformConfig) -> nn.ModuleDict:
-    """``backward_transform`` = T21 (new -> old), ``forward_transform`` = T12 (old -> new)."""
-    return nn.ModuleDict({"backward_transform": FeatureTransform(new_dim, old_dim, config),
-                          "forward_transform": FeatureTransform(old_dim, new_dim, config)})
-
-
-def cmc_terms(method: str, old_features: torch.Tensor, new_features: torch.Tensor, labels: torch.Tensor,
-              old_space: OldSpaceStats, new_space: OldSpaceStats, compat: CompatConfig,
-              transforms: nn.ModuleDict) -> dict[str, torch.Tensor]:
-    """The loss terms of one CMC batch; ``loss`` is their weighted sum.
-
-    ``old_space``/``new_space`` are the statistics of model 1's and model 2's spaces over the
-    same images and label map (model 2's). Inputs of a transformation are unit vectors, as at
-    encode time (``map_rows``).
-    """
-    t21, t12 = transforms["backward_transform"], transforms["forward_transform"]
-    zero = new_features.new_zeros(())
-    terms = {"align_21": zero, "boundary_21": zero, "align_12": zero, "boundary_12": zero, "regression": zero}
-    if method == "lce_cmc":
-        c1, b1, mask = _space(old_space, new_features, compat.old_classes_only)
-        c2, b2, _ = _space(new_space, new_features, False)
-        mapped_f2, mapped_c2 = map_rows(t21, new_features, c2)
-        mapped_f1, mapped_c1 = map_rows(t12, old_features, c1)
-        terms["align_21"] = alignment_loss(mapped_c2, c1, mask)
-        terms["boundary_21"] = boundary_loss(mapped_f2, labels, c1, b1, compat.compactness_margin, mask)
-        terms["align_12"] = alignment_loss(mapped_c1, c2, mask)
-        terms["boundary_12"] = boundary_loss(mapped_f1, labels, c2, b2, compat.compactness_margin, mask)
-    elif method == "rbt_cmc":
-        terms["regression"] = (regression_loss(map_rows(t21, new_features)[0], old_features)
-                               + regression_loss(map_rows(t12, old_features)[0], new_features))
-    else:
-        raise ValueError(f"unknown CMC method {method!r}: expected 'lce_cmc' or 'rbt_cmc'")
-    terms["loss"] = (compat.lambda_align * (terms["align_21"] + terms["align_12"])
-                     + compat.lambda_boundary * (terms["boundary_21"] + terms["boundary_12"])
-                     + compat.lambda_regression * terms["regression"])
-    return terms
-
-
-def _space(stats: OldSpaceStats, like: torch.Tensor, old_classes_only: bool
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    mask = stats.old_class_mask() if old_classes_only else np.ones(len(stats.classes), dtype=bool)
-    return (torch.as_tensor(stats.centers, device=like.device), torch.as_tensor(stats.boundaries, device=like.device),
-            torch.as_tensor(mask, device=like.device))
+    """The two transformations of a CMC fit: T21 (new -> old) and T12 (old -> new)."""
+    return nn.ModuleDict(build_transforms((BACKWARD, FORWARD), new_dim, old_dim, config))
 
 
 def cmc_loop_per_worker(loop_config: dict[str, Any]) -> None:

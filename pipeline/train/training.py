@@ -23,7 +23,9 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipeline.compat.losses import TrainingObjective, check_same_dim, influence_weights
+from pipeline.compat.losses import check_same_dim, influence_weights
+from pipeline.compat.methods import Method
+from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.compat.steps import NonFiniteLoss, autocast, autocast_dtype, optimizer_and_schedule, optimizer_step
 from pipeline.config import HeadConfig, TrainConfig
@@ -32,7 +34,7 @@ from pipeline.data.decode import load_split
 from pipeline.model.artifacts import load_model, new_model_id, read_card, write_artifact
 from pipeline.model.heads import build_head
 from pipeline.model.networks import EmbeddingModel
-from pipeline.model.transformations import TRANSFORMS_OF, build_transforms
+from pipeline.model.transformations import build_transforms
 from pipeline.tracking import EpochLogger, finished_run, flat_params, resumable_run
 from pipeline.train.checkpoints import final_weights, report_epoch, resume
 from pipeline.train.validation import References, Validator
@@ -50,20 +52,28 @@ def _old_head(old_model_dir: str, stats: OldSpaceStats, new_dim: int) -> torch.n
     return head
 
 
-def build_objective(cfg: TrainConfig, classes: list[str], stats_path: str | None,
+def build_objective(cfg: TrainConfig, method: Method, classes: list[str], stats_path: str | None,
                     old_model_dir: str | None) -> TrainingObjective:
-    """The method's objective, with its statistics checked against the label map."""
-    if not cfg.needs_old_model:
-        return TrainingObjective(cfg.method, cfg.compat)
-    if stats_path is None or old_model_dir is None:
-        raise ValueError(f"model {cfg.name!r}: method {cfg.method!r} needs an old model and its statistics")
-    stats = OldSpaceStats.load(stats_path)
-    stats.check_label_map(classes, source=stats_path)
-    if not TRANSFORMS_OF[cfg.method]:  # direct manners compare the two spaces as they are
-        check_same_dim(cfg.model.embedding_dim, stats.dim, f"model {cfg.name!r} against statistics {stats_path}")
-    old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if cfg.method == "bct" else None
-    old_embedder = load_model(old_model_dir)[0].embedder if cfg.method == "l2" else None
-    return TrainingObjective(cfg.method, cfg.compat, stats, old_head, old_embedder)
+    """``method``'s objective with what it needs: the statistics (checked against the label map),
+    the old classifier, the old embedder; a method that compares the two spaces as they are
+    needs one dimension."""
+    if not method.needs_old_model:
+        return TrainingObjective(method, cfg.compat)
+    if old_model_dir is None or (method.needs_statistics and stats_path is None):
+        needed = "an old model and its statistics" if method.needs_statistics else "an old model"
+        raise ValueError(f"model {cfg.name!r}: method {method.name!r} needs {needed}")
+    stats = None
+    if method.needs_statistics:
+        stats = OldSpaceStats.load(stats_path)
+        stats.check_label_map(classes, source=stats_path)
+        if method.compares_spaces_directly:
+            check_same_dim(cfg.model.embedding_dim, stats.dim, f"model {cfg.name!r} against statistics {stats_path}")
+    elif method.compares_spaces_directly:
+        check_same_dim(cfg.model.embedding_dim, int(read_card(old_model_dir)["model"]["embedding_dim"]),
+                       f"model {cfg.name!r} against the old model {old_model_dir}")
+    old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if method.needs_old_classifier else None
+    old_embedder = load_model(old_model_dir)[0].embedder if method.needs_old_forward else None
+    return TrainingObjective(method, cfg.compat, stats, old_head, old_embedder)
 
 
 def init_seed(cfg: TrainConfig) -> int:
@@ -97,8 +107,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
 
     device = ray.train.torch.get_device()
-    objective = build_objective(cfg, classes, loop_config.get("stats"), loop_config.get("old_model")).to(device)
-    transforms = build_transforms(cfg.method, cfg.model.embedding_dim, loop_config.get("old_dim") or 0, cfg.transform)
+    method = loop_config["method"]
+    objective = build_objective(cfg, method, classes, loop_config.get("stats"), loop_config.get("old_model")).to(device)
+    transforms = build_transforms(method.trains, cfg.model.embedding_dim, loop_config.get("old_dim") or 0, cfg.transform)
     model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, info.channels, len(classes), transforms))
     core = model.module if hasattr(model, "module") else model
     batch_size = cfg.worker_batch_size
@@ -118,7 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, start_epoch - 1)
 
     validation = loop_config.get("validation")
-    validator = (Validator(loop_config["dataset"], labels_kept, cfg.method, cfg.validation_fraction,
+    validator = (Validator(loop_config["dataset"], labels_kept, method, cfg.validation_fraction,
                            validation["old_features"], References(validation["old_old"], validation["independent"]))
                  if validation and rank == 0 else None)
     tracker = (EpochLogger(loop_config.get("tracking_uri"), loop_config.get("mlflow_run_id"),
@@ -197,10 +208,13 @@ def train_loop_config(cfg: TrainConfig, dataset: Path, old_model: str | Path | N
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
     old_dim = None
-    if cfg.needs_old_model:
-        build_objective(cfg, classes, str(stats) if stats else None, str(old_model) if old_model else None)
+    method = cfg.method_spec
+    if method.needs_old_model:
+        build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None)
         old_dim = int(read_card(old_model)["model"]["embedding_dim"])
-    return {"train": cfg.model_dump(), "dataset": str(dataset), "old_dim": old_dim,
+    # The method itself travels to the workers, so that one registered in the driver's process only
+    # (a plugin, a test) trains too; its name is what the config and the hash hold.
+    return {"train": cfg.model_dump(), "method": method, "dataset": str(dataset), "old_dim": old_dim,
             "old_model": str(Path(old_model).resolve()) if old_model else None,
             "stats": str(Path(stats).resolve()) if stats else None, "validation": validation}
 
@@ -270,7 +284,7 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
         card = {
             "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
             "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": cfg.method,
-            "old_dim": old_dim, "transform": cfg.transform.model_dump(), "transforms": list(TRANSFORMS_OF[cfg.method]),
+            "old_dim": old_dim, "transform": cfg.transform.model_dump(), "transforms": list(cfg.method_spec.trains),
             "parent_model": parent, "old_model_dir": str(old_model) if old_model else None,
             "stats_file": str(Path(stats).resolve()) if stats else None, "dataset": str(dataset),
             "train_config": cfg.model_dump(), "metrics": {k: float(v) for k, v in result.metrics.items()},

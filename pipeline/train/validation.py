@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.compat.methods import Method, Route
 from pipeline.data.decode import load_split
+from pipeline.model.transformations import BACKWARD, FORWARD
 from pipeline.score.retrieval import in_memory, search, topk_hits
 
 
@@ -64,18 +66,18 @@ def top1(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.nda
 
 
 @torch.inference_mode()
-def compatible_pair(method: str, new: torch.Tensor, old: torch.Tensor,
+def compatible_pair(method: Method, new: torch.Tensor, old: torch.Tensor,
                     transforms: nn.ModuleDict) -> tuple[np.ndarray, np.ndarray]:
-    """(queries, gallery) of the method's compatible route: new features against old ones (both on
-    the transformations' device), as CPU arrays."""
-    if method in ("lce_backward", "lce_bidirectional"):
-        new = transforms["backward_transform"](F.normalize(new, dim=1))
-    elif method == "lce_forward":
-        old = transforms["forward_transform"](F.normalize(old, dim=1))
+    """(queries, gallery) of the method's judged route (``Method.judged_route``):
+    new features against old ones (both on the transformations' device), as CPU arrays."""
+    if method.judged_route is Route.T21:
+        new = transforms[BACKWARD](F.normalize(new, dim=1))
+    elif method.judged_route is Route.T12:
+        old = transforms[FORWARD](F.normalize(old, dim=1))
     return new.float().cpu().numpy(), old.float().cpu().numpy()
 
 
-def validation_metrics(method: str, new: torch.Tensor, old: torch.Tensor, labels: np.ndarray, ids: np.ndarray,
+def validation_metrics(method: Method, new: torch.Tensor, old: torch.Tensor, labels: np.ndarray, ids: np.ndarray,
                        transforms: nn.ModuleDict, references: References) -> dict[str, float]:
     """The epoch's validation numbers: new/new and new/old top-1, gain, retention, objective
     (``transforms`` in eval mode, as at encode time)."""
@@ -99,7 +101,7 @@ class Validator:
     """Rank 0's validation after each epoch: the validation rows' images, the old model's features
     of the same rows (``old_features``: an ``.npz`` with ``ids`` and ``vectors``), references."""
 
-    def __init__(self, dataset: str, labels_kept: list[int], method: str, validation_fraction: float,
+    def __init__(self, dataset: str, labels_kept: list[int], method: Method, validation_fraction: float,
                  old_features: str, references: References) -> None:
         if validation_fraction <= 0:
             raise ValueError("validation needs validation_fraction > 0 (the rows held out of training)")

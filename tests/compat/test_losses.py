@@ -6,7 +6,6 @@ import torch
 
 from pipeline.compat.losses import (
     DimensionMismatch,
-    TrainingObjective,
     alignment_loss,
     boundary_loss,
     check_same_dim,
@@ -14,6 +13,7 @@ from pipeline.compat.losses import (
     influence_weights,
     regression_loss,
 )
+from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import OldSpaceStats, StatisticsMismatch
 from pipeline.config import CompatConfig, HeadConfig
 from pipeline.model.heads import build_head

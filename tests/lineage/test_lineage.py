@@ -96,7 +96,7 @@ def test_verdicts():
 
 
 def test_lineage_config_is_checked():
-    with pytest.raises(ValueError, match="models.0.method must be 'independent'"):
+    with pytest.raises(ValueError, match="models.0.method 'lce_direct' needs an old model"):
         LineageConfig.model_validate({"models": [{"name": "a", "method": "lce_direct"}, {"name": "b", "method": "lce_direct"}]})
     with pytest.raises(ValueError, match="models.1 \\(b\\): method 'independent'"):
         LineageConfig.model_validate({"models": [{"name": "a"}, {"name": "b", "method": "independent"}]})

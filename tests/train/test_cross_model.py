@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig, ModelConfig, TransformConfig
 from pipeline.model.artifacts import ArtifactError, write_artifact
 from pipeline.model.networks import EmbeddingModel
-from pipeline.train.cross_model import build_cmc_transforms, cmc_terms, load_cmc
+from pipeline.train.cross_model import build_cmc_transforms, load_cmc
 
 
 class _Rotate(torch.nn.Module):

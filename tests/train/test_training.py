@@ -41,18 +41,18 @@ def _stats_file(tmp_path, classes, dim=8):
 def test_statistics_of_other_classes_are_refused_before_training(tmp_path, old_model):
     cfg = TrainConfig(name="lce", method="lce_direct", model=ModelConfig(embedding_dim=8))
     with pytest.raises(StatisticsMismatch, match=r"stats.npz: classes do not match.*missing \['c'\]"):
-        build_objective(cfg, ["a", "b", "c"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+        build_objective(cfg, cfg.method_spec, ["a", "b", "c"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
 
 
 def test_bct_with_another_dimension_names_both(tmp_path, old_model):
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=16))
     with pytest.raises(DimensionMismatch, match="dimension 16 differs from old dimension 8"):
-        build_objective(cfg, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+        build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
 
 
 def test_bct_objective_uses_the_old_classifier(tmp_path, old_model):
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=8))
-    objective = build_objective(cfg, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
     assert objective.old_head.weight.shape == (2, 8) and not objective.old_head.weight.requires_grad
 
 
@@ -61,12 +61,12 @@ def test_backward_manner_accepts_another_dimension_and_saves_its_transform(tmp_p
     from pipeline.model.transformations import build_transforms
 
     cfg = TrainConfig(name="lce", method="lce_backward", model=ModelConfig(embedding_dim=16))
-    objective = build_objective(cfg, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
     assert objective.centers.shape == (2, 8)
-    transforms = build_transforms(cfg.method, 16, 8, cfg.transform)
+    transforms = build_transforms(cfg.method_spec.trains, 16, 8, cfg.transform)
     model = EmbeddingModel(cfg.model, 1, 2, transforms)
     card = {"id": "lce-1", "name": "lce", "model": cfg.model.model_dump(), "classes": ["a", "b"], "channels": 1,
-            "method": cfg.method, "old_dim": 8, "transform": cfg.transform.model_dump()}
+            "method": cfg.method, "old_dim": 8, "transform": cfg.transform.model_dump(), "transforms": ["backward_transform"]}
     write_artifact(tmp_path / "lce", model.state_dict(), card)
     loaded, _ = load_model(tmp_path / "lce")
     assert loaded.transforms["backward_transform"](torch.randn(3, 16)).shape == (3, 8)
@@ -89,7 +89,7 @@ def test_bf16_autocast_step_trains_and_keeps_float32_weights():
     model = EmbeddingModel(cfg.model, 1, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    objective = build_objective(cfg, ["a", "b", "c"], None, None)
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b", "c"], None, None)
     images, labels = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
     before = model.head.weight.detach().clone()
     with autocast(autocast_dtype(cfg.precision, torch.device("cpu")), torch.device("cpu")):

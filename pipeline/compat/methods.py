@@ -1,0 +1,149 @@
+"""The method catalogue: every compatible-training and cross-model method, one entry each.
+
+An entry says what a method trains (model 2 alone, or transformations with it, or only
+transformations between two frozen models), what it needs (the old model's classifier, an old
+forward pass on every batch, the old-space statistics), which matrix entries its transformations
+add and through which routes it is meant to be compatible, and the terms of its objective
+(``pipeline.compat.losses``; ``pipeline.compat.objectives`` adds them up). Everything else asks
+this module instead of comparing method names, so that a new method is one ``register`` call.
+
+Routes against the old gallery (design notes, section 2):
+
+- ``direct``: model 2's features as they are;
+- ``T21``: model 2's features mapped by its backward transformation, entry ``<model>.t21``;
+- ``T12``: the old gallery mapped by its forward transformation, entry ``<old>.t12.<model>``,
+  searched by model 2's queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pipeline.compat import losses
+from pipeline.model.transformations import BACKWARD, FORWARD
+
+
+class Kind(StrEnum):
+    TRAIN = "training"  # compatible training: model 2 trains (with its transformations, if any)
+    CMC = "CMC"         # cross-model compatibility: both models frozen, only T12 and T21 train
+
+
+class Role(StrEnum):
+    INDEPENDENT = "independent"  # no compatibility term: new/new's upper bound, new/old's lower bound
+    BASELINE = "baseline"        # a published method that LCE is compared with
+    LCE = "lce"                  # Learning Compatible Embeddings, in one of its manners
+
+
+class Route(StrEnum):
+    DIRECT = "direct"
+    T21 = "T21"
+    T12 = "T12"
+
+
+ROUTE_OF_TRANSFORM = {BACKWARD: Route.T21, FORWARD: Route.T12}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: Kind
+    role: Role
+    terms: Callable[..., dict]  # one batch (losses.TrainingBatch or losses.CmcBatch) -> its terms
+    trains: tuple[str, ...] = ()        # transformations trained: BACKWARD (T21) and/or FORWARD (T12)
+    needs_statistics: bool = False      # the old-space centers and boundaries
+    needs_old_classifier: bool = False  # model 1's classifier (BCT's influence loss)
+    needs_old_forward: bool = False     # model 1 run on every training batch (L2)
+    new_new_benchmark: bool = False     # LCE's new/new accuracy is expected to be at least this one's
+
+    @property
+    def needs_old_model(self) -> bool:
+        return self.kind is Kind.CMC or self.needs_statistics or self.needs_old_classifier or self.needs_old_forward
+
+    @property
+    def compares_spaces_directly(self) -> bool:
+        """Whether model 2's features meet the old space as they are (equal dimensions needed)."""
+        return self.needs_old_model and not self.trains
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """The transformed matrix entries its transformations add, T21 first."""
+        return tuple(ROUTE_OF_TRANSFORM[name] for name in (BACKWARD, FORWARD) if name in self.trains)
+
+    @property
+    def compatible_routes(self) -> tuple[Route, ...]:
+        """The routes through which it is meant to be compatible with the old model, T21 first."""
+        if not self.needs_old_model:
+            return ()
+        return self.routes or (Route.DIRECT,)
+
+    @property
+    def judged_route(self) -> Route:
+        """The route that validation and a sweep's confirmation judge: the first compatible one
+        (direct for a method that is not meant to be compatible)."""
+        return (self.compatible_routes or (Route.DIRECT,))[0]
+
+
+_CATALOGUE: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the catalogue (a name may be registered once)."""
+    if method.name in _CATALOGUE:
+        raise ValueError(f"method {method.name!r} is already registered")
+    unknown = [name for name in method.trains if name not in ROUTE_OF_TRANSFORM]
+    if unknown:
+        raise ValueError(f"method {method.name!r}: unknown transformations {unknown}")
+    _CATALOGUE[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _CATALOGUE.pop(name, None)
+
+
+def names(kind: Kind) -> list[str]:
+    return [name for name, method in _CATALOGUE.items() if method.kind is kind]
+
+
+def method_named(name: str, kind: Kind | None = None) -> Method:
+    """The catalogue's entry ``name`` (of ``kind``, when given); a clear error naming the choices."""
+    method = _CATALOGUE.get(name)
+    if method is None or (kind is not None and method.kind is not kind):
+        choices = names(kind) if kind else sorted(_CATALOGUE)
+        raise ValueError(f"unknown {kind.value + ' ' if kind else ''}method {name!r}: expected one of {choices}")
+    return method
+
+
+INDEPENDENT = register(Method("independent", Kind.TRAIN, Role.INDEPENDENT, losses.no_terms))
+register(Method("bct", Kind.TRAIN, Role.BASELINE, losses.influence_terms, needs_statistics=True,
+                needs_old_classifier=True, new_new_benchmark=True))
+register(Method("l2", Kind.TRAIN, Role.BASELINE, losses.regression_terms, needs_old_forward=True))
+register(Method("lce_direct", Kind.TRAIN, Role.LCE, losses.lce_direct_terms, needs_statistics=True))
+register(Method("lce_backward", Kind.TRAIN, Role.LCE, losses.lce_backward_terms, (BACKWARD,), needs_statistics=True))
+register(Method("lce_forward", Kind.TRAIN, Role.LCE, losses.lce_forward_terms, (FORWARD,), needs_statistics=True))
+register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectional_terms, (BACKWARD, FORWARD),
+                needs_statistics=True))
+register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, FORWARD), needs_statistics=True))
+register(Method("rbt_cmc", Kind.CMC, Role.BASELINE, losses.rbt_cmc_terms, (BACKWARD, FORWARD)))
+
+
+def t21_entry(model: str) -> str:
+    """The matrix entry of ``model``'s features mapped by its T21 into the old space."""
+    return f"{model}.t21"
+
+
+def t12_entry(old: str, model: str) -> str:
+    """The matrix entry of the old gallery mapped by ``model``'s T12 into ``model``'s space."""
+    return f"{old}.t12.{model}"
+
+
+def entry_name(route: Route, model: str, old: str) -> str:
+    """The matrix entry that ``route`` of ``model`` searches or is searched by against ``old``'s gallery."""
+    return {Route.DIRECT: model, Route.T21: t21_entry(model), Route.T12: t12_entry(old, model)}[route]
+
+
+def entry_carrier(entry: str, old: str) -> str:
+    """The model (or CMC artifact) whose transformation made ``entry``; a plain model's own name."""
+    return entry.removesuffix(".t21").removeprefix(f"{old}.t12.")

@@ -1,0 +1,98 @@
+"""Objectives built from the catalogue: the terms of a method, weighted and added up.
+
+Every term is computed on every path (zero where the method has none), so that logging and DDP
+see the same graph whatever the method; the weights are the config's lambdas
+(``pipeline.config.CompatConfig`` says which reduction each refers to).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.compat.losses import CmcBatch, TrainingBatch
+from pipeline.compat.methods import Kind, Method, method_named
+from pipeline.compat.statistics import OldSpaceStats
+from pipeline.config import CompatConfig
+
+TRAINING_TERMS = ("align", "boundary", "influence", "regression")
+CMC_TERMS = ("align_21", "boundary_21", "align_12", "boundary_12", "regression")
+
+
+class TrainingObjective(nn.Module):
+    """``L = L_cls + lambda_a L_align + lambda_b L_bound + lambda_i L_influence + lambda_r L_regression``
+    with the terms of ``method`` (a catalogue entry or its name).
+
+    The frozen old parts (BCT's classifier, L2's embedder) never train: no gradient, and the
+    embedder stays in eval mode.
+    """
+
+    def __init__(self, method: Method | str, compat: CompatConfig, stats: OldSpaceStats | None = None,
+                 old_head: nn.Module | None = None, old_embedder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.method = method_named(method, Kind.TRAIN) if isinstance(method, str) else method
+        self.compat = compat
+        self.old_head = old_head
+        if old_head is not None:
+            old_head.requires_grad_(False)
+        self.old_embedder = old_embedder
+        if old_embedder is not None:
+            old_embedder.requires_grad_(False).eval()
+        name = self.method.name
+        if self.method.needs_old_forward and old_embedder is None:
+            raise ValueError(f"method {name!r} needs the old model's embedder")
+        self.has_statistics = self.method.needs_statistics
+        if self.has_statistics:
+            if stats is None:
+                raise ValueError(f"method {name!r} needs old-space statistics")
+            mask = torch.as_tensor(stats.old_class_mask() if compat.old_classes_only else [True] * len(stats.classes))
+            if not mask.any():
+                raise ValueError(f"old_classes_only: none of the classes {stats.classes} is among the old model's "
+                                 f"classes {stats.old_classes}, so no class has compatibility terms")
+            self.register_buffer("centers", torch.as_tensor(stats.centers))
+            self.register_buffer("boundaries", torch.as_tensor(stats.boundaries))
+            self.register_buffer("class_mask", mask)
+        if self.method.needs_old_classifier and old_head is None:
+            raise ValueError(f"method {name!r} needs the old classifier")
+
+    def train(self, mode: bool = True) -> "TrainingObjective":
+        super().train(mode)
+        if self.old_embedder is not None:
+            self.old_embedder.eval()
+        return self
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                class_weights: torch.Tensor, transforms: nn.ModuleDict | None = None,
+                images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        missing = [name for name in self.method.trains if transforms is None or name not in transforms]
+        if missing:
+            raise ValueError(f"method {self.method.name!r} needs the {missing} transformation(s)")
+        statistics = self.has_statistics
+        batch = TrainingBatch(features, labels, class_weights, transforms, images,
+                              self.centers if statistics else None, self.boundaries if statistics else None,
+                              self.class_mask if statistics else None, self.compat.compactness_margin,
+                              self.old_head, self.old_embedder)
+        zero = features.new_zeros(())
+        terms = {"cls": F.cross_entropy(logits, labels), **dict.fromkeys(TRAINING_TERMS, zero),
+                 **self.method.terms(batch)}
+        terms["loss"] = (terms["cls"] + self.compat.lambda_align * terms["align"]
+                         + self.compat.lambda_boundary * terms["boundary"]
+                         + self.compat.lambda_influence * terms["influence"]
+                         + self.compat.lambda_regression * terms["regression"])
+        return terms
+
+
+def cmc_terms(method: Method | str, old_features: torch.Tensor, new_features: torch.Tensor, labels: torch.Tensor,
+              old_space: OldSpaceStats, new_space: OldSpaceStats, compat: CompatConfig,
+              transforms: nn.ModuleDict) -> dict[str, torch.Tensor]:
+    """The loss terms of one CMC batch of ``method``; ``loss`` is their weighted sum
+    ``lambda_a (align_21 + align_12) + lambda_b (boundary_21 + boundary_12) + lambda_r regression``."""
+    method = method_named(method, Kind.CMC) if isinstance(method, str) else method
+    zero = new_features.new_zeros(())
+    batch = CmcBatch(old_features, new_features, labels, old_space, new_space, compat, transforms)
+    terms = {**dict.fromkeys(CMC_TERMS, zero), **method.terms(batch)}
+    terms["loss"] = (compat.lambda_align * (terms["align_21"] + terms["align_12"])
+                     + compat.lambda_boundary * (terms["boundary_21"] + terms["boundary_12"])
+                     + compat.lambda_regression * terms["regression"])
+    return terms
