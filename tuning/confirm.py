@@ -23,6 +23,7 @@ from pipeline.compat.methods import Method, Route, entry_name
 from pipeline.config import load_train_config
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.model.artifacts import load_model
+from pipeline.score.criteria import beats, pair_row
 from pipeline.train.validation import References, Validator
 from tuning.space import load_sweep_config
 
@@ -59,8 +60,7 @@ def confirm(sweep_dir: Path) -> dict:
 
     table = pd.read_csv(report / "report.csv")
     query, gallery = compatible_route(best.method_spec, best.name, "old")
-    cell = table[(table.query_model == query) & (table.gallery_model == gallery)].iloc[0]
-    old_old = table[(table.query_model == "old") & (table.gallery_model == "old")].iloc[0]
+    cell, old_old = pair_row(table, query, gallery), pair_row(table, "old", "old")
 
     info = read_dataset_info(dataset)
     references = json.loads((sweep_dir / "validation" / "references.json").read_text())
@@ -74,7 +74,7 @@ def confirm(sweep_dir: Path) -> dict:
         "method": best.method, "route": f"{query} -> {gallery}",
         "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),
         "test_old_old_top1": float(old_old["top1"]), "test_old_old_map": float(old_old["map"]),
-        "meets_criterion": bool(cell["top1"] > old_old["top1"] and cell["map"] > old_old["map"]),
+        "meets_criterion": beats(cell["top1"], old_old["top1"]) and beats(cell["map"], old_old["map"]),
         "validation_objective": objective, "median_trial_objective": median,
         "objective_at_least_median": objective >= median,
     }

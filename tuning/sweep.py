@@ -46,7 +46,7 @@ from pipeline.runtime import init_ray, runs_at_once
 from pipeline.tracking import experiment_id, finished_run
 from pipeline.train.inputs import stats_for_model, train_split_embeddings
 from pipeline.train.training import build_trainer, fit_model, run_resources, train_loop_config
-from pipeline.train.validation import References, embed_images, top1, update_gain
+from pipeline.train.validation import References, embed_images, top1
 from tuning.space import SweepConfig, load_sweep_config, trial_config
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     ids, independent_vectors = np.asarray(ids), embed_images(load_model(independent_dir)[0].eval(), images).numpy()
     references = {"old_old": top1(old_vectors, old_vectors, labels, ids),
                   "independent": top1(independent_vectors, independent_vectors, labels, ids)}
-    update_gain(references["old_old"], References(**references))  # refuses a reference that is no upgrade
+    References(**references).check_upgrade()
     (out / "validation" / "references.json").write_text(json.dumps(references))
     log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
              references["independent"])

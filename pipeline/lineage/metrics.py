@@ -6,7 +6,8 @@
   triangle with its diagonal, as CoReS (Biondi et al.) defines both;
 - update gain of each model against its parent, ``(C[i][p] - C[p][p]) / (C[i][i] - C[p][p])``:
   the share of the new model's own improvement that the parent's gallery gets without a backfill
-  (a lineage has no independently trained model, so the new model itself is the upper reference);
+  (a lineage has no independently trained model, so the new model itself is the upper reference;
+  ``pipeline.score.criteria.update_gain``, NaN when the new model does not beat its parent);
 - backfill curve: the metric of the new model's queries against a gallery of which a growing
   share has been re-encoded with the new model, the rest still holding the parent's vectors.
   It starts at ``C[i][p]`` and ends at ``C[i][i]``; its area (trapezoid rule over the share) says
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipeline.score.criteria import beats
 from pipeline.score.retrieval import normalize
 
 VERDICT_METRICS = ("top1", "map")
@@ -39,13 +41,8 @@ def lower_triangle_summary(matrix: np.ndarray) -> tuple[float, float]:
              if not np.isnan(matrix[i, j]) and not np.isnan(matrix[j, j])]
     cells = matrix[np.tril_indices(len(matrix))]
     cells = cells[~np.isnan(cells)]
-    ac = float(np.mean([matrix[i, j] > matrix[j, j] for i, j in below])) if below else float("nan")
+    ac = float(np.mean([beats(matrix[i, j], matrix[j, j]) for i, j in below])) if below else float("nan")
     return ac, float(cells.mean()) if len(cells) and below else float("nan")
-
-
-def update_gain(new_old: float, old_old: float, new_new: float) -> float:
-    span = new_new - old_old
-    return (new_old - old_old) / span if span else float("nan")
 
 
 def random_order(size: int, seed: int = 0) -> np.ndarray:
@@ -92,7 +89,7 @@ def curve_area(curve: pd.DataFrame, metric: str) -> float:
 
 def share_to_reach(curve: pd.DataFrame, target: dict[str, float]) -> float:
     """The smallest re-encoded share at which every metric of ``target`` is strictly beaten; NaN if none."""
-    passing = np.logical_and.reduce([curve[m].to_numpy() > v for m, v in target.items()])
+    passing = np.logical_and.reduce([[beats(value, v) for value in curve[m]] for m, v in target.items()])
     return float(curve["share"].to_numpy()[passing][0]) if passing.any() else float("nan")
 
 
@@ -123,7 +120,7 @@ def verdict(model: str, parent: str, cell: Callable[[str, str], dict[str, float]
     judged = [m for m in VERDICT_METRICS if m in reference]  # mAP only when the full ranking was scored
     for query, gallery, decision in routes:
         metrics = cell(query, gallery)
-        if metrics is not None and all(metrics[m] > reference[m] for m in judged):
+        if metrics is not None and all(beats(metrics[m], reference[m]) for m in judged):
             return Verdict(model, parent, decision, f"{query} -> {gallery}", _numbers(metrics, reference, judged))
     direct = cell(model, parent) or {m: float("nan") for m in judged}
     return Verdict(model, parent, BACKFILL, f"{model} -> {parent}", _numbers(direct, reference, judged))

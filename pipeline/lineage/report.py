@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -47,11 +48,11 @@ from pipeline.lineage.metrics import (  # noqa: E402
     random_order,
     share_to_reach,
     stratified_order,
-    update_gain,
     verdict,
 )
 from pipeline.lineage.registry import STATS_FILE, download_version, lineage  # noqa: E402
 from pipeline.model.artifacts import read_card  # noqa: E402
+from pipeline.score.criteria import pair_row, update_gain  # noqa: E402
 from pipeline.score.entries import MatrixEntry
 from pipeline.score.matrix import Gallery, matrix, score_all_pairs  # noqa: E402
 from pipeline.score.report import cell_metrics, heatmap, log_metrics, pair_compatible, row_metrics, write_tables  # noqa: E402
@@ -174,10 +175,7 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: s
     summary = pd.DataFrame([{"metric": m, **dict(zip(("AC", "AM"), lower_triangle_summary(
         matrix(table, m, order).to_numpy())))} for m in metrics])
 
-    def cell(query: str, gallery: str) -> dict[str, float] | None:
-        rows = table[(table.query_model == query) & (table.gallery_model == gallery)]
-        return None if rows.empty else rows.iloc[0].to_dict()
-
+    cell = partial(pair_row, table)
     verdicts, gains, backfills = [], {}, []
     scored = [m for m in BACKFILL_METRICS if m in table.columns]
     for child in models[1:]:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.atomic import write_atomic
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
+from pipeline.score.criteria import beats, cell, pair_row, update_gain
 from pipeline.score.retrieval import IndexSpec, ranking_metrics, recall_at_k, search, summarize
 
 log = logging.getLogger(__name__)
@@ -117,23 +118,14 @@ def _identity(embeddings: Gallery) -> dict:
     return {"path": str(embeddings.path), "model_id": embeddings.model_id, "rows": len(embeddings)}
 
 
-def _cell(table: pd.DataFrame, query: str, gallery: str, metric: str) -> float:
-    match = table[(table.query_model == query) & (table.gallery_model == gallery)]
-    return float(match[metric].iloc[0])
-
-
-def _has_cell(table: pd.DataFrame, model: str) -> bool:
-    return bool(((table.query_model == model) & (table.gallery_model == model)).any())
-
-
 def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str | None = None,
                  references: dict[str, str] | None = None) -> pd.DataFrame:
     """Criterion columns for each cross pair and update-gain columns against ``old``.
 
-    ``compatible_<m>`` is ``M(q, g) > M(r, r)`` with ``r`` the gallery's reference (itself,
-    or the old model for an old gallery mapped by T12; empty on the diagonal and where ``M(r, r)``
-    was not scored);
-    ``update_gain_<m>`` is ``(M(q, old) - M(old, old)) / (M(independent, independent) - M(old, old))``.
+    ``compatible_<m>`` is the criterion ``M(q, g) > M(r, r)`` with ``r`` the gallery's reference
+    (itself, or the old model for an old gallery mapped by T12; empty on the diagonal and where
+    ``M(r, r)`` was not scored); ``update_gain_<m>`` is ``pipeline.score.criteria.update_gain`` of
+    each query against the old gallery, the independent model the reference.
     """
     references = references or {}
     table = table.copy()
@@ -142,18 +134,17 @@ def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str |
         column = []
         for row in table.itertuples():
             reference = references.get(row.gallery_model, row.gallery_model)
-            if row.query_model == row.gallery_model or not _has_cell(table, reference):
+            if row.query_model == row.gallery_model or pair_row(table, reference, reference) is None:
                 column.append(None)
             else:
-                column.append(bool(getattr(row, metric) > _cell(table, reference, reference, metric)))
+                column.append(beats(getattr(row, metric), cell(table, reference, reference, metric)))
         table[f"compatible_{metric}"] = pd.array(column, dtype="boolean")
     if independent and old:
         for metric in (m for m in CRITERION_METRICS if m in table.columns):
-            base = _cell(table, old, old, metric)
-            span = _cell(table, independent, independent, metric) - base
+            old_old, reference = cell(table, old, old, metric), cell(table, independent, independent, metric)
             table[f"update_gain_{metric}"] = [
-                (getattr(r, metric) - base) / span
-                if references.get(r.gallery_model, r.gallery_model) == old and r.query_model != old and span else np.nan
+                update_gain(getattr(r, metric), old_old, reference)
+                if references.get(r.gallery_model, r.gallery_model) == old and r.query_model != old else np.nan
                 for r in table.itertuples()]
     return table
 

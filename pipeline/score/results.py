@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.compat.methods import Kind, Role, Route, entry_carrier, method_named
 from pipeline.config import PipelineConfig
+from pipeline.score.criteria import beats, cell, update_gain
 
 SUBSETS = ("", "_seen", "_unseen")
 METRICS = ("top1", "map")
@@ -41,13 +42,6 @@ def route_of(name: str, entry: dict[str, str], old: str) -> EntryRoute:
     return EntryRoute(entry["counterpart"], name, entry["base"], Route.T12)  # old gallery mapped forward
 
 
-def _cell(table: pd.DataFrame, query: str, gallery: str, column: str) -> float:
-    match = table[(table.query_model == query) & (table.gallery_model == gallery)]
-    if match.empty or column not in match:
-        return float("nan")
-    return float(match[column].iloc[0])
-
-
 def seed_rows(table: pd.DataFrame, entries: dict[str, dict[str, str]], cfg: PipelineConfig) -> pd.DataFrame:
     """One row per (entry, seed): its cells against the old model, the criterion per subset and
     the update gain against the independent model of the same seed."""
@@ -65,18 +59,16 @@ def seed_rows(table: pd.DataFrame, entries: dict[str, dict[str, str]], cfg: Pipe
         row = {"entry": name.replace(f"-s{seed}", ""), "method": method, "route": route.route, "seed": seed,
                "transform": entry["transform"].replace(f"-s{seed}", "")}
         for metric in METRICS:
-            row[f"new_new_{metric}"] = _cell(table, route.base, route.base, metric)
-            row[f"old_new_{metric}"] = _cell(table, route.old_gallery, route.new_query, metric)
+            row[f"new_new_{metric}"] = cell(table, route.base, route.base, metric)
+            row[f"old_new_{metric}"] = cell(table, route.old_gallery, route.new_query, metric)
             for subset in SUBSETS:
                 column = f"{metric}{subset}"
-                row[f"old_old_{column}"] = _cell(table, old, old, column)
-                row[f"new_old_{column}"] = _cell(table, route.new_query, route.old_gallery, column)
-                row[f"pass_{column}"] = row[f"new_old_{column}"] > row[f"old_old_{column}"]
+                row[f"old_old_{column}"] = cell(table, old, old, column)
+                row[f"new_old_{column}"] = cell(table, route.new_query, route.old_gallery, column)
+                row[f"pass_{column}"] = beats(row[f"new_old_{column}"], row[f"old_old_{column}"])
             independent = independents.get(seed)
-            span = _cell(table, independent, independent, metric) - row[f"old_old_{metric}"] if independent else np.nan
-            # Undefined unless the independent new model improves on the old one.
-            row[f"update_gain_{metric}"] = (row[f"new_old_{metric}"] - row[f"old_old_{metric}"]) / span \
-                if span > 0 else np.nan
+            reference = cell(table, independent, independent, metric) if independent else np.nan
+            row[f"update_gain_{metric}"] = update_gain(row[f"new_old_{metric}"], row[f"old_old_{metric}"], reference)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -170,5 +162,5 @@ def claim_checks(folded: pd.DataFrame, has_subsets: bool) -> list[tuple[str, boo
                        lce.pass_top1 == lce.seeds and lce.pass_map == lce.seeds))
         if (Role.BASELINE, Route.T21) in cmc:
             checks.append(("CMC: LCE's T21 beats the RBT-style regression on new/old mAP",
-                           lce.new_old_map > cmc[(Role.BASELINE, Route.T21)].new_old_map))
+                           beats(lce.new_old_map, cmc[(Role.BASELINE, Route.T21)].new_old_map)))
     return checks

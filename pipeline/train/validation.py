@@ -29,6 +29,7 @@ from torch import nn
 from pipeline.compat.methods import Method, Route
 from pipeline.data.decode import load_split
 from pipeline.model.transformations import BACKWARD, FORWARD
+from pipeline.score.criteria import beats, update_gain
 from pipeline.score.retrieval import in_memory, search, topk_hits
 
 
@@ -39,13 +40,11 @@ class References:
     old_old: float
     independent: float
 
-
-def update_gain(new_old: float, references: References) -> float:
-    span = references.independent - references.old_old
-    if span <= 0:
-        raise ValueError(f"the independent model (top-1 {references.independent:.4f}) is no better than the old "
-                         f"one ({references.old_old:.4f}) on the validation rows: no upgrade to measure a gain by")
-    return (new_old - references.old_old) / span
+    def check_upgrade(self) -> None:
+        """Refuse references with nothing to gain: the independent model must beat the old one."""
+        if not beats(self.independent, self.old_old):
+            raise ValueError(f"the independent model (top-1 {self.independent:.4f}) is no better than the old "
+                             f"one ({self.old_old:.4f}) on the validation rows: no upgrade to measure a gain by")
 
 
 def compat_objective(gain: float, retention: float) -> float:
@@ -84,7 +83,8 @@ def validation_metrics(method: Method, new: torch.Tensor, old: torch.Tensor, lab
     queries, gallery = compatible_pair(method, new, old, transforms)
     new_new = top1(new.float().cpu().numpy(), new.float().cpu().numpy(), labels, ids)
     new_old = top1(queries, gallery, labels, ids)
-    gain, retention = update_gain(new_old, references), new_new / references.independent
+    gain = update_gain(new_old, references.old_old, references.independent)
+    retention = new_new / references.independent
     return {"val_new_new_top1": new_new, "val_new_old_top1": new_old, "val_gain": gain,
             "val_retention": retention, "objective": compat_objective(gain, retention)}
 

@@ -3,9 +3,19 @@
 import pytest
 
 from pipeline.compat import losses
-from pipeline.compat.methods import (Kind, Method, Role, Route, entry_carrier, entry_name, method_named, names,
-                                     register, unregister)
-from pipeline.config import ConfigError, CmcConfig, TrainConfig, validate
+from pipeline.compat.methods import (
+    Kind,
+    Method,
+    Role,
+    Route,
+    entry_carrier,
+    entry_name,
+    method_named,
+    names,
+    register,
+    unregister,
+)
+from pipeline.config import CmcConfig, ConfigError, TrainConfig, validate
 from pipeline.model.transformations import BACKWARD, FORWARD
 
 

@@ -26,9 +26,9 @@ from pipeline.lineage.metrics import (
     lower_triangle_summary,
     share_to_reach,
     stratified_order,
-    update_gain,
     verdict,
 )
+from pipeline.score.criteria import update_gain
 from pipeline.score.retrieval import in_memory, per_query_metrics, score_queries, summarize
 from tests.reference import reference
 

@@ -14,8 +14,9 @@ import yaml
 from pipeline.config import ConfigError, load_train_config
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ingest
+from pipeline.score.criteria import update_gain
 from pipeline.score.retrieval import per_query_metrics, summarize
-from pipeline.train.validation import References, compat_objective, top1, update_gain
+from pipeline.train.validation import References, compat_objective, top1
 from tuning.space import load_sweep_config, trial_config
 
 SPACE_HEADER = """
@@ -58,12 +59,12 @@ def test_space_errors_name_the_key(tmp_path, space, message):
 
 def test_objective_is_the_harmonic_mean_of_gain_and_retention():
     references = References(old_old=0.80, independent=0.90)
-    assert update_gain(0.85, references) == pytest.approx(0.5)
+    assert update_gain(0.85, references.old_old, references.independent) == pytest.approx(0.5)
     assert compat_objective(0.5, 1.0) == pytest.approx(2 * 0.5 / 1.5)
     assert compat_objective(1.0, 1.0) == 1.0
     assert compat_objective(-0.2, 0.99) == -0.2 and compat_objective(0.5, 0.0) == 0.0  # ranks incompatible trials
     with pytest.raises(ValueError, match="no better than the old one"):
-        update_gain(0.85, References(old_old=0.80, independent=0.79))
+        References(old_old=0.80, independent=0.79).check_upgrade()
 
 
 def test_validation_top1_is_the_retrieval_metric():
