@@ -40,8 +40,7 @@ from pipeline.data.dataset import DATASET_SCHEMA, read_dataset_info, split_files
 from pipeline.data.decode import decode_image
 from pipeline.data.embeddings import embeddings_table, write_embeddings
 from pipeline.data.importers import ensure_dataset
-from pipeline.model.artifacts import load_model, write_artifact
-from pipeline.model.networks import EmbeddingModel
+from pipeline.model.artifacts import load_model, write_initial_model
 
 TARGET = 0.9  # issue 7: images/s of the Ray Data encoding against the plain loop, at 1e5 images
 GALLERY, ROWS_PER_FILE, BATCH = 100_000, 10_000, 512
@@ -71,9 +70,8 @@ def make_gallery(source: Path, out: Path, files: int = GALLERY // ROWS_PER_FILE)
 def make_model(folder: Path, dataset: Path) -> Path:
     info = read_dataset_info(dataset)
     torch.manual_seed(0)
-    card = {"id": "bench-encode", "name": "bench", "model": MODEL.model_dump(), "classes": info.classes,
-            "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": "independent"}
-    return write_artifact(folder, EmbeddingModel(MODEL, info.channels, len(info.classes)).state_dict(), card)
+    return write_initial_model(folder, "bench", MODEL, info.classes, channels=info.channels, mode=info.mode,
+                               image_size=info.image_size, model_id="bench-encode")
 
 
 def plain_loop(model_dir: Path, dataset: Path, out: Path, threads: int = 2) -> float:
@@ -91,7 +89,7 @@ def plain_loop(model_dir: Path, dataset: Path, out: Path, threads: int = 2) -> f
                 pixels = np.stack([decode_image(data, info.mode, info.image_size) for data in images[start : start + BATCH]])
                 vectors.append(model.embedder(torch.from_numpy(pixels)).numpy())
         write_embeddings(out / f"part-{index:05d}.parquet", embeddings_table(
-            ids, table.column("label").to_numpy(), np.concatenate(vectors), card["id"], card["name"], info.classes))
+            ids, table.column("label").to_numpy(), np.concatenate(vectors), card.id, card.name, info.classes))
     return time.perf_counter() - started
 
 

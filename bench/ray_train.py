@@ -33,6 +33,7 @@ from pipeline.config import DataConfig, TrainConfig
 from pipeline.data.dataset import read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ensure_dataset
+from pipeline.model.card import read_card
 from pipeline.model.networks import EmbeddingModel
 from pipeline.train.training import init_seed
 
@@ -78,7 +79,7 @@ def ray_train(dataset: Path, config_path: Path, folder: Path) -> dict:
                     "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"], check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
-    metrics = json.loads((folder / "artifact" / "card.json").read_text())["metrics"]
+    metrics = read_card(folder / "artifact").metrics
     return {"images_per_s": metrics["images_per_s"], "seconds": seconds}
 
 

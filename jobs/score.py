@@ -11,7 +11,7 @@ from pathlib import Path
 from jobs._common import add_search_args, add_tracking_args, run_main, search_options
 from pipeline.data.embeddings import open_embeddings
 from pipeline.encode.mapped import matrix_entries
-from pipeline.model.artifacts import read_card
+from pipeline.model.card import CmcCard, read_card
 from pipeline.score.scoring import score_and_report
 
 
@@ -38,8 +38,8 @@ def main() -> None:
     models, cmc = {}, {}
     for folder in args.artifacts:
         card = read_card(folder)
-        (cmc if card.get("kind") == "cmc" else models)[card["name"]] = Path(folder)
-    entries = matrix_entries(models, sets, read_card(args.old_model)["name"], Path(args.out) / "embeddings", args.split, cmc)
+        (cmc if isinstance(card, CmcCard) else models)[card.name] = Path(folder)
+    entries = matrix_entries(models, sets, read_card(args.old_model).name, Path(args.out) / "embeddings", args.split, cmc)
     print(score_and_report({name: e.embeddings for name, e in entries.items()}, old_model=args.old_model,
                            independent=args.independent, out_dir=args.out, tracking_uri=args.tracking_uri,
                            experiment=args.experiment, topk=tuple(args.topk), **search_options(args),

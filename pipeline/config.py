@@ -22,11 +22,13 @@ class ConfigError(ValueError):
     """A config file or dict that does not match its schema."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A frozen schema that refuses unknown keys."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class HeadConfig(_Strict):
+class HeadConfig(Strict):
     """Classification head on top of the embedding (design notes, section 2)."""
 
     kind: Literal["softmax", "cosface", "arcface"] = "cosface"
@@ -34,7 +36,7 @@ class HeadConfig(_Strict):
     margin: float = Field(0.1, ge=0, description="additive (CosFace) or angular (ArcFace) margin m")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     architecture: Literal["small_cnn", "resnet18", "resnet50"] = "small_cnn"
     embedding_dim: int = Field(128, gt=0)
     stem_stride: Literal[1, 2, 4] = Field(1, description="ResNets: 1 = 3x3 conv, 2 = strided 3x3 conv, "
@@ -42,7 +44,7 @@ class ModelConfig(_Strict):
     head: HeadConfig = HeadConfig()
 
 
-class TransformConfig(_Strict):
+class TransformConfig(Strict):
     """Size of a learned transformation between spaces: K blocks, P paths, hidden width h."""
 
     blocks: int = Field(1, ge=0, description="K; 0 is the identity (equal dimensions only)")
@@ -50,7 +52,7 @@ class TransformConfig(_Strict):
     hidden: int = Field(256, gt=0, description="h, the hidden width of each path")
 
 
-class CompatConfig(_Strict):
+class CompatConfig(Strict):
     """Weights and options of the compatibility terms.
 
     ``lambda_align`` multiplies the alignment loss reduced as the mean over classes of the
@@ -69,7 +71,7 @@ class CompatConfig(_Strict):
     old_classes_only: bool = Field(False, description="compatibility terms only over the old model's classes")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """One model's training run (a Ray Train job)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -127,7 +129,7 @@ class TrainConfig(_Strict):
         return self.batch_size // self.num_workers
 
 
-class CmcConfig(_Strict):
+class CmcConfig(Strict):
     """Cross-model compatibility: ``T12`` and ``T21`` fit between two trained, frozen models.
 
     ``lce_cmc`` trains each with alignment + boundary in its target space (design notes,
@@ -167,7 +169,7 @@ def _catalogued(method: str, kind: str) -> str:
     return method
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     source: str = "/usr/share/datasets/fashion-mnist"
     root: str = Field("data/fashion-mnist", description="where the ingested Parquet dataset lives")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="for sources with no test split of their own")
@@ -177,7 +179,7 @@ class DataConfig(_Strict):
                                                   "label is missing or unknown: stop naming it, or skip and list it")
 
 
-class EncodeConfig(_Strict):
+class EncodeConfig(Strict):
     split: Literal["train", "test"] = "test"
     batch_size: int = Field(512, gt=0)
     num_actors: int = Field(1, gt=0)
@@ -190,7 +192,7 @@ class EncodeConfig(_Strict):
     on_bad_rows: Literal["error", "skip"] = Field("error", description="as data.on_bad_rows, for the rows encoded")
 
 
-class ScoreConfig(_Strict):
+class ScoreConfig(Strict):
     topk: list[PositiveInt] = Field([1, 5], min_length=1, description="k of the top-k accuracies; at most the "
                                     "gallery's size (checked when scoring)")
     query_chunk: int = Field(1024, gt=0)
@@ -200,12 +202,12 @@ class ScoreConfig(_Strict):
                            "with its new model both ways (pipeline.encode.mapped.counterpart_pairs)")
 
 
-class MlflowConfig(_Strict):
+class MlflowConfig(Strict):
     tracking_uri: str | None = Field(None, description="None: sqlite:///<output_dir>/mlflow.db")
     experiment: str = "compat-embed"
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     """The whole embedded pipeline: ingest, old model, new models, encode, score."""
 
     description: str = Field("", description="one line for reports (what the experiment varies)")
@@ -241,7 +243,7 @@ class PipelineConfig(_Strict):
         return default_tracking_uri(self.mlflow, self.output_dir)
 
 
-class LineageConfig(_Strict):
+class LineageConfig(Strict):
     """A lineage v1 -> v2 -> ... trained in order, each model after the first made compatible with
     the one before it, registered in the MLflow Model Registry and reported (``jobs.lineage``)."""
 
@@ -294,12 +296,15 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _format_error(source: str, error: ValidationError) -> str:
+def format_error(source: str, error: ValidationError) -> str:
+    """One line per bad key of a pydantic ``error``, each naming ``source`` and the key."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<top level>"
         if item["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
+        elif item["type"] == "missing":
+            lines.append(f"{source}: missing key '{key}'")
         else:
             lines.append(f"{source}: key '{key}': {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)
@@ -312,7 +317,7 @@ def validate(schema: type[BaseModel], raw: Any, source: str = "config") -> Any:
     try:
         return schema.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_error(source, error)) from None
+        raise ConfigError(format_error(source, error)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -18,15 +18,15 @@ from pipeline.config import (
     ConfigError,
     DataConfig,
     MlflowConfig,
+    Strict,
     TrainConfig,
-    _format_error,
-    _Strict,
     deep_merge,
+    format_error,
     read_yaml,
 )
 
 
-class ParamSpec(_Strict):
+class ParamSpec(Strict):
     """One searched key: ``choice`` (a list), ``uniform`` or ``loguniform`` ([low, high]),
     ``randint`` ([low, high], high exclusive)."""
 
@@ -65,7 +65,7 @@ class ParamSpec(_Strict):
         return tune.randint(*self.randint)
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     algorithm: Literal["random", "grid", "optuna"] = Field(
         "random", description="random sampling; grid: every combination of the choice keys (the others sampled); "
                               "optuna: TPE through Ray Tune's OptunaSearch")
@@ -74,7 +74,7 @@ class SearchConfig(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1, description="None: as many as the cluster's CPUs hold")
 
 
-class AshaConfig(_Strict):
+class AshaConfig(Strict):
     """ASHA early stopping on the objective, one rung per ``grace_period`` epochs."""
 
     grace_period: int = Field(1, ge=1)
@@ -88,7 +88,7 @@ FIXED_KEYS = {"name", "epochs", "num_workers", "cpus_per_worker", "use_gpu", "pl
               "compat.boundary_quantile", "compat.old_classes_only"}
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     """A sweep: the old model and the independent reference (trained once), the base config of
     the new model, the validation rows, the search space and its algorithm."""
 
@@ -153,7 +153,7 @@ def trial_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as error:
-        raise ValueError(_format_error("trial", error)) from None
+        raise ValueError(format_error("trial", error)) from None
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
@@ -168,5 +168,5 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_error(str(path), error)) from None
+        raise ConfigError(format_error(str(path), error)) from None
 

@@ -41,7 +41,8 @@ from pipeline.config import TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ensure_dataset
-from pipeline.model.artifacts import load_model, read_card
+from pipeline.model.artifacts import load_model, read_model_card
+from pipeline.model.card import CARD_FILE
 from pipeline.runtime import init_ray, runs_at_once
 from pipeline.tracking import experiment_id, finished_run
 from pipeline.train.inputs import stats_for_model, train_split_embeddings
@@ -69,7 +70,7 @@ class SweepInputs:
 def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, **fit_options: Any) -> Path:
     """A fixed model of the sweep, reused when an earlier run trained it under the same config."""
     folder = out / "models" / cfg.name
-    if (folder / "card.json").is_file() and read_card(folder).get("train_config") == cfg.model_dump():
+    if (folder / CARD_FILE).is_file() and read_model_card(folder).train_config == cfg.model_dump():
         log.info("sweep: reusing %s", folder)
         return folder
     return fit_model(cfg, dataset, folder, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", **fit_options)

@@ -19,10 +19,9 @@ from torch import nn
 
 from pipeline.compat.methods import t12_entry, t21_entry
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_table, open_embeddings, write_embeddings
-from pipeline.model.artifacts import load_model
+from pipeline.model.artifacts import load_cmc, load_model
 from pipeline.model.transformations import BACKWARD, FORWARD
 from pipeline.score.entries import MatrixEntry
-from pipeline.train.cross_model import load_cmc
 
 ROWS_PER_FILE = 10_000
 
@@ -54,11 +53,11 @@ def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet], old: 
     carriers = []  # (name, transforms, id, whose embeddings T21 maps, what it is)
     for name, folder in models.items():
         model, card = load_model(folder)
-        carriers.append((name, model.transforms, card["id"], name, name))
+        carriers.append((name, model.transforms, card.id, name, name))
     for name, folder in (cmc or {}).items():
         transforms, card = load_cmc(folder)
-        new_model = card["new_model"]["name"]
-        carriers.append((name, transforms, card["id"], new_model, f"{card['method']} {name} of {new_model}"))
+        new_model = card.new_model.name
+        carriers.append((name, transforms, card.id, new_model, f"{card.method} {name} of {new_model}"))
     for name, transforms, model_id, source, what in carriers:
         missing = [model for model in (source, old) if model not in sets]
         if missing and len(transforms):

@@ -94,8 +94,8 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     """
     _, card = load_model(model_dir)  # fail fast, on the driver, on a bad artifact
     info = read_dataset_info(dataset_root)
-    if card["classes"] and not set(card["classes"]) <= set(info.classes):
-        raise ValueError(f"{model_dir}: model classes {sorted(set(card['classes']) - set(info.classes))} "
+    if card.classes and not set(card.classes) <= set(info.classes):
+        raise ValueError(f"{model_dir}: model classes {sorted(set(card.classes) - set(info.classes))} "
                          f"are not in the dataset {dataset_root}")
     BadRows(on_bad_rows, str(dataset_root))  # an unknown policy fails before any work
     if use_gpu is None:
@@ -105,7 +105,7 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         raise DataError(f"{Path(dataset_root) / split}: no rows to encode (its Parquet files are empty)")
     out_dir = Path(out_dir)
     parts = {file.name: out_dir / part_name(index) for index, file in enumerate(inputs)}
-    finished = {file.name for file in inputs if _finished_part(parts[file.name], card["id"], file, on_bad_rows)}
+    finished = {file.name for file in inputs if _finished_part(parts[file.name], card.id, file, on_bad_rows)}
     todo = [file for file in inputs if file.name not in finished]
     if todo:
         _check_layout(num_actors, cpus_per_actor, use_gpu)
@@ -114,7 +114,7 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     for stale in [*out_dir.glob(".*.tmp-*"), out_dir / COMPLETE_MARKER, *set(out_dir.glob("*.parquet")) - kept]:
         stale.unlink(missing_ok=True)  # partial files of a killed run, parts of another model or input
     if finished:
-        log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card["name"], split,
+        log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card.name, split,
                  len(finished), len(inputs), out_dir)
     if todo:
         # Rows keep the files' order, so that each file's rows come back together and in order.
@@ -173,7 +173,7 @@ def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dic
         columns = ("id", "label", "embedding", "problem")
         merged = ({key: np.concatenate([chunk[key] for chunk in chunks]) for key in columns} if chunks else
                   {"id": np.array([], dtype=object), "label": np.array([], dtype=np.int64),
-                   "embedding": np.zeros((0, card["model"]["embedding_dim"]), np.float32),
+                   "embedding": np.zeros((0, card.embedding_dim), np.float32),
                    "problem": np.array([], dtype=object)})
         bad = BadRows(on_bad_rows, str(inputs[name]))
         good = np.array([bad.keep(row_id, problem or None) for row_id, problem in zip(merged["id"], merged["problem"])],
@@ -181,9 +181,9 @@ def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dic
         source = {"source": source_stamp(inputs[name]), "source_rows": len(good), "on_bad_rows": on_bad_rows,
                   "skipped": bad.summary()["rows"]}
         write_embeddings(parts[name], embeddings_table(merged["id"][good].tolist(), merged["label"][good],
-                                                       merged["embedding"][good], card["id"], card["name"],
+                                                       merged["embedding"][good], card.id, card.name,
                                                        info.classes, source))
-        log.info("encode %s: %s -> %s (%d rows; %d rows in %.0f s, %.0f rows/s)", card["name"], name, parts[name].name,
+        log.info("encode %s: %s -> %s (%d rows; %d rows in %.0f s, %.0f rows/s)", card.name, name, parts[name].name,
                  len(good), rows, time.perf_counter() - started, rows / (time.perf_counter() - started))
 
     current = None
@@ -209,11 +209,11 @@ def _complete(parts: dict[str, Path], card: dict, dataset_root: str | Path, spli
     if rows == 0:
         detail = f" ({summary['skipped']} bad rows skipped: {summary['by_problem']})" if skipped else ""
         raise DataError(f"{Path(dataset_root) / split}: no rows to encode{detail}")
-    marker = {"model_id": card["id"], "dataset": str(Path(dataset_root).resolve()), "split": split, "rows": rows,
+    marker = {"model_id": card.id, "dataset": str(Path(dataset_root).resolve()), "split": split, "rows": rows,
               "bad_rows": summary}
     write_atomic(out_dir / COMPLETE_MARKER, lambda temporary: temporary.write_text(json.dumps(marker, indent=1)))
     if skipped:
-        log.warning("encode %s/%s: skipped %d bad rows %s (listed in %s)", card["name"], split, len(skipped),
+        log.warning("encode %s/%s: skipped %d bad rows %s (listed in %s)", card.name, split, len(skipped),
                     summary["by_problem"], out_dir / COMPLETE_MARKER)
-    log.info("encode: %d embeddings of %s in %s", rows, card["name"], out_dir)
+    log.info("encode: %d embeddings of %s in %s", rows, card.name, out_dir)
     return out_dir

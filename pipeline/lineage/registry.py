@@ -20,7 +20,8 @@ import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.model.artifacts import CARD_FILE, read_card
+from pipeline.model.artifacts import read_model_card
+from pipeline.model.card import CARD_FILE, ModelCard, read_card
 from pipeline.names import check_name
 from pipeline.tracking import experiment_id
 
@@ -37,30 +38,30 @@ class LineageVersion:
     source: str         # the artifact folder's URI
 
 
-def _training_run(client: MlflowClient, card: dict, experiment: str, tracking_uri: str) -> str:
-    run_id = card.get("mlflow_run_id")
+def _training_run(client: MlflowClient, card: ModelCard, experiment: str, tracking_uri: str) -> str:
+    run_id = card.mlflow_run_id
     if run_id:
         try:
             client.get_run(run_id)
             return run_id
         except MlflowException:
-            log.info("registry: training run %s of %s is not in this store; logging to a new run", run_id, card["id"])
-    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register {card['name']}",
+            log.info("registry: training run %s of %s is not in this store; logging to a new run", run_id, card.id)
+    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register {card.name}",
                             tags={"kind": "register"})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
 
-def _check_parent(client: MlflowClient, registered_model: str, parent_version: str, card: dict) -> None:
+def _check_parent(client: MlflowClient, registered_model: str, parent_version: str, card: ModelCard) -> None:
     """The parent version exists and is the model the card was trained against (by name)."""
     try:
         parent = client.get_model_version(registered_model, parent_version)
     except MlflowException as error:
         raise ValueError(f"registered model {registered_model!r} has no version {parent_version} to be the parent "
-                         f"of {card['id']} ({error.error_code})") from None
-    trained_against, registered_as = card.get("parent_model"), parent.tags.get("model_name")
+                         f"of {card.id} ({error.error_code})") from None
+    trained_against, registered_as = card.parent_model, parent.tags.get("model_name")
     if trained_against and registered_as and trained_against != registered_as:
-        raise ValueError(f"{card['id']} was trained against {trained_against!r}, but {registered_model} version "
+        raise ValueError(f"{card.id} was trained against {trained_against!r}, but {registered_model} version "
                          f"{parent_version} is {registered_as!r}")
 
 
@@ -71,28 +72,28 @@ def register_model(tracking_uri: str, registered_model: str, artifact_dir: str |
     check_name(registered_model, "registered model name")
     parent_version = None if parent_version is None else str(parent_version)
     client = MlflowClient(tracking_uri)
-    card = read_card(artifact_dir)
+    card = read_model_card(artifact_dir)
     if parent_version is not None:
         _check_parent(client, registered_model, parent_version, card)
     run_id = _training_run(client, card, experiment, tracking_uri)
     client.log_artifacts(run_id, str(artifact_dir), ARTIFACT_PATH)
-    if card.get("stats_file") and Path(card["stats_file"]).is_file():
+    if card.stats_file and Path(card.stats_file).is_file():
         with tempfile.TemporaryDirectory() as folder:  # under a fixed name, for reports on other machines
-            shutil.copy(card["stats_file"], Path(folder) / STATS_FILE)
+            shutil.copy(card.stats_file, Path(folder) / STATS_FILE)
             client.log_artifact(run_id, str(Path(folder) / STATS_FILE), ARTIFACT_PATH)
     try:
         client.create_registered_model(registered_model, description="compat-embed model lineage")
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    tags = {"card_id": card["id"], "model_name": card["name"], "method": card.get("method", ""),
-            "embedding_dim": str(card["model"]["embedding_dim"]), "parent_version": parent_version or ""}
+    tags = {"card_id": card.id, "model_name": card.name, "method": card.method,
+            "embedding_dim": str(card.embedding_dim), "parent_version": parent_version or ""}
     source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT_PATH}"
     version = client.create_model_version(registered_model, source, run_id=run_id, tags=tags,
-                                          description=f"{card['name']} ({card['id']}), parent version "
+                                          description=f"{card.name} ({card.id}), parent version "
                                                       f"{parent_version or 'none'}")
-    log.info("registry: %s version %s = %s (parent %s)", registered_model, version.version, card["id"], parent_version)
-    return LineageVersion(str(version.version), parent_version, card["id"], source)
+    log.info("registry: %s version %s = %s (parent %s)", registered_model, version.version, card.id, parent_version)
+    return LineageVersion(str(version.version), parent_version, card.id, source)
 
 
 def lineage(tracking_uri: str, registered_model: str, versions: list[str] | None = None) -> list[LineageVersion]:
@@ -126,7 +127,7 @@ def lineage(tracking_uri: str, registered_model: str, versions: list[str] | None
 def download_version(tracking_uri: str, version: LineageVersion, out_dir: str | Path) -> Path:
     """The version's artifact folder under ``out_dir`` (kept when already there with the same card id)."""
     out_dir = Path(out_dir)
-    if (out_dir / CARD_FILE).is_file() and read_card(out_dir).get("id") == version.card_id:
+    if (out_dir / CARD_FILE).is_file() and read_card(out_dir).id == version.card_id:
         return out_dir
     staging = out_dir.parent / f".download-{out_dir.name}"
     shutil.rmtree(staging, ignore_errors=True)

@@ -51,7 +51,7 @@ from pipeline.lineage.metrics import (  # noqa: E402
     verdict,
 )
 from pipeline.lineage.registry import STATS_FILE, download_version, lineage  # noqa: E402
-from pipeline.model.artifacts import read_card  # noqa: E402
+from pipeline.model.artifacts import read_model_card  # noqa: E402
 from pipeline.score.criteria import pair_row, update_gain  # noqa: E402
 from pipeline.score.entries import MatrixEntry
 from pipeline.score.matrix import Gallery, matrix, score_all_pairs  # noqa: E402
@@ -122,8 +122,8 @@ def _entries(models: list[LineageModel], sets: dict[str, Gallery], out_root: Pat
 def _parent_centers(child: LineageModel, parent_dim: int) -> np.ndarray | None:
     """The parent-space class centers of the child's statistics: the copy registered with the
     artifact (``pipeline.lineage.registry.STATS_FILE``), else the card's path; None (logged) if neither."""
-    card = read_card(child.folder)
-    for path in (child.folder / STATS_FILE, Path(card.get("stats_file") or "")):
+    card = read_model_card(child.folder)
+    for path in (child.folder / STATS_FILE, Path(card.stats_file or "")):
         if path.is_file():
             centers = OldSpaceStats.load(path).centers
             if centers.shape[1] != parent_dim:
@@ -131,7 +131,7 @@ def _parent_centers(child: LineageModel, parent_dim: int) -> np.ndarray | None:
                                  f"{parent_dim}")
             return centers
     log.warning("lineage: no statistics for %s (card: %s); the backfill curve has the random order only",
-                child.name, card.get("stats_file"))
+                child.name, card.stats_file)
     return None
 
 
@@ -167,7 +167,7 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: s
     entries = _entries(models, sets, out_dir / "embeddings", split)
     order = [m.name for m in models]
     table = score_all_pairs({name: e.embeddings for name, e in entries.items()},
-                            old_classes=read_card(models[0].folder)["classes"], pairs=_pairs(models, entries),
+                            old_classes=read_model_card(models[0].folder).classes, pairs=_pairs(models, entries),
                             references={name: e.reference for name, e in entries.items()},
                             transforms={name: e.transform for name, e in entries.items()},
                             index=index, full_ranking=full_ranking, chunk=chunk)

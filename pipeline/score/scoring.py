@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from pipeline.atomic import write_atomic
-from pipeline.model.artifacts import read_card
+from pipeline.model.artifacts import read_model_card
 from pipeline.score.matrix import Gallery, score_all_pairs
 from pipeline.score.report import format_matrix, heatmap, log_report, write_tables
 from pipeline.score.retrieval import IndexSpec
@@ -25,12 +25,12 @@ def score_and_report(sets: dict[str, Gallery], *, old_model: str | Path, indepen
 
     ``references`` and ``transforms`` describe transformed entries (``pipeline.encode.mapped``).
     """
-    old_card = read_card(old_model)
-    for role, name in (("old", old_card["name"]), ("independent", independent)):
+    old_card = read_model_card(old_model)
+    for role, name in (("old", old_card.name), ("independent", independent)):
         if name is not None and name not in sets:
             raise ValueError(f"the {role} model {name!r} has no embeddings among {sorted(sets)}")
     order = list(sets)
-    table = score_all_pairs(sets, old_classes=old_card["classes"], independent=independent, old=old_card["name"],
+    table = score_all_pairs(sets, old_classes=old_card.classes, independent=independent, old=old_card.name,
                             topk=topk, chunk=chunk, references=references, transforms=transforms,
                             pairs=pairs, index=index, full_ranking=full_ranking, pair_dir=Path(out_dir) / "pairs")
     shown = tuple(metric for metric in ("top1", "map") if metric in table.columns)  # no mAP without the full ranking

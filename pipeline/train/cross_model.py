@@ -26,15 +26,14 @@ import ray.train
 import torch
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from torch import nn
 
 from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.compat.steps import optimizer_and_schedule, optimizer_step
-from pipeline.config import CmcConfig, TrainConfig, TransformConfig
+from pipeline.config import CmcConfig, TrainConfig
 from pipeline.data.embeddings import EmbeddingSet
-from pipeline.model.artifacts import ArtifactError, new_model_id, read_card, write_artifact
-from pipeline.model.transformations import BACKWARD, FORWARD, build_transforms
+from pipeline.model.artifacts import build_cmc_transforms, new_model_id, read_model_card, write_artifact
+from pipeline.model.card import CmcCard, ModelRef
 from pipeline.names import check_name
 from pipeline.tracking import EpochLogger, experiment_id, finished_run, flat_params
 from pipeline.train.checkpoints import final_weights, report_epoch, resume
@@ -42,12 +41,6 @@ from pipeline.train.inputs import train_split_embeddings, training_rows
 from pipeline.train.training import storage_location
 
 log = logging.getLogger(__name__)
-TRANSFORMS_FILE = "transforms.pt"
-
-
-def build_cmc_transforms(old_dim: int, new_dim: int, config: TransformConfig) -> nn.ModuleDict:
-    """The two transformations of a CMC fit: T21 (new -> old) and T12 (old -> new)."""
-    return nn.ModuleDict(build_transforms((BACKWARD, FORWARD), new_dim, old_dim, config))
 
 
 def cmc_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -104,14 +97,14 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
 
     check_name(cfg.name, "cmc name")
     dataset, artifact_dir, work_dir = Path(dataset).resolve(), Path(artifact_dir).resolve(), Path(work_dir).resolve()
-    old_card, new_card = read_card(old_model), read_card(new_model)
-    new_cfg = TrainConfig.model_validate(new_card["train_config"])
-    sets = {role: train_split_embeddings(model, dataset, work_dir / "embeddings" / card["name"] / "train", **encode_options)
+    old_card, new_card = read_model_card(old_model), read_model_card(new_model)
+    new_cfg = TrainConfig.model_validate(new_card.train_config)
+    sets = {role: train_split_embeddings(model, dataset, work_dir / "embeddings" / card.name / "train", **encode_options)
             for role, model, card in (("old", old_model, old_card), ("new", new_model, new_card))}
     rows, labels, classes = training_rows(sets["new"], dataset, new_cfg)
     old_features, new_features = _paired_features(sets["old"], sets["new"], rows)
     spaces = {}
-    for role, features, known in (("old", old_features, old_card["classes"]), ("new", new_features, classes)):
+    for role, features, known in (("old", old_features, old_card.classes), ("new", new_features, classes)):
         stats = compute_old_space_stats(features, labels, classes, known, cfg.compat.boundary, cfg.compat.boundary_quantile)
         spaces[role] = work_dir / "stats" / f"{cfg.name}.{role}_space.npz"
         stats.save(spaces[role])
@@ -122,43 +115,27 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
     loop_config = {"cmc": cfg.model_dump(), "features": str(features_path), "old_space": str(spaces["old"]),
                    "new_space": str(spaces["new"]), "tracking_uri": tracking_uri}
     loop_config["config_hash"] = hashlib.sha256(json.dumps(
-        {**loop_config, "old_id": old_card["id"], "new_id": new_card["id"]}, sort_keys=True).encode()).hexdigest()
+        {**loop_config, "old_id": old_card.id, "new_id": new_card.id}, sort_keys=True).encode()).hexdigest()
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=cfg.name,
-                            tags={"kind": "cmc", "method": cfg.method, "old_model": old_card["name"],
-                                  "new_model": new_card["name"]})
+                            tags={"kind": "cmc", "method": cfg.method, "old_model": old_card.name,
+                                  "new_model": new_card.name})
     loop_config["mlflow_run_id"] = run.info.run_id
     trainer = TorchTrainer(cmc_loop_per_worker, train_loop_config=loop_config,
                            scaling_config=ScalingConfig(num_workers=1, use_gpu=False,
                                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
                            run_config=RunConfig(name=run_name or cfg.name, storage_path=storage_location(storage_path),
                                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    log.info("cmc %s: %s between %s and %s on %d images", cfg.name, cfg.method, old_card["name"], new_card["name"], len(rows))
+    log.info("cmc %s: %s between %s and %s on %d images", cfg.name, cfg.method, old_card.name, new_card.name, len(rows))
     with finished_run(client, run.info.run_id):
         result = trainer.fit()
-        card = {"kind": "cmc", "id": new_model_id(cfg.name), "name": cfg.name, "method": cfg.method,
-                "old_model": {"name": old_card["name"], "id": old_card["id"], "dir": str(Path(old_model).resolve()),
-                              "dim": int(old_features.shape[1])},
-                "new_model": {"name": new_card["name"], "id": new_card["id"], "dir": str(Path(new_model).resolve()),
-                              "dim": int(new_features.shape[1])},
-                "classes": classes, "config": cfg.model_dump(),
-                "metrics": {k: float(v) for k, v in result.metrics.items()}, "mlflow_run_id": run.info.run_id}
-        write_artifact(artifact_dir, final_weights(result), card, weights_file=TRANSFORMS_FILE)
+        card = CmcCard(id=new_model_id(cfg.name), name=cfg.name, method=cfg.method, transform=cfg.transform,
+                       old_model=ModelRef(name=old_card.name, id=old_card.id, dir=str(Path(old_model).resolve()),
+                                          dim=int(old_features.shape[1])),
+                       new_model=ModelRef(name=new_card.name, id=new_card.id, dir=str(Path(new_model).resolve()),
+                                          dim=int(new_features.shape[1])),
+                       classes=classes, config=cfg.model_dump(), metrics=result.metrics, mlflow_run_id=run.info.run_id)
+        write_artifact(artifact_dir, final_weights(result), card)
         client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="cmc")
     log.info("cmc %s: artifact written to %s", cfg.name, artifact_dir)
     return artifact_dir
-
-
-def load_cmc(folder: str | Path) -> tuple[nn.ModuleDict, dict[str, Any]]:
-    """The two transformations of a CMC artifact in eval mode, and its card."""
-    card = read_card(folder)
-    if card.get("kind") != "cmc":
-        raise ArtifactError(f"{folder}: not a CMC artifact (card kind {card.get('kind')!r})")
-    transforms = build_cmc_transforms(card["old_model"]["dim"], card["new_model"]["dim"],
-                                      TransformConfig.model_validate(card["config"]["transform"]))
-    path = Path(folder) / TRANSFORMS_FILE
-    try:
-        transforms.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (FileNotFoundError, RuntimeError, EOFError) as error:
-        raise ArtifactError(f"{path}: cannot load the transformations ({type(error).__name__}: {error})") from None
-    return transforms.eval(), card

@@ -13,7 +13,7 @@ from pipeline.config import TrainConfig
 from pipeline.data.dataset import class_indices, in_fraction, in_validation, read_dataset_info
 from pipeline.data.embeddings import EmbeddingSet, read_embeddings
 from pipeline.encode.split import encode_split
-from pipeline.model.artifacts import read_card
+from pipeline.model.artifacts import read_model_card
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def stats_for_model(cfg: TrainConfig, old_model: str | Path, embeddings: Embeddi
                     out_path: str | Path) -> Path:
     """Statistics over the rows ``cfg`` trains on, for every class of its label map."""
     rows, labels, classes = training_rows(embeddings, dataset, cfg)
-    old_classes = read_card(old_model)["classes"]
+    old_classes = read_model_card(old_model).classes
     stats = compute_old_space_stats(embeddings.vectors[rows], labels, classes, old_classes,
                                     cfg.compat.boundary, cfg.compat.boundary_quantile)
     stats.save(out_path)

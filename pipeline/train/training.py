@@ -28,10 +28,11 @@ from pipeline.compat.methods import Method
 from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.compat.steps import NonFiniteLoss, autocast, autocast_dtype, optimizer_and_schedule, optimizer_step
-from pipeline.config import HeadConfig, TrainConfig
+from pipeline.config import TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
-from pipeline.model.artifacts import load_model, new_model_id, read_card, write_artifact
+from pipeline.model.artifacts import load_model, new_model_id, read_model_card, write_artifact
+from pipeline.model.card import ModelCard
 from pipeline.model.heads import build_head
 from pipeline.model.networks import EmbeddingModel
 from pipeline.model.transformations import build_transforms
@@ -45,10 +46,10 @@ log = logging.getLogger(__name__)
 def _old_head(old_model_dir: str, stats: OldSpaceStats, new_dim: int) -> torch.nn.Module:
     """Model 1's classifier, frozen, with pseudo rows for the classes it never saw (BCT)."""
     old_model, old_card = load_model(old_model_dir)
-    check_same_dim(new_dim, old_card["model"]["embedding_dim"], f"BCT against {old_model_dir}")
-    head = build_head(HeadConfig.model_validate(old_card["model"]["head"]), new_dim, len(stats.classes))
+    check_same_dim(new_dim, old_card.embedding_dim, f"BCT against {old_model_dir}")
+    head = build_head(old_card.model.head, new_dim, len(stats.classes))
     with torch.no_grad():
-        head.weight.copy_(influence_weights(stats, old_model.head.weight, old_card["classes"]))
+        head.weight.copy_(influence_weights(stats, old_model.head.weight, old_card.classes))
     return head
 
 
@@ -69,7 +70,7 @@ def build_objective(cfg: TrainConfig, method: Method, classes: list[str], stats_
         if method.compares_spaces_directly:
             check_same_dim(cfg.model.embedding_dim, stats.dim, f"model {cfg.name!r} against statistics {stats_path}")
     elif method.compares_spaces_directly:
-        check_same_dim(cfg.model.embedding_dim, int(read_card(old_model_dir)["model"]["embedding_dim"]),
+        check_same_dim(cfg.model.embedding_dim, read_model_card(old_model_dir).embedding_dim,
                        f"model {cfg.name!r} against the old model {old_model_dir}")
     old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if method.needs_old_classifier else None
     old_embedder = load_model(old_model_dir)[0].embedder if method.needs_old_forward else None
@@ -211,7 +212,7 @@ def train_loop_config(cfg: TrainConfig, dataset: Path, old_model: str | Path | N
     method = cfg.method_spec
     if method.needs_old_model:
         build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None)
-        old_dim = int(read_card(old_model)["model"]["embedding_dim"])
+        old_dim = read_model_card(old_model).embedding_dim
     # The method itself travels to the workers, so that one registered in the driver's process only
     # (a plugin, a test) trains too; its name is what the config and the hash hold.
     return {"train": cfg.model_dump(), "method": method, "dataset": str(dataset), "old_dim": old_dim,
@@ -281,17 +282,14 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, *
             result = trainer.fit()
         except ray.train.WorkerGroupError as error:
             raise stopped_training(error, f"{storage}/{run_name}") from None
-        card = {
-            "id": new_model_id(cfg.name), "name": cfg.name, "model": cfg.model.model_dump(), "classes": classes,
-            "channels": info.channels, "mode": info.mode, "image_size": info.image_size, "method": cfg.method,
-            "old_dim": old_dim, "transform": cfg.transform.model_dump(), "transforms": list(cfg.method_spec.trains),
-            "parent_model": parent, "old_model_dir": str(old_model) if old_model else None,
-            "stats_file": str(Path(stats).resolve()) if stats else None, "dataset": str(dataset),
-            "train_config": cfg.model_dump(), "metrics": {k: float(v) for k, v in result.metrics.items()},
-            "mlflow_run_id": run.info.run_id,
-        }
+        card = ModelCard(
+            id=new_model_id(cfg.name), name=cfg.name, model=cfg.model, classes=classes, channels=info.channels,
+            mode=info.mode, image_size=info.image_size, method=cfg.method, old_dim=old_dim, transform=cfg.transform,
+            transforms=list(loop_config["method"].trains), parent_model=parent,
+            old_model_dir=str(old_model) if old_model else None, stats_file=str(Path(stats).resolve()) if stats else None,
+            dataset=str(dataset), train_config=cfg.model_dump(), metrics=result.metrics, mlflow_run_id=run.info.run_id)
         write_artifact(artifact_dir, final_weights(result), card)
         client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="model")
-        client.set_tag(run.info.run_id, "model_id", card["id"])
+        client.set_tag(run.info.run_id, "model_id", card.id)
     log.info("train %s: artifact written to %s", cfg.name, artifact_dir)
     return artifact_dir

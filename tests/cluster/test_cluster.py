@@ -27,7 +27,8 @@ import yaml
 
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ingest
-from pipeline.model.artifacts import load_model, read_card
+from pipeline.model.artifacts import load_model
+from pipeline.model.card import read_card
 from pipeline.score.retrieval import per_query_metrics, summarize
 
 pytestmark = pytest.mark.cluster
@@ -134,7 +135,7 @@ def test_killed_worker_process_resumes_from_the_last_checkpoint(cluster, dataset
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
 
-    metrics = read_card(tmp_path / "models" / "killed-worker")["metrics"]
+    metrics = read_card(tmp_path / "models" / "killed-worker").metrics
     assert metrics["epoch"] == 3
     assert metrics["resumed_from_epoch"] >= 1  # continued from a checkpoint, not from epoch 0
     runs, steps = _epoch_history(tmp_path, "killed-worker")
@@ -153,7 +154,7 @@ def test_killed_driver_rerun_continues_the_run(cluster, dataset, tmp_path):
 
     rerun = subprocess.run(command, cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    metrics = read_card(tmp_path / "models" / "killed-driver")["metrics"]
+    metrics = read_card(tmp_path / "models" / "killed-driver").metrics
     assert metrics["epoch"] == 3 and metrics["resumed_from_epoch"] >= 1
     runs, steps = _epoch_history(tmp_path, "killed-driver")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the rerun continued the same MLflow run

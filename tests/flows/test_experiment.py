@@ -10,9 +10,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import pipeline_from_dict
 from pipeline.data.embeddings import read_embeddings
 from pipeline.flows.experiment import run_pipeline
-from pipeline.model.artifacts import read_card
+from pipeline.model.artifacts import load_cmc
+from pipeline.model.card import read_card
 from pipeline.score.results import load_run, seed_rows
-from pipeline.train.cross_model import load_cmc
 from tests.reference import reference
 
 pytestmark = pytest.mark.ray
@@ -67,13 +67,13 @@ def test_cmc_trains_only_its_transformations(finished_pipeline):
     cfg, result = finished_pipeline
     models = f"{cfg.output_dir}/models"
     card = read_card(f"{models}/cmc_lce")
-    assert card["kind"] == "cmc" and card["old_model"]["name"] == "old" and card["new_model"]["name"] == "independent"
+    assert card.kind == "cmc" and card.old_model.name == "old" and card.new_model.name == "independent"
     transforms, _ = load_cmc(f"{models}/cmc_lce")
     assert set(transforms) == {"backward_transform", "forward_transform"}
     # Neither model changed: their weights still equal the copies logged to MLflow when they were trained.
     client = MlflowClient(result.tracking_uri)
     for model in ("old", "independent"):
-        logged = client.download_artifacts(read_card(f"{models}/{model}")["mlflow_run_id"], "model/model.pt",
+        logged = client.download_artifacts(read_card(f"{models}/{model}").mlflow_run_id, "model/model.pt",
                                            str(Path(cfg.output_dir) / f"logged-{model}"))
         assert Path(logged).read_bytes() == Path(f"{models}/{model}/model.pt").read_bytes()
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("e2e").experiment_id])}
@@ -109,11 +109,11 @@ def test_every_metric_equals_brute_force(finished_pipeline):
 def test_cards_reference_statistics_and_old_model(finished_pipeline):
     cfg, _ = finished_pipeline
     models = f"{cfg.output_dir}/models"
-    assert read_card(f"{models}/old")["classes"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
+    assert read_card(f"{models}/old").classes == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
     lce = read_card(f"{models}/lce")
-    assert lce["stats_file"].endswith("stats/lce.npz") and lce["parent_model"] == "old" and len(lce["classes"]) == 10
-    assert read_card(f"{models}/independent")["stats_file"] is None
-    assert read_card(f"{models}/lce_bwd")["transforms"] == ["backward_transform"]
+    assert lce.stats_file.endswith("stats/lce.npz") and lce.parent_model == "old" and len(lce.classes) == 10
+    assert read_card(f"{models}/independent").stats_file is None
+    assert read_card(f"{models}/lce_bwd").transforms == ["backward_transform"]
 
 
 def test_mlflow_holds_one_run_per_model_and_one_matrix(finished_pipeline):

@@ -30,8 +30,7 @@ from pipeline.config import ConfigError, ModelConfig, load_lineage_config, load_
 from pipeline.data.dataset import DATASET_SCHEMA
 from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
 from pipeline.data.importers import ingest, read_idx
-from pipeline.model.artifacts import write_artifact
-from pipeline.model.networks import EmbeddingModel
+from pipeline.model.artifacts import write_initial_model
 from tests.conftest import FASHION_MNIST, write_idx
 from tuning.space import load_sweep_config
 
@@ -81,10 +80,8 @@ def mutated_images(rng: np.random.Generator, count: int) -> list[bytes]:
 def untrained_model(folder: Path, classes: list[str], name: str = "m", dim: int = 16, seed: int = 0) -> Path:
     """A model artifact with initial weights: enough to encode, and deterministic."""
     torch.manual_seed(seed)
-    config = ModelConfig(architecture="small_cnn", embedding_dim=dim)
-    card = {"id": f"{name}-{seed}", "name": name, "model": config.model_dump(), "classes": classes, "channels": 1,
-            "mode": "L", "image_size": 28, "method": "independent"}
-    return write_artifact(folder, EmbeddingModel(config, 1, len(classes)).state_dict(), card)
+    return write_initial_model(folder, name, ModelConfig(architecture="small_cnn", embedding_dim=dim), classes,
+                               model_id=f"{name}-{seed}")
 
 
 def image_folder(root: Path, per_class: int = 4) -> Path:
@@ -320,7 +317,7 @@ def synthetic_embeddings(folder: Path, name: str, rows: int, dim: int, seed: int
 @pytest.mark.ray
 def test_killed_score_resumes_to_the_same_report(tmp_path, ray_cluster, caplog):
     sets = [synthetic_embeddings(tmp_path / name, name, 3000, 64, seed) for seed, name in enumerate(("old", "a", "b"))]
-    write_artifact(tmp_path / "old_model", {}, {"name": "old", "classes": [f"c{i}" for i in range(5)]})
+    untrained_model(tmp_path / "old_model", [f"c{i}" for i in range(5)], name="old")
     options = ["--embeddings", *sets, "--old-model", tmp_path / "old_model",
                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     assert run_job("score", *options, "--out", tmp_path / "whole", caplog=caplog)[0] == 0
@@ -403,7 +400,7 @@ def test_scoring_sets_of_two_label_maps_is_refused_naming_the_classes(tmp_path, 
     classes = [f"c{i}" for i in range(9)] + ["zebra"]
     write_embeddings(tmp_path / "b" / "part-00000.parquet", embeddings_table(
         table.column("id").to_pylist(), table.column("label").to_numpy(), np.ones((50, 8)), "b-id", "b", classes))
-    write_artifact(tmp_path / "old", {}, {"name": "a", "classes": ["c0"]})
+    untrained_model(tmp_path / "old", ["c0"], name="a")
     code, log = run_job("score", "--embeddings", first, tmp_path / "b", "--old-model", tmp_path / "old", "--out",
                         tmp_path / "report", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", caplog=caplog)
     assert code == 2 and "different label maps: only the query's has ['c9'], only the gallery's has ['zebra']" in log
@@ -465,7 +462,7 @@ def test_bad_configs_give_one_message_naming_the_key(tmp_path, caplog, yaml_text
 
 def test_k_larger_than_the_gallery_names_the_key(tmp_path, caplog):
     sets = [synthetic_embeddings(tmp_path / name, name, 30, 8, seed) for seed, name in enumerate(("old", "new"))]
-    write_artifact(tmp_path / "old_model", {}, {"name": "old", "classes": ["c0"]})
+    untrained_model(tmp_path / "old_model", ["c0"], name="old")
     code, log = run_job("score", "--embeddings", *sets, "--old-model", tmp_path / "old_model", "--topk", 1, 30,
                         "--out", tmp_path / "report", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", caplog=caplog)
     assert code == 2 and "score.topk: k = 30 is larger than the gallery" in log and "one of them the query itself" in log
@@ -475,7 +472,7 @@ def test_model_names_that_would_become_paths_are_refused(tmp_path, caplog):
     vectors = np.ones((3, 4))
     write_embeddings(tmp_path / "evil" / "part-00000.parquet",
                      embeddings_table(["a", "b", "c"], np.zeros(3), vectors, "x", "../../etc", ["c0"]))
-    write_artifact(tmp_path / "old_model", {}, {"name": "old", "classes": ["c0"]})
+    untrained_model(tmp_path / "old_model", ["c0"], name="old")
     code, log = run_job("score", "--embeddings", tmp_path / "evil", "--old-model", tmp_path / "old_model", "--out",
                         tmp_path / "report", caplog=caplog)
     assert code == 2 and "model name '../../etc' is not allowed" in log

@@ -4,14 +4,16 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
-from pipeline.model.artifacts import ArtifactError, load_model, write_artifact
+from pipeline.model.artifacts import load_model, write_artifact
+from pipeline.model.card import ArtifactError, ModelCard
 from pipeline.model.networks import EmbeddingModel
 from pipeline.names import check_name
 
 
 def _card(**model):
     config = ModelConfig(**model)
-    return {"id": "m-1", "name": "m", "model": config.model_dump(), "classes": ["a", "b"], "channels": 1}, config
+    return ModelCard(id="m-1", name="m", model=config, classes=["a", "b"], channels=1, mode="L", image_size=28,
+                     method="independent"), config
 
 
 def test_artifact_roundtrip_and_clear_errors(tmp_path):
@@ -19,7 +21,7 @@ def test_artifact_roundtrip_and_clear_errors(tmp_path):
     model = EmbeddingModel(config, 1, 2)
     write_artifact(tmp_path / "m", model.state_dict(), card)
     loaded, loaded_card = load_model(tmp_path / "m")
-    assert loaded_card["id"] == "m-1"
+    assert loaded_card == card
     images = torch.randn(2, 1, 28, 28)
     assert torch.allclose(loaded.embedder(images), model.eval().embedder(images))
 

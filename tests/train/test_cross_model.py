@@ -9,9 +9,9 @@ import torch
 from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig, ModelConfig, TransformConfig
-from pipeline.model.artifacts import ArtifactError, write_artifact
+from pipeline.model.artifacts import build_cmc_transforms, load_cmc, write_initial_model
+from pipeline.model.card import ArtifactError, CmcCard, ModelRef, write_card
 from pipeline.model.networks import EmbeddingModel
-from pipeline.train.cross_model import build_cmc_transforms, load_cmc
 
 
 class _Rotate(torch.nn.Module):
@@ -92,14 +92,15 @@ def test_unknown_method_is_refused():
 
 
 def test_load_cmc_refuses_a_model_artifact_and_a_missing_file(tmp_path):
-    config = ModelConfig(embedding_dim=4)
-    write_artifact(tmp_path / "model", EmbeddingModel(config, 1, 2).state_dict(),
-                   {"name": "m", "model": config.model_dump(), "classes": ["a", "b"], "channels": 1})
-    with pytest.raises(ArtifactError, match="not a CMC artifact"):
+    write_initial_model(tmp_path / "model", "m", ModelConfig(embedding_dim=4), ["a", "b"])
+    with pytest.raises(ArtifactError, match="not a CMC artifact \\(card kind 'model'\\)"):
         load_cmc(tmp_path / "model")
     folder = tmp_path / "cmc"
-    folder.mkdir()
-    (folder / "card.json").write_text('{"kind": "cmc", "old_model": {"dim": 4}, "new_model": {"dim": 6}, '
-                                      '"config": {"transform": {"blocks": 1, "paths": 1, "hidden": 8}}}')
-    with pytest.raises(ArtifactError, match="transforms.pt: cannot load"):
+    refs = {name: ModelRef(name=name, id=f"{name}-1", dir=str(tmp_path / name), dim=dim) for name, dim in (("a", 4), ("b", 6))}
+    write_card(folder, CmcCard(id="c-1", name="c", method="lce_cmc", transform=TransformConfig(hidden=8),
+                               old_model=refs["a"], new_model=refs["b"], classes=["a", "b"], config={}))
+    with pytest.raises(ArtifactError, match="transforms.pt: weights file not found"):
+        load_cmc(folder)
+    (folder / "transforms.pt").write_bytes(b"not torch")
+    with pytest.raises(ArtifactError, match="transforms.pt: cannot read weights"):
         load_cmc(folder)

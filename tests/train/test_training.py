@@ -8,7 +8,8 @@ from pipeline.compat.losses import DimensionMismatch
 from pipeline.compat.statistics import StatisticsMismatch, compute_old_space_stats
 from pipeline.compat.steps import autocast, autocast_dtype, optimizer_step
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.model.artifacts import write_artifact
+from pipeline.model.artifacts import write_artifact, write_initial_model
+from pipeline.model.card import ModelCard
 from pipeline.model.networks import EmbeddingModel
 from pipeline.train.training import build_objective, init_seed, passes_per_epoch, storage_location
 
@@ -26,9 +27,7 @@ def test_models_never_share_initial_weights_by_name():
 
 @pytest.fixture()
 def old_model(tmp_path):
-    config = ModelConfig(embedding_dim=8)
-    card = {"id": "old-1", "name": "old", "model": config.model_dump(), "classes": ["a"], "channels": 1}
-    return write_artifact(tmp_path / "old", EmbeddingModel(config, 1, 1).state_dict(), card)
+    return write_initial_model(tmp_path / "old", "old", ModelConfig(embedding_dim=8), ["a"])
 
 
 def _stats_file(tmp_path, classes, dim=8):
@@ -65,8 +64,8 @@ def test_backward_manner_accepts_another_dimension_and_saves_its_transform(tmp_p
     assert objective.centers.shape == (2, 8)
     transforms = build_transforms(cfg.method_spec.trains, 16, 8, cfg.transform)
     model = EmbeddingModel(cfg.model, 1, 2, transforms)
-    card = {"id": "lce-1", "name": "lce", "model": cfg.model.model_dump(), "classes": ["a", "b"], "channels": 1,
-            "method": cfg.method, "old_dim": 8, "transform": cfg.transform.model_dump(), "transforms": ["backward_transform"]}
+    card = ModelCard(id="lce-1", name="lce", model=cfg.model, classes=["a", "b"], channels=1, mode="L", image_size=28,
+                     method=cfg.method, old_dim=8, transforms=list(cfg.method_spec.trains))
     write_artifact(tmp_path / "lce", model.state_dict(), card)
     loaded, _ = load_model(tmp_path / "lce")
     assert loaded.transforms["backward_transform"](torch.randn(3, 16)).shape == (3, 8)
