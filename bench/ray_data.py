@@ -35,7 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import gemm_rate, save_results, write_section
-from pipeline.config import DataConfig, ModelConfig
+from pipeline.config import DataConfig, EncodeConfig, ModelConfig
 from pipeline.data.dataset import DATASET_SCHEMA, read_dataset_info, split_files
 from pipeline.data.decode import decode_image
 from pipeline.data.embeddings import embeddings_table, write_embeddings
@@ -98,8 +98,9 @@ def ray_data(model_dir: Path, dataset: Path, out: Path, layout: dict) -> float:
     from pipeline.encode.split import encode_split
 
     started = time.perf_counter()
-    encode_split(model_dir, dataset, "test", out, batch_size=BATCH, num_actors=layout["actors"],
-                 cpus_per_actor=layout["cpus_per_actor"], threads_per_actor=layout["threads_per_actor"])
+    encode_split(model_dir, dataset, "test", out, EncodeConfig(
+        batch_size=BATCH, num_actors=layout["actors"], cpus_per_actor=layout["cpus_per_actor"],
+        threads_per_actor=layout["threads_per_actor"]))
     return time.perf_counter() - started
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs._common import run_main
+from jobs import cli
 from pipeline.config import load_lineage_config
 from pipeline.lineage.chain import run_lineage
 from pipeline.runtime import init_ray
@@ -14,7 +14,7 @@ from pipeline.runtime import init_ray
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.lineage", description=__doc__)
     parser.add_argument("--config", default="configs/lineage.yaml")
-    parser.add_argument("--ray-address", default=None)
+    cli.add_ray_arg(parser)
     args = parser.parse_args()
     cfg = load_lineage_config(args.config)
     init_ray(args.ray_address or cfg.ray_address)
@@ -25,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    cli.run_main(main)

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
-from pathlib import Path
 
-from jobs._common import run_main
-from pipeline.config import load_pipeline_config
+from jobs import cli
+from pipeline.config import data_overrides, load_pipeline_config
 from pipeline.flows.experiment import run_pipeline
 from pipeline.runtime import init_ray
-
-
-def data_overrides(data: str) -> dict:
-    """A user's dataset gets its own ingested copy and output folder, keyed by its path."""
-    source = Path(data).resolve()
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", source.name).strip("-") or "data"
-    key = f"{slug}-{hashlib.sha1(str(source).encode()).hexdigest()[:8]}"
-    return {"data": {"source": str(source), "root": f"data/{key}"}, "output_dir": f"outputs/{key}"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.pipeline", description=__doc__)
     parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--data", default=None, help="your own images: an ImageFolder tree or a folder of idx .gz files")
-    parser.add_argument("--ray-address", default=None)
+    parser.add_argument("--data", default=None,
+                        help="your own images: an ImageFolder tree or a folder of idx .gz files")
+    cli.add_ray_arg(parser)
     args = parser.parse_args()
     cfg = load_pipeline_config(args.config, data_overrides(args.data) if args.data else None)
     init_ray(args.ray_address or cfg.ray_address)
@@ -37,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    cli.run_main(main)

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
-
-from jobs._common import run_main
+from jobs import cli
 from pipeline.config import load_train_config
 from pipeline.runtime import init_ray
 from pipeline.train.inputs import stats_for_model, train_split_embeddings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.stats", description=__doc__)
-    parser.add_argument("--config", required=True, help="the new model's TrainConfig YAML (classes, fraction, boundary)")
-    parser.add_argument("--old-model", required=True, help="old model artifact folder")
-    parser.add_argument("--dataset", required=True, help="ingested dataset folder")
-    parser.add_argument("--out", required=True, help="statistics .npz to write")
-    parser.add_argument("--embeddings", required=True, help="folder for the old model's train-split embeddings")
-    parser.add_argument("--ray-address", default=None)
+    parser = cli.job_parser("stats", __doc__, "old_model", "dataset",
+                            config="the new model's TrainConfig YAML (classes, fraction, boundary)",
+                            out="statistics .npz to write",
+                            embeddings="folder for the old model's train-split embeddings")
+    cli.add_encode_args(parser)
+    cli.add_ray_arg(parser)
     args = parser.parse_args()
-    cfg = load_train_config(args.config)
+    cfg, options = load_train_config(args.config), cli.encode_options(args)
     init_ray(args.ray_address)
-    embeddings = train_split_embeddings(args.old_model, args.dataset, args.embeddings)
+    embeddings = train_split_embeddings(args.old_model, args.dataset, args.embeddings, options)
     print(f"statistics: {stats_for_model(cfg, args.old_model, embeddings, args.dataset, args.out)}")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    cli.run_main(main)

@@ -1,34 +1,29 @@
-"""Train one model (independent, BCT or LCE in any manner) with Ray Train and write its artifact."""
+"""Train one model (any training method of the catalogue) with Ray Train and write its artifact."""
 
 from __future__ import annotations
 
-import argparse
-
-from jobs._common import add_tracking_args, run_main
+from jobs import cli
 from pipeline.config import load_train_config
 from pipeline.runtime import init_ray
 from pipeline.train.training import fit_model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML of pipeline.config.TrainConfig")
-    parser.add_argument("--dataset", required=True, help="ingested dataset folder")
-    parser.add_argument("--out", required=True, help="model artifact folder to write")
-    parser.add_argument("--storage-path", default="outputs/ray", help="Ray Train storage (shared on a cluster)")
-    parser.add_argument("--run-name", default=None, help="Ray Train run name; the same name resumes (default: model name)")
-    parser.add_argument("--old-model", default=None, help="old model artifact (bct, lce_*)")
-    parser.add_argument("--stats", default=None, help="old-space statistics .npz (bct, lce_*)")
-    parser.add_argument("--ray-address", default=None)
-    add_tracking_args(parser)
+    parser = cli.job_parser("train", __doc__, "dataset", config="YAML of pipeline.config.TrainConfig",
+                            out="model artifact folder to write")
+    parser.add_argument("--run-name", default=None,
+                        help="Ray Train run name; the same name resumes (default: model name)")
+    parser.add_argument("--old-model", default=None, help="old model artifact (methods that need one)")
+    parser.add_argument("--stats", default=None, help="old-space statistics .npz (methods that need them)")
+    cli.add_ray_arg(parser)
+    cli.add_tracking_args(parser, storage=True)
     args = parser.parse_args()
     cfg = load_train_config(args.config)
     init_ray(args.ray_address)
-    artifact = fit_model(cfg, args.dataset, args.out, storage_path=args.storage_path, tracking_uri=args.tracking_uri,
-                         experiment=args.experiment, old_model=args.old_model, stats=args.stats,
-                         run_name=args.run_name)
+    artifact = fit_model(cfg, args.dataset, args.out, cli.run_context(args), old_model=args.old_model, stats=args.stats,
+                             run_name=args.run_name)
     print(f"model artifact: {artifact}")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    cli.run_main(main)

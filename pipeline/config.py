@@ -8,8 +8,11 @@ a wrong type or an out-of-range value with one message that names the file and t
 from __future__ import annotations
 
 import copy
+import hashlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -71,23 +74,24 @@ class CompatConfig(Strict):
     old_classes_only: bool = Field(False, description="compatibility terms only over the old model's classes")
 
 
-class TrainConfig(Strict):
-    """One model's training run (a Ray Train job)."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    method: str = Field("independent", description="a training method of the catalogue (pipeline.compat.methods)")
-    model: ModelConfig = ModelConfig()
-    classes: Literal["all", "first_half"] | list[str] = "all"
-    data_fraction: float = Field(1.0, gt=0, le=1)
-    validation_fraction: float = Field(0.0, ge=0, lt=1, description="share of the training split held out "
-                                       "for validation (pipeline.data.dataset.in_validation), the same rows for every model")
+
+class FitConfig(Strict):
+    """What every Ray Train fit shares, compatible training and CMC alike: its name, method, seed,
+    budget, optimizer and resources (``pipeline.train.driver`` runs both)."""
+
+    method_kind: ClassVar[str]  # the catalogue's kind of its methods: "training" or "CMC"
+
+    name: str = Field(pattern=NAME_PATTERN)
+    method: str
+    seed: int = 0
     epochs: int = Field(4, gt=0)
     min_steps: int = Field(0, ge=0, description="small datasets: passes per epoch rise until the run has this many steps")
     batch_size: int = Field(128, gt=0, description="global batch: each of the num_workers workers takes "
-                                                   "batch_size / num_workers images a step")
+                                                   "batch_size / num_workers rows a step")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
-    seed: int = 0
     num_workers: int = Field(1, gt=0)
     cpus_per_worker: float = Field(2, gt=0)
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them")
@@ -98,11 +102,9 @@ class TrainConfig(Strict):
         "PACK", description="how Ray places the workers on nodes (SPREAD: one per node where possible)")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint after a "
                                                     "worker or node dies (-1: no limit)")
-    compat: CompatConfig = CompatConfig()
-    transform: TransformConfig = TransformConfig()
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> "TrainConfig":
+    def _batch_divides(self) -> "FitConfig":
         if self.batch_size % self.num_workers:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of num_workers {self.num_workers} "
                              "(the global batch is split evenly over the workers)")
@@ -111,62 +113,62 @@ class TrainConfig(Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        return _catalogued(method, "training")
+        """A method of the catalogue of this config's kind. The catalogue is imported here, not at
+        the top: it imports torch, which a config should not need until it is validated."""
+        from pipeline.compat.methods import Kind, method_named
+
+        method_named(method, Kind(cls.method_kind))
+        return method
 
     @property
     def method_spec(self) -> "Method":
         """The catalogue's entry of ``method``."""
         from pipeline.compat.methods import Kind, method_named
 
-        return method_named(self.method, Kind.TRAIN)
-
-    @property
-    def needs_old_model(self) -> bool:
-        return self.method_spec.needs_old_model
+        return method_named(self.method, Kind(self.method_kind))
 
     @property
     def worker_batch_size(self) -> int:
         return self.batch_size // self.num_workers
 
 
-class CmcConfig(Strict):
+# Fields that schedule a fit without changing what it computes: a rerun may change them and still
+# resume the same run (pipeline.train.driver.config_hash).
+SCHEDULING_FIELDS = ("max_failures", "placement_strategy")
+
+
+class TrainConfig(FitConfig):
+    """One model's training run (a Ray Train job)."""
+
+    method_kind: ClassVar[str] = "training"
+    method: str = Field("independent", description="a training method of the catalogue (pipeline.compat.methods)")
+    model: ModelConfig = ModelConfig()
+    classes: Literal["all", "first_half"] | list[str] = "all"
+    data_fraction: float = Field(1.0, gt=0, le=1)
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="share of the training split held out "
+                                       "for validation (pipeline.data.dataset.in_validation), the same rows for every model")
+    compat: CompatConfig = CompatConfig()
+    transform: TransformConfig = TransformConfig()
+
+    @property
+    def needs_old_model(self) -> bool:
+        return self.method_spec.needs_old_model
+
+
+class CmcConfig(FitConfig):
     """Cross-model compatibility: ``T12`` and ``T21`` fit between two trained, frozen models.
 
     ``lce_cmc`` trains each with alignment + boundary in its target space (design notes,
     section 2); ``rbt_cmc`` is the point-wise regression baseline ``||T21(f2) - f1||^2``.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    method_kind: ClassVar[str] = "CMC"
     method: str = Field("lce_cmc", description="a CMC method of the catalogue (pipeline.compat.methods)")
     new_model: str = Field(description="name of the trained model 2 (model 1 is the pipeline's old model)")
     transform: TransformConfig = TransformConfig()
     compat: CompatConfig = CompatConfig()
     epochs: int = Field(10, gt=0)
-    batch_size: int = Field(512, gt=0)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    seed: int = 0
-    cpus_per_worker: float = Field(2, gt=0)
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, method: str) -> str:
-        return _catalogued(method, "CMC")
-
-    @property
-    def method_spec(self) -> "Method":
-        from pipeline.compat.methods import Kind, method_named
-
-        return method_named(self.method, Kind.CMC)
-
-
-def _catalogued(method: str, kind: str) -> str:
-    """``method`` if the catalogue has it as a ``kind`` method. The catalogue is imported here, not
-    at the top: it imports torch, which a config should not need until it is validated."""
-    from pipeline.compat.methods import Kind, method_named
-
-    method_named(method, Kind(kind))
-    return method
+    batch_size: int = Field(512, gt=0, description="global batch of feature rows, split over the workers")
 
 
 class DataConfig(Strict):
@@ -180,7 +182,8 @@ class DataConfig(Strict):
 
 
 class EncodeConfig(Strict):
-    split: Literal["train", "test"] = "test"
+    """How ``pipeline.encode.split.encode_split`` lays out its Ray Data job."""
+
     batch_size: int = Field(512, gt=0)
     num_actors: int = Field(1, gt=0)
     cpus_per_actor: float = Field(0.5, gt=0, description="CPUs each actor reserves; on CPUs exactly 1 (what a "
@@ -192,19 +195,45 @@ class EncodeConfig(Strict):
     on_bad_rows: Literal["error", "skip"] = Field("error", description="as data.on_bad_rows, for the rows encoded")
 
 
+class IndexConfig(Strict):
+    """How each search finds neighbours: exact (``flat``) or inverted lists (``ivf``, probing
+    ``nprobe`` of ``nlist`` lists; ``nlist`` 0 picks about 4 sqrt(gallery size))."""
+
+    kind: Literal["flat", "ivf"] = "flat"
+    nlist: int = Field(0, ge=0)
+    nprobe: int = Field(16, ge=1)
+
+
 class ScoreConfig(Strict):
+    """What the matrix scores and how (``pipeline.score``)."""
+
+    split: Literal["train", "test"] = Field("test", description="the split encoded by every model: the query "
+                                            "and the gallery set")
     topk: list[PositiveInt] = Field([1, 5], min_length=1, description="k of the top-k accuracies; at most the "
                                     "gallery's size (checked when scoring)")
-    query_chunk: int = Field(1024, gt=0)
+    query_chunk: int = Field(1024, gt=0, description="queries per full-ranking chunk (at most)")
+    index: IndexConfig = IndexConfig()
+    full_ranking: bool = Field(True, description="mAP and mAP@R over the full ranking; false: top-k only, for "
+                                                 "very large galleries")
     pairs: Literal["all", "counterparts"] = Field(
         "all", description="all: every ordered pair of equal dimension; counterparts: each model with itself, "
                            "each new model and T21 entry against the old gallery, and each T12-mapped old gallery "
-                           "with its new model both ways (pipeline.encode.mapped.counterpart_pairs)")
+                           "with its new model both ways (pipeline.score.entries.counterpart_pairs)")
 
 
 class MlflowConfig(Strict):
     tracking_uri: str | None = Field(None, description="None: sqlite:///<output_dir>/mlflow.db")
     experiment: str = "compat-embed"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a job's runs go: Ray Train's storage (checkpoints; shared storage on a cluster) and
+    the MLflow tracking URI and experiment."""
+
+    tracking_uri: str
+    experiment: str
+    storage_path: str = "outputs/ray"
 
 
 class PipelineConfig(Strict):
@@ -242,6 +271,9 @@ class PipelineConfig(Strict):
     def tracking_uri(self) -> str:
         return default_tracking_uri(self.mlflow, self.output_dir)
 
+    def run_context(self) -> RunContext:
+        return output_context(self.mlflow, self.output_dir)
+
 
 class LineageConfig(Strict):
     """A lineage v1 -> v2 -> ... trained in order, each model after the first made compatible with
@@ -249,11 +281,12 @@ class LineageConfig(Strict):
 
     output_dir: str = "outputs/lineage"
     ray_address: str | None = None
-    registered_model: str = Field("compat-embed-lineage", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    registered_model: str = Field("compat-embed-lineage", pattern=NAME_PATTERN)
     data: DataConfig = DataConfig()
     mlflow: MlflowConfig = MlflowConfig()
     models: list[TrainConfig] = Field(min_length=2)
     encode: EncodeConfig = EncodeConfig()
+    score: ScoreConfig = ScoreConfig()
     backfill_steps: int = Field(10, ge=1)
 
     @model_validator(mode="after")
@@ -272,10 +305,16 @@ class LineageConfig(Strict):
         if len(set(dims.values())) > 1:
             raise ValueError(f"every model of a lineage needs one embedding_dim (its report compares each model with "
                              f"its parent directly), got {dims}")
+        if self.score.pairs != "all":
+            raise ValueError("score.pairs: a lineage report scores every pair of its models and each transformed "
+                             "entry with its counterpart; leave it at 'all'")
         return self
 
     def tracking_uri(self) -> str:
         return default_tracking_uri(self.mlflow, self.output_dir)
+
+    def run_context(self) -> RunContext:
+        return output_context(self.mlflow, self.output_dir)
 
 
 def default_tracking_uri(mlflow: MlflowConfig, output_dir: str) -> str:
@@ -283,6 +322,21 @@ def default_tracking_uri(mlflow: MlflowConfig, output_dir: str) -> str:
     if mlflow.tracking_uri:
         return mlflow.tracking_uri
     return f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
+
+
+def output_context(mlflow: MlflowConfig, output_dir: str) -> RunContext:
+    """The runs of an experiment writing under ``output_dir``: Ray Train storage in ``ray/``."""
+    return RunContext(default_tracking_uri(mlflow, output_dir), mlflow.experiment,
+                      str(Path(output_dir).resolve() / "ray"))
+
+
+def data_overrides(data: str) -> dict[str, Any]:
+    """Overrides that run an experiment on a user's own images: its ingested copy and its output
+    folder, keyed by the images' path."""
+    source = Path(data).resolve()
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", source.name).strip("-") or "data"
+    key = f"{slug}-{hashlib.sha1(str(source).encode()).hexdigest()[:8]}"
+    return {"data": {"source": str(source), "root": f"data/{key}"}, "output_dir": f"outputs/{key}"}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +387,38 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def read_experiment(path: str | Path, _extending: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML experiment with the file its ``base`` key names (relative to its own folder) merged
+    under it, recursively: the file states only what differs from its base."""
+    path = Path(path).resolve()
+    if path in _extending:
+        raise ConfigError(f"{path}: key 'base': the files extend each other in a cycle "
+                          f"({' -> '.join(str(p) for p in (*_extending, path))})")
+    raw = read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: key 'base': expected the path of the file it extends (got {base!r})")
+    return deep_merge(read_experiment(path.parent / base, (*_extending, path)), raw)
+
+
+def with_train_defaults(raw: dict[str, Any], roles: tuple[str, ...], source: str) -> dict[str, Any]:
+    """``raw`` with its ``train`` block (defaults shared by every model) merged under each model
+    config of ``roles``: a mapping (``old``), or a list of mappings (``new``, ``models``)."""
+    raw = dict(raw)
+    defaults = raw.pop("train", {}) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}: key 'train': expected a mapping of training defaults")
+    for role in roles:
+        value = raw.get(role)
+        if isinstance(value, dict):
+            raw[role] = deep_merge(defaults, value)
+        elif isinstance(value, list):
+            raw[role] = [deep_merge(defaults, model) if isinstance(model, dict) else model for model in value]
+    return raw
+
+
 def expand_seeds(raw: dict[str, Any], seeds: list[int], source: str = "config") -> dict[str, Any]:
     """Every ``new`` and ``cmc`` entry once per seed, named ``<name>-s<seed>`` (a CMC entry's
     ``new_model`` follows its seed); the old model is trained once."""
@@ -355,30 +441,17 @@ def pipeline_from_dict(raw: dict[str, Any], source: str = "config") -> PipelineC
     raw = dict(raw)
     if "seeds" in raw:
         raw = expand_seeds(raw, raw.pop("seeds"), source)
-    defaults = raw.pop("train", {}) or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"{source}: key 'train': expected a mapping of training defaults")
-    if isinstance(raw.get("old"), dict):
-        raw["old"] = deep_merge(defaults, raw["old"])
-    if isinstance(raw.get("new"), list):
-        raw["new"] = [deep_merge(defaults, m) if isinstance(m, dict) else m for m in raw["new"]]
-    return validate(PipelineConfig, raw, source)
+    return validate(PipelineConfig, with_train_defaults(raw, ("old", "new"), source), source)
 
 
 def load_pipeline_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    raw = deep_merge(read_yaml(path), overrides or {})
+    raw = deep_merge(read_experiment(path), overrides or {})
     return pipeline_from_dict(raw, str(path))
 
 
 def load_lineage_config(path: str | Path) -> LineageConfig:
     """A lineage config with its ``train`` defaults merged into every model."""
-    raw = read_yaml(path)
-    defaults = raw.pop("train", {}) or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"{path}: key 'train': expected a mapping of training defaults")
-    if isinstance(raw.get("models"), list):
-        raw["models"] = [deep_merge(defaults, m) if isinstance(m, dict) else m for m in raw["models"]]
-    return validate(LineageConfig, raw, str(path))
+    return validate(LineageConfig, with_train_defaults(read_experiment(path), ("models",), str(path)), str(path))
 
 
 def load_train_config(path: str | Path) -> TrainConfig:

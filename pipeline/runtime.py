@@ -1,16 +1,21 @@
-"""Process set-up shared by the jobs: logging and connecting to (or starting) Ray."""
+"""Process set-up shared by the jobs: logging, connecting to (or starting) Ray, and how many fits
+the cluster runs side by side."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV_FILE = PROJECT_ROOT / "configs" / "runtime_env.yaml"
+T, R = TypeVar("T"), TypeVar("R")
 
 
 def setup_logging() -> None:
@@ -49,3 +54,11 @@ def runs_at_once(per_run: dict[str, float], limit: int | None = None) -> int:
     available = ray.cluster_resources()
     fits = min((int(available.get(key, 0) // need) for key, need in per_run.items() if need > 0), default=1)
     return max(1, min(fits, limit) if limit else fits)
+
+
+def side_by_side(fit: Callable[[T], R], configs: list[T], at_once: int, what: str) -> list[R]:
+    """``fit`` of every config, ``at_once`` of them at a time (each fit waits on its own Ray Train
+    run, so threads are enough); results in the order of ``configs``, the first error raised."""
+    logging.getLogger(__name__).info("%d %s, %d at once", len(configs), what, at_once)
+    with ThreadPoolExecutor(max_workers=max(1, at_once)) as pool:
+        return list(pool.map(fit, configs))

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.config import TrainConfig, load_pipeline_config
+from pipeline.config import RunContext, TrainConfig, load_pipeline_config
 from pipeline.data.embeddings import read_embeddings
 from pipeline.encode.split import encode_split
 from pipeline.runtime import init_ray, setup_logging
@@ -42,9 +42,9 @@ def main() -> None:
         cfg = TrainConfig.model_validate({**lce.model_dump(), "compat": {**lce.compat.model_dump(), **overrides}})
         folder = out / f"variant-{number}"
         stats = stats_for_model(cfg, run / "models/old", old_train, args.dataset, folder / "stats.npz")
-        model = fit_model(cfg, args.dataset, folder / "model", storage_path=out / "ray", old_model=run / "models/old",
-                          stats=stats, tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}",
-                          experiment="lce-weights", run_name=f"variant-{number}")
+        context = RunContext(f"sqlite:///{(out / 'mlflow.db').resolve()}", "lce-weights", str(out / "ray"))
+        model = fit_model(cfg, args.dataset, folder / "model", context, old_model=run / "models/old", stats=stats,
+                          run_name=f"variant-{number}")
         new_test = read_embeddings(encode_split(model, args.dataset, "test", folder / "embeddings"))
         new_old, new_new = score_pair(new_test, old_test, old_classes), score_pair(new_test, new_test, old_classes)
         print(f"RESULT {json.dumps(overrides)}: new/old top1 {new_old['top1']:.4f} map {new_old['map']:.4f} | "

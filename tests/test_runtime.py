@@ -2,7 +2,7 @@
 
 from pipeline.config import TrainConfig
 from pipeline.runtime import runs_at_once
-from pipeline.train.training import run_resources
+from pipeline.train.driver import run_resources
 
 
 def test_runs_at_once_counts_what_the_cluster_holds(ray_cluster):

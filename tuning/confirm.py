@@ -90,6 +90,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from jobs._common import run_main
+    from jobs.cli import run_main
 
     run_main(main)

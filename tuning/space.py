@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from ray import tune
 
 from pipeline.config import (
+    NAME_PATTERN,
     ConfigError,
     DataConfig,
     MlflowConfig,
@@ -22,7 +23,8 @@ from pipeline.config import (
     TrainConfig,
     deep_merge,
     format_error,
-    read_yaml,
+    read_experiment,
+    with_train_defaults,
 )
 
 
@@ -81,7 +83,7 @@ class AshaConfig(Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
-# Keys the sweep reads once from ``base``: trial resources, ASHA's horizon, the rows the
+# Keys the sweep reads once from ``trial``: trial resources, ASHA's horizon, the rows the
 # statistics and the validation are computed on.
 FIXED_KEYS = {"name", "epochs", "num_workers", "cpus_per_worker", "use_gpu", "placement_strategy", "max_failures",
               "classes", "data_fraction", "seed", "validation_fraction", "min_steps", "compat.boundary",
@@ -89,10 +91,10 @@ FIXED_KEYS = {"name", "epochs", "num_workers", "cpus_per_worker", "use_gpu", "pl
 
 
 class SweepConfig(Strict):
-    """A sweep: the old model and the independent reference (trained once), the base config of
+    """A sweep: the old model and the independent reference (trained once), the config of
     the new model, the validation rows, the search space and its algorithm."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     output_dir: str = "outputs/sweeps"
     ray_address: str | None = None
     data: DataConfig = DataConfig()
@@ -100,8 +102,8 @@ class SweepConfig(Strict):
     validation_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training split held out; "
                                        "every model, statistics included, leaves these rows out")
     old: TrainConfig
-    base: TrainConfig = Field(description="the new model's config that each trial's values override; "
-                                          "its method 'independent' is the reference")
+    trial: TrainConfig = Field(description="the new model's config that each trial's values override; with "
+                                           "the independent method it is the reference")
     space: dict[str, ParamSpec] = Field(min_length=1)
     search: SearchConfig = SearchConfig()
     asha: AshaConfig = AshaConfig()
@@ -110,12 +112,12 @@ class SweepConfig(Strict):
     def _space_fits_the_train_config(self) -> "SweepConfig":
         fixed = sorted(key for key in self.space if key in FIXED_KEYS)
         if fixed:
-            raise ValueError(f"space keys {fixed} cannot be searched: the sweep fixes them once from 'base' "
+            raise ValueError(f"space keys {fixed} cannot be searched: the sweep fixes them once from 'trial' "
                              "(trial resources, epochs for ASHA, the statistics' and validation rows)")
         for key, spec in self.space.items():
             for value in spec.extremes():
                 try:
-                    trial_config(self.base, {key: value})
+                    trial_config(self.trial, {key: value})
                 except ValueError as error:
                     raise ValueError(f"space key '{key}' value {value!r}: {error}") from None
         return self
@@ -157,16 +159,10 @@ def trial_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    """A sweep YAML; its ``train`` block (if any) holds defaults shared by ``old`` and ``base``."""
-    raw = read_yaml(path)
-    if not isinstance(raw.get("train", {}), dict):
-        raise ConfigError(f"{path}: a sweep config is a mapping, and its 'train' block too")
-    shared = raw.pop("train", {})
-    for role in ("old", "base"):
-        if isinstance(raw.get(role), dict):
-            raw[role] = deep_merge(shared, raw[role])
+    """A sweep YAML (``base`` names a file it extends); its ``train`` block (if any) holds
+    defaults shared by ``old`` and ``trial``."""
+    raw = with_train_defaults(read_experiment(path), ("old", "trial"), str(path))
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_error(str(path), error)) from None
-

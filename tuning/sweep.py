@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,17 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from pipeline.compat.methods import INDEPENDENT
-from pipeline.config import TrainConfig
+from pipeline.config import RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ensure_dataset
 from pipeline.model.artifacts import load_model, read_model_card
 from pipeline.model.card import CARD_FILE
-from pipeline.runtime import init_ray, runs_at_once
+from pipeline.runtime import init_ray, runs_at_once, side_by_side
 from pipeline.tracking import experiment_id, finished_run
+from pipeline.train.driver import build_trainer, run_resources
 from pipeline.train.inputs import stats_for_model, train_split_embeddings
-from pipeline.train.training import build_trainer, fit_model, run_resources, train_loop_config
+from pipeline.train.training import fit_model, training_job
 from pipeline.train.validation import References, embed_images, top1
 from tuning.space import SweepConfig, load_sweep_config, trial_config
 
@@ -64,16 +64,16 @@ class SweepInputs:
     dataset: Path
     old_model: Path
     stats: Path
-    validation: dict[str, Any]  # pipeline.train.training.train_loop_config(validation=...)
+    validation: dict[str, Any]  # pipeline.train.training.training_job(validation=...)
 
 
-def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, **fit_options: Any) -> Path:
+def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, context: RunContext) -> Path:
     """A fixed model of the sweep, reused when an earlier run trained it under the same config."""
     folder = out / "models" / cfg.name
     if (folder / CARD_FILE).is_file() and read_model_card(folder).train_config == cfg.model_dump():
         log.info("sweep: reusing %s", folder)
         return folder
-    return fit_model(cfg, dataset, folder, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", **fit_options)
+    return fit_model(cfg, dataset, folder, context, run_name=f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def prepare(cfg: SweepConfig) -> SweepInputs:
@@ -82,14 +82,14 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     dataset = ensure_dataset(cfg.data, cfg.old.seed)
     held_out = {"validation_fraction": cfg.validation_fraction}
     old = cfg.old.model_copy(update=held_out)
-    independent = cfg.base.model_copy(update={**held_out, "name": "independent", "method": INDEPENDENT.name})
-    fit_options = dict(storage_path=out / "ray", tracking_uri=cfg.tracking_uri(), experiment=cfg.mlflow.experiment)
-    experiment_id(cfg.tracking_uri(), cfg.mlflow.experiment)  # created here, not by two fits at once
-    at_once = runs_at_once({key: max(run_resources(old)[key], run_resources(independent)[key]) for key in ("CPU", "GPU")}, 2)
-    with ThreadPoolExecutor(max_workers=at_once) as pool:
-        old_dir, independent_dir = pool.map(lambda c: _fit_once(c, dataset, out, **fit_options), [old, independent])
+    independent = cfg.trial.model_copy(update={**held_out, "name": "independent", "method": INDEPENDENT.name})
+    context = RunContext(cfg.tracking_uri(), cfg.mlflow.experiment, str(out / "ray"))
+    experiment_id(context.tracking_uri, context.experiment)  # created here, not by two fits at once
+    per_run = {key: max(run_resources(old)[key], run_resources(independent)[key]) for key in ("CPU", "GPU")}
+    old_dir, independent_dir = side_by_side(lambda c: _fit_once(c, dataset, out, context), [old, independent],
+                                            runs_at_once(per_run, 2), "fixed models")
 
-    base = cfg.base.model_copy(update=held_out)
+    base = cfg.trial.model_copy(update=held_out)
     embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / "old" / "train")
     stats = stats_for_model(base, old_dir, embeddings, dataset, out / "stats" / "base.npz")
 
@@ -114,9 +114,9 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
 def run_trial(params: dict[str, Any], *, base: TrainConfig, inputs: SweepInputs, storage: str) -> None:
     """One trial: the base config with the trial's values, fitted by its own ``TorchTrainer``."""
     cfg = trial_config(base, params)
-    loop_config = train_loop_config(cfg, inputs.dataset, inputs.old_model, inputs.stats, inputs.validation)
+    job = training_job(cfg, inputs.dataset, inputs.old_model, inputs.stats, inputs.validation)
     run_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
-    build_trainer(cfg, loop_config, storage, run_name, callbacks=[TuneReportCallback()]).fit()
+    build_trainer(job, storage, run_name, callbacks=[TuneReportCallback()]).fit()
 
 
 def _search_algorithm(cfg: SweepConfig, at_once: int) -> Any:
@@ -135,7 +135,7 @@ def trials_table(results: tune.ResultGrid, cfg: SweepConfig) -> pd.DataFrame:
     for result in results:
         metrics = result.metrics or {}
         epochs = int(metrics.get("training_iteration", 0))
-        status = "error" if result.error else ("finished" if epochs >= cfg.base.epochs else "stopped early")
+        status = "error" if result.error else ("finished" if epochs >= cfg.trial.epochs else "stopped early")
         rows.append({"trial": Path(result.path).name, **{key: result.config.get(key) for key in cfg.space},
                      "status": status, "epochs": epochs,
                      "error": str(result.error).strip().splitlines()[-1] if result.error else "",
@@ -169,7 +169,6 @@ def plot_objective(table: pd.DataFrame, keys: list[str], path: Path) -> None:
 
 def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
     """The whole sweep; returns the trials table and the best config's YAML path."""
-    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     out = cfg.run_dir().resolve()
@@ -180,7 +179,7 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
     ran["mlflow"]["tracking_uri"] = cfg.tracking_uri()
     (out / "sweep.yaml").write_text(yaml.safe_dump(ran, sort_keys=False))
     inputs = prepare(cfg)
-    base = cfg.base.model_copy(update={"validation_fraction": cfg.validation_fraction})
+    base = cfg.trial.model_copy(update={"validation_fraction": cfg.validation_fraction})
     tracking_uri = cfg.tracking_uri()
     client = MlflowClient(tracking_uri)
     parent = client.create_run(experiment_id(tracking_uri, cfg.mlflow.experiment), run_name=f"sweep {cfg.name}",
@@ -209,29 +208,38 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
     log.info("sweep %s: %s search, %d samples, %d trial(s) at once", cfg.name, cfg.search.algorithm,
              cfg.search.num_samples, at_once)
     with finished_run(client, parent.info.run_id):
-        results = tuner.fit()
-        table = trials_table(results, cfg)
-        table.to_csv(out / "trials.csv", index=False)
-        done = table[table.status != "error"].dropna(subset=["objective"])
-        if done.empty:
-            raise RuntimeError(f"sweep {cfg.name}: no trial reported an objective; errors:\n{table.error.to_string()}")
-        best_row = done.loc[done.objective.idxmax()]
-        best = trial_config(base, {key: _plain(best_row[key]) for key in cfg.space})
-        best_path = out / "best.yaml"
-        best_path.write_text(f"# best of sweep {cfg.name} (trial {best_row.trial}, objective "
-                             f"{best_row.objective:.4f}); python -m jobs.train --config {best_path.name} ...\n"
-                             + yaml.safe_dump(best.model_dump(), sort_keys=False))
-        plot_objective(table, list(cfg.space), out / "objective_vs_params.png")
-        client.log_batch(parent.info.run_id, params=[Param(f"best.{key}", str(_plain(best_row[key])))
-                                                     for key in cfg.space])
-        for key, value in {"best_objective": best_row.objective, "median_objective": float(done.objective.median()),
-                           "trials": len(table), "trials_failed": int((table.status == "error").sum()),
-                           "trials_stopped_early": int((table.status == "stopped early").sum()),
-                           **{f"reference_{k}": v for k, v in inputs.validation.items() if k != "old_features"}}.items():
-            client.log_metric(parent.info.run_id, key, float(value))
-        for path in (out / "trials.csv", best_path, out / "objective_vs_params.png"):
-            client.log_artifact(parent.info.run_id, str(path))
+        table = trials_table(tuner.fit(), cfg)
+        best_path = _record_best(cfg, base, table, inputs, client, parent.info.run_id)
     return table, best_path
+
+
+def _record_best(cfg: SweepConfig, base: TrainConfig, table: pd.DataFrame, inputs: SweepInputs, client: Any,
+                 run_id: str) -> Path:
+    """The trials table, the best config (``best.yaml``), the plot, and the sweep run's params,
+    metrics and artifacts."""
+    from mlflow.entities import Param
+
+    out = cfg.run_dir().resolve()
+    table.to_csv(out / "trials.csv", index=False)
+    done = table[table.status != "error"].dropna(subset=["objective"])
+    if done.empty:
+        raise RuntimeError(f"sweep {cfg.name}: no trial reported an objective; errors:\n{table.error.to_string()}")
+    best_row = done.loc[done.objective.idxmax()]
+    best = trial_config(base, {key: _plain(best_row[key]) for key in cfg.space})
+    best_path = out / "best.yaml"
+    best_path.write_text(f"# best of sweep {cfg.name} (trial {best_row.trial}, objective "
+                         f"{best_row.objective:.4f}); python -m jobs.train --config {best_path.name} ...\n"
+                         + yaml.safe_dump(best.model_dump(), sort_keys=False))
+    plot_objective(table, list(cfg.space), out / "objective_vs_params.png")
+    client.log_batch(run_id, params=[Param(f"best.{key}", str(_plain(best_row[key]))) for key in cfg.space])
+    for key, value in {"best_objective": best_row.objective, "median_objective": float(done.objective.median()),
+                       "trials": len(table), "trials_failed": int((table.status == "error").sum()),
+                       "trials_stopped_early": int((table.status == "stopped early").sum()),
+                       **{f"reference_{k}": v for k, v in inputs.validation.items() if k != "old_features"}}.items():
+        client.log_metric(run_id, key, float(value))
+    for path in (out / "trials.csv", best_path, out / "objective_vs_params.png"):
+        client.log_artifact(run_id, str(path))
+    return best_path
 
 
 def _plain(value: Any) -> Any:
@@ -254,6 +262,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from jobs._common import run_main
+    from jobs.cli import run_main
 
     run_main(main)

@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
+from torch import nn
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -26,6 +27,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def autocast(dtype: torch.dtype | None, device: torch.device) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+class Autocast(nn.Module):
+    """``module``'s forward pass under autocast to ``dtype``, its output back in float32 (the
+    precision the compatibility terms run in)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.module, self.dtype, self.device = module, dtype, device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.dtype, self.device):
+            return self.module(x).float()
 
 
 def optimizer_and_schedule(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,

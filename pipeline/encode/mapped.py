@@ -20,6 +20,7 @@ from torch import nn
 from pipeline.compat.methods import t12_entry, t21_entry
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_table, open_embeddings, write_embeddings
 from pipeline.model.artifacts import load_cmc, load_model
+from pipeline.model.card import CmcCard, read_card
 from pipeline.model.transformations import BACKWARD, FORWARD
 from pipeline.score.entries import MatrixEntry
 
@@ -45,11 +46,11 @@ def map_embeddings(source: EmbeddingSet | EmbeddingFiles, transform: nn.Module, 
     return open_embeddings(out_dir)
 
 
-def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet], old: str, out_root: str | Path,
+def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet | EmbeddingFiles], old: str, out_root: str | Path,
                    split: str, cmc: dict[str, Path] | None = None) -> dict[str, MatrixEntry]:
     """Every model's own entry plus one entry per transformation it (or a CMC artifact) trained,
     the mapped sets written to ``out_root/<entry>/<split>``."""
-    entries = {name: MatrixEntry(sets[name], name, "none", old, name) for name in sets}
+    entries = {name: MatrixEntry.plain(name, sets[name], old) for name in sets}
     carriers = []  # (name, transforms, id, whose embeddings T21 maps, what it is)
     for name, folder in models.items():
         model, card = load_model(folder)
@@ -73,3 +74,20 @@ def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet], old: 
                                     Path(out_root) / entry / split)
             entries[entry] = MatrixEntry(mapped, old, f"T12 of {what} (old -> new)", source, source)
     return entries
+
+
+def entries_from_files(embeddings: list[str | Path], artifacts: list[str | Path], old: str, out_root: str | Path,
+                       split: str) -> dict[str, MatrixEntry]:
+    """The entries of embeddings folders (one per model, named by their metadata) and of the
+    model and CMC artifacts whose transformations add entries (``matrix_entries``)."""
+    sets: dict[str, EmbeddingFiles] = {}
+    for folder in embeddings:
+        found = open_embeddings(folder)
+        if found.model_name in sets:
+            raise ValueError(f"{folder}: a second embeddings set of model {found.model_name!r}")
+        sets[found.model_name] = found
+    models, cmc = {}, {}
+    for folder in artifacts:
+        card = read_card(folder)
+        (cmc if isinstance(card, CmcCard) else models)[card.name] = Path(folder)
+    return matrix_entries(models, sets, old, out_root, split, cmc)

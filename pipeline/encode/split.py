@@ -23,6 +23,7 @@ import ray
 import torch
 
 from pipeline.atomic import write_atomic
+from pipeline.config import EncodeConfig
 from pipeline.data.bad_rows import BadRows, DataError
 from pipeline.data.dataset import DatasetInfo, read_dataset_info, split_files
 from pipeline.data.decode import decode_file, scale_pixels
@@ -76,14 +77,14 @@ def _finished_part(path: Path, model_id: str, source: Path, on_bad_rows: str) ->
         (model_id, source_stamp(source), on_bad_rows)
 
 
-def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, out_dir: str | Path, *,
-                 batch_size: int = 512, num_actors: int = 1, cpus_per_actor: float = 0.5, threads_per_actor: int = 2,
-                 use_gpu: bool | None = None, on_bad_rows: str = "error") -> Path:
-    """Encode ``split`` of the dataset with the model at ``model_dir`` into ``out_dir``.
+def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, out_dir: str | Path,
+                 options: EncodeConfig = EncodeConfig()) -> Path:
+    """Encode ``split`` of the dataset with the model at ``model_dir`` into ``out_dir``, laid out
+    as ``options`` says.
 
     Input files whose part is already in ``out_dir`` (same model, same input file, same policy)
     are not encoded again: a finished encoding is reused, an interrupted one completed.
-    ``on_bad_rows`` is ``pipeline.data.bad_rows``'s policy.
+    ``options.on_bad_rows`` is ``pipeline.data.bad_rows``'s policy.
 
     ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
     decoding tasks, which reserve ``DECODE_CPUS`` each. A CPU actor reserving exactly as much
@@ -97,18 +98,17 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     if card.classes and not set(card.classes) <= set(info.classes):
         raise ValueError(f"{model_dir}: model classes {sorted(set(card.classes) - set(info.classes))} "
                          f"are not in the dataset {dataset_root}")
-    BadRows(on_bad_rows, str(dataset_root))  # an unknown policy fails before any work
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    BadRows(options.on_bad_rows, str(dataset_root))  # an unknown policy fails before any work
+    use_gpu = options.use_gpu if options.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     inputs = [Path(file) for file in split_files(dataset_root, split)]
     if sum(pq.read_metadata(file).num_rows for file in inputs) == 0:
         raise DataError(f"{Path(dataset_root) / split}: no rows to encode (its Parquet files are empty)")
     out_dir = Path(out_dir)
     parts = {file.name: out_dir / part_name(index) for index, file in enumerate(inputs)}
-    finished = {file.name for file in inputs if _finished_part(parts[file.name], card.id, file, on_bad_rows)}
+    finished = {file.name for file in inputs if _finished_part(parts[file.name], card.id, file, options.on_bad_rows)}
     todo = [file for file in inputs if file.name not in finished]
     if todo:
-        _check_layout(num_actors, cpus_per_actor, use_gpu)
+        _check_layout(options.num_actors, options.cpus_per_actor, use_gpu)
     out_dir.mkdir(parents=True, exist_ok=True)
     kept = {parts[name] for name in finished}
     for stale in [*out_dir.glob(".*.tmp-*"), out_dir / COMPLETE_MARKER, *set(out_dir.glob("*.parquet")) - kept]:
@@ -117,24 +117,30 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card.name, split,
                  len(finished), len(inputs), out_dir)
     if todo:
-        # Rows keep the files' order, so that each file's rows come back together and in order.
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        # One decoding task per input file (Ray Data's Parquet reader packs small files into one
-        # 128 MiB task): reading, encoding and writing overlap, and actors share the files.
-        files = ray.data.from_items([{"path": str(file)} for file in todo], override_num_blocks=len(todo))
-        decoded = files.map_batches(decode_file, fn_kwargs={"info": info, "rows_per_batch": batch_size},
-                                    batch_size=1, batch_format="numpy", num_cpus=DECODE_CPUS)
-        embedded = decoded.map_batches(
-            BatchEncoder,
-            fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "threads": threads_per_actor},
-            compute=ray.data.ActorPoolStrategy(size=num_actors),
-            batch_size=batch_size,
-            batch_format="numpy",
-            num_cpus=cpus_per_actor,
-            num_gpus=1 if use_gpu else 0,
-        )
-        _write_parts(embedded, {file.name: file for file in todo}, parts, card, info, on_bad_rows)
+        embedded = _embedded(Path(model_dir), todo, info, options, use_gpu)
+        _write_parts(embedded, {file.name: file for file in todo}, parts, card, info, options.on_bad_rows)
     return _complete(parts, card, dataset_root, split, out_dir)
+
+
+def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, options: EncodeConfig,
+              use_gpu: bool) -> ray.data.Dataset:
+    """The Ray Data pipeline over ``files``: decoding tasks feeding the model actors."""
+    # Rows keep the files' order, so that each file's rows come back together and in order.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    # One decoding task per input file (Ray Data's Parquet reader packs small files into one
+    # 128 MiB task): reading, encoding and writing overlap, and actors share the files.
+    items = ray.data.from_items([{"path": str(file)} for file in files], override_num_blocks=len(files))
+    decoded = items.map_batches(decode_file, fn_kwargs={"info": info, "rows_per_batch": options.batch_size},
+                                batch_size=1, batch_format="numpy", num_cpus=DECODE_CPUS)
+    return decoded.map_batches(
+        BatchEncoder,
+        fn_constructor_kwargs={"model_dir": str(model_dir.resolve()), "threads": options.threads_per_actor},
+        compute=ray.data.ActorPoolStrategy(size=options.num_actors),
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        num_cpus=options.cpus_per_actor,
+        num_gpus=1 if use_gpu else 0,
+    )
 
 
 def _check_layout(num_actors: int, cpus_per_actor: float, use_gpu: bool) -> None:

@@ -25,6 +25,7 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -37,6 +38,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline.compat.methods import t12_entry, t21_entry  # noqa: E402
 from pipeline.compat.statistics import OldSpaceStats  # noqa: E402
+from pipeline.config import EncodeConfig, RunContext, ScoreConfig  # noqa: E402
 from pipeline.data.embeddings import open_embeddings  # noqa: E402
 from pipeline.encode.mapped import matrix_entries  # noqa: E402
 from pipeline.encode.split import encode_split  # noqa: E402
@@ -50,13 +52,13 @@ from pipeline.lineage.metrics import (  # noqa: E402
     stratified_order,
     verdict,
 )
-from pipeline.lineage.registry import STATS_FILE, download_version, lineage  # noqa: E402
+from pipeline.lineage.registry import STATS_FILE, download_version, registered_chain  # noqa: E402
 from pipeline.model.artifacts import read_model_card  # noqa: E402
 from pipeline.score.criteria import pair_row, update_gain  # noqa: E402
-from pipeline.score.entries import MatrixEntry
+from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import Gallery, matrix, score_all_pairs  # noqa: E402
 from pipeline.score.report import cell_metrics, heatmap, log_metrics, pair_compatible, row_metrics, write_tables  # noqa: E402
-from pipeline.score.retrieval import IndexSpec, in_memory, score_queries, summarize  # noqa: E402
+from pipeline.score.retrieval import in_memory, score_queries, summarize  # noqa: E402
 from pipeline.tracking import experiment_id, finished_run, metric_key  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -81,9 +83,9 @@ class LineageReport:
     summary_text: str
 
 
-def _encoded(model: LineageModel, dataset: Path, split: str, out_dir: Path, encode_options: dict) -> Path:
+def _encoded(model: LineageModel, dataset: Path, split: str, out_dir: Path, encode: EncodeConfig) -> Path:
     """``model``'s embeddings of ``split`` (``encode_split`` reuses those already written)."""
-    return encode_split(model.folder, dataset, split, out_dir / "embeddings" / model.name / split, **encode_options)
+    return encode_split(model.folder, dataset, split, out_dir / "embeddings" / model.name / split, encode)
 
 
 def _backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int, full_ranking: bool) -> pd.DataFrame:
@@ -146,18 +148,16 @@ def _pairs(models: list[LineageModel], entries: dict[str, MatrixEntry]) -> list[
     return [(q, g) for q, g in pairs if entries[q].embeddings.dim == entries[g].embeddings.dim]
 
 
-def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: str, out_dir: str | Path, *,
-                       tracking_uri: str, experiment: str, registered_model: str = "",
-                       encode_options: dict | None = None, index: IndexSpec = IndexSpec(),
-                       full_ranking: bool = True, chunk: int = 1024, backfill_steps: int = 10,
-                       seed: int = 0) -> LineageReport:
+def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir: str | Path, context: RunContext, *,
+                       registered_model: str = "", encode: EncodeConfig = EncodeConfig(),
+                       score: ScoreConfig = ScoreConfig(), backfill_steps: int = 10, seed: int = 0) -> LineageReport:
     """Encode, score every pair, compute the lineage metrics, write the report and log it."""
     if len(models) < 2:
         raise ValueError(f"a lineage report needs at least two models, got {[m.name for m in models]}")
-    dataset, out_dir = Path(dataset).resolve(), Path(out_dir)
+    dataset, out_dir, split = Path(dataset).resolve(), Path(out_dir), score.split
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    sets: dict[str, Gallery] = {m.name: open_embeddings(_encoded(m, dataset, split, out_dir, encode_options or {}))
+    sets: dict[str, Gallery] = {m.name: open_embeddings(_encoded(m, dataset, split, out_dir, encode))
                                 for m in models}
     for child in models[1:]:
         if sets[child.name].dim != sets[child.parent].dim:
@@ -166,11 +166,8 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: s
                              "model with its parent directly")
     entries = _entries(models, sets, out_dir / "embeddings", split)
     order = [m.name for m in models]
-    table = score_all_pairs({name: e.embeddings for name, e in entries.items()},
-                            old_classes=read_model_card(models[0].folder).classes, pairs=_pairs(models, entries),
-                            references={name: e.reference for name, e in entries.items()},
-                            transforms={name: e.transform for name, e in entries.items()},
-                            index=index, full_ranking=full_ranking, chunk=chunk)
+    table = score_all_pairs(entries, MatrixRoles(old_classes=read_model_card(models[0].folder).classes), score,
+                            pairs=_pairs(models, entries))
     metrics = [m for m in MATRIX_METRICS if m in table.columns]
     summary = pd.DataFrame([{"metric": m, **dict(zip(("AC", "AM"), lower_triangle_summary(
         matrix(table, m, order).to_numpy())))} for m in metrics])
@@ -184,7 +181,7 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: s
         for m in scored:
             gains[metric_key("update_gain", m, child.name)] = update_gain(
                 cell(child.name, child.parent)[m], cell(child.parent, child.parent)[m], cell(child.name, child.name)[m])
-        curves = _backfill(child, sets, seed, backfill_steps, full_ranking)
+        curves = _backfill(child, sets, seed, backfill_steps, score.full_ranking)
         parent_own = {m: cell(child.parent, child.parent)[m] for m in scored}
         needed = {f"share_to_beat_parent/{name}": share_to_reach(curve, parent_own)
                   for name, curve in curves.groupby("order", sort=False)}
@@ -193,9 +190,10 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, split: s
     backfill = pd.concat(backfills, ignore_index=True)
     files = _write_files(table, summary, backfill, verdicts, order, report_dir, models)
     text = (report_dir / "summary.md").read_text()
-    run_id = _log_to_mlflow(table, summary, backfill, verdicts, gains, files, order, tracking_uri, experiment,
-                            {"registered_model": registered_model, "models": ",".join(order), "split": split,
-                             "index": index.kind, "full_ranking": str(full_ranking)})
+    run_id = _log_to_mlflow(table, summary, backfill, verdicts, gains, files, order, context.tracking_uri,
+                            context.experiment, {"registered_model": registered_model, "models": ",".join(order),
+                                                 "split": split, "index": score.index.kind,
+                                                 "full_ranking": str(score.full_ranking)})
     log.info("lineage: report in %s, MLflow run %s", report_dir, run_id)
     return LineageReport(report_dir, run_id, table, summary, verdicts, text)
 
@@ -320,12 +318,12 @@ def _log_report_run(client: MlflowClient, run_id: str, experiment_key: str, tabl
         client.log_artifact(run_id, str(path))
 
 
-def report_registered_lineage(tracking_uri: str, registered_model: str, versions: list[str] | None,
-                              dataset: str | Path, split: str, out_dir: str | Path, **options) -> LineageReport:
+def report_registered_lineage(context: RunContext, registered_model: str, versions: list[str] | None,
+                              dataset: str | Path, out_dir: str | Path, **options: Any) -> LineageReport:
     """``run_lineage_report`` over the registry's chain of versions (``pipeline.lineage.registry``), each
     version's artifact downloaded to ``out_dir/models/v<version>`` and named ``v<version>``."""
-    chain = lineage(tracking_uri, registered_model, versions)
+    tracking_uri = context.tracking_uri
+    chain = registered_chain(tracking_uri, registered_model, versions)
     models = [LineageModel(f"v{v.version}", download_version(tracking_uri, v, Path(out_dir) / "models" / f"v{v.version}"),
                            f"v{v.parent}" if i else None) for i, v in enumerate(chain)]
-    return run_lineage_report(models, dataset, split, out_dir, tracking_uri=tracking_uri,
-                              registered_model=registered_model, **options)
+    return run_lineage_report(models, dataset, out_dir, context, registered_model=registered_model, **options)

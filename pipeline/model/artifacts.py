@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig, TransformConfig
-from pipeline.model.card import ArtifactError, CmcCard, ModelCard, read_card, write_card
+from pipeline.model.card import ArtifactError, CmcCard, ModelCard, read_card, read_model_card, write_card
 from pipeline.model.networks import EmbeddingModel
 from pipeline.model.transformations import BACKWARD, FORWARD, build_transforms
 from pipeline.names import check_name
@@ -61,14 +61,6 @@ def _load_weights(module: nn.Module, path: Path, what: str) -> None:
         module.load_state_dict(state)
     except RuntimeError as error:
         raise ArtifactError(f"{path}: weights do not match {what}: {str(error).splitlines()[0]}") from None
-
-
-def read_model_card(folder: str | Path) -> ModelCard:
-    """The card of a model artifact (not a CMC one)."""
-    card = read_card(folder)
-    if not isinstance(card, ModelCard):
-        raise ArtifactError(f"{folder}: not a model artifact (card kind {card.kind!r})")
-    return card
 
 
 def load_model(folder: str | Path) -> tuple[EmbeddingModel, ModelCard]:

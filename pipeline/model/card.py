@@ -132,6 +132,14 @@ def read_card(folder: str | Path) -> ModelCard | CmcCard:
         raise ArtifactError(format_error(str(path), error).replace("key '", "field '")) from None
 
 
+def read_model_card(folder: str | Path) -> ModelCard:
+    """The card of a model artifact (not a CMC one)."""
+    card = read_card(folder)
+    if not isinstance(card, ModelCard):
+        raise ArtifactError(f"{folder}: not a model artifact (card kind {card.kind!r})")
+    return card
+
+
 def write_card(folder: str | Path, card: ModelCard | CmcCard) -> Path:
     """``card.json`` through a temporary name and a rename (after the weights: a folder with a
     card holds its weights)."""

@@ -1,4 +1,5 @@
-"""Matrix entries: each model's embeddings set and the transformed sets, with what each is compared with."""
+"""Matrix entries: each model's embeddings set and the transformed sets, with what each is
+compared with, and the roles the criteria give some of them (the old model, the independent one)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,26 @@ class MatrixEntry:
     counterpart: str  # the entry it is compatible with: the old model, or for an old gallery
                       # mapped by T12, the new model whose queries search it
     base: str         # the model whose own embeddings (new/new) this entry stands for
+
+    @classmethod
+    def plain(cls, name: str, embeddings: EmbeddingSet | EmbeddingFiles, old: str) -> "MatrixEntry":
+        """A model's own embeddings, compatible (or not) with ``old``'s."""
+        return cls(embeddings, name, "none", old, name)
+
+
+@dataclass(frozen=True)
+class MatrixRoles:
+    """Which entries the criteria compare against (``pipeline.score.matrix.add_criteria``)."""
+
+    old: str | None = None                # the old model: update gains are measured on its gallery
+    old_classes: list[str] | None = None  # the classes it was trained on: the seen / unseen query subsets
+    independent: str | None = None        # the reference new model of the update gain
+
+
+def describe(entries: dict[str, MatrixEntry]) -> dict[str, dict[str, str]]:
+    """What each entry is, as the report's ``entries.json`` records it."""
+    return {name: {"reference": e.reference, "transform": e.transform, "counterpart": e.counterpart, "base": e.base}
+            for name, e in entries.items()}
 
 
 def counterpart_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:

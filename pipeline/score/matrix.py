@@ -19,7 +19,9 @@ import pandas as pd
 from pipeline.atomic import write_atomic
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.score.criteria import beats, cell, pair_row, update_gain
-from pipeline.score.retrieval import IndexSpec, ranking_metrics, recall_at_k, search, summarize
+from pipeline.config import ScoreConfig
+from pipeline.score.entries import MatrixEntry, MatrixRoles
+from pipeline.score.retrieval import ranking_metrics, recall_at_k, search, summarize
 
 log = logging.getLogger(__name__)
 CRITERION_METRICS = ("top1", "map")
@@ -28,25 +30,16 @@ Gallery = EmbeddingSet | EmbeddingFiles  # in memory, or streamed shard by shard
 
 
 def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | None,
-               topk: tuple[int, ...] = (1, 5), chunk: int = 1024, index: IndexSpec = IndexSpec(),
-               full_ranking: bool = True, shard_rows: int = 100_000) -> dict[str, float]:
+               options: ScoreConfig = ScoreConfig(), shard_rows: int = 100_000) -> dict[str, float]:
     """All metrics of one pair, overall and per query subset; the gallery read ``shard_rows`` at a
     time. With an IVF index, ``ivf_recall_at_k``: its top-k against flat search's, on the first
     ``RECALL_QUERIES`` queries."""
-    if query.classes != gallery.classes:
-        only_query = [c for c in query.classes if c not in gallery.classes]
-        only_gallery = [c for c in gallery.classes if c not in query.classes]
-        detail = (f"only the query's has {only_query}, only the gallery's has {only_gallery}"
-                  if only_query or only_gallery else "the same classes in another order")
-        raise ValueError(f"{query.path} and {gallery.path} were encoded from datasets with different label maps: "
-                         f"{detail}")
-    if query.dim != gallery.dim:
-        raise ValueError(f"query dimension {query.dim} ({query.path}) differs from gallery dimension "
-                         f"{gallery.dim} ({gallery.path})")
+    _check_comparable(query, gallery)
+    topk, index = tuple(options.topk), options.index
     shards = lambda: gallery.shards(shard_rows)  # noqa: E731
     neighbours = search(query.vectors, query.ids, shards, max(topk), index)
-    per_query = ranking_metrics(neighbours, query.vectors, query.labels, query.ids, shards, len(gallery), topk, chunk,
-                                full_ranking)
+    per_query = ranking_metrics(neighbours, query.vectors, query.labels, query.ids, shards, len(gallery), topk,
+                                options.query_chunk, options.full_ranking)
     row = summarize(per_query)
     if index.kind != "flat":
         sample = slice(0, RECALL_QUERIES)
@@ -60,57 +53,89 @@ def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | N
     return row
 
 
-def score_all_pairs(sets: dict[str, Gallery], old_classes: list[str] | None = None,
-                    independent: str | None = None, old: str | None = None, topk: tuple[int, ...] = (1, 5),
-                    chunk: int = 1024, references: dict[str, str] | None = None,
-                    transforms: dict[str, str] | None = None, pairs: list[tuple[str, str]] | None = None,
-                    index: IndexSpec = IndexSpec(), full_ranking: bool = True,
-                    pair_dir: Path | None = None) -> pd.DataFrame:
-    """The report table over ``pairs`` (default: every ordered pair of ``sets`` whose dimensions
-    match); ``references`` and ``transforms`` describe transformed entries (``pipeline.encode.mapped``).
-    A set on disk is read into memory while it is the query set (pairs in query order hold one
-    at a time) and streamed shard by shard while it is only the gallery. With ``pair_dir``, each
-    pair's row is saved there as it is scored and reused by a later call on the same inputs."""
-    names = list(sets)
-    loaded: dict[str, EmbeddingSet] = {}  # the current query model's set only
+def _check_comparable(query: Gallery, gallery: Gallery) -> None:
+    """Two sets of one label map and one dimension, or an error naming both files."""
+    if query.classes != gallery.classes:
+        only_query = [c for c in query.classes if c not in gallery.classes]
+        only_gallery = [c for c in gallery.classes if c not in query.classes]
+        detail = (f"only the query's has {only_query}, only the gallery's has {only_gallery}"
+                  if only_query or only_gallery else "the same classes in another order")
+        raise ValueError(f"{query.path} and {gallery.path} were encoded from datasets with different label maps: "
+                         f"{detail}")
+    if query.dim != gallery.dim:
+        raise ValueError(f"query dimension {query.dim} ({query.path}) differs from gallery dimension "
+                         f"{gallery.dim} ({gallery.path})")
 
-    def queries(name: str) -> EmbeddingSet:
-        if name not in loaded:
-            loaded.clear()
-            loaded[name] = sets[name] if isinstance(sets[name], EmbeddingSet) else sets[name].load()
-        return loaded[name]
 
-    first = sets[names[0]]
-    seen_labels = [first.classes.index(c) for c in old_classes] if old_classes is not None else None
-    transforms = transforms or {}
+def _checked_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles, options: ScoreConfig,
+                   pairs: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    """``pairs`` (default: every ordered pair of one dimension), each with a gallery of at least k
+    items, and the roles' entries present."""
+    for role, name in (("old", roles.old), ("independent", roles.independent)):
+        if name is not None and name not in entries:
+            raise ValueError(f"the {role} model {name!r} has no embeddings among {sorted(entries)}")
+    sets = {name: entry.embeddings for name, entry in entries.items()}
     if pairs is None:
-        pairs = [(q, g) for q in names for g in names if sets[q].dim == sets[g].dim]
+        pairs = [(q, g) for q in sets for g in sets if sets[q].dim == sets[g].dim]
+    k = max(options.topk)
     for q, g in pairs:
-        if max(topk) > len(sets[g]) - (q == g):
-            raise ValueError(f"score.topk: k = {max(topk)} is larger than the gallery {sets[g].path} "
+        if k > len(sets[g]) - (q == g):
+            raise ValueError(f"score.topk: k = {k} is larger than the gallery {sets[g].path} "
                              f"({len(sets[g])} rows{', one of them the query itself' if q == g else ''})")
-    options = {"topk": list(topk), "index": repr(index), "full_ranking": full_ranking, "seen_labels": seen_labels}
-    rows = []
-    started = time.perf_counter()
+    return pairs
+
+
+class _QuerySets:
+    """Sets on disk read into memory while they are the query set: pairs in query order hold one
+    at a time; a gallery that is not the current query set is streamed shard by shard."""
+
+    def __init__(self, entries: dict[str, MatrixEntry]) -> None:
+        self.sets = {name: entry.embeddings for name, entry in entries.items()}
+        self.loaded: dict[str, EmbeddingSet] = {}
+
+    def query(self, name: str) -> EmbeddingSet:
+        if name not in self.loaded:
+            self.loaded.clear()
+            found = self.sets[name]
+            self.loaded[name] = found if isinstance(found, EmbeddingSet) else found.load()
+        return self.loaded[name]
+
+    def gallery(self, name: str) -> Gallery:
+        return self.loaded.get(name, self.sets[name])
+
+
+def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = MatrixRoles(),
+                    options: ScoreConfig = ScoreConfig(), pairs: list[tuple[str, str]] | None = None,
+                    pair_dir: Path | None = None) -> pd.DataFrame:
+    """The report table over ``pairs`` of ``entries`` (default: every ordered pair of one
+    dimension), with the criteria of ``roles``. With ``pair_dir``, each pair's row is saved there
+    as it is scored and reused by a later call on the same inputs."""
+    pairs = _checked_pairs(entries, roles, options, pairs)
+    sets = _QuerySets(entries)
+    classes = next(iter(entries.values())).embeddings.classes
+    seen_labels = [classes.index(c) for c in roles.old_classes] if roles.old_classes is not None else None
+    scoring = {"topk": list(options.topk), "index": options.index.model_dump(), "full_ranking": options.full_ranking,
+               "seen_labels": seen_labels}
+    rows, started = [], time.perf_counter()
     for number, (q, g) in enumerate(pairs, start=1):
-        key = {"query": _identity(sets[q]), "gallery": _identity(sets[g]), **options}
+        key = {"query": _identity(sets.sets[q]), "gallery": _identity(sets.sets[g]), **scoring}
         saved = pair_dir / f"{q}__{g}.json" if pair_dir else None
         if saved and saved.is_file() and (done := json.loads(saved.read_text()))["key"] == key:
             rows.append(done["row"])
             log.info("score: pair %d/%d %s -> %s scored before (%s)", number, len(pairs), q, g, saved)
             continue
-        metrics = score_pair(queries(q), loaded.get(g, sets[g]), seen_labels, topk, chunk, index, full_ranking)
-        used = [label for label in (transforms.get(q, "none"), transforms.get(g, "none")) if label != "none"]
+        metrics = score_pair(sets.query(q), sets.gallery(g), seen_labels, options)
+        used = [label for label in (entries[q].transform, entries[g].transform) if label != "none"]
         rows.append({"query_model": q, "gallery_model": g, "transform": "; ".join(dict.fromkeys(used)) or "none",
-                     "query_embeddings": sets[q].path, "gallery_embeddings": sets[g].path,
-                     "num_queries": len(sets[q]), "num_gallery": len(sets[g]), **metrics})
+                     "query_embeddings": sets.sets[q].path, "gallery_embeddings": sets.sets[g].path,
+                     "num_queries": len(sets.sets[q]), "num_gallery": len(sets.sets[g]), **metrics})
         if saved:
             text = json.dumps({"key": key, "row": rows[-1]}, default=float)
             write_atomic(saved, lambda temporary: temporary.write_text(text))
         log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
                  metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
-    table = pd.DataFrame(rows)
-    return add_criteria(table, independent=independent, old=old, references=references)
+    return add_criteria(pd.DataFrame(rows), roles.independent, roles.old,
+                        {name: entry.reference for name, entry in entries.items()})
 
 
 def _identity(embeddings: Gallery) -> dict:

@@ -1,7 +1,10 @@
-"""Writing the compatibility report: Parquet/CSV table, heat map, text matrix, MLflow run."""
+"""The score step: every pair scored into the report table (``pipeline.score.matrix``), written as
+Parquet/CSV, heat map, text matrix and ``entries.json``, and logged as one MLflow run."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from pathlib import Path
 
@@ -15,10 +18,15 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline.atomic import write_atomic  # noqa: E402
-from pipeline.score.matrix import CRITERION_METRICS, matrix  # noqa: E402
+from pipeline.config import RunContext, ScoreConfig  # noqa: E402
+from pipeline.model.card import read_model_card  # noqa: E402
+from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
+from pipeline.score.matrix import CRITERION_METRICS, matrix, score_all_pairs  # noqa: E402
 from pipeline.tracking import experiment_id, metric_key  # noqa: E402
 
+log = logging.getLogger(__name__)
 HEATMAP_METRICS = ("top1", "map")
+ENTRIES_FILE = "entries.json"
 
 
 def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
@@ -115,3 +123,28 @@ def log_report(table: pd.DataFrame, order: list[str], files: list[Path], trackin
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)
     return run_id
+
+
+def roles_of(old_model: str | Path, independent: str | None = None) -> MatrixRoles:
+    """The roles of a report whose old model is the artifact at ``old_model``."""
+    card = read_model_card(old_model)
+    return MatrixRoles(old=card.name, old_classes=card.classes, independent=independent)
+
+
+def score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, options: ScoreConfig, out_dir: str | Path,
+                     context: RunContext, pairs: list[tuple[str, str]] | None = None) -> str:
+    """Score ``pairs`` of ``entries`` (default all), write the report to ``out_dir``, log it; returns
+    the printed matrix. Each pair's row is kept in ``out_dir/pairs``, so that a rerun after a
+    kill scores only the pairs not done yet."""
+    out_dir = Path(out_dir)
+    table = score_all_pairs(entries, roles, options, pairs, pair_dir=out_dir / "pairs")
+    order = list(entries)
+    shown = tuple(metric for metric in HEATMAP_METRICS if metric in table.columns)  # no mAP without the full ranking
+    files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, out_dir / "heatmap.png", shown)]
+    text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
+    for name, content in (("matrix.txt", text + "\n"), (ENTRIES_FILE, json.dumps(describe(entries), indent=1))):
+        write_atomic(out_dir / name, lambda temporary: temporary.write_text(content))
+        files.append(out_dir / name)
+    run_id = log_report(table, order, files, context.tracking_uri, context.experiment)
+    log.info("score: report in %s, MLflow run %s", out_dir, run_id)
+    return text

@@ -8,7 +8,7 @@ results, never by the gallery. Per query:
 - ``top{k}``: 1 when a same-label gallery item is among the k nearest. Each shard is searched
   with faiss (exact inner product, on the GPU only when faiss reports one and k <= 2048) and
   the per-shard results are merged into one top-k per query (``faiss.ResultHeap``). An IVF
-  index (``IndexSpec(kind="ivf")``) computes fewer distances (it holds the gallery's vectors);
+  index (``IndexConfig(kind="ivf")``) computes fewer distances (it holds the gallery's vectors);
   its recall against flat search is ``recall_at_k``;
 - ``ap``: average precision over the full ranking, computed on the CPU by chunks of queries:
   each chunk's scores against every shard (float64), then sorted. Tied scores count as one
@@ -29,12 +29,12 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
 
 import faiss
 import numpy as np
 import pandas as pd
 
+from pipeline.config import IndexConfig
 from pipeline.data.embeddings import Shard
 
 GPU_MAX_K = 2048  # the largest k that faiss's GPU search serves
@@ -42,16 +42,6 @@ SCORE_BUDGET_BYTES = 512 * 2**20  # full-ranking scores held at once (a query ch
 
 
 Shards = Callable[[], Iterable[Shard]]  # a gallery that can be read again from its first shard
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """How each search finds neighbours: exact (``flat``) or inverted lists (``ivf``, probing
-    ``nprobe`` of ``nlist`` lists; ``nlist`` 0 picks about 4 sqrt(gallery size))."""
-
-    kind: Literal["flat", "ivf"] = "flat"
-    nlist: int = 0
-    nprobe: int = 16
 
 
 @dataclass(frozen=True)
@@ -112,7 +102,7 @@ def _drop_own(distances: np.ndarray, found: np.ndarray, own: np.ndarray) -> None
 
 
 def search(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int,
-           index: IndexSpec = IndexSpec()) -> Neighbours:
+           index: IndexConfig = IndexConfig()) -> Neighbours:
     """The ``k`` nearest gallery items of every query (cosine), own images excluded."""
     query = unit32(query)
     if index.kind == "ivf":
@@ -143,7 +133,7 @@ def _with_labels(positions: np.ndarray, gallery_labels: np.ndarray) -> Neighbour
     return Neighbours(positions, labels, positions >= 0)
 
 
-def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int, spec: IndexSpec) -> Neighbours:
+def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int, spec: IndexConfig) -> Neighbours:
     """IVF search: lists trained on a random sample of the whole gallery (64 vectors per list),
     every shard added, ``nprobe`` lists probed. The index holds the gallery's vectors."""
     size = sum(len(shard.labels) for shard in shards())
@@ -264,7 +254,7 @@ def ranking_metrics(neighbours: Neighbours, query: np.ndarray, query_labels: np.
 
 def score_queries(query: np.ndarray, query_labels: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
                   gallery_size: int, topk: tuple[int, ...] = (1, 5), chunk: int = 1024,
-                  index: IndexSpec = IndexSpec(), full_ranking: bool = True) -> dict[str, np.ndarray]:
+                  index: IndexConfig = IndexConfig(), full_ranking: bool = True) -> dict[str, np.ndarray]:
     """Per-query ``top{k}`` and, with ``full_ranking``, ``ap`` and ``ap_at_r``, as arrays of length Q."""
     return ranking_metrics(search(query, query_ids, shards, max(topk), index), query, query_labels, query_ids,
                            shards, gallery_size, topk, chunk, full_ranking)

@@ -24,7 +24,7 @@ import torch
 import yaml
 from PIL import Image
 
-from jobs._common import run_main
+from jobs.cli import run_main
 from pipeline.compat.statistics import compute_old_space_stats
 from pipeline.config import ConfigError, ModelConfig, load_lineage_config, load_pipeline_config
 from pipeline.data.dataset import DATASET_SCHEMA

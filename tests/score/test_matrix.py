@@ -3,9 +3,11 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.encode.mapped import map_embeddings
-from pipeline.score.matrix import add_criteria, matrix
+from pipeline.score.entries import MatrixEntry, counterpart_pairs
+from pipeline.score.matrix import add_criteria, matrix, score_all_pairs
 
 
 def test_mapped_set_holds_the_transformed_vectors(tmp_path):
@@ -31,7 +33,6 @@ def test_forward_gallery_is_judged_against_old_old_and_other_dimensions_are_abse
 
 
 def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with():
-    from pipeline.score.entries import MatrixEntry, counterpart_pairs
 
     def of_dim(dim):
         return EmbeddingSet(path="p", model_id="m", model_name="m", ids=np.array(["a"], dtype=object),
@@ -47,7 +48,6 @@ def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with()
 
 
 def test_all_pairs_by_default_and_only_pairs_of_one_dimension():
-    from pipeline.score.matrix import score_all_pairs
 
     rng = np.random.default_rng(0)
 
@@ -57,9 +57,10 @@ def test_all_pairs_by_default_and_only_pairs_of_one_dimension():
                             classes=["x", "y"])
 
     sets = {"old": embedding_set("old", 4), "new": embedding_set("new", 4), "wide": embedding_set("wide", 8)}
-    table = score_all_pairs(sets, topk=(1,))
+    entries = {name: MatrixEntry.plain(name, embeddings, "old") for name, embeddings in sets.items()}
+    table = score_all_pairs(entries, options=ScoreConfig(topk=[1]))
     assert sorted(zip(table.query_model, table.gallery_model)) == [
         ("new", "new"), ("new", "old"), ("old", "new"), ("old", "old"), ("wide", "wide")]
-    chosen = score_all_pairs(sets, topk=(1,), pairs=[("new", "old"), ("old", "old")])
+    chosen = score_all_pairs(entries, options=ScoreConfig(topk=[1]), pairs=[("new", "old"), ("old", "old")])
     assert list(zip(chosen.query_model, chosen.gallery_model)) == [("new", "old"), ("old", "old")]
     assert chosen.compatible_top1.notna().tolist() == [True, False]

@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
+from pipeline.config import IndexConfig, ScoreConfig
 from pipeline.data.embeddings import Shard
+from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import add_criteria
-from pipeline.score.retrieval import IndexSpec, per_query_metrics, recall_at_k, score_queries, search, summarize
+from pipeline.score.retrieval import per_query_metrics, recall_at_k, score_queries, search, summarize
 from tests.reference import reference
 
 
@@ -91,16 +93,16 @@ def test_ivf_probing_every_list_is_exact_and_fewer_lists_report_recall():
     ids, labels, vectors = _gallery(rng, size=2000)
     query = rng.normal(size=(100, 16)).astype(np.float32)
     exact = search(query, None, _shards(ids, labels, vectors, 500), 10)
-    everything = search(query, None, _shards(ids, labels, vectors, 500), 10, IndexSpec("ivf", nlist=16, nprobe=16))
+    everything = search(query, None, _shards(ids, labels, vectors, 500), 10, IndexConfig(kind="ivf", nlist=16, nprobe=16))
     assert recall_at_k(everything, exact) == pytest.approx(1.0)
-    few = search(query, None, _shards(ids, labels, vectors, 500), 10, IndexSpec("ivf", nlist=16, nprobe=1))
+    few = search(query, None, _shards(ids, labels, vectors, 500), 10, IndexConfig(kind="ivf", nlist=16, nprobe=1))
     assert 0 < recall_at_k(few, exact) < 1
 
 
 def test_ivf_excludes_own_images():
     rng = np.random.default_rng(5)
     ids, labels, vectors = _gallery(rng, size=600)
-    found = search(vectors[:50], ids[:50], _shards(ids, labels, vectors, 200), 3, IndexSpec("ivf", nlist=8, nprobe=8))
+    found = search(vectors[:50], ids[:50], _shards(ids, labels, vectors, 200), 3, IndexConfig(kind="ivf", nlist=8, nprobe=8))
     assert not (found.positions == np.arange(50)[:, None]).any()
     assert (found.positions >= 0).all()
 
@@ -112,11 +114,11 @@ def test_ivf_scoring_reports_its_recall_against_flat_search():
     rng = np.random.default_rng(6)
     ids, labels, vectors = _gallery(rng, size=1500)
     embeddings = EmbeddingSet("g", "m-1", "m", ids, labels, vectors, ["a", "b", "c", "d", "e"])
-    flat = score_pair(embeddings, embeddings, None, topk=(1, 5))
-    ivf = score_pair(embeddings, embeddings, None, topk=(1, 5), index=IndexSpec("ivf", nlist=32, nprobe=32))
+    flat = score_pair(embeddings, embeddings, None, ScoreConfig(topk=[1, 5]))
+    ivf = score_pair(embeddings, embeddings, None, ScoreConfig(index=IndexConfig(kind="ivf", nlist=32, nprobe=32)))
     assert "ivf_recall_at_k" not in flat and ivf["ivf_recall_at_k"] == pytest.approx(1.0)
     assert ivf["top5"] == pytest.approx(flat["top5"]) and ivf["map"] == flat["map"]
-    coarse = score_pair(embeddings, embeddings, None, topk=(1, 5), index=IndexSpec("ivf", nlist=32, nprobe=1))
+    coarse = score_pair(embeddings, embeddings, None, ScoreConfig(index=IndexConfig(kind="ivf", nlist=32, nprobe=1)))
     assert coarse["ivf_recall_at_k"] < 1
 
 
@@ -128,6 +130,8 @@ def test_top_k_only_scoring_leaves_map_out_everywhere():
     ids, labels, vectors = _gallery(rng, size=300)
     sets = {name: EmbeddingSet(name, f"{name}-1", name, ids, labels, vectors + rng.normal(scale=0.1, size=vectors.shape),
                                ["a", "b", "c", "d", "e"]) for name in ("old", "new", "ind")}
-    table = score_all_pairs(sets, old_classes=["a", "b"], independent="ind", old="old", full_ranking=False)
+    entries = {name: MatrixEntry.plain(name, embeddings, "old") for name, embeddings in sets.items()}
+    table = score_all_pairs(entries, MatrixRoles(old="old", old_classes=["a", "b"], independent="ind"),
+                            ScoreConfig(full_ranking=False))
     assert "map" not in table.columns and "map_at_r" not in table.columns
     assert {"top1", "top5", "compatible_top1", "update_gain_top1", "top1_unseen"} <= set(table.columns)

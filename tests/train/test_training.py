@@ -11,7 +11,9 @@ from pipeline.config import ModelConfig, TrainConfig
 from pipeline.model.artifacts import write_artifact, write_initial_model
 from pipeline.model.card import ModelCard
 from pipeline.model.networks import EmbeddingModel
-from pipeline.train.training import build_objective, init_seed, passes_per_epoch, storage_location
+from pipeline.train.driver import storage_location
+from pipeline.train.loop import passes_per_epoch
+from pipeline.train.training import build_objective, init_seed
 
 
 def test_small_datasets_pass_several_times_per_epoch():

@@ -22,7 +22,7 @@ from tuning.space import load_sweep_config, trial_config
 SPACE_HEADER = """
 name: s
 old: {name: old}
-base: {name: lce, method: lce_direct}
+trial: {name: lce, method: lce_direct}
 """
 
 
@@ -40,7 +40,7 @@ def test_space_accepts_every_searched_kind(tmp_path):
   compat.lambda_align: {loguniform: [0.1, 10]}
 """)
     assert set(cfg.tune_space()) == {"method", "transform.blocks", "compat.compactness_margin", "compat.lambda_align"}
-    assert trial_config(cfg.base, {"transform.hidden": 64, "method": "lce_forward"}).transform.hidden == 64
+    assert trial_config(cfg.trial, {"transform.hidden": 64, "method": "lce_forward"}).transform.hidden == 64
 
 
 @pytest.mark.parametrize(("space", "message"), [
@@ -96,7 +96,7 @@ train:
   cpus_per_worker: 0.95
   min_steps: 40
 old: {{name: old, classes: first_half, epochs: 1}}
-base: {{name: lce, method: lce_direct, epochs: 2}}
+trial: {{name: lce, method: lce_direct, epochs: 2}}
 space:
   model.embedding_dim: {{choice: {dims}}}   # 8 differs from the old model's 16: those trials crash
   compat.compactness_margin: {{uniform: [0.0, 0.5]}}

@@ -1,0 +1,105 @@
+"""What every job CLI shares: its arguments for the same configs, and error reporting.
+
+Arguments become the library's configs whole (``EncodeConfig``, ``ScoreConfig``, ``RunContext``),
+checked by the same schemas as a YAML file: a bad value is one line naming the option's key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import EncodeConfig, RunContext, ScoreConfig, validate
+from pipeline.data.bad_rows import POLICIES
+from pipeline.runtime import setup_logging
+
+DEFAULT_TRACKING_URI = f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
+COMMAND_LINE = "command line"
+
+
+# Required options several jobs take, with their help.
+STANDARD_OPTIONS = {"dataset": "ingested dataset folder", "old_model": "the old model's artifact folder"}
+
+
+def job_parser(job: str, description: str | None, *standard: str, **required: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m jobs.<job>``, with a required option per name of ``standard``
+    (``STANDARD_OPTIONS``) and per keyword of ``required`` (``old_model`` is ``--old-model``, its
+    value the option's help)."""
+    parser = argparse.ArgumentParser(prog=f"python -m jobs.{job}", description=description)
+    for name, help_text in {**{name: STANDARD_OPTIONS[name] for name in standard}, **required}.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", required=True, help=help_text)
+    return parser
+
+
+def add_tracking_args(parser: argparse.ArgumentParser, storage: bool = False) -> None:
+    """MLflow's tracking URI and experiment, and with ``storage`` Ray Train's storage path."""
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
+                        help="MLflow tracking URI (default: %(default)s)")
+    parser.add_argument("--experiment", default="compat-embed", help="MLflow experiment name")
+    if storage:
+        parser.add_argument("--storage-path", default=RunContext.storage_path,
+                            help="Ray Train storage (shared on a cluster; default: %(default)s)")
+
+
+def run_context(args: argparse.Namespace) -> RunContext:
+    return RunContext(args.tracking_uri, args.experiment, getattr(args, "storage_path", RunContext.storage_path))
+
+
+def add_ray_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray-address", default=None,
+                        help="a running cluster (default: RAY_ADDRESS, else a local one)")
+
+
+def add_bad_rows_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--on-bad-rows", choices=POLICIES, default=POLICIES[0],
+                        help="a row whose image does not decode or whose label is missing or outside classes.json: "
+                             "error stops naming it (default); skip leaves it out, counted and listed")
+
+
+def add_encode_args(parser: argparse.ArgumentParser) -> None:
+    """``EncodeConfig``'s fields, its defaults and descriptions."""
+    fields, defaults = EncodeConfig.model_fields, EncodeConfig()
+    for name, kind in (("batch_size", int), ("num_actors", int), ("cpus_per_actor", float), ("threads_per_actor", int)):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name),
+                            help=fields[name].description)
+    parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=defaults.use_gpu,
+                        help=fields["use_gpu"].description)
+    add_bad_rows_arg(parser)
+
+
+def encode_options(args: argparse.Namespace) -> EncodeConfig:
+    return validate(EncodeConfig, {name: getattr(args, name) for name in EncodeConfig.model_fields}, COMMAND_LINE)
+
+
+def add_search_args(parser: argparse.ArgumentParser) -> None:
+    """How ``ScoreConfig`` searches: the index and the full ranking."""
+    parser.add_argument("--index", choices=["flat", "ivf"], default="flat",
+                        help="flat: exact search (default); ivf: inverted lists, for galleries past what flat serves "
+                             "(the report adds its recall against flat search)")
+    parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0: about 4 sqrt(gallery size))")
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists probed per query")
+    parser.add_argument("--no-full-ranking", action="store_true",
+                        help="skip mAP and mAP@R over the full ranking (top-k only, for very large galleries)")
+    parser.add_argument("--query-chunk", type=int, default=1024, help="queries per full-ranking chunk (at most)")
+
+
+def score_options(args: argparse.Namespace, **fields: Any) -> ScoreConfig:
+    """The ``ScoreConfig`` of ``add_search_args``' options and ``fields`` (split, topk)."""
+    raw = {"index": {"kind": args.index, "nlist": args.nlist, "nprobe": args.nprobe},
+           "full_ranking": not args.no_full_ranking, "query_chunk": args.query_chunk, **fields}
+    return validate(ScoreConfig, raw, COMMAND_LINE)
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a job's main; a known input error becomes one line on stderr and exit code 2."""
+    setup_logging()
+    Path("outputs").mkdir(exist_ok=True)
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        logging.getLogger("jobs").error("%s", error)
+        sys.exit(2)
