@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline.score.criteria import beats
-from pipeline.score.retrieval import normalize
 
 VERDICT_METRICS = ("top1", "map")
 NO_BACKFILL, FORWARD, BACKFILL = "ship, no backfill", "ship, forward transformation on the gallery", "backfill needed"
@@ -43,54 +42,6 @@ def lower_triangle_summary(matrix: np.ndarray) -> tuple[float, float]:
     cells = cells[~np.isnan(cells)]
     ac = float(np.mean([beats(matrix[i, j], matrix[j, j]) for i, j in below])) if below else float("nan")
     return ac, float(cells.mean()) if len(cells) and below else float("nan")
-
-
-def random_order(size: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(size)
-
-
-def stratified_order(parent_vectors: np.ndarray, parent_centers: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Gallery positions in rounds over the classes each item's parent vector is nearest to
-    (parent-space centers), random within a class: every class gets re-encoded items early and
-    at the same pace, which a random order only does on average."""
-    nearest = (normalize(parent_vectors) @ normalize(parent_centers).T).argmax(axis=1)
-    draw = np.random.default_rng(seed).random(len(nearest))
-    pace = np.empty(len(nearest))
-    for label in np.unique(nearest):
-        members = np.flatnonzero(nearest == label)
-        pace[members[np.argsort(draw[members])]] = (np.arange(len(members)) + 0.5) / len(members)
-    return np.argsort(pace, kind="stable")
-
-
-Scorer = Callable[[np.ndarray], dict[str, float]]  # a gallery's vectors -> metrics of the fixed queries
-
-
-def backfill_curve(parent_gallery: np.ndarray, new_gallery: np.ndarray, order: np.ndarray, score: Scorer,
-                   steps: int = 10) -> pd.DataFrame:
-    """Metrics at shares 0, 1/steps, ..., 1 of the gallery re-encoded in ``order``; the two
-    galleries hold the same images in the same row order."""
-    if parent_gallery.shape != new_gallery.shape:
-        raise ValueError(f"parent and new gallery differ in shape: {parent_gallery.shape} vs {new_gallery.shape}")
-    parent, new = normalize(parent_gallery), normalize(new_gallery)
-    rows = []
-    for step in range(steps + 1):
-        share = step / steps
-        mixed = parent.copy()
-        chosen = order[: int(round(share * len(order)))]
-        mixed[chosen] = new[chosen]
-        rows.append({"share": share, **score(mixed)})
-    return pd.DataFrame(rows)
-
-
-def curve_area(curve: pd.DataFrame, metric: str) -> float:
-    """Area under ``metric`` over the re-encoded share in [0, 1] (trapezoid rule)."""
-    return float(np.trapezoid(curve[metric].to_numpy(), curve["share"].to_numpy()))
-
-
-def share_to_reach(curve: pd.DataFrame, target: dict[str, float]) -> float:
-    """The smallest re-encoded share at which every metric of ``target`` is strictly beaten; NaN if none."""
-    passing = np.logical_and.reduce([[beats(value, v) for value in curve[m]] for m, v in target.items()])
-    return float(curve["share"].to_numpy()[passing][0]) if passing.any() else float("nan")
 
 
 @dataclass(frozen=True)
@@ -128,3 +79,10 @@ def verdict(model: str, parent: str, cell: Callable[[str, str], dict[str, float]
 
 def _numbers(metrics: dict[str, float], reference: dict[str, float], judged: list[str]) -> dict[str, float]:
     return {**{m: metrics[m] for m in judged}, **{f"parent_{m}": reference[m] for m in judged}}
+
+
+@dataclass(frozen=True)
+class LineageModel:
+    name: str            # the entry's name in the report, e.g. "v2"
+    folder: Path         # its artifact folder
+    parent: str | None   # the parent's entry name

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import write_atomic
+from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.score.criteria import beats, cell, pair_row, update_gain
-from pipeline.config import ScoreConfig
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.retrieval import ranking_metrics, recall_at_k, search, summarize
 

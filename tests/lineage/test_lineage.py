@@ -17,17 +17,8 @@ import pytest
 
 from pipeline.config import LineageConfig, load_lineage_config
 from pipeline.data.embeddings import embeddings_table, open_embeddings, read_embeddings, write_embeddings
-from pipeline.lineage.metrics import (
-    BACKFILL,
-    FORWARD,
-    NO_BACKFILL,
-    backfill_curve,
-    curve_area,
-    lower_triangle_summary,
-    share_to_reach,
-    stratified_order,
-    verdict,
-)
+from pipeline.lineage.backfill import backfill_curve, curve_area, share_to_reach, stratified_order
+from pipeline.lineage.metrics import BACKFILL, FORWARD, NO_BACKFILL, lower_triangle_summary, verdict
 from pipeline.score.criteria import update_gain
 from pipeline.score.retrieval import in_memory, per_query_metrics, score_queries, summarize
 from tests.reference import reference

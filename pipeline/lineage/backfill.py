@@ -1,0 +1,113 @@
+"""Backfill of a lineage's galleries (design notes, section 3): the metric of the new model's
+queries against a gallery of which a growing share has been re-encoded with the new model, the
+rest still holding the parent's vectors. It starts at ``C[i][p]`` and ends at ``C[i][i]``; its area
+(trapezoid rule over the share) says what a partial backfill buys. Two orders: random, and
+stratified (``stratified_order``: rounds over the class each item's parent vector is nearest to,
+with the parent-space centers of the new model's statistics, so no gallery label is used)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.compat.statistics import OldSpaceStats
+from pipeline.lineage.metrics import LineageModel
+from pipeline.lineage.registry import STATS_FILE
+from pipeline.model.card import read_model_card
+from pipeline.score.criteria import beats
+from pipeline.score.matrix import Gallery
+from pipeline.score.retrieval import in_memory, normalize, score_queries, summarize
+
+log = logging.getLogger(__name__)
+
+
+def random_order(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(size)
+
+
+def stratified_order(parent_vectors: np.ndarray, parent_centers: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Gallery positions in rounds over the classes each item's parent vector is nearest to
+    (parent-space centers), random within a class: every class gets re-encoded items early and
+    at the same pace, which a random order only does on average."""
+    nearest = (normalize(parent_vectors) @ normalize(parent_centers).T).argmax(axis=1)
+    draw = np.random.default_rng(seed).random(len(nearest))
+    pace = np.empty(len(nearest))
+    for label in np.unique(nearest):
+        members = np.flatnonzero(nearest == label)
+        pace[members[np.argsort(draw[members])]] = (np.arange(len(members)) + 0.5) / len(members)
+    return np.argsort(pace, kind="stable")
+
+
+Scorer = Callable[[np.ndarray], dict[str, float]]  # a gallery's vectors -> metrics of the fixed queries
+
+
+def backfill_curve(parent_gallery: np.ndarray, new_gallery: np.ndarray, order: np.ndarray, score: Scorer,
+                   steps: int = 10) -> pd.DataFrame:
+    """Metrics at shares 0, 1/steps, ..., 1 of the gallery re-encoded in ``order``; the two
+    galleries hold the same images in the same row order."""
+    if parent_gallery.shape != new_gallery.shape:
+        raise ValueError(f"parent and new gallery differ in shape: {parent_gallery.shape} vs {new_gallery.shape}")
+    parent, new = normalize(parent_gallery), normalize(new_gallery)
+    rows = []
+    for step in range(steps + 1):
+        share = step / steps
+        mixed = parent.copy()
+        chosen = order[: int(round(share * len(order)))]
+        mixed[chosen] = new[chosen]
+        rows.append({"share": share, **score(mixed)})
+    return pd.DataFrame(rows)
+
+
+def curve_area(curve: pd.DataFrame, metric: str) -> float:
+    """Area under ``metric`` over the re-encoded share in [0, 1] (trapezoid rule)."""
+    return float(np.trapezoid(curve[metric].to_numpy(), curve["share"].to_numpy()))
+
+
+def share_to_reach(curve: pd.DataFrame, target: dict[str, float]) -> float:
+    """The smallest re-encoded share at which every metric of ``target`` is strictly beaten; NaN if none."""
+    passing = np.logical_and.reduce([[beats(value, v) for value in curve[m]] for m, v in target.items()])
+    return float(curve["share"].to_numpy()[passing][0]) if passing.any() else float("nan")
+
+
+BACKFILL_METRICS = ("top1", "map")
+
+
+def _backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int, full_ranking: bool) -> pd.DataFrame:
+    """The child's queries against its parent's gallery re-encoded in random and in stratified order."""
+    query, parent = sets[child.name].load(), sets[child.parent].load()
+    if not np.array_equal(query.ids, parent.ids):
+        raise ValueError(f"{child.name} and {child.parent} embeddings hold different images or orders "
+                         f"({query.path}, {parent.path})")
+
+    def score(mixed: np.ndarray) -> dict[str, float]:
+        per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
+                                  len(mixed), topk=(1,), full_ranking=full_ranking)
+        return {m: v for m, v in summarize(per_query).items() if m in BACKFILL_METRICS}
+
+    orders = {"random": random_order(len(parent.ids), seed)}
+    centers = _parent_centers(child, parent.dim)
+    if centers is not None:
+        orders["stratified"] = stratified_order(parent.vectors, centers, seed)
+    curves = [backfill_curve(parent.vectors, query.vectors, order, score, steps).assign(model=child.name, order=name)
+              for name, order in orders.items()]
+    return pd.concat(curves, ignore_index=True)
+
+
+def _parent_centers(child: LineageModel, parent_dim: int) -> np.ndarray | None:
+    """The parent-space class centers of the child's statistics: the copy registered with the
+    artifact (``pipeline.lineage.registry.STATS_FILE``), else the card's path; None (logged) if neither."""
+    card = read_model_card(child.folder)
+    for path in (child.folder / STATS_FILE, Path(card.stats_file or "")):
+        if path.is_file():
+            centers = OldSpaceStats.load(path).centers
+            if centers.shape[1] != parent_dim:
+                raise ValueError(f"{path}: statistics of dimension {centers.shape[1]}, the parent's embeddings have "
+                                 f"{parent_dim}")
+            return centers
+    log.warning("lineage: no statistics for %s (card: %s); the backfill curve has the random order only",
+                child.name, card.stats_file)
+    return None

@@ -1,0 +1,94 @@
+"""The lineage report's files under ``<out>/report/``: the pair table, ``lineage.csv`` (AC, AM),
+``backfill.csv``, ``verdicts.json``, one heat map per metric, ``backfill.png`` and ``summary.md``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipeline.lineage.backfill import BACKFILL_METRICS, curve_area  # noqa: E402
+from pipeline.lineage.metrics import LineageModel, Verdict  # noqa: E402
+from pipeline.score.matrix import matrix  # noqa: E402
+from pipeline.score.report import heatmap, write_tables  # noqa: E402
+
+
+def _areas(backfill: pd.DataFrame) -> list[dict]:
+    return [{"model": model, "order": order,
+             **{f"area_{m}": curve_area(curve, m) for m in BACKFILL_METRICS if m in curve.columns}}
+            for (model, order), curve in backfill.groupby(["model", "order"], sort=False)]
+
+
+def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
+    models = list(dict.fromkeys(backfill.model))
+    metrics = [m for m in BACKFILL_METRICS if m in backfill.columns]
+    figure, axes = plt.subplots(len(models), len(metrics), figsize=(5 * len(metrics), 3.6 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        for column, metric in enumerate(metrics):
+            axis = axes[row][column]
+            for order, curve in backfill[backfill.model == model].groupby("order", sort=False):
+                axis.plot(curve.share * 100, curve[metric] * 100, marker="o", label=f"{order} (area {curve_area(curve, metric):.3f})")
+            axis.set_xlabel("gallery re-encoded with the new model (%)")
+            axis.set_ylabel(f"{metric} (%)")
+            axis.set_title(f"{model} queries: backfill")
+            axis.legend(fontsize=8)
+            axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+                      order: list[str]) -> str:
+    lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Verdicts", "",
+             "| model | parent | verdict | route | top-1 | parent top-1 | mAP | parent mAP |", "|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        numbers = " | ".join(_value(v.numbers, key) for key in ("top1", "parent_top1", "map", "parent_map"))
+        lines.append(f"| {v.model} | {v.parent} | **{v.decision}** | {v.route} | {numbers} |")
+    lines += ["", "Share of the gallery to re-encode before the new model's queries beat the parent's own "
+              "numbers on every metric (from the backfill curves; - when no share does):", ""]
+    for v in verdicts:
+        shares = [f"{key.split('/', 1)[1]} {value:.2f}" if value == value else f"{key.split('/', 1)[1]} -"
+                  for key, value in v.numbers.items() if key.startswith("share_to_beat_parent/")]
+        lines.append(f"- {v.model}: {', '.join(shares)}")
+    lines += ["", "## Lineage summary (AC: cells below the diagonal; AM: the lower triangle with it)", "",
+              "| metric | AC | AM |", "|---|---|---|"]
+    lines += [f"| {r.metric} | {r.AC:.3f} | {r.AM:.4f} |" for r in summary.itertuples()]
+    for metric in (m for m in ("top1", "map") if m in table.columns):
+        grid = matrix(table, metric, order)
+        lines += ["", f"## {metric} (rows: query model, columns: gallery model)", "",
+                  "| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+        lines += [f"| {q} | " + " | ".join(f"{grid.loc[q, g]:.4f}" for g in order) + " |" for q in order]
+    lines += ["", "## Backfill (area under the curve over the re-encoded share)", "",
+              "| model | order | area top-1 | area mAP |", "|---|---|---|---|"]
+    lines += [f"| {a['model']} | {a['order']} | {_value(a, 'area_top1')} | {_value(a, 'area_map')} |" for a in _areas(backfill)]
+    return "\n".join(lines) + "\n"
+
+
+def _value(numbers: dict, key: str) -> str:
+    return f"{numbers[key]:.4f}" if key in numbers else "-"
+
+
+def _write_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+                 order: list[str], report_dir: Path, models: list[LineageModel]) -> list[Path]:
+    files = list(write_tables(table, report_dir).values())
+    for name, frame in (("lineage.csv", summary), ("backfill.csv", backfill)):
+        frame.to_csv(report_dir / name, index=False)
+        files.append(report_dir / name)
+    (report_dir / "verdicts.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=1))
+    files.append(report_dir / "verdicts.json")
+    for metric in summary.metric:
+        ac, am = summary.set_index("metric").loc[metric, ["AC", "AM"]]
+        files.append(heatmap(table, order, report_dir / f"heatmap_{metric}.png", metrics=(metric,),
+                             titles={metric: f"{metric} (%): AC {ac:.2f}, AM {am * 100:.1f}"}))
+    files.append(_backfill_plot(backfill, report_dir / "backfill.png"))
+    (report_dir / "summary.md").write_text(_summary_markdown(table, summary, backfill, verdicts, order))
+    files.append(report_dir / "summary.md")
+    return files

@@ -1,0 +1,65 @@
+"""The lineage report in MLflow: one run per report (params, every cell as a metric
+``<metric>/<query>/<gallery>``, AC/AM, gains and backfill areas as metrics, verdicts as tags, the
+files as artifacts) and under it one nested run per model pair with params ``query_model``,
+``gallery_model``, ``transform`` and the pair's metrics, so the MLflow UI's run table lists,
+sorts and compares pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+
+from pipeline.lineage.backfill import BACKFILL_METRICS
+from pipeline.lineage.files import _areas
+from pipeline.lineage.metrics import Verdict
+from pipeline.score.report import cell_metrics, log_metrics, pair_compatible, row_metrics
+from pipeline.tracking import experiment_id, finished_run, metric_key
+
+
+def _log_to_mlflow(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+                   gains: dict[str, float], files: list[Path], order: list[str], tracking_uri: str, experiment: str,
+                   params: dict[str, str]) -> str:
+    client = MlflowClient(tracking_uri)
+    experiment_key = experiment_id(tracking_uri, experiment)
+    parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}", tags={"kind": "lineage-report"})
+    run_id = parent.info.run_id
+    with finished_run(client, run_id):
+        _log_report_run(client, run_id, experiment_key, table, summary, backfill, verdicts, gains, files, params)
+    return run_id
+
+
+def _log_report_run(client: MlflowClient, run_id: str, experiment_key: str, table: pd.DataFrame, summary: pd.DataFrame,
+                    backfill: pd.DataFrame, verdicts: list[Verdict], gains: dict[str, float], files: list[Path],
+                    params: dict[str, str]) -> None:
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    metrics = cell_metrics(table)
+    metrics.update({f"{kind}_{r.metric}": float(getattr(r, kind)) for r in summary.itertuples() for kind in ("AC", "AM")
+                    if not np.isnan(getattr(r, kind))})
+    metrics.update({k: v for k, v in gains.items() if not np.isnan(v)})
+    for area in _areas(backfill):
+        for m in (m for m in BACKFILL_METRICS if f"area_{m}" in area):
+            metrics[metric_key("backfill_area", m, area["model"], area["order"])] = area[f"area_{m}"]
+    for v in verdicts:
+        metrics.update({metric_key(key, v.model): value for key, value in v.numbers.items()
+                        if key.startswith("share_to_beat_parent/") and not np.isnan(value)})
+    log_metrics(client, run_id, metrics)
+    for v in verdicts:
+        client.set_tag(run_id, f"verdict/{v.model}", v.decision)
+        client.set_tag(run_id, f"verdict_route/{v.model}", v.route)
+    for row in table.to_dict("records"):
+        pair = client.create_run(experiment_key, run_name=f"{row['query_model']} -> {row['gallery_model']}",
+                                 tags={"mlflow.parentRunId": run_id, "kind": "model-pair"})
+        with finished_run(client, pair.info.run_id):
+            client.log_batch(pair.info.run_id, params=[Param("query_model", row["query_model"]),
+                                                       Param("gallery_model", row["gallery_model"]),
+                                                       Param("transform", row["transform"])])
+            log_metrics(client, pair.info.run_id, row_metrics(row))
+            compatible = pair_compatible(row)
+            if compatible is not None:
+                client.set_tag(pair.info.run_id, "compatible", str(compatible).lower())
+    for path in files:
+        client.log_artifact(run_id, str(path))
