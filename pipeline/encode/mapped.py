@@ -46,8 +46,8 @@ def map_embeddings(source: EmbeddingSet | EmbeddingFiles, transform: nn.Module, 
     return open_embeddings(out_dir)
 
 
-def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet | EmbeddingFiles], old: str, out_root: str | Path,
-                   split: str, cmc: dict[str, Path] | None = None) -> dict[str, MatrixEntry]:
+def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet | EmbeddingFiles], old: str,
+                   out_root: str | Path, split: str, cmc: dict[str, Path] | None = None) -> dict[str, MatrixEntry]:
     """Every model's own entry plus one entry per transformation it (or a CMC artifact) trained,
     the mapped sets written to ``out_root/<entry>/<split>``."""
     entries = {name: MatrixEntry.plain(name, sets[name], old) for name in sets}

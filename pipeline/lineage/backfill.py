@@ -76,7 +76,8 @@ def share_to_reach(curve: pd.DataFrame, target: dict[str, float]) -> float:
 BACKFILL_METRICS = ("top1", "map")
 
 
-def _backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int, full_ranking: bool) -> pd.DataFrame:
+def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int,
+                   full_ranking: bool) -> pd.DataFrame:
     """The child's queries against its parent's gallery re-encoded in random and in stratified order."""
     query, parent = sets[child.name].load(), sets[child.parent].load()
     if not np.array_equal(query.ids, parent.ids):

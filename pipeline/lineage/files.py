@@ -19,7 +19,7 @@ from pipeline.score.matrix import matrix  # noqa: E402
 from pipeline.score.report import heatmap, write_tables  # noqa: E402
 
 
-def _areas(backfill: pd.DataFrame) -> list[dict]:
+def backfill_areas(backfill: pd.DataFrame) -> list[dict]:
     return [{"model": model, "order": order,
              **{f"area_{m}": curve_area(curve, m) for m in BACKFILL_METRICS if m in curve.columns}}
             for (model, order), curve in backfill.groupby(["model", "order"], sort=False)]
@@ -33,7 +33,8 @@ def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
         for column, metric in enumerate(metrics):
             axis = axes[row][column]
             for order, curve in backfill[backfill.model == model].groupby("order", sort=False):
-                axis.plot(curve.share * 100, curve[metric] * 100, marker="o", label=f"{order} (area {curve_area(curve, metric):.3f})")
+                axis.plot(curve.share * 100, curve[metric] * 100, marker="o",
+                          label=f"{order} (area {curve_area(curve, metric):.3f})")
             axis.set_xlabel("gallery re-encoded with the new model (%)")
             axis.set_ylabel(f"{metric} (%)")
             axis.set_title(f"{model} queries: backfill")
@@ -48,7 +49,8 @@ def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
 def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
                       order: list[str]) -> str:
     lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Verdicts", "",
-             "| model | parent | verdict | route | top-1 | parent top-1 | mAP | parent mAP |", "|---|---|---|---|---|---|---|---|"]
+             "| model | parent | verdict | route | top-1 | parent top-1 | mAP | parent mAP |",
+             "|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
         numbers = " | ".join(_value(v.numbers, key) for key in ("top1", "parent_top1", "map", "parent_map"))
         lines.append(f"| {v.model} | {v.parent} | **{v.decision}** | {v.route} | {numbers} |")
@@ -68,7 +70,8 @@ def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.D
         lines += [f"| {q} | " + " | ".join(f"{grid.loc[q, g]:.4f}" for g in order) + " |" for q in order]
     lines += ["", "## Backfill (area under the curve over the re-encoded share)", "",
               "| model | order | area top-1 | area mAP |", "|---|---|---|---|"]
-    lines += [f"| {a['model']} | {a['order']} | {_value(a, 'area_top1')} | {_value(a, 'area_map')} |" for a in _areas(backfill)]
+    lines += [f"| {a['model']} | {a['order']} | {_value(a, 'area_top1')} | {_value(a, 'area_map')} |"
+              for a in backfill_areas(backfill)]
     return "\n".join(lines) + "\n"
 
 
@@ -76,7 +79,7 @@ def _value(numbers: dict, key: str) -> str:
     return f"{numbers[key]:.4f}" if key in numbers else "-"
 
 
-def _write_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
                  order: list[str], report_dir: Path, models: list[LineageModel]) -> list[Path]:
     files = list(write_tables(table, report_dir).values())
     for name, frame in (("lineage.csv", summary), ("backfill.csv", backfill)):

@@ -96,7 +96,8 @@ def register_model(tracking_uri: str, registered_model: str, artifact_dir: str |
     return LineageVersion(str(version.version), parent_version, card.id, source)
 
 
-def registered_chain(tracking_uri: str, registered_model: str, versions: list[str] | None = None) -> list[LineageVersion]:
+def registered_chain(tracking_uri: str, registered_model: str,
+                     versions: list[str] | None = None) -> list[LineageVersion]:
     """The newest version and its ancestors, oldest first (or the given ``versions``, each of
     which must be the parent of the next)."""
     client = MlflowClient(tracking_uri)

@@ -1,4 +1,6 @@
-"""The lineage report: every model pair of v1 -> v2 -> ..., backfill curves, verdicts, MLflow.
+"""The lineage report: every model pair of v1 -> v2 -> ... encoded and scored, AC/AM, update gains,
+backfill curves (``pipeline.lineage.backfill``), a verdict per new model, written as files
+(``pipeline.lineage.files``) and logged to MLflow (``pipeline.lineage.tracking``).
 
 Files under ``out_dir``:
 
@@ -26,30 +28,27 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import pandas as pd  # noqa: E402
-
-from pipeline.compat.methods import t12_entry, t21_entry  # noqa: E402
-from pipeline.config import EncodeConfig, RunContext, ScoreConfig  # noqa: E402
-from pipeline.data.embeddings import open_embeddings  # noqa: E402
-from pipeline.encode.mapped import matrix_entries  # noqa: E402
-from pipeline.encode.split import encode_split  # noqa: E402
-from pipeline.lineage.backfill import (  # noqa: E402
+from pipeline.compat.methods import t12_entry, t21_entry
+from pipeline.config import EncodeConfig, RunContext, ScoreConfig
+from pipeline.data.embeddings import open_embeddings
+from pipeline.encode.mapped import matrix_entries
+from pipeline.encode.split import encode_split
+from pipeline.lineage.backfill import (
     BACKFILL_METRICS,
-    _backfill,
-    share_to_reach,  # noqa: E402
+    child_backfill,
+    share_to_reach,
 )
-from pipeline.lineage.files import _write_files  # noqa: E402
-from pipeline.lineage.metrics import LineageModel, Verdict, lower_triangle_summary, verdict  # noqa: E402
-from pipeline.lineage.registry import download_version, registered_chain  # noqa: E402
-from pipeline.lineage.tracking import _log_to_mlflow  # noqa: E402
-from pipeline.model.artifacts import read_model_card  # noqa: E402
-from pipeline.score.criteria import pair_row, update_gain  # noqa: E402
+from pipeline.lineage.files import write_report_files
+from pipeline.lineage.metrics import LineageModel, Verdict, lower_triangle_summary, verdict
+from pipeline.lineage.registry import download_version, registered_chain
+from pipeline.lineage.tracking import log_lineage_report
+from pipeline.model.artifacts import read_model_card
+from pipeline.score.criteria import pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
-from pipeline.score.matrix import Gallery, matrix, score_all_pairs  # noqa: E402
-from pipeline.tracking import metric_key  # noqa: E402
+from pipeline.score.matrix import Gallery, matrix, score_all_pairs
+from pipeline.tracking import metric_key
 
 log = logging.getLogger(__name__)
 MATRIX_METRICS = ("top1", "top5", "map", "map_at_r")
@@ -70,7 +69,8 @@ def _encoded(model: LineageModel, dataset: Path, split: str, out_dir: Path, enco
     return encode_split(model.folder, dataset, split, out_dir / "embeddings" / model.name / split, encode)
 
 
-def _entries(models: list[LineageModel], sets: dict[str, Gallery], out_root: Path, split: str) -> dict[str, MatrixEntry]:
+def _entries(models: list[LineageModel], sets: dict[str, Gallery], out_root: Path,
+             split: str) -> dict[str, MatrixEntry]:
     """Each model's own entry, plus the entries its transformations make against its parent
     (``pipeline.encode.mapped``: its T21 queries, its parent's gallery through its T12)."""
     entries: dict[str, MatrixEntry] = {}
@@ -122,20 +122,21 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
     scored = [m for m in BACKFILL_METRICS if m in table.columns]
     for child in models[1:]:
         t21, t12 = t21_entry(child.name), t12_entry(child.parent, child.name)
-        decided = verdict(child.name, child.parent, cell, t21 if t21 in entries else None, t12 if t12 in entries else None)
+        decided = verdict(child.name, child.parent, cell, t21 if t21 in entries else None,
+                          t12 if t12 in entries else None)
         for m in scored:
             gains[metric_key("update_gain", m, child.name)] = update_gain(
                 cell(child.name, child.parent)[m], cell(child.parent, child.parent)[m], cell(child.name, child.name)[m])
-        curves = _backfill(child, sets, seed, backfill_steps, score.full_ranking)
+        curves = child_backfill(child, sets, seed, backfill_steps, score.full_ranking)
         parent_own = {m: cell(child.parent, child.parent)[m] for m in scored}
         needed = {f"share_to_beat_parent/{name}": share_to_reach(curve, parent_own)
                   for name, curve in curves.groupby("order", sort=False)}
         verdicts.append(replace(decided, numbers={**decided.numbers, **needed}))
         backfills.append(curves)
     backfill = pd.concat(backfills, ignore_index=True)
-    files = _write_files(table, summary, backfill, verdicts, order, report_dir, models)
+    files = write_report_files(table, summary, backfill, verdicts, order, report_dir, models)
     text = (report_dir / "summary.md").read_text()
-    run_id = _log_to_mlflow(table, summary, backfill, verdicts, gains, files, order, context.tracking_uri,
+    run_id = log_lineage_report(table, summary, backfill, verdicts, gains, files, order, context.tracking_uri,
                             context.experiment, {"registered_model": registered_model, "models": ",".join(order),
                                                  "split": split, "index": score.index.kind,
                                                  "full_ranking": str(score.full_ranking)})
@@ -148,7 +149,7 @@ def report_registered_lineage(context: RunContext, registered_model: str, versio
     """``run_lineage_report`` over the registry's chain of versions (``pipeline.lineage.registry``), each
     version's artifact downloaded to ``out_dir/models/v<version>`` and named ``v<version>``."""
     tracking_uri = context.tracking_uri
-    chain = registered_chain(tracking_uri, registered_model, versions)
-    models = [LineageModel(f"v{v.version}", download_version(tracking_uri, v, Path(out_dir) / "models" / f"v{v.version}"),
+    chain, folder = registered_chain(tracking_uri, registered_model, versions), Path(out_dir) / "models"
+    models = [LineageModel(f"v{v.version}", download_version(tracking_uri, v, folder / f"v{v.version}"),
                            f"v{v.parent}" if i else None) for i, v in enumerate(chain)]
     return run_lineage_report(models, dataset, out_dir, context, registered_model=registered_model, **options)

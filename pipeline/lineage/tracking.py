@@ -14,25 +14,26 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from pipeline.lineage.backfill import BACKFILL_METRICS
-from pipeline.lineage.files import _areas
+from pipeline.lineage.files import backfill_areas
 from pipeline.lineage.metrics import Verdict
 from pipeline.score.report import cell_metrics, log_metrics, pair_compatible, row_metrics
 from pipeline.tracking import experiment_id, finished_run, metric_key
 
 
-def _log_to_mlflow(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+def log_lineage_report(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
                    gains: dict[str, float], files: list[Path], order: list[str], tracking_uri: str, experiment: str,
                    params: dict[str, str]) -> str:
     client = MlflowClient(tracking_uri)
     experiment_key = experiment_id(tracking_uri, experiment)
-    parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}", tags={"kind": "lineage-report"})
+    parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}",
+                               tags={"kind": "lineage-report"})
     run_id = parent.info.run_id
     with finished_run(client, run_id):
-        _log_report_run(client, run_id, experiment_key, table, summary, backfill, verdicts, gains, files, params)
+        _log_runs(client, run_id, experiment_key, table, summary, backfill, verdicts, gains, files, params)
     return run_id
 
 
-def _log_report_run(client: MlflowClient, run_id: str, experiment_key: str, table: pd.DataFrame, summary: pd.DataFrame,
+def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.DataFrame, summary: pd.DataFrame,
                     backfill: pd.DataFrame, verdicts: list[Verdict], gains: dict[str, float], files: list[Path],
                     params: dict[str, str]) -> None:
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
@@ -40,7 +41,7 @@ def _log_report_run(client: MlflowClient, run_id: str, experiment_key: str, tabl
     metrics.update({f"{kind}_{r.metric}": float(getattr(r, kind)) for r in summary.itertuples() for kind in ("AC", "AM")
                     if not np.isnan(getattr(r, kind))})
     metrics.update({k: v for k, v in gains.items() if not np.isnan(v)})
-    for area in _areas(backfill):
+    for area in backfill_areas(backfill):
         for m in (m for m in BACKFILL_METRICS if f"area_{m}" in area):
             metrics[metric_key("backfill_area", m, area["model"], area["order"])] = area[f"area_{m}"]
     for v in verdicts:

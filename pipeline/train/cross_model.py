@@ -88,7 +88,8 @@ def write_inputs(cfg: CmcConfig, cards: tuple[ModelCard, ModelCard], folders: tu
     old_features, new_features = _paired_features(sets[0], sets[1], rows)
     paths = {"features": work_dir / "stats" / f"{cfg.name}.features.npz"}
     for role, features, known in (("old", old_features, cards[0].classes), ("new", new_features, classes)):
-        stats = compute_old_space_stats(features, labels, classes, known, cfg.compat.boundary, cfg.compat.boundary_quantile)
+        stats = compute_old_space_stats(features, labels, classes, known, cfg.compat.boundary,
+                                        cfg.compat.boundary_quantile)
         paths[f"{role}_space"] = work_dir / "stats" / f"{cfg.name}.{role}_space.npz"
         stats.save(paths[f"{role}_space"])
     with open(paths["features"], "wb") as handle:

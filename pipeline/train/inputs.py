@@ -24,7 +24,8 @@ def train_split_embeddings(model: str | Path, dataset: str | Path, out_dir: str 
     return read_embeddings(encode_split(model, dataset, "train", out_dir, encode))
 
 
-def training_rows(embeddings: EmbeddingSet, dataset: str | Path, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def training_rows(embeddings: EmbeddingSet, dataset: str | Path,
+                  cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The rows of a train-split embedding set that ``cfg`` trains on, in id order (float sums
     over them then do not depend on file order), their labels in ``cfg``'s label map, and that map."""
     info = read_dataset_info(dataset)
