@@ -5,7 +5,10 @@ transformations between two frozen models), what it needs (the old model's class
 forward pass on every batch, the old-space statistics), which matrix entries its transformations
 add and through which routes it is meant to be compatible, and the terms of its objective
 (``pipeline.compat.losses``; ``pipeline.compat.objectives`` adds them up). Everything else asks
-this module instead of comparing method names, so that a new method is one ``register`` call.
+this module instead of comparing method names, so that a new method is one ``register`` call:
+in the process that loads the config (a job's workers receive the entry with their loop config),
+for instance from a module named in ``COMPAT_EMBED_METHODS`` (comma-separated), which the
+catalogue imports once its own entries are in.
 
 Routes against the old gallery (design notes, section 2):
 
@@ -17,6 +20,8 @@ Routes against the old gallery (design notes, section 2):
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -127,6 +132,9 @@ register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectio
                 needs_statistics=True))
 register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, FORWARD), needs_statistics=True))
 register(Method("rbt_cmc", Kind.CMC, Role.BASELINE, losses.rbt_cmc_terms, (BACKWARD, FORWARD)))
+PLUGINS_VARIABLE = "COMPAT_EMBED_METHODS"
+for _plugin in filter(None, os.environ.get(PLUGINS_VARIABLE, "").split(",")):
+    importlib.import_module(_plugin.strip())  # a module whose import registers methods
 
 
 def t21_entry(model: str) -> str:

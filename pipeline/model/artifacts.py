@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig, TransformConfig
+from pipeline.config import ModelConfig, TrainConfig, TransformConfig
 from pipeline.model.card import ArtifactError, CmcCard, ModelCard, read_card, read_model_card, write_card
 from pipeline.model.networks import EmbeddingModel
 from pipeline.model.transformations import BACKWARD, FORWARD, build_transforms
@@ -43,10 +43,11 @@ def write_artifact(folder: str | Path, state_dict: dict[str, torch.Tensor], card
 
 def write_initial_model(folder: str | Path, name: str, config: ModelConfig, classes: list[str], *,
                         channels: int = 1, mode: str = "L", image_size: int = 28, model_id: str | None = None) -> Path:
-    """A model artifact with freshly initialised weights (drawn from torch's global generator):
-    an encoder for benchmarks and tests of the encoding and scoring jobs."""
+    """A model artifact with freshly initialised weights (drawn from torch's global generator), as
+    if trained for no step on ``classes``: an encoder for benchmarks and tests of the jobs."""
+    untrained = TrainConfig(name=name, model=config, classes=classes)
     card = ModelCard(id=model_id or new_model_id(name), name=name, model=config, classes=classes, channels=channels,
-                     mode=mode, image_size=image_size, method="independent")
+                     mode=mode, image_size=image_size, method=untrained.method, train_config=untrained.model_dump())
     return write_artifact(folder, EmbeddingModel(config, channels, len(classes)).state_dict(), card)
 
 

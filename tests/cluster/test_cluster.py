@@ -25,9 +25,10 @@ import pytest
 import torch
 import yaml
 
+from pipeline.config import ModelConfig
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ingest
-from pipeline.model.artifacts import load_model
+from pipeline.model.artifacts import load_model, write_initial_model
 from pipeline.model.card import read_card
 from pipeline.score.retrieval import per_query_metrics, summarize
 
@@ -157,6 +158,39 @@ def test_killed_driver_rerun_continues_the_run(cluster, dataset, tmp_path):
     metrics = read_card(tmp_path / "models" / "killed-driver").metrics
     assert metrics["epoch"] == 3 and metrics["resumed_from_epoch"] >= 1
     runs, steps = _epoch_history(tmp_path, "killed-driver")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the rerun continued the same MLflow run
+    assert steps == {0, 1, 2, 3}
+
+
+def test_killed_cmc_driver_rerun_continues_the_run(cluster, dataset, tmp_path):
+    """CMC runs through the same driver as training: killed after its first registered checkpoint
+    and run again with the same command, it resumes the Ray Train run and its MLflow run."""
+    classes = json.loads((dataset / "classes.json").read_text())
+    torch.manual_seed(0)
+    for name, known in (("old", classes[:5]), ("new", classes)):
+        write_initial_model(tmp_path / "models" / name, name, ModelConfig(embedding_dim=16), known)
+    config = tmp_path / "cmc.yaml"  # ~1,200 feature rows: 18 batches a pass, many passes an epoch
+    config.write_text(yaml.safe_dump({"name": "cmc", "method": "lce_cmc", "new_model": "new", "epochs": 4,
+                                      "batch_size": 64, "min_steps": 20_000, "cpus_per_worker": 1,
+                                      "transform": {"hidden": 32}}))
+    command = [sys.executable, "-m", "jobs.cmc", "--config", str(config), "--old-model", str(tmp_path / "models/old"),
+               "--new-model", str(tmp_path / "models/new"), "--dataset", str(dataset), "--out", str(tmp_path / "cmc"),
+               "--work-dir", str(tmp_path / "work"), "--threads-per-actor", "1",
+               "--storage-path", str(tmp_path / "ray"),
+               "--ray-address", ADDRESS, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment",
+               "cluster"]
+    process = subprocess.Popen(command, cwd=ROOT, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    _wait_for_checkpoint(tmp_path, "cmc", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (tmp_path / "cmc" / "card.json").exists()  # killed before the end
+
+    rerun = subprocess.run(command, cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    card = read_card(tmp_path / "cmc")
+    assert card.kind == "cmc" and card.metrics["epoch"] == 3 and card.metrics["resumed_from_epoch"] >= 1
+    runs, steps = _epoch_history(tmp_path, "cmc")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the rerun continued the same MLflow run
     assert steps == {0, 1, 2, 3}
 

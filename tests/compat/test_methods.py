@@ -96,3 +96,15 @@ def test_no_module_outside_the_catalogue_compares_a_method_name_with_a_literal()
             offenders += [f"{path}:{line} {value!r}" for line, value in _compared_literals(ast.parse(path.read_text()))
                           if value in catalogued]
     assert not offenders, offenders
+
+
+def test_modules_named_in_the_environment_register_their_methods():
+    import os
+    import subprocess
+    import sys
+
+    code = ("from pipeline.config import TrainConfig\n"
+            "print(TrainConfig(name='m', method='plugin_direct').method_spec.compatible_routes)")
+    env = {**os.environ, "COMPAT_EMBED_METHODS": "tests.compat.plugin_method"}
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert shown.strip() == "(<Route.DIRECT: 'direct'>,)"

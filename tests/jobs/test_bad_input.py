@@ -4,10 +4,8 @@ loses nothing."""
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -24,31 +22,14 @@ import torch
 import yaml
 from PIL import Image
 
-from jobs.cli import run_main
 from pipeline.compat.statistics import compute_old_space_stats
-from pipeline.config import ConfigError, ModelConfig, load_lineage_config, load_pipeline_config
+from pipeline.config import ConfigError, load_lineage_config, load_pipeline_config
 from pipeline.data.dataset import DATASET_SCHEMA
 from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
 from pipeline.data.importers import ingest, read_idx
-from pipeline.model.artifacts import write_initial_model
 from tests.conftest import FASHION_MNIST, write_idx
+from tests.jobs.helpers import run_job, untrained_model
 from tuning.space import load_sweep_config
-
-
-def run_job(job: str, *args, caplog: pytest.LogCaptureFixture) -> tuple[int, str]:
-    """``python -m jobs.<job> args`` in this process: its exit code and what it logged."""
-    module = importlib.import_module(f"jobs.{job}")
-    argv, sys.argv = sys.argv, [f"jobs.{job}", *map(str, args)]
-    caplog.clear()
-    caplog.set_level(logging.INFO)
-    try:
-        run_main(module.main)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = argv
-    return code, caplog.text
 
 
 def png(value: int = 128, size: int = 28) -> bytes:
@@ -75,13 +56,6 @@ def mutated_images(rng: np.random.Generator, count: int) -> list[bytes]:
         else:
             images.append(good)
     return images
-
-
-def untrained_model(folder: Path, classes: list[str], name: str = "m", dim: int = 16, seed: int = 0) -> Path:
-    """A model artifact with initial weights: enough to encode, and deterministic."""
-    torch.manual_seed(seed)
-    return write_initial_model(folder, name, ModelConfig(architecture="small_cnn", embedding_dim=dim), classes,
-                               model_id=f"{name}-{seed}")
 
 
 def image_folder(root: Path, per_class: int = 4) -> Path:
