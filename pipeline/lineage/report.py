@@ -1,6 +1,6 @@
 """The lineage report: every model pair of v1 -> v2 -> ... encoded and scored, AC/AM, update gains,
 backfill curves (``pipeline.lineage.backfill``), a verdict per new model, written as files
-(``pipeline.lineage.files``) and logged to MLflow (``pipeline.lineage.tracking``).
+(``pipeline.lineage.files``) and logged to MLflow (``pipeline.lineage.runs``).
 
 Files under ``out_dir``:
 
@@ -43,7 +43,7 @@ from pipeline.lineage.backfill import (
 from pipeline.lineage.files import write_report_files
 from pipeline.lineage.metrics import LineageModel, Verdict, lower_triangle_summary, verdict
 from pipeline.lineage.registry import download_version, registered_chain
-from pipeline.lineage.tracking import log_lineage_report
+from pipeline.lineage.runs import log_lineage_report
 from pipeline.model.artifacts import read_model_card
 from pipeline.score.criteria import pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
