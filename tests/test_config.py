@@ -94,3 +94,33 @@ def test_every_scenario_config_loads():
     assert {m.model.head.kind for m in scenarios["loss"].new} == {"arcface"}
     assert scenarios["classes"].old.classes == "first_half"
     assert scenarios["data"].old.data_fraction == scenarios["data"].new[0].data_fraction / 2
+
+
+def test_a_file_extends_the_file_its_base_names(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "base.yaml").write_text(
+        "train: {epochs: 2, model: {embedding_dim: 32}}\nold: {name: old, epochs: 1}\nnew: [{name: a}, {name: b}]\n")
+    (tmp_path / "child.yaml").write_text("base: shared/base.yaml\nold: {classes: first_half}\nnew: [{name: c}]\n")
+    cfg = load_pipeline_config(tmp_path / "child.yaml")
+    assert (cfg.old.epochs, cfg.old.classes, cfg.old.model.embedding_dim) == (1, "first_half", 32)  # merged key by key
+    assert [m.name for m in cfg.new] == ["c"] and cfg.new[0].epochs == 2  # lists replaced whole
+
+
+def test_a_base_that_is_missing_or_extends_itself_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"key 'base': the files extend each other in a cycle"):
+        load_pipeline_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml: config file not found"):
+        load_pipeline_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"d.yaml: key 'base': expected the path of the file it extends"):
+        load_pipeline_config(tmp_path / "d.yaml")
+
+
+def test_scenario_files_state_only_what_differs_from_their_base():
+    folder = Path(__file__).parents[1] / "configs" / "scenarios"
+    extending = sorted(path.stem for path in folder.glob("*.yaml") if "base: shared/base.yaml" in path.read_text())
+    assert extending == ["classes", "data", "dim", "loss"]
+    assert all(len(path.read_text().splitlines()) <= 12 for path in folder.glob("*.yaml") if path.stem in extending)

@@ -28,3 +28,20 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 2
     assert "unknown key 'old.epochz'" in result.stderr
+
+
+def test_command_line_options_become_configs_checked_by_their_schemas():
+    import argparse
+
+    from jobs import cli
+    from pipeline.config import ConfigError
+
+    parser = argparse.ArgumentParser()
+    cli.add_search_args(parser)
+    cli.add_encode_args(parser)
+    args = parser.parse_args(["--index", "ivf", "--nprobe", "4", "--no-full-ranking", "--num-actors", "2"])
+    score, encode = cli.score_options(args, topk=[1, 10]), cli.encode_options(args)
+    assert (score.index.kind, score.index.nprobe, score.full_ranking, score.topk) == ("ivf", 4, False, [1, 10])
+    assert encode.num_actors == 2 and encode.cpus_per_actor == 0.5
+    with pytest.raises(ConfigError, match=r"command line: key 'index.nlist': Input should be greater than or equal to 0"):
+        cli.score_options(parser.parse_args(["--nlist", "-1"]))
