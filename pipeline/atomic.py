@@ -20,6 +20,11 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     os.replace(temporary, path)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``text`` written to ``path`` through a temporary name and an atomic rename."""
+    write_atomic(path, lambda temporary: temporary.write_text(text))
+
+
 def write_table_atomic(table: pa.Table, path: str | Path) -> None:
     """Write ``table`` as Parquet to ``path`` through a temporary name and an atomic rename."""
     write_atomic(path, lambda temporary: pq.write_table(table, temporary))

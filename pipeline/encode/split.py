@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from pipeline.atomic import write_atomic
+from pipeline.atomic import write_text_atomic
 from pipeline.config import EncodeConfig
 from pipeline.data.bad_rows import BadRows, DataError
 from pipeline.data.dataset import DatasetInfo, read_dataset_info, split_files
@@ -217,7 +217,7 @@ def _complete(parts: dict[str, Path], card: dict, dataset_root: str | Path, spli
         raise DataError(f"{Path(dataset_root) / split}: no rows to encode{detail}")
     marker = {"model_id": card.id, "dataset": str(Path(dataset_root).resolve()), "split": split, "rows": rows,
               "bad_rows": summary}
-    write_atomic(out_dir / COMPLETE_MARKER, lambda temporary: temporary.write_text(json.dumps(marker, indent=1)))
+    write_text_atomic(out_dir / COMPLETE_MARKER, json.dumps(marker, indent=1))
     if skipped:
         log.warning("encode %s/%s: skipped %d bad rows %s (listed in %s)", card.name, split, len(skipped),
                     summary["by_problem"], out_dir / COMPLETE_MARKER)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from pipeline.atomic import write_atomic
+from pipeline.atomic import write_text_atomic
 from pipeline.config import ModelConfig, Strict, TransformConfig, format_error
 
 CARD_FILE = "card.json"
@@ -145,5 +145,5 @@ def write_card(folder: str | Path, card: ModelCard | CmcCard) -> Path:
     card holds its weights)."""
     path = Path(folder) / CARD_FILE
     text = json.dumps(card.model_dump(mode="json"), indent=1, sort_keys=True)
-    write_atomic(path, lambda temporary: temporary.write_text(text))
+    write_text_atomic(path, text)
     return path

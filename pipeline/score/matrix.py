@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.atomic import write_atomic
+from pipeline.atomic import write_text_atomic
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.score.criteria import beats, cell, pair_row, update_gain
@@ -131,7 +131,7 @@ def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = Matrix
                      "num_queries": len(sets.sets[q]), "num_gallery": len(sets.sets[g]), **metrics})
         if saved:
             text = json.dumps({"key": key, "row": rows[-1]}, default=float)
-            write_atomic(saved, lambda temporary: temporary.write_text(text))
+            write_text_atomic(saved, text)
         log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
                  metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
     return add_criteria(pd.DataFrame(rows), roles.independent, roles.old,

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline.atomic import write_atomic  # noqa: E402
+from pipeline.atomic import write_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import RunContext, ScoreConfig  # noqa: E402
 from pipeline.model.card import read_model_card  # noqa: E402
 from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
@@ -143,7 +143,7 @@ def score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, option
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, out_dir / "heatmap.png", shown)]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
     for name, content in (("matrix.txt", text + "\n"), (ENTRIES_FILE, json.dumps(describe(entries), indent=1))):
-        write_atomic(out_dir / name, lambda temporary: temporary.write_text(content))
+        write_text_atomic(out_dir / name, content)
         files.append(out_dir / name)
     run_id = log_report(table, order, files, context.tracking_uri, context.experiment)
     log.info("score: report in %s, MLflow run %s", out_dir, run_id)
