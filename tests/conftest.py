@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import struct
 from pathlib import Path
 
@@ -33,11 +34,30 @@ def fashion_subset(tmp_path_factory) -> Path:
     return folder
 
 
+def _remove_stale_bootstrap_file() -> None:
+    """Remove ``/tmp/ray/ray_current_cluster`` when it names a Ray head that no longer listens (a
+    ``ray start`` cluster killed without ``ray stop``, which would remove it). Ray's state API,
+    which Ray Train's placement-group cleaner calls from inside the cluster, connects to the
+    address in that file before looking for the running cluster, and times out on a dead one."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    if not path.is_file():
+        return
+    host, _, port = path.read_text().strip().rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray cluster shared by every test that needs one."""
+    """A real local Ray cluster shared by every test that needs one: always a new one ("local"),
+    never another Ray instance that happens to run on this machine."""
     import ray
 
-    ray.init(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
+    _remove_stale_bootstrap_file()
+    ray.init(address="local", num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
     yield ray
     ray.shutdown()
