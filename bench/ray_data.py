@@ -4,7 +4,7 @@ runs) against a plain ``torch`` inference loop over the same Parquet files, in t
 A gallery of 100,000 Fashion-MNIST images (the 70,000 of both splits, then the first 30,000 again
 under new ids; PNG bytes as ingested, 10 files of 10,000 rows), the demo's model (small CNN,
 128-d; initial weights: the arithmetic is the same), batch 512. Both sides read the Parquet
-files, decode the PNGs (``pipeline.data.dataset``), run the embedder and write the embeddings Parquet.
+files, decode the PNGs (``pipeline.data.decode``), run the embedder and write the embeddings Parquet.
 The plain loop runs with 2 torch threads, before and after the Ray runs (its figure is the
 mean). Ray Data runs three layouts: 1 actor of 2 threads (the job's default), 2 actors of 1
 thread (how it scales with actors on this machine's cores), and 1 actor reserving 1 CPU, which

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import EncodeConfig, RunContext, ScoreConfig, validate
+from pipeline.config import EncodeConfig, IndexConfig, RunContext, ScoreConfig, validate
 from pipeline.data.bad_rows import POLICIES
 from pipeline.runtime import setup_logging
 
@@ -76,15 +76,17 @@ def encode_options(args: argparse.Namespace) -> EncodeConfig:
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
-    """How ``ScoreConfig`` searches: the index and the full ranking."""
-    parser.add_argument("--index", choices=["flat", "ivf"], default="flat",
+    """How ``ScoreConfig`` searches: the index and the full ranking, with its defaults."""
+    score, index = ScoreConfig(), IndexConfig()
+    parser.add_argument("--index", choices=["flat", "ivf"], default=index.kind,
                         help="flat: exact search (default); ivf: inverted lists, for galleries past what flat serves "
                              "(the report adds its recall against flat search)")
-    parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0: about 4 sqrt(gallery size))")
-    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists probed per query")
+    parser.add_argument("--nlist", type=int, default=index.nlist, help="IVF lists (0: about 4 sqrt(gallery size))")
+    parser.add_argument("--nprobe", type=int, default=index.nprobe, help="IVF lists probed per query")
     parser.add_argument("--no-full-ranking", action="store_true",
                         help="skip mAP and mAP@R over the full ranking (top-k only, for very large galleries)")
-    parser.add_argument("--query-chunk", type=int, default=1024, help="queries per full-ranking chunk (at most)")
+    parser.add_argument("--query-chunk", type=int, default=score.query_chunk,
+                        help=ScoreConfig.model_fields["query_chunk"].description)
 
 
 def score_options(args: argparse.Namespace, **fields: Any) -> ScoreConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jobs import cli
+from pipeline.config import ScoreConfig
 from pipeline.encode.mapped import entries_from_files
 from pipeline.score.report import roles_of, score_and_report
 
@@ -21,8 +22,9 @@ def main() -> None:
     parser.add_argument("--artifacts", nargs="*", default=[],
                             help="model or CMC artifact folders whose transformations add matrix entries (mapped sets "
                                  "are written under OUT/embeddings)")
-    parser.add_argument("--topk", type=int, nargs="+", default=[1, 5], help="k of the top-k accuracies")
-    parser.add_argument("--split", default="test",
+    parser.add_argument("--topk", type=int, nargs="+", default=ScoreConfig().topk,
+                        help=ScoreConfig.model_fields["topk"].description)
+    parser.add_argument("--split", default=ScoreConfig().split,
                         help="the split the embeddings encode (names the mapped sets' folders)")
     cli.add_search_args(parser)
     cli.add_tracking_args(parser)

@@ -140,9 +140,9 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
     return tree
 
 
-def trial_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
-    """``base`` with a trial's dotted-key values; a key or value TrainConfig refuses is an error."""
-    tree = base.model_dump()
+def trial_config(template: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """``template`` with a trial's dotted-key values; a key or value TrainConfig refuses is an error."""
+    tree = template.model_dump()
     for key, value in params.items():
         node = tree
         for part in key.split(".")[:-1]:

@@ -40,8 +40,8 @@ from pipeline.config import RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ensure_dataset
-from pipeline.model.artifacts import load_model, read_model_card
-from pipeline.model.card import CARD_FILE
+from pipeline.model.artifacts import load_model
+from pipeline.model.card import CARD_FILE, read_model_card
 from pipeline.runtime import init_ray, runs_at_once, side_by_side
 from pipeline.tracking import experiment_id, finished_run
 from pipeline.train.driver import build_trainer, run_resources
@@ -89,12 +89,12 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     old_dir, independent_dir = side_by_side(lambda c: _fit_once(c, dataset, out, context), [old, independent],
                                             runs_at_once(per_run, 2), "fixed models")
 
-    base = cfg.trial.model_copy(update=held_out)
+    template = cfg.trial.model_copy(update=held_out)
     embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / "old" / "train")
-    stats = stats_for_model(base, old_dir, embeddings, dataset, out / "stats" / "base.npz")
+    stats = stats_for_model(template, old_dir, embeddings, dataset, out / "stats" / "base.npz")
 
     info = read_dataset_info(dataset)
-    ids, images, labels = load_split(dataset, "train", class_indices(info.classes, base.classes),
+    ids, images, labels = load_split(dataset, "train", class_indices(info.classes, template.classes),
                                      validation_fraction=cfg.validation_fraction, validation=True)
     position = {row_id: i for i, row_id in enumerate(embeddings.ids.tolist())}
     old_vectors = np.asarray(embeddings.vectors[[position[row_id] for row_id in ids]], dtype=np.float32)
@@ -111,9 +111,9 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     return SweepInputs(dataset, old_dir, stats, {"old_features": str(features), **references})
 
 
-def run_trial(params: dict[str, Any], *, base: TrainConfig, inputs: SweepInputs, storage: str) -> None:
-    """One trial: the base config with the trial's values, fitted by its own ``TorchTrainer``."""
-    cfg = trial_config(base, params)
+def run_trial(params: dict[str, Any], *, template: TrainConfig, inputs: SweepInputs, storage: str) -> None:
+    """One trial: the template config with the trial's values, fitted by its own ``TorchTrainer``."""
+    cfg = trial_config(template, params)
     job = training_job(cfg, inputs.dataset, inputs.old_model, inputs.stats, inputs.validation)
     run_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
     build_trainer(job, storage, run_name, callbacks=[TuneReportCallback()]).fit()
@@ -179,16 +179,17 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
     ran["mlflow"]["tracking_uri"] = cfg.tracking_uri()
     (out / "sweep.yaml").write_text(yaml.safe_dump(ran, sort_keys=False))
     inputs = prepare(cfg)
-    base = cfg.trial.model_copy(update={"validation_fraction": cfg.validation_fraction})
+    template = cfg.trial.model_copy(update={"validation_fraction": cfg.validation_fraction})
     tracking_uri = cfg.tracking_uri()
     client = MlflowClient(tracking_uri)
     parent = client.create_run(experiment_id(tracking_uri, cfg.mlflow.experiment), run_name=f"sweep {cfg.name}",
                                tags={"kind": "sweep", "algorithm": cfg.search.algorithm})
-    per_trial = run_resources(base)
+    per_trial = run_resources(template)
     per_trial["CPU"] += DRIVER_CPUS
     at_once = cfg.search.max_concurrent_trials or runs_at_once(per_trial)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, inputs=inputs, storage=str(out / "ray")), {"cpu": DRIVER_CPUS})
+        tune.with_parameters(run_trial, template=template, inputs=inputs, storage=str(out / "ray")),
+        {"cpu": DRIVER_CPUS})
     tuner = tune.Tuner(
         trainable,
         param_space=cfg.tune_space(),
@@ -196,7 +197,7 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
             metric="objective", mode="max", num_samples=cfg.search.num_samples,
             max_concurrent_trials=None if cfg.search.algorithm != "optuna" else at_once,
             search_alg=_search_algorithm(cfg, at_once),
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=template.epochs,
                                     grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)),
         run_config=tune.RunConfig(
             name=f"sweep-{parent.info.run_id[:8]}", storage_path=str(out / "tune"),
@@ -209,11 +210,11 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
              cfg.search.num_samples, at_once)
     with finished_run(client, parent.info.run_id):
         table = trials_table(tuner.fit(), cfg)
-        best_path = _record_best(cfg, base, table, inputs, client, parent.info.run_id)
+        best_path = _record_best(cfg, template, table, inputs, client, parent.info.run_id)
     return table, best_path
 
 
-def _record_best(cfg: SweepConfig, base: TrainConfig, table: pd.DataFrame, inputs: SweepInputs, client: Any,
+def _record_best(cfg: SweepConfig, template: TrainConfig, table: pd.DataFrame, inputs: SweepInputs, client: Any,
                  run_id: str) -> Path:
     """The trials table, the best config (``best.yaml``), the plot, and the sweep run's params,
     metrics and artifacts."""
@@ -225,7 +226,7 @@ def _record_best(cfg: SweepConfig, base: TrainConfig, table: pd.DataFrame, input
     if done.empty:
         raise RuntimeError(f"sweep {cfg.name}: no trial reported an objective; errors:\n{table.error.to_string()}")
     best_row = done.loc[done.objective.idxmax()]
-    best = trial_config(base, {key: _plain(best_row[key]) for key in cfg.space})
+    best = trial_config(template, {key: _plain(best_row[key]) for key in cfg.space})
     best_path = out / "best.yaml"
     best_path.write_text(f"# best of sweep {cfg.name} (trial {best_row.trial}, objective "
                          f"{best_row.objective:.4f}); python -m jobs.train --config {best_path.name} ...\n"

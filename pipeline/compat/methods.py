@@ -117,7 +117,8 @@ def method_named(name: str, kind: Kind | None = None) -> Method:
     method = _CATALOGUE.get(name)
     if method is None or (kind is not None and method.kind is not kind):
         choices = names(kind) if kind else sorted(_CATALOGUE)
-        raise ValueError(f"unknown {kind.value + ' ' if kind else ''}method {name!r}: expected one of {choices}")
+        raise ValueError(f"unknown {kind.value + ' ' if kind else ''}method {name!r}: expected one of {choices} "
+                         f"(a method of your own module is registered by naming the module in {PLUGINS_VARIABLE})")
     return method
 
 

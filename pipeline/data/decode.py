@@ -87,6 +87,12 @@ def decode_images(images: list[bytes], mode: str, size: int, ids: list[str]) -> 
     return out
 
 
+def equal_share(rows: int, rank: int, world: int) -> slice:
+    """Worker ``rank`` of ``world``'s equal, disjoint share of ``rows`` rows; the last
+    ``rows % world`` rows go to no one, so that every worker runs as many steps."""
+    return slice(rank, rows // world * world, world)
+
+
 def load_split(root: str | Path, split: str, labels: list[int] | None = None, fraction: float = 1.0,
                seed: int = 0, shard: tuple[int, int] = (0, 1), validation_fraction: float = 0.0,
                validation: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -112,7 +118,7 @@ def load_split(root: str | Path, split: str, labels: list[int] | None = None, fr
         keep &= np.array([in_validation(row_id, validation_fraction) == validation for row_id in ids], dtype=bool)
     selected = np.flatnonzero(keep)
     rank, world = shard
-    rows = selected[: len(selected) // world * world][rank::world]
+    rows = selected[equal_share(len(selected), rank, world)]
     images = table.column("image").take(pa.array(rows)).to_pylist()
     pixels = decode_images(images, info.mode, info.image_size, ids[rows].tolist())
     return ids[rows].tolist(), pixels, targets[rows].astype(np.int64)

@@ -1,7 +1,7 @@
 """Batch encoding of a dataset split with one model, on Ray Data.
 
 The dataset's Parquet files are read and their images decoded in Ray Data tasks, one per file
-(``pipeline.data.dataset.decode_file``), which feed an actor pool whose actors each hold the model once
+(``pipeline.data.decode.decode_file``), which feed an actor pool whose actors each hold the model once
 (``BatchEncoder``); the driver only receives the embeddings. Decoding in tasks of its own
 overlaps the actors' start-up (a process importing torch: seconds) and their inference, and on
 a GPU node keeps the CPUs' work off the GPU actor. Each input file becomes one output part file
@@ -29,6 +29,7 @@ from pipeline.data.dataset import DatasetInfo, read_dataset_info, split_files
 from pipeline.data.decode import decode_file, scale_pixels
 from pipeline.data.embeddings import META_KEY, embeddings_table, write_embeddings
 from pipeline.model.artifacts import load_model
+from pipeline.model.card import ModelCard
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model, what was skipped
@@ -36,7 +37,7 @@ DECODE_CPUS = 1  # each decoding task's reservation: it decodes one image at a t
 
 
 class BatchEncoder:
-    """Ray Data callable class: decoded images in (``pipeline.data.dataset.decode_file``), unnormalised
+    """Ray Data callable class: decoded images in (``pipeline.data.decode.decode_file``), unnormalised
     embeddings out; bad rows pass through with a zero vector and their ``problem``."""
 
     def __init__(self, model_dir: str, threads: int = 1) -> None:
@@ -167,7 +168,7 @@ def _runs(names: list[str]) -> list[tuple[str, slice]]:
     return runs
 
 
-def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dict[str, Path], card: dict,
+def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dict[str, Path], card: ModelCard,
                  info: DatasetInfo, on_bad_rows: str) -> None:
     """Consume ``embedded`` (rows of ``inputs``, in order), writing each input's part as soon as
     its last row is back; bad rows go through the ``on_bad_rows`` policy, named by their file."""
@@ -204,7 +205,7 @@ def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dic
         write_part(name)
 
 
-def _complete(parts: dict[str, Path], card: dict, dataset_root: str | Path, split: str, out_dir: Path) -> Path:
+def _complete(parts: dict[str, Path], card: ModelCard, dataset_root: str | Path, split: str, out_dir: Path) -> Path:
     """Check the parts of a finished encoding and write its marker (rows, skipped rows)."""
     rows, skipped = 0, []
     for path in parts.values():

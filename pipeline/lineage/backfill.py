@@ -18,7 +18,7 @@ from pipeline.compat.statistics import OldSpaceStats
 from pipeline.lineage.metrics import LineageModel
 from pipeline.lineage.registry import STATS_FILE
 from pipeline.model.card import read_model_card
-from pipeline.score.criteria import beats
+from pipeline.score.criteria import CRITERION_METRICS, beats
 from pipeline.score.matrix import Gallery
 from pipeline.score.retrieval import in_memory, normalize, score_queries, summarize
 
@@ -73,7 +73,6 @@ def share_to_reach(curve: pd.DataFrame, target: dict[str, float]) -> float:
     return float(curve["share"].to_numpy()[passing][0]) if passing.any() else float("nan")
 
 
-BACKFILL_METRICS = ("top1", "map")
 
 
 def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int,
@@ -87,7 +86,7 @@ def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, ste
     def score(mixed: np.ndarray) -> dict[str, float]:
         per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
                                   len(mixed), topk=(1,), full_ranking=full_ranking)
-        return {m: v for m, v in summarize(per_query).items() if m in BACKFILL_METRICS}
+        return {m: v for m, v in summarize(per_query).items() if m in CRITERION_METRICS}
 
     orders = {"random": random_order(len(parent.ids), seed)}
     centers = _parent_centers(child, parent.dim)

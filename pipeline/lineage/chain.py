@@ -16,7 +16,8 @@ from pipeline.train.training import fit_model
 
 def run_lineage(cfg: LineageConfig) -> LineageReport:
     """Train the lineage's models in order (each against the one before it, with old-space
-    statistics from that parent), register each as the next version, then report the chain."""
+    statistics from that parent when its method needs them), register each as the next
+    version, then report the chain."""
     out = Path(cfg.output_dir).resolve()
     context = cfg.run_context()
     dataset = ensure_dataset(cfg.data, cfg.models[0].seed)
@@ -26,7 +27,7 @@ def run_lineage(cfg: LineageConfig) -> LineageReport:
     versions = []
     for model in cfg.models:
         stats = None
-        if parent is not None:
+        if parent is not None and model.method_spec.needs_statistics:
             embeddings = train_split_embeddings(parent[1], dataset, out / "embeddings" / parent[0].name / "train",
                                                 cfg.encode)
             stats = stats_for_model(model, parent[1], embeddings, dataset, out / "stats" / f"{model.name}.npz")

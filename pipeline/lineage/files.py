@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.lineage.backfill import BACKFILL_METRICS, curve_area  # noqa: E402
+from pipeline.lineage.backfill import curve_area  # noqa: E402
+from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.lineage.metrics import LineageModel, Verdict  # noqa: E402
 from pipeline.score.matrix import matrix  # noqa: E402
 from pipeline.score.report import heatmap, write_tables  # noqa: E402
@@ -21,13 +22,13 @@ from pipeline.score.report import heatmap, write_tables  # noqa: E402
 
 def backfill_areas(backfill: pd.DataFrame) -> list[dict]:
     return [{"model": model, "order": order,
-             **{f"area_{m}": curve_area(curve, m) for m in BACKFILL_METRICS if m in curve.columns}}
+             **{f"area_{m}": curve_area(curve, m) for m in CRITERION_METRICS if m in curve.columns}}
             for (model, order), curve in backfill.groupby(["model", "order"], sort=False)]
 
 
 def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
     models = list(dict.fromkeys(backfill.model))
-    metrics = [m for m in BACKFILL_METRICS if m in backfill.columns]
+    metrics = [m for m in CRITERION_METRICS if m in backfill.columns]
     figure, axes = plt.subplots(len(models), len(metrics), figsize=(5 * len(metrics), 3.6 * len(models)), squeeze=False)
     for row, model in enumerate(models):
         for column, metric in enumerate(metrics):

@@ -8,12 +8,7 @@
   the share of the new model's own improvement that the parent's gallery gets without a backfill
   (a lineage has no independently trained model, so the new model itself is the upper reference;
   ``pipeline.score.criteria.update_gain``, NaN when the new model does not beat its parent);
-- backfill curve: the metric of the new model's queries against a gallery of which a growing
-  share has been re-encoded with the new model, the rest still holding the parent's vectors.
-  It starts at ``C[i][p]`` and ends at ``C[i][i]``; its area (trapezoid rule over the share) says
-  what a partial backfill buys. Two orders: random, and stratified (``stratified_order``: rounds
-  over the class each item's parent vector is nearest to, with the parent-space centers of the
-  new model's statistics, so no gallery label is used);
+- the backfill curve and its orders are ``pipeline.lineage.backfill``'s;
 - a verdict per new model: ship with no backfill, ship with the forward transformation applied
   to the stored gallery vectors, or backfill needed.
 """
@@ -26,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.score.criteria import beats
+from pipeline.score.criteria import CRITERION_METRICS, beats
 
-VERDICT_METRICS = ("top1", "map")
 NO_BACKFILL, FORWARD, BACKFILL = "ship, no backfill", "ship, forward transformation on the gallery", "backfill needed"
 
 
@@ -68,7 +62,7 @@ def verdict(model: str, parent: str, cell: Callable[[str, str], dict[str, float]
         routes.append((t21, parent, NO_BACKFILL))
     if t12_gallery:
         routes.append((model, t12_gallery, FORWARD))
-    judged = [m for m in VERDICT_METRICS if m in reference]  # mAP only when the full ranking was scored
+    judged = [m for m in CRITERION_METRICS if m in reference]  # mAP only when the full ranking was scored
     for query, gallery, decision in routes:
         metrics = cell(query, gallery)
         if metrics is not None and all(beats(metrics[m], reference[m]) for m in judged):

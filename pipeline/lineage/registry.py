@@ -20,8 +20,7 @@ import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.model.artifacts import read_model_card
-from pipeline.model.card import CARD_FILE, ModelCard, read_card
+from pipeline.model.card import CARD_FILE, ModelCard, read_card, read_model_card
 from pipeline.names import check_name
 from pipeline.tracking import experiment_id
 

@@ -35,17 +35,13 @@ from pipeline.config import EncodeConfig, RunContext, ScoreConfig
 from pipeline.data.embeddings import open_embeddings
 from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
-from pipeline.lineage.backfill import (
-    BACKFILL_METRICS,
-    child_backfill,
-    share_to_reach,
-)
+from pipeline.lineage.backfill import child_backfill, share_to_reach
 from pipeline.lineage.files import write_report_files
 from pipeline.lineage.metrics import LineageModel, Verdict, lower_triangle_summary, verdict
 from pipeline.lineage.registry import download_version, registered_chain
 from pipeline.lineage.runs import log_lineage_report
-from pipeline.model.artifacts import read_model_card
-from pipeline.score.criteria import pair_row, update_gain
+from pipeline.model.card import read_model_card
+from pipeline.score.criteria import CRITERION_METRICS, pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import Gallery, matrix, score_all_pairs
 from pipeline.tracking import metric_key
@@ -119,7 +115,7 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
 
     cell = partial(pair_row, table)
     verdicts, gains, backfills = [], {}, []
-    scored = [m for m in BACKFILL_METRICS if m in table.columns]
+    scored = [m for m in CRITERION_METRICS if m in table.columns]
     for child in models[1:]:
         t21, t12 = t21_entry(child.name), t12_entry(child.parent, child.name)
         decided = verdict(child.name, child.parent, cell, t21 if t21 in entries else None,

@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from pipeline.lineage.backfill import BACKFILL_METRICS
+from pipeline.score.criteria import CRITERION_METRICS
 from pipeline.lineage.files import backfill_areas
 from pipeline.lineage.metrics import Verdict
 from pipeline.score.report import cell_metrics, log_metrics, pair_compatible, row_metrics
@@ -42,7 +42,7 @@ def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.
                     if not np.isnan(getattr(r, kind))})
     metrics.update({k: v for k, v in gains.items() if not np.isnan(v)})
     for area in backfill_areas(backfill):
-        for m in (m for m in BACKFILL_METRICS if f"area_{m}" in area):
+        for m in (m for m in CRITERION_METRICS if f"area_{m}" in area):
             metrics[metric_key("backfill_area", m, area["model"], area["order"])] = area[f"area_{m}"]
     for v in verdicts:
         metrics.update({metric_key(key, v.model): value for key, value in v.numbers.items()

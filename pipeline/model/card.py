@@ -10,7 +10,7 @@ the label map, metrics, the MLflow run):
 - ``CmcCard`` (``kind: cmc``): the two transformations a cross-model fit trained between two
   frozen models.
 
-Cards that 43d4a71 and earlier wrote carry no ``schema_version``; they are read as version 1
+Cards that 43d4a71 wrote carry no ``schema_version``; they are read as version 1
 when they hold exactly the fields that code wrote (``_upgrade_unversioned``).
 """
 

@@ -15,6 +15,8 @@ import math
 
 import pandas as pd
 
+CRITERION_METRICS = ("top1", "map")  # what the criterion judges, and the gain, curves and heat maps show
+
 
 def beats(value: float, reference: float) -> bool:
     """The criterion: ``value`` strictly above ``reference`` (False when either is NaN)."""

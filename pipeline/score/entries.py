@@ -25,7 +25,7 @@ class MatrixEntry:
 
 @dataclass(frozen=True)
 class MatrixRoles:
-    """Which entries the criteria compare against (``pipeline.score.matrix.add_criteria``)."""
+    """Which entries the criteria compare against (``pipeline.score.matrix.score_all_pairs``)."""
 
     old: str | None = None                # the old model: update gains are measured on its gallery
     old_classes: list[str] | None = None  # the classes it was trained on: the seen / unseen query subsets

@@ -19,12 +19,11 @@ import pandas as pd
 from pipeline.atomic import write_text_atomic
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
-from pipeline.score.criteria import beats, cell, pair_row, update_gain
+from pipeline.score.criteria import CRITERION_METRICS, beats, cell, pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.retrieval import ranking_metrics, recall_at_k, search, summarize
 
 log = logging.getLogger(__name__)
-CRITERION_METRICS = ("top1", "map")
 RECALL_QUERIES = 1000  # queries whose IVF neighbours are checked against flat search
 Gallery = EmbeddingSet | EmbeddingFiles  # in memory, or streamed shard by shard from its files
 

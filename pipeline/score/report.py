@@ -20,12 +20,12 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from pipeline.atomic import write_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import RunContext, ScoreConfig  # noqa: E402
 from pipeline.model.card import read_model_card  # noqa: E402
+from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
-from pipeline.score.matrix import CRITERION_METRICS, matrix, score_all_pairs  # noqa: E402
+from pipeline.score.matrix import matrix, score_all_pairs  # noqa: E402
 from pipeline.tracking import experiment_id, metric_key  # noqa: E402
 
 log = logging.getLogger(__name__)
-HEATMAP_METRICS = ("top1", "map")
 ENTRIES_FILE = "entries.json"
 
 
@@ -54,7 +54,7 @@ def _matrix_panel(figure: plt.Figure, axis: plt.Axes, values: np.ndarray, order:
 
 
 def heatmap(table: pd.DataFrame, order: list[str], path: str | Path,
-            metrics: tuple[str, ...] = HEATMAP_METRICS, titles: dict[str, str] | None = None) -> Path:
+            metrics: tuple[str, ...] = CRITERION_METRICS, titles: dict[str, str] | None = None) -> Path:
     """One panel per metric: rows = query model, columns = gallery model, values in the cells."""
     size = 2.5 + 0.9 * len(order)
     figure, axes = plt.subplots(1, len(metrics), figsize=(size * len(metrics), size - 0.8), squeeze=False)
@@ -139,7 +139,7 @@ def score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, option
     out_dir = Path(out_dir)
     table = score_all_pairs(entries, roles, options, pairs, pair_dir=out_dir / "pairs")
     order = list(entries)
-    shown = tuple(metric for metric in HEATMAP_METRICS if metric in table.columns)  # no mAP without the full ranking
+    shown = tuple(metric for metric in CRITERION_METRICS if metric in table.columns)  # no mAP without the full ranking
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, out_dir / "heatmap.png", shown)]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
     for name, content in (("matrix.txt", text + "\n"), (ENTRIES_FILE, json.dumps(describe(entries), indent=1))):

@@ -18,10 +18,10 @@ import pandas as pd
 
 from pipeline.compat.methods import Kind, Role, Route, entry_carrier, method_named
 from pipeline.config import PipelineConfig
-from pipeline.score.criteria import beats, cell, update_gain
+from pipeline.score.criteria import CRITERION_METRICS, beats, cell, update_gain
+from pipeline.score.report import ENTRIES_FILE
 
 SUBSETS = ("", "_seen", "_unseen")
-METRICS = ("top1", "map")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def seed_rows(table: pd.DataFrame, entries: dict[str, dict[str, str]], cfg: Pipe
         method, seed = cmc.get(carrier) or models[carrier]
         row = {"entry": name.replace(f"-s{seed}", ""), "method": method, "route": route.route, "seed": seed,
                "transform": entry["transform"].replace(f"-s{seed}", "")}
-        for metric in METRICS:
+        for metric in CRITERION_METRICS:
             row[f"new_new_{metric}"] = cell(table, route.base, route.base, metric)
             row[f"old_new_{metric}"] = cell(table, route.old_gallery, route.new_query, metric)
             for subset in SUBSETS:
@@ -88,7 +88,7 @@ def fold_seeds(rows: pd.DataFrame) -> pd.DataFrame:
 def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
     report = Path(run_dir) / "report"
     return (pd.read_parquet(report / "report.parquet"),
-            json.loads((report / "entries.json").read_text()))
+            json.loads((report / ENTRIES_FILE).read_text()))
 
 
 def _value(row: pd.Series, column: str, percent: bool = True) -> str:
@@ -142,7 +142,7 @@ def claim_checks(folded: pd.DataFrame, has_subsets: bool) -> list[tuple[str, boo
     checks = []
     for entry, row in by_entry.items():
         if entry in lce_training and row.route in spec[entry].compatible_routes:
-            passes = all(row[f"pass_{m}{s}"] == row.seeds for m in METRICS for s in subsets)
+            passes = all(row[f"pass_{m}{s}"] == row.seeds for m in CRITERION_METRICS for s in subsets)
             checks.append((f"{row.entry} ({row.route}) meets the criterion in every seed"
                            + (", overall and on seen and unseen classes" if has_subsets else ""), passes))
     for entry, row in by_entry.items():

@@ -26,14 +26,15 @@ from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.compat.steps import Autocast
 from pipeline.config import CmcConfig, EncodeConfig, RunContext, TrainConfig
+from pipeline.data.decode import equal_share
 from pipeline.data.embeddings import EmbeddingSet
-from pipeline.model.artifacts import build_cmc_transforms, new_model_id, read_model_card, write_artifact
-from pipeline.model.card import CmcCard, ModelCard, ModelRef
+from pipeline.model.artifacts import build_cmc_transforms, new_model_id, write_artifact
+from pipeline.model.card import CmcCard, ModelCard, ModelRef, read_model_card
 from pipeline.names import check_name
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
 from pipeline.train.inputs import train_split_embeddings, training_rows
-from pipeline.train.loop import Worker, WorkerFit, run_epochs, shard, start_worker
+from pipeline.train.loop import Worker, WorkerFit, run_epochs, start_worker
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _worker_fit(cfg: CmcConfig, loop_config: dict[str, Any], worker: Worker) -> 
     method: Method = loop_config["method"]
     device = worker.device
     with np.load(loop_config["features"], allow_pickle=False) as data:
-        rows = shard(len(data["labels"]), worker)
+        rows = equal_share(len(data["labels"]), worker.rank, worker.world)
         ids = data["ids"][rows]
         old_features, new_features, labels = (torch.from_numpy(data[key][rows]) for key in ("old", "new", "labels"))
     old_space, new_space = OldSpaceStats.load(loop_config["old_space"]), OldSpaceStats.load(loop_config["new_space"])

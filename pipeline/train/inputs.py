@@ -13,7 +13,7 @@ from pipeline.config import EncodeConfig, TrainConfig
 from pipeline.data.dataset import class_indices, in_fraction, in_validation, read_dataset_info
 from pipeline.data.embeddings import EmbeddingSet, read_embeddings
 from pipeline.encode.split import encode_split
-from pipeline.model.artifacts import read_model_card
+from pipeline.model.card import read_model_card
 
 log = logging.getLogger(__name__)
 

@@ -61,11 +61,6 @@ def start_worker(cfg: FitConfig) -> Worker:
     return Worker(context.get_world_rank(), context.get_world_size(), device, autocast_dtype(cfg.precision, device))
 
 
-def shard(rows: int, worker: Worker) -> slice:
-    """This worker's equal, disjoint share of ``rows`` rows (every worker runs as many steps)."""
-    return slice(worker.rank, rows // worker.world * worker.world, worker.world)
-
-
 def passes_per_epoch(cfg: FitConfig, batches_per_pass: int) -> int:
     """Passes over the shard in one epoch: 1, or more so that a small dataset still gets
     ``cfg.min_steps`` steps in ``cfg.epochs`` epochs (and as many checkpoints, not hundreds)."""

@@ -25,8 +25,8 @@ from pipeline.compat.steps import autocast
 from pipeline.config import RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
-from pipeline.model.artifacts import load_model, new_model_id, read_model_card, write_artifact
-from pipeline.model.card import ModelCard
+from pipeline.model.artifacts import load_model, new_model_id, write_artifact
+from pipeline.model.card import ModelCard, read_model_card
 from pipeline.model.heads import build_head
 from pipeline.model.networks import EmbeddingModel
 from pipeline.model.transformations import build_transforms

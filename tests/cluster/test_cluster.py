@@ -169,9 +169,10 @@ def test_killed_cmc_driver_rerun_continues_the_run(cluster, dataset, tmp_path):
     torch.manual_seed(0)
     for name, known in (("old", classes[:5]), ("new", classes)):
         write_initial_model(tmp_path / "models" / name, name, ModelConfig(embedding_dim=16), known)
-    config = tmp_path / "cmc.yaml"  # ~1,200 feature rows: 18 batches a pass, many passes an epoch
+    # ~1,200 feature rows: 18 batches a pass, many passes an epoch, so that the kill lands after the first.
+    config = tmp_path / "cmc.yaml"
     config.write_text(yaml.safe_dump({"name": "cmc", "method": "lce_cmc", "new_model": "new", "epochs": 4,
-                                      "batch_size": 64, "min_steps": 20_000, "cpus_per_worker": 1,
+                                      "batch_size": 64, "min_steps": 8_000, "cpus_per_worker": 1,
                                       "transform": {"hidden": 32}}))
     command = [sys.executable, "-m", "jobs.cmc", "--config", str(config), "--old-model", str(tmp_path / "models/old"),
                "--new-model", str(tmp_path / "models/new"), "--dataset", str(dataset), "--out", str(tmp_path / "cmc"),

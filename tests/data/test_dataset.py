@@ -9,7 +9,7 @@ from PIL import Image
 
 from pipeline.data.bad_rows import DataError
 from pipeline.data.dataset import DATASET_SCHEMA, DatasetInfo, class_indices, in_fraction, read_dataset_info
-from pipeline.data.decode import decode_file, decode_image, load_split, scale_pixels
+from pipeline.data.decode import decode_file, decode_image, equal_share, load_split, scale_pixels
 from pipeline.data.importers import ingest
 from tests.conftest import write_idx
 
@@ -93,3 +93,10 @@ def test_fraction_is_decided_by_id_alone():
     chosen = [i for i in ids if in_fraction(i, 0.5, seed=3)]
     assert 900 < len(chosen) < 1100
     assert chosen == [i for i in reversed(ids) if in_fraction(i, 0.5, seed=3)][::-1]
+
+
+def test_shares_are_equal_disjoint_and_cover_whole_multiples_of_the_workers():
+    shares = [list(range(11))[equal_share(11, rank, 3)] for rank in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]
+    assert sorted(sum(shares, [])) == list(range(9))
+    assert list(range(11))[equal_share(11, 0, 1)] == list(range(11))

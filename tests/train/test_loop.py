@@ -1,21 +1,10 @@
-"""The epoch loop's pieces that need no cluster: shards, budgets, batch order, the config hash."""
+"""The epoch loop's pieces that need no cluster: budgets, batch order, the config hash."""
 
 import torch
 
 from pipeline.config import CmcConfig, TrainConfig
 from pipeline.train.driver import config_hash
-from pipeline.train.loop import Worker, epoch_order, passes_per_epoch, shard
-
-
-def _worker(rank, world):
-    return Worker(rank, world, torch.device("cpu"), None)
-
-
-def test_shards_are_equal_disjoint_and_cover_whole_multiples_of_the_workers():
-    shares = [list(range(11))[shard(11, _worker(rank, 3))] for rank in range(3)]
-    assert [len(s) for s in shares] == [3, 3, 3]
-    assert sorted(sum(shares, [])) == list(range(9))
-    assert list(range(11))[shard(11, _worker(0, 1))] == list(range(11))
+from pipeline.train.loop import epoch_order, passes_per_epoch
 
 
 def test_an_epoch_is_seeded_passes_of_whole_batches():
