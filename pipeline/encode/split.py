@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import one_writer, write_text_atomic
 from pipeline.config import EncodeConfig
 from pipeline.data.bad_rows import BadRows, DataError
 from pipeline.data.dataset import DatasetInfo, read_dataset_info, split_files
@@ -84,7 +84,9 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     as ``options`` says.
 
     Input files whose part is already in ``out_dir`` (same model, same input file, same policy)
-    are not encoded again: a finished encoding is reused, an interrupted one completed.
+    are not encoded again: a finished encoding is reused (its folder left untouched), an
+    interrupted one completed. Callers on one folder take turns (``one_writer``): the second,
+    in another thread or process, waits and then finds the folder complete.
     ``options.on_bad_rows`` is ``pipeline.data.bad_rows``'s policy.
 
     ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
@@ -106,21 +108,37 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         raise DataError(f"{Path(dataset_root) / split}: no rows to encode (its Parquet files are empty)")
     out_dir = Path(out_dir)
     parts = {file.name: out_dir / part_name(index) for index, file in enumerate(inputs)}
-    finished = {file.name for file in inputs if _finished_part(parts[file.name], card.id, file, options.on_bad_rows)}
-    todo = [file for file in inputs if file.name not in finished]
-    if todo:
-        _check_layout(options.num_actors, options.cpus_per_actor, use_gpu)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kept = {parts[name] for name in finished}
-    for stale in [*out_dir.glob(".*.tmp-*"), out_dir / COMPLETE_MARKER, *set(out_dir.glob("*.parquet")) - kept]:
-        stale.unlink(missing_ok=True)  # partial files of a killed run, parts of another model or input
-    if finished:
-        log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card.name, split,
-                 len(finished), len(inputs), out_dir)
-    if todo:
-        embedded = _embedded(Path(model_dir), todo, info, options, use_gpu)
-        _write_parts(embedded, {file.name: file for file in todo}, parts, card, info, options.on_bad_rows)
-    return _complete(parts, card, dataset_root, split, out_dir)
+    with one_writer(out_dir):  # a second caller on this folder waits, then finds it complete
+        finished = {file.name for file in inputs
+                    if _finished_part(parts[file.name], card.id, file, options.on_bad_rows)}
+        todo = [file for file in inputs if file.name not in finished]
+        if not todo and _already_complete(out_dir, card, dataset_root, split, set(parts.values())):
+            log.info("encode %s/%s: already complete in %s", card.name, split, out_dir)
+            return out_dir
+        if todo:
+            _check_layout(options.num_actors, options.cpus_per_actor, use_gpu)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        kept = {parts[name] for name in finished}
+        for stale in [*out_dir.glob(".*.tmp-*"), out_dir / COMPLETE_MARKER, *set(out_dir.glob("*.parquet")) - kept]:
+            stale.unlink(missing_ok=True)  # partial files of a killed run, parts of another model or input
+        if finished:
+            log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card.name, split,
+                     len(finished), len(inputs), out_dir)
+        if todo:
+            embedded = _embedded(Path(model_dir), todo, info, options, use_gpu)
+            _write_parts(embedded, {file.name: file for file in todo}, parts, card, info, options.on_bad_rows)
+        return _complete(parts, card, dataset_root, split, out_dir)
+
+
+def _already_complete(out_dir: Path, card: ModelCard, dataset_root: str | Path, split: str, parts: set[Path]) -> bool:
+    """Whether ``out_dir`` holds exactly ``parts`` and the marker of this model, dataset and split:
+    then it is left as it is (not a file removed or rewritten)."""
+    marker = out_dir / COMPLETE_MARKER
+    if not marker.is_file() or set(out_dir.glob("*.parquet")) != parts:
+        return False
+    written = json.loads(marker.read_text())
+    return (written.get("model_id"), written.get("dataset"), written.get("split")) == \
+        (card.id, str(Path(dataset_root).resolve()), split)
 
 
 def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, options: EncodeConfig,
