@@ -68,7 +68,8 @@ class CompatConfig(Strict):
     lambda_boundary: float = Field(1.0, ge=0)
     lambda_influence: float = Field(1.0, ge=0, description="BCT influence-loss weight")
     lambda_regression: float = Field(1.0, ge=0, description="L2 baseline: weight of ||norm(f2) - norm(f1)||^2")
-    compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m")
+    compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m (at least 0, "
+                                                         "the center: a warning names the classes it reaches)")
     boundary: Literal["max", "quantile", "iqr"] = "quantile"
     boundary_quantile: float = Field(0.95, gt=0, le=1)
     old_classes_only: bool = Field(False, description="compatibility terms only over the old model's classes")

@@ -7,9 +7,9 @@ space's class centers and boundary angles, ``y`` the labels in model 2's label m
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +17,8 @@ from torch import nn
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig
 from pipeline.model.transformations import BACKWARD, FORWARD
+
+log = logging.getLogger(__name__)
 
 
 class DimensionMismatch(ValueError):
@@ -35,15 +37,40 @@ def alignment_loss(class_weights: torch.Tensor, centers: torch.Tensor, class_mas
     return distance[class_mask].mean()
 
 
+def angles_to(units: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """The angle (radians) between each row of ``units`` and the same row of ``centers``, all
+    unit vectors: ``atan2(|u - (u.c) c|, u.c)``, the d-dimensional ``atan2(|u x c|, u.c)``. Its
+    gradient stays finite and exact near 0 and pi, where a clamped ``acos`` is off by up to
+    1.4e-3 rad and has no gradient at all."""
+    cosine = (units * centers).sum(dim=1)
+    sine = (units - cosine[:, None] * centers).norm(dim=1)
+    return torch.atan2(sine, cosine)
+
+
+def warn_margin(stats: OldSpaceStats, margin: float, old_classes_only: bool, space: str = "old") -> list[str]:
+    """The classes with compatibility terms whose boundary the compactness margin reaches
+    (``b_j - m <= 0``), logged as a warning: their bound is clamped at 0 (``boundary_loss``), so
+    that the term pulls each of their features onto the center rather than into a cone."""
+    mask = stats.class_mask(old_classes_only)
+    reached = [j for j in range(len(stats.classes)) if mask[j] and float(stats.boundaries[j]) - margin <= 0]
+    if reached:
+        shown = ", ".join(f"{stats.classes[j]!r} (b = {float(stats.boundaries[j]):.4f} rad)" for j in reached)
+        log.warning("compactness_margin %g rad reaches the %s-space boundary of %d class(es): %s; their bound "
+                    "b - m is clamped at 0 (every feature pulled onto the center): lower the margin to keep a cone",
+                    margin, space, len(reached), shown)
+    return [stats.classes[j] for j in reached]
+
+
 def boundary_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, boundaries: torch.Tensor,
                   margin: float, class_mask: torch.Tensor) -> torch.Tensor:
-    """``mean_i max(0, angle(norm(f_i), c_{y_i}) - (b_{y_i} - m))`` over samples of masked classes.
+    """``mean_i max(0, angle(norm(f_i), c_{y_i}) - max(b_{y_i} - m, 0))`` over samples of masked classes.
 
-    Angles are in radians; a batch with no sample of a masked class gives 0 (still a graph node).
+    Angles are in radians (``angles_to``); a bound the margin would push below 0 is 0, the
+    center (``warn_margin`` names those classes; the gradient is the same as without the clamp).
+    A batch with no sample of a masked class gives 0 (still a graph node).
     """
-    cosine = (F.normalize(features, dim=1) * centers[labels]).sum(dim=1)
-    angle = torch.acos(cosine.clamp(-1 + 1e-6, 1 - 1e-6))
-    hinge = F.relu(angle - (boundaries[labels] - margin))
+    angle = angles_to(F.normalize(features, dim=1), F.normalize(centers[labels], dim=1))
+    hinge = F.relu(angle - (boundaries[labels] - margin).clamp(min=0.0))
     keep = class_mask[labels]
     return (hinge * keep).sum() / keep.sum().clamp(min=1)
 
@@ -176,7 +203,7 @@ class CmcBatch:
 
 def _space(stats: OldSpaceStats, like: torch.Tensor, old_classes_only: bool
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    mask = stats.old_class_mask() if old_classes_only else np.ones(len(stats.classes), dtype=bool)
+    mask = stats.class_mask(old_classes_only)
     return (torch.as_tensor(stats.centers, device=like.device), torch.as_tensor(stats.boundaries, device=like.device),
             torch.as_tensor(mask, device=like.device))
 

@@ -60,6 +60,7 @@ class Method:
     needs_statistics: bool = False      # the old-space centers and boundaries
     needs_old_classifier: bool = False  # model 1's classifier (BCT's influence loss)
     needs_old_forward: bool = False     # model 1 run on every training batch (L2)
+    bounds_features: bool = False       # a boundary (compactness) term, whose bounds are b_j - m
     new_new_benchmark: bool = False     # LCE's new/new accuracy is expected to be at least this one's
 
     @property
@@ -126,12 +127,16 @@ INDEPENDENT = register(Method("independent", Kind.TRAIN, Role.INDEPENDENT, losse
 register(Method("bct", Kind.TRAIN, Role.BASELINE, losses.influence_terms, needs_statistics=True,
                 needs_old_classifier=True, new_new_benchmark=True))
 register(Method("l2", Kind.TRAIN, Role.BASELINE, losses.regression_terms, needs_old_forward=True))
-register(Method("lce_direct", Kind.TRAIN, Role.LCE, losses.lce_direct_terms, needs_statistics=True))
-register(Method("lce_backward", Kind.TRAIN, Role.LCE, losses.lce_backward_terms, (BACKWARD,), needs_statistics=True))
-register(Method("lce_forward", Kind.TRAIN, Role.LCE, losses.lce_forward_terms, (FORWARD,), needs_statistics=True))
+register(Method("lce_direct", Kind.TRAIN, Role.LCE, losses.lce_direct_terms, needs_statistics=True,
+                bounds_features=True))
+register(Method("lce_backward", Kind.TRAIN, Role.LCE, losses.lce_backward_terms, (BACKWARD,), needs_statistics=True,
+                bounds_features=True))
+register(Method("lce_forward", Kind.TRAIN, Role.LCE, losses.lce_forward_terms, (FORWARD,), needs_statistics=True,
+                bounds_features=True))
 register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectional_terms, (BACKWARD, FORWARD),
-                needs_statistics=True))
-register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, FORWARD), needs_statistics=True))
+                needs_statistics=True, bounds_features=True))
+register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, FORWARD), needs_statistics=True,
+                bounds_features=True))
 register(Method("rbt_cmc", Kind.CMC, Role.BASELINE, losses.rbt_cmc_terms, (BACKWARD, FORWARD)))
 PLUGINS_VARIABLE = "COMPAT_EMBED_METHODS"
 for _plugin in filter(None, os.environ.get(PLUGINS_VARIABLE, "").split(",")):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compat.losses import CmcBatch, TrainingBatch
+from pipeline.compat.losses import CmcBatch, TrainingBatch, warn_margin
 from pipeline.compat.methods import Kind, Method, method_named
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig
@@ -46,10 +46,12 @@ class TrainingObjective(nn.Module):
         if self.has_statistics:
             if stats is None:
                 raise ValueError(f"method {name!r} needs old-space statistics")
-            mask = torch.as_tensor(stats.old_class_mask() if compat.old_classes_only else [True] * len(stats.classes))
+            mask = torch.as_tensor(stats.class_mask(compat.old_classes_only))
             if not mask.any():
                 raise ValueError(f"old_classes_only: none of the classes {stats.classes} is among the old model's "
                                  f"classes {stats.old_classes}, so no class has compatibility terms")
+            if self.method.bounds_features and compat.lambda_boundary > 0:
+                warn_margin(stats, compat.compactness_margin, compat.old_classes_only)
             self.register_buffer("centers", torch.as_tensor(stats.centers))
             self.register_buffer("boundaries", torch.as_tensor(stats.boundaries))
             self.register_buffer("class_mask", mask)

@@ -38,6 +38,10 @@ class OldSpaceStats:
     def old_class_mask(self) -> np.ndarray:
         return np.array([name in self.old_classes for name in self.classes])
 
+    def class_mask(self, old_classes_only: bool) -> np.ndarray:
+        """The classes that get compatibility terms: the old model's, or all of them."""
+        return self.old_class_mask() if old_classes_only else np.ones(len(self.classes), dtype=bool)
+
     def check_label_map(self, classes: list[str], source: str = "statistics") -> None:
         """Refuse statistics that do not cover exactly ``classes`` in the same order."""
         if list(classes) == self.classes:

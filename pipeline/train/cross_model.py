@@ -23,6 +23,7 @@ from torch import nn
 
 from pipeline.compat.methods import Method
 from pipeline.compat.objectives import cmc_terms
+from pipeline.compat.losses import warn_margin
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.compat.steps import Autocast
 from pipeline.config import CmcConfig, EncodeConfig, RunContext, TrainConfig
@@ -91,6 +92,8 @@ def write_inputs(cfg: CmcConfig, cards: tuple[ModelCard, ModelCard], folders: tu
     for role, features, known in (("old", old_features, cards[0].classes), ("new", new_features, classes)):
         stats = compute_old_space_stats(features, labels, classes, known, cfg.compat.boundary,
                                         cfg.compat.boundary_quantile)
+        if cfg.method_spec.bounds_features and cfg.compat.lambda_boundary > 0:
+            warn_margin(stats, cfg.compat.compactness_margin, cfg.compat.old_classes_only, role)
         paths[f"{role}_space"] = work_dir / "stats" / f"{cfg.name}.{role}_space.npz"
         stats.save(paths[f"{role}_space"])
     with open(paths["features"], "wb") as handle:

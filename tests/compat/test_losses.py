@@ -7,11 +7,13 @@ import torch
 from pipeline.compat.losses import (
     DimensionMismatch,
     alignment_loss,
+    angles_to,
     boundary_loss,
     check_same_dim,
     influence_loss,
     influence_weights,
     regression_loss,
+    warn_margin,
 )
 from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import OldSpaceStats, StatisticsMismatch
@@ -56,6 +58,17 @@ def test_influence_weights_use_old_rows_and_pseudo_rows():
     assert not rows.requires_grad
 
 
+def test_influence_weights_follow_model_twos_label_order_whatever_the_old_order():
+    # Model 1 knew c, then a; model 2 orders a, b, c.
+    stats = OldSpaceStats(classes=["a", "b", "c"], old_classes=["c", "a"], centers=np.eye(3, 2, dtype=np.float32),
+                          boundaries=np.full(3, 0.5, np.float32),
+                          feature_means=np.array([[9.0, 9.0], [7.0, 8.0], [9.0, 9.0]], np.float32),
+                          counts=np.array([5, 5, 5]), boundary_rule="quantile")
+    old_weight = torch.tensor([[0.0, 3.0], [1.0, 2.0]])  # rows: c, a
+    rows = influence_weights(stats, old_weight, ["c", "a"])
+    assert torch.equal(rows, torch.tensor([[1.0, 2.0], [7.0, 8.0], [0.0, 3.0]]))  # a's row, b's pseudo row, c's row
+
+
 def test_influence_loss_is_cross_entropy_through_old_classifier():
     head = build_head(HeadConfig(kind="softmax"), 2, 2)
     with torch.no_grad():
@@ -81,10 +94,18 @@ def test_objective_trains_only_model_two(method):
     assert features.grad is not None and new_head.weight.grad is not None
     assert old_weight.grad is None
     assert all(p.grad is None for p in old_head.parameters())
-    active = {"independent": set(), "bct": {"influence"}, "lce_direct": {"align", "boundary"}}[method]
-    assert {k for k in ("align", "boundary", "influence") if terms[k].item() != 0} <= active
-    expected = terms["cls"] + terms["align"] + terms["boundary"] + terms["influence"]
-    assert terms["loss"].item() == pytest.approx(expected.item())
+    # Each term from its own function, on what the method should feed it; the rest are zero.
+    with torch.no_grad():
+        centers, boundaries = torch.as_tensor(stats.centers), torch.as_tensor(stats.boundaries)
+        mask = torch.tensor([True, True])  # CompatConfig(): every class, margin 0
+        expected = {"cls": torch.nn.functional.cross_entropy(new_head(features, labels), labels),
+                    "align": alignment_loss(new_head.weight, centers, mask) if method == "lce_direct" else 0.0,
+                    "boundary": boundary_loss(features, labels, centers, boundaries, 0.0, mask)
+                    if method == "lce_direct" else 0.0,
+                    "influence": influence_loss(features, labels, old_head) if method == "bct" else 0.0}
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(float(value), abs=1e-6), name
+    assert terms["loss"].item() == pytest.approx(sum(float(v) for v in expected.values()), abs=1e-5)
 
 
 def test_lambdas_scale_terms():
@@ -212,3 +233,45 @@ def test_l2_refuses_a_missing_old_model_or_images():
     objective = TrainingObjective("l2", CompatConfig(), _stats(), old_embedder=torch.nn.Flatten())
     with pytest.raises(ValueError, match="needs the batch's images"):
         objective(torch.randn(2, 2), torch.zeros(2, 2), torch.tensor([0, 1]), torch.eye(2))
+
+
+def test_angles_are_exact_with_a_gradient_near_zero_and_pi():
+    center = torch.tensor([[1.0, 0.0, 0.0]])
+    for angle in (1e-4, 0.3, math.pi - 1e-4):
+        unit = torch.tensor([[math.cos(angle), math.sin(angle), 0.0]], dtype=torch.float32, requires_grad=True)
+        measured = angles_to(unit, center)
+        assert measured.item() == pytest.approx(angle, abs=1e-6)
+        measured.sum().backward()
+        # d angle / d u along the tangent (-sin, cos) is 1; a clamped acos gives 0 within 1.4e-3 rad of 0 and pi
+        tangent = torch.tensor([-math.sin(angle), math.cos(angle), 0.0])
+        assert torch.isfinite(unit.grad).all() and (unit.grad[0] @ tangent).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_boundary_loss_pulls_a_feature_just_outside_a_tight_boundary():
+    feature = torch.tensor([[math.cos(2e-4), math.sin(2e-4)]], requires_grad=True)
+    centers, boundaries = torch.tensor([[1.0, 0.0]]), torch.tensor([1e-4])
+    loss = boundary_loss(feature, torch.tensor([0]), centers, boundaries, 0.0, torch.tensor([True]))
+    assert loss.item() == pytest.approx(1e-4, abs=2e-6)  # the acos of a cosine clamped at 1 - 1e-6 said 1.4e-3
+    loss.backward()
+    assert torch.isfinite(feature.grad).all() and feature.grad.abs().sum() > 0.5
+
+
+def test_a_margin_at_or_past_a_class_boundary_is_named_and_its_bound_clamped_at_the_center(caplog):
+    stats = _stats()  # boundaries 0.5 rad; only class "a" is old
+    assert warn_margin(stats, 0.49, old_classes_only=True) == [] and not caplog.records
+    assert warn_margin(stats, 0.5, old_classes_only=True) == ["a"]
+    assert ("compactness_margin 0.5 rad reaches the old-space boundary of 1 class(es): 'a' (b = 0.5000 rad)"
+            in caplog.text)
+    assert warn_margin(stats, 0.6, old_classes_only=False) == ["a", "b"]
+    caplog.clear()
+    TrainingObjective("lce_direct", CompatConfig(compactness_margin=0.6), stats)
+    assert "'a' (b = 0.5000 rad), 'b' (b = 0.5000 rad)" in caplog.text
+    caplog.clear()
+    TrainingObjective("lce_direct", CompatConfig(compactness_margin=0.6, lambda_boundary=0.0), stats)  # no bound term
+    TrainingObjective("bct", CompatConfig(compactness_margin=0.6), stats, old_head=build_head(HeadConfig(), 2, 2))
+    assert not caplog.records
+    # The bound is 0: a feature at angle 0.3 from its center pays 0.3, and not 0.3 + (m - b).
+    feature = torch.tensor([[math.cos(0.3), math.sin(0.3)]], requires_grad=True)
+    loss = boundary_loss(feature, torch.tensor([0]), torch.tensor([[1.0, 0.0]]), torch.tensor([0.5]), 0.6,
+                         torch.tensor([True]))
+    assert loss.item() == pytest.approx(0.3, abs=1e-6)
