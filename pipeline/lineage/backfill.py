@@ -73,8 +73,6 @@ def share_to_reach(curve: pd.DataFrame, target: dict[str, float]) -> float:
     return float(curve["share"].to_numpy()[passing][0]) if passing.any() else float("nan")
 
 
-
-
 def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int,
                    full_ranking: bool) -> pd.DataFrame:
     """The child's queries against its parent's gallery re-encoded in random and in stratified order."""

@@ -55,13 +55,17 @@ def test_backfill_curve_runs_from_new_old_to_new_new():
     def score(gallery):
         return summarize(score_queries(query, labels, ids, in_memory(ids, labels, gallery), len(gallery), topk=(1,)))
 
-    curve = backfill_curve(parent, new, np.random.default_rng(1).permutation(200), score, steps=4)
-    start = summarize(per_query_metrics(query, labels, parent, labels, ids, ids, topk=(1,)))
-    end = summarize(per_query_metrics(query, labels, new, labels, ids, ids, topk=(1,)))
+    order = np.random.default_rng(1).permutation(200)
+    curve = backfill_curve(parent, new, order, score, steps=4)
     assert list(curve.share) == [0, 0.25, 0.5, 0.75, 1.0]
-    for metric in ("top1", "map"):
-        assert curve[metric].iloc[0] == pytest.approx(start[metric])
-        assert curve[metric].iloc[-1] == pytest.approx(end[metric])
+    unit_parent, unit_new = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (parent, new))
+    for row, reencoded in enumerate((0, 50, 100, 150, 200)):  # every point, by brute force on its own gallery
+        gallery = unit_parent.copy()
+        gallery[order[:reencoded]] = unit_new[order[:reencoded]]
+        expected = summarize(per_query_metrics(query, labels, gallery, labels, ids, ids, topk=(1,)))
+        for metric in ("top1", "map"):
+            assert curve[metric].iloc[row] == pytest.approx(expected[metric]), (row, metric)
+    assert curve["top1"].iloc[0] != curve["top1"].iloc[2] != curve["top1"].iloc[4]  # the points differ here
 
 
 def test_stratified_order_reencodes_every_class_at_the_same_pace():

@@ -1,5 +1,7 @@
 """Retrieval metrics against a brute-force numpy/sklearn reference."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,7 +48,9 @@ def test_dimension_mismatch_is_refused():
 def test_summarize_by_subset_and_nan_for_no_relevant():
     per_query = {"top1": np.array([1.0, 0.0, 1.0]), "ap": np.array([0.5, np.nan, 1.0])}
     assert summarize(per_query) == {"top1": pytest.approx(2 / 3), "map": 0.75}
-    assert summarize(per_query, np.array([False, True, False]))["map"] != summarize(per_query)["map"]
+    assert summarize(per_query, np.array([True, True, False])) == {"top1": 0.5, "map": 0.5}
+    only_no_relevant = summarize(per_query, np.array([False, True, False]))  # its AP is undefined, not 0
+    assert only_no_relevant["top1"] == 0.0 and math.isnan(only_no_relevant["map"])
 
 
 def test_criterion_and_update_gain():

@@ -12,6 +12,7 @@ from pipeline.config import CompatConfig, ModelConfig, TransformConfig
 from pipeline.model.artifacts import build_cmc_transforms, load_cmc, write_initial_model
 from pipeline.model.card import ArtifactError, CmcCard, ModelRef, write_card
 from pipeline.model.networks import EmbeddingModel
+from pipeline.model.transformations import BACKWARD, FORWARD
 
 
 class _Rotate(torch.nn.Module):
@@ -69,16 +70,21 @@ def test_gradients_reach_exactly_the_two_transformations(method):
     old_model = EmbeddingModel(ModelConfig(embedding_dim=4), 1, 2).eval()
     new_model = EmbeddingModel(ModelConfig(embedding_dim=6), 1, 2).eval()
     images = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():  # CMC works on the features of two frozen models
+    with torch.no_grad():  # CMC works on the stored features of two frozen models
         old_features, new_features = old_model.embedder(images), new_model.embedder(images)
     stats = {dim: OldSpaceStats(["a", "b"], ["a", "b"], np.eye(2, dim, dtype=np.float32), np.full(2, 0.3, np.float32),
                                 np.zeros((2, dim), np.float32), np.array([2, 2]), "quantile") for dim in (4, 6)}
     transforms = build_cmc_transforms(4, 6, TransformConfig(blocks=1, paths=1, hidden=8))
     terms = cmc_terms(method, old_features, new_features, torch.tensor([0, 1, 0, 1]), stats[4], stats[6],
                       CompatConfig(), transforms)
-    terms["loss"].backward()
-    assert all(p.grad is not None for p in transforms.parameters())
-    assert all(p.grad is None for p in [*old_model.parameters(), *new_model.parameters()])
+    terms["loss"].backward(retain_graph=True)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms.parameters())
+    if method == "lce_cmc":  # each direction's terms train its own transformation and no other
+        for suffix, trained, untouched in (("_21", BACKWARD, FORWARD), ("_12", FORWARD, BACKWARD)):
+            transforms.zero_grad(set_to_none=True)
+            sum(value for name, value in terms.items() if name.endswith(suffix)).backward(retain_graph=True)
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms[trained].parameters())
+            assert all(p.grad is None for p in transforms[untouched].parameters())
 
 
 def test_identity_transformations_refuse_other_dimensions():
