@@ -22,9 +22,10 @@ def main() -> None:
     parser.add_argument("--artifacts", nargs="*", default=[],
                             help="model or CMC artifact folders whose transformations add matrix entries (mapped sets "
                                  "are written under OUT/embeddings)")
-    parser.add_argument("--topk", type=int, nargs="+", default=ScoreConfig().topk,
+    defaults = ScoreConfig()
+    parser.add_argument("--topk", type=int, nargs="+", default=defaults.topk,
                         help=ScoreConfig.model_fields["topk"].description)
-    parser.add_argument("--split", default=ScoreConfig().split,
+    parser.add_argument("--split", default=defaults.split,
                         help="the split the embeddings encode (names the mapped sets' folders)")
     cli.add_search_args(parser)
     cli.add_tracking_args(parser)

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.lineage.backfill import curve_area  # noqa: E402
-from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.lineage.metrics import LineageModel, Verdict  # noqa: E402
+from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.score.matrix import matrix  # noqa: E402
 from pipeline.score.report import heatmap, write_tables  # noqa: E402
 

@@ -13,9 +13,9 @@ import pandas as pd
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from pipeline.score.criteria import CRITERION_METRICS
 from pipeline.lineage.files import backfill_areas
 from pipeline.lineage.metrics import Verdict
+from pipeline.score.criteria import CRITERION_METRICS
 from pipeline.score.report import cell_metrics, log_metrics, pair_compatible, row_metrics
 from pipeline.tracking import experiment_id, finished_run, metric_key
 

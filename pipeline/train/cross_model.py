@@ -21,9 +21,9 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from pipeline.compat.losses import warn_margin
 from pipeline.compat.methods import Method
 from pipeline.compat.objectives import cmc_terms
-from pipeline.compat.losses import warn_margin
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.compat.steps import Autocast
 from pipeline.config import CmcConfig, EncodeConfig, RunContext, TrainConfig
