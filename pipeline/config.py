@@ -73,7 +73,10 @@ class CompatConfig(Strict):
     compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m (at least 0, "
                                                          "the center: a warning names the classes it reaches)")
     boundary: Literal["max", "quantile", "iqr"] = "quantile"
-    boundary_quantile: float = Field(0.95, gt=0, le=1)
+    boundary_quantile: float = Field(0.95, gt=0, le=1, description="the quantile rule's level, in the old space and "
+                                                                   "for the new space's running boundaries (forward)")
+    running_momentum: float = Field(0.9, ge=0, lt=1, description="forward: the moving-average momentum per batch of "
+                                                                 "the new space's boundary angles")
     old_classes_only: bool = Field(False, description="compatibility terms only over the old model's classes")
 
 

@@ -49,6 +49,7 @@ def confirm(sweep_dir: Path) -> dict:
     tracking = ["--tracking-uri", cfg.tracking_uri(), "--experiment", cfg.mlflow.experiment]
     _job("jobs.train", "--config", str(sweep_dir / "best.yaml"), "--dataset", str(dataset), "--out", str(model),
          "--old-model", str(old), "--stats", str(sweep_dir / "stats" / "base.npz"),
+         "--old-features", str(sweep_dir / "embeddings" / "old" / "train"),
          "--storage-path", str(sweep_dir / "ray"), "--run-name", f"{best.name}-best", *tracking)
     for name, folder in (("old", old), ("best", model)):
         _job("jobs.encode", "--model", str(folder), "--dataset", str(dataset), "--split", "test",

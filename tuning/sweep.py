@@ -64,6 +64,7 @@ class SweepInputs:
     dataset: Path
     old_model: Path
     stats: Path
+    old_features: Path          # the old model's train-split embeddings (the forward manner reads them)
     validation: dict[str, Any]  # pipeline.train.training.training_job(validation=...)
 
 
@@ -96,8 +97,7 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     info = read_dataset_info(dataset)
     ids, images, labels = load_split(dataset, "train", class_indices(info.classes, template.classes),
                                      validation_fraction=cfg.validation_fraction, validation=True)
-    position = {row_id: i for i, row_id in enumerate(embeddings.ids.tolist())}
-    old_vectors = np.asarray(embeddings.vectors[[position[row_id] for row_id in ids]], dtype=np.float32)
+    old_vectors = np.asarray(embeddings.vectors_of(ids), dtype=np.float32)
     features = out / "validation" / "old_features.npz"
     features.parent.mkdir(parents=True, exist_ok=True)
     np.savez(features, ids=np.asarray(ids), vectors=old_vectors)
@@ -108,13 +108,14 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     (out / "validation" / "references.json").write_text(json.dumps(references))
     log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
              references["independent"])
-    return SweepInputs(dataset, old_dir, stats, {"old_features": str(features), **references})
+    return SweepInputs(dataset, old_dir, stats, Path(embeddings.path), {"old_features": str(features), **references})
 
 
 def run_trial(params: dict[str, Any], *, template: TrainConfig, inputs: SweepInputs, storage: str) -> None:
     """One trial: the template config with the trial's values, fitted by its own ``TorchTrainer``."""
     cfg = trial_config(template, params)
-    job = training_job(cfg, inputs.dataset, inputs.old_model, inputs.stats, inputs.validation)
+    job = training_job(cfg, inputs.dataset, inputs.old_model, inputs.stats, inputs.validation,
+                       old_features=inputs.old_features)
     run_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
     build_trainer(job, storage, run_name, callbacks=[TuneReportCallback()]).fit()
 

@@ -121,6 +121,8 @@ class TrainingBatch:
     margin: float                # the compactness margin m
     old_head: nn.Module | None       # BCT: model 1's frozen classifier with pseudo rows
     old_embedder: nn.Module | None   # L2: model 1's frozen embedder
+    old_features: torch.Tensor | None = None    # f1 of the batch's images [B, d1], read by id (forward)
+    new_boundaries: torch.Tensor | None = None  # the new space's running boundary angles [C] (forward)
 
 
 def lce_direct_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
@@ -138,10 +140,37 @@ def _backward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
                           batch.class_mask))
 
 
-def _forward_centers(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """``norm(T12(c_j))`` and the forward alignment ``d(norm(W2_j), norm(T12(c_j)))``."""
-    mapped_centers = F.normalize(batch.transforms[FORWARD](batch.centers), dim=1)
-    return mapped_centers, alignment_loss(batch.class_weights, mapped_centers, batch.class_mask)
+def running_boundaries(previous: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                       class_weights: torch.Tensor, quantile: float, momentum: float) -> torch.Tensor:
+    """The new space's boundary angles ``b2_j`` after one batch, detached: per class of the batch,
+    the ``quantile`` of ``angle(f2_i, norm(W2_j))`` over its samples, folded into ``previous`` by an
+    exponential moving average (``b2 <- momentum b2 + (1 - momentum) q``; a class's first batch sets
+    it: ``previous`` holds NaN for classes not met yet)."""
+    with torch.no_grad():
+        angles = angles_to(F.normalize(features.float(), dim=1), F.normalize(class_weights.float(), dim=1)[labels])
+        updated = previous.clone()
+        for j in labels.unique().tolist():
+            batch_quantile = torch.quantile(angles[labels == j], quantile)
+            before = previous[j]
+            updated[j] = batch_quantile if torch.isnan(before) else momentum * before + (1 - momentum) * batch_quantile
+        return updated
+
+
+def _forward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward alignment ``d(norm(W2_j), norm(T12(c_j)))`` and the new-space boundary on
+    ``T12(f1_i)``: inside the cone of class ``y_i`` around ``norm(W2_y)`` (detached) with the
+    running angle ``b2_y`` of the new features (detached), minus the margin. T12 maps the batch's
+    old features together with the centers, so that its batch norms see features, as at encode
+    time (where it maps every old gallery feature)."""
+    if batch.old_features is None or batch.new_boundaries is None:
+        raise ValueError("the forward manner needs the old model's features of the batch (read by id from its "
+                         "train-split embeddings) and the new space's running boundaries")
+    mapped_features, mapped_centers = map_rows(batch.transforms[FORWARD], batch.old_features, batch.centers)
+    align = alignment_loss(batch.class_weights, F.normalize(mapped_centers, dim=1), batch.class_mask)
+    new_centers = F.normalize(batch.class_weights.detach(), dim=1)
+    boundary = boundary_loss(mapped_features, batch.labels, new_centers, batch.new_boundaries, batch.margin,
+                             batch.class_mask)
+    return align, boundary
 
 
 def lce_backward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
@@ -151,18 +180,28 @@ def lce_backward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
 
 
 def lce_forward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
-    """Forward: ``d(norm(W2_j), norm(T12(c_j)))``, boundary on ``f2`` around ``norm(T12(c_y))``
-    with the old boundary angle (there is no new->old map in this manner)."""
-    mapped_centers, align = _forward_centers(batch)
-    return {"align": align, "boundary": boundary_loss(batch.features, batch.labels, mapped_centers, batch.boundaries,
-                                                      batch.margin, batch.class_mask)}
+    """Forward: ``d(norm(W2_j), norm(T12(c_j)))`` and the new-space boundary on ``T12(f1)`` (``_forward``)."""
+    align, boundary = _forward(batch)
+    return {"align": align, "boundary": boundary}
+
+
+def lce_forward_centers_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
+    """The forward manner as first built, kept for comparison: T12 sees only the C class centers
+    (``d(norm(W2_j), norm(T12(c_j)))``) and ``f2`` is bounded around ``norm(T12(c_y))`` with the old
+    boundary angle."""
+    mapped_centers = F.normalize(batch.transforms[FORWARD](batch.centers), dim=1)
+    return {"align": alignment_loss(batch.class_weights, mapped_centers, batch.class_mask),
+            "boundary": boundary_loss(batch.features, batch.labels, mapped_centers, batch.boundaries, batch.margin,
+                                      batch.class_mask)}
 
 
 def lce_bidirectional_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
-    """Bidirectional: the mean of the backward and forward alignments, the backward boundary."""
-    backward_align, boundary = _backward(batch)
-    _, forward_align = _forward_centers(batch)
-    return {"align": torch.stack([backward_align, forward_align]).mean(), "boundary": boundary}
+    """Bidirectional: the means of the backward and the forward manners' alignments and boundaries
+    (T21 and T12 each trained on its own terms)."""
+    backward_align, backward_boundary = _backward(batch)
+    forward_align, forward_boundary = _forward(batch)
+    return {"align": torch.stack([backward_align, forward_align]).mean(),
+            "boundary": torch.stack([backward_boundary, forward_boundary]).mean()}
 
 
 def influence_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:

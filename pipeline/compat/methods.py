@@ -60,12 +60,14 @@ class Method:
     needs_statistics: bool = False      # the old-space centers and boundaries
     needs_old_classifier: bool = False  # model 1's classifier (BCT's influence loss)
     needs_old_forward: bool = False     # model 1 run on every training batch (L2)
+    needs_old_features: bool = False    # model 1's features of the batch, read by id from its train-split embeddings
     bounds_features: bool = False       # a boundary (compactness) term, whose bounds are b_j - m
     new_new_benchmark: bool = False     # LCE's new/new accuracy is expected to be at least this one's
 
     @property
     def needs_old_model(self) -> bool:
-        return self.kind is Kind.CMC or self.needs_statistics or self.needs_old_classifier or self.needs_old_forward
+        return (self.kind is Kind.CMC or self.needs_statistics or self.needs_old_classifier or self.needs_old_forward
+                or self.needs_old_features)
 
     @property
     def compares_spaces_directly(self) -> bool:
@@ -132,9 +134,11 @@ register(Method("lce_direct", Kind.TRAIN, Role.LCE, losses.lce_direct_terms, nee
 register(Method("lce_backward", Kind.TRAIN, Role.LCE, losses.lce_backward_terms, (BACKWARD,), needs_statistics=True,
                 bounds_features=True))
 register(Method("lce_forward", Kind.TRAIN, Role.LCE, losses.lce_forward_terms, (FORWARD,), needs_statistics=True,
-                bounds_features=True))
-register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectional_terms, (BACKWARD, FORWARD),
+                needs_old_features=True, bounds_features=True))
+register(Method("lce_forward_centers", Kind.TRAIN, Role.LCE, losses.lce_forward_centers_terms, (FORWARD,),
                 needs_statistics=True, bounds_features=True))
+register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectional_terms, (BACKWARD, FORWARD),
+                needs_statistics=True, needs_old_features=True, bounds_features=True))
 register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, FORWARD), needs_statistics=True,
                 bounds_features=True))
 register(Method("rbt_cmc", Kind.CMC, Role.BASELINE, losses.rbt_cmc_terms, (BACKWARD, FORWARD)))

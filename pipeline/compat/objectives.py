@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compat.losses import CmcBatch, TrainingBatch, warn_margin
+from pipeline.compat.losses import CmcBatch, TrainingBatch, running_boundaries, warn_margin
 from pipeline.compat.methods import Kind, Method, method_named
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig
@@ -25,7 +25,10 @@ class TrainingObjective(nn.Module):
     with the terms of ``method`` (a catalogue entry or its name).
 
     The frozen old parts (BCT's classifier, L2's embedder) never train: no gradient, and the
-    embedder stays in eval mode.
+    embedder stays in eval mode. A method that reads the old features (forward) keeps the new
+    space's running boundary angles (``losses.running_boundaries``) in the buffer
+    ``new_boundaries``, updated by every training-mode call; it is not part of a checkpoint, so a
+    resumed run measures them again from its first batches.
     """
 
     def __init__(self, method: Method | str, compat: CompatConfig, stats: OldSpaceStats | None = None,
@@ -55,6 +58,8 @@ class TrainingObjective(nn.Module):
             self.register_buffer("centers", torch.as_tensor(stats.centers))
             self.register_buffer("boundaries", torch.as_tensor(stats.boundaries))
             self.register_buffer("class_mask", mask)
+            if self.method.needs_old_features:
+                self.register_buffer("new_boundaries", torch.full((len(stats.classes),), float("nan")))
         if self.method.needs_old_classifier and old_head is None:
             raise ValueError(f"method {name!r} needs the old classifier")
 
@@ -66,15 +71,24 @@ class TrainingObjective(nn.Module):
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
                 class_weights: torch.Tensor, transforms: nn.ModuleDict | None = None,
-                images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                images: torch.Tensor | None = None, old_features: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         missing = [name for name in self.method.trains if transforms is None or name not in transforms]
         if missing:
             raise ValueError(f"method {self.method.name!r} needs the {missing} transformation(s)")
+        new_boundaries = None
+        if self.method.needs_old_features:
+            if old_features is None:
+                raise ValueError(f"method {self.method.name!r} needs the old model's features of the batch")
+            if self.training:
+                self.new_boundaries = running_boundaries(self.new_boundaries, features, labels, class_weights,
+                                                         self.compat.boundary_quantile, self.compat.running_momentum)
+            new_boundaries = self.new_boundaries
         statistics = self.has_statistics
         batch = TrainingBatch(features, labels, class_weights, transforms, images,
                               self.centers if statistics else None, self.boundaries if statistics else None,
                               self.class_mask if statistics else None, self.compat.compactness_margin,
-                              self.old_head, self.old_embedder)
+                              self.old_head, self.old_embedder, old_features, new_boundaries)
         zero = features.new_zeros(())
         terms = {"cls": F.cross_entropy(logits, labels), **dict.fromkeys(TRAINING_TERMS, zero),
                  **self.method.terms(batch)}

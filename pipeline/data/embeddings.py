@@ -39,10 +39,25 @@ class EmbeddingSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def vectors_of(self, ids: list[str] | np.ndarray) -> np.ndarray:
+        """The vectors of ``ids``, in their order (an id the set lacks is an error naming it)."""
+        return self.vectors[positions(self.ids, ids, self.path)]
+
     def shards(self, rows: int = 100_000) -> Iterator[Shard]:
         for start in range(0, len(self.ids), rows):
             yield Shard(start, self.ids[start : start + rows], self.labels[start : start + rows],
                         self.vectors[start : start + rows])
+
+
+def positions(available: np.ndarray | list[str], wanted: np.ndarray | list[str], source: str) -> np.ndarray:
+    """Where each of the ``wanted`` ids is among the ``available`` ones; ids missing from
+    ``source`` are an error that names the first of them and how many there are."""
+    position = {row_id: i for i, row_id in enumerate(np.asarray(available).tolist())}
+    missing = [row_id for row_id in np.asarray(wanted).tolist() if row_id not in position]
+    if missing:
+        raise ValueError(f"{source}: no vectors for {len(missing)} of the {len(wanted)} ids wanted, "
+                         f"first {missing[:5]} (encoded from another dataset or split?)")
+    return np.array([position[row_id] for row_id in np.asarray(wanted).tolist()], dtype=np.int64)
 
 
 def embeddings_table(ids: list[str], labels: np.ndarray, vectors: np.ndarray, model_id: str, model_name: str,

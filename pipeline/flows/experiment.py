@@ -82,7 +82,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
 
 def _fit_new_models(run: _Run, old_dir: Path) -> dict[str, Path]:
     """The old-space statistics of each new model that needs them, then the new models, as many
-    side by side as the cluster holds."""
+    side by side as the cluster holds (the forward manner reads the old train-split embeddings
+    that the statistics came from)."""
     cfg, out, dataset = run.cfg, run.out, run.dataset
     old_embeddings, stats = None, {}
     for new in cfg.new:
@@ -96,7 +97,8 @@ def _fit_new_models(run: _Run, old_dir: Path) -> dict[str, Path]:
     def fit_new(new: TrainConfig) -> Path:
         return fit_model(new, dataset, out / "models" / new.name, run.context, run_name=run.run_name(new.name),
                          old_model=old_dir if new.needs_old_model else None, stats=stats[new.name],
-                         parent=cfg.old.name)
+                         parent=cfg.old.name,
+                         old_features=old_embeddings.path if new.method_spec.needs_old_features else None)
 
     per_run = {key: max(run_resources(new)[key] for new in cfg.new) for key in ("CPU", "GPU")}
     fitted = side_by_side(fit_new, cfg.new, runs_at_once(per_run, cfg.concurrent_fits), "new models")

@@ -26,14 +26,15 @@ def run_lineage(cfg: LineageConfig) -> LineageReport:
     parent: tuple[TrainConfig, Path, str] | None = None  # config, artifact, registered version
     versions = []
     for model in cfg.models:
-        stats = None
+        stats, embeddings = None, None
         if parent is not None and model.method_spec.needs_statistics:
             embeddings = train_split_embeddings(parent[1], dataset, out / "embeddings" / parent[0].name / "train",
                                                 cfg.encode)
             stats = stats_for_model(model, parent[1], embeddings, dataset, out / "stats" / f"{model.name}.npz")
         folder = fit_model(model, dataset, out / "models" / model.name, context, run_name=f"{model.name}-{tag}",
                            old_model=parent[1] if parent else None, stats=stats,
-                           parent=parent[0].name if parent else None)
+                           parent=parent[0].name if parent else None,
+                           old_features=embeddings.path if model.method_spec.needs_old_features else None)
         version = register_model(context.tracking_uri, cfg.registered_model, folder, parent[2] if parent else None,
                                  context.experiment)
         parent = (model, folder, version.version)

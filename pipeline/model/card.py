@@ -55,6 +55,7 @@ class ModelCard(_Card):
     parent_model: str | None = None
     old_model_dir: str | None = None
     stats_file: str | None = None  # the old-space statistics it was trained with
+    old_features: str | None = None  # the old model's train-split embeddings it read by id (forward)
     dataset: str = ""
     train_config: dict[str, Any] = {}  # its TrainConfig as dumped (a method registered elsewhere need not be known)
 

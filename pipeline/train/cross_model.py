@@ -71,12 +71,10 @@ def _worker_fit(cfg: CmcConfig, loop_config: dict[str, Any], worker: Worker) -> 
 
 def _paired_features(old_set: EmbeddingSet, new_set: EmbeddingSet, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both models' features of the same images: ``rows`` index ``new_set``; ids join the two."""
-    position = {row_id: index for index, row_id in enumerate(old_set.ids)}
-    missing = [row_id for row_id in new_set.ids[rows[:5]] if row_id not in position]
-    if missing or len(old_set.ids) != len(new_set.ids):
-        raise ValueError(f"{old_set.path} and {new_set.path} do not hold the same images (e.g. ids {missing})")
-    old_rows = np.array([position[row_id] for row_id in new_set.ids[rows]], dtype=np.int64)
-    return old_set.vectors[old_rows], new_set.vectors[rows]
+    if len(old_set.ids) != len(new_set.ids):
+        raise ValueError(f"{old_set.path} ({len(old_set.ids)} rows) and {new_set.path} ({len(new_set.ids)} rows) "
+                         "do not hold the same images")
+    return old_set.vectors_of(new_set.ids[rows]), new_set.vectors[rows]
 
 
 def write_inputs(cfg: CmcConfig, cards: tuple[ModelCard, ModelCard], folders: tuple[Path, Path], dataset: Path,

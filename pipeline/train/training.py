@@ -25,6 +25,7 @@ from pipeline.compat.steps import autocast
 from pipeline.config import RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
+from pipeline.data.embeddings import open_embeddings, read_embeddings
 from pipeline.model.artifacts import load_model, new_model_id, write_artifact
 from pipeline.model.card import ModelCard, read_model_card
 from pipeline.model.heads import build_head
@@ -100,6 +101,8 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(labels_kept)}
     images = torch.from_numpy(images)
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
+    old_features = (torch.from_numpy(read_embeddings(loop_config["old_features"]).vectors_of(ids))
+                    if method.needs_old_features else None)
     device = worker.device
     objective = build_objective(cfg, method, classes, loop_config["stats"], loop_config["old_model"]).to(device)
     transforms = build_transforms(method.trains, cfg.model.embedding_dim, loop_config["old_dim"] or 0, cfg.transform)
@@ -111,7 +114,8 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
         with autocast(worker.precision, device):
             features, logits = model(x, y)
         # The compatibility terms (angles, unit vectors) run in float32.
-        return objective(features.float(), logits.float(), y, core.head.weight, core.transforms, images=x)
+        return objective(features.float(), logits.float(), y, core.head.weight, core.transforms, images=x,
+                         old_features=old_features[batch].to(device) if old_features is not None else None)
 
     validation, validate = loop_config["validation"], None
     if validation and worker.rank == 0:
@@ -122,11 +126,26 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
                      lambda batch: f"batch ids {[ids[i] for i in batch[:8].tolist()]}...", validate)
 
 
+def check_old_features(folder: str | Path | None, cfg: TrainConfig, old_model: str | Path, dataset: Path) -> None:
+    """The old features a method reads by id: given, from the old model, of ``dataset``'s images."""
+    if folder is None:
+        raise ValueError(f"model {cfg.name!r}: method {cfg.method!r} needs the old model's train-split embeddings "
+                         "(old_features)")
+    files, old_card = open_embeddings(folder), read_model_card(old_model)
+    if files.model_id != old_card.id:
+        raise ValueError(f"{folder}: embeddings of model {files.model_name!r} ({files.model_id}), not of the old model "
+                         f"{old_card.name!r} ({old_card.id}) at {old_model}")
+    if files.classes != read_dataset_info(dataset).classes:
+        raise ValueError(f"{folder}: encoded from a dataset with classes {files.classes}, not {dataset}")
+
+
 def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None = None, stats: str | Path | None = None,
-                 validation: dict[str, Any] | None = None, parent: str | None = None) -> FitJob:
+                 validation: dict[str, Any] | None = None, parent: str | None = None,
+                 old_features: str | Path | None = None) -> FitJob:
     """``cfg``'s fit, its inputs checked on the driver before any worker starts. ``validation``
     (``old_features``, ``old_old``, ``independent``) adds a validation pass after each epoch
-    (``pipeline.train.validation``)."""
+    (``pipeline.train.validation``); ``old_features`` is the old model's embeddings of the
+    training split, which the forward manner reads by id."""
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
     old_dim = None
@@ -134,9 +153,12 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     if method.needs_old_model:
         build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None)
         old_dim = read_model_card(old_model).embedding_dim
+    if method.needs_old_features:
+        check_old_features(old_features, cfg, old_model, dataset)
     inputs = {"dataset": str(dataset), "old_dim": old_dim,
               "old_model": str(Path(old_model).resolve()) if old_model else None,
-              "stats": str(Path(stats).resolve()) if stats else None}
+              "stats": str(Path(stats).resolve()) if stats else None,
+              "old_features": str(Path(old_features).resolve()) if method.needs_old_features else None}
     # The method itself travels to the workers with the config; its name is what the hash holds.
     loop_config = {"config": cfg, "method": method, "validation": validation, **inputs,
                    "config_hash": config_hash(cfg, inputs)}
@@ -145,13 +167,13 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
 
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, context: RunContext, *,
               old_model: str | Path | None = None, stats: str | Path | None = None, parent: str | None = None,
-              run_name: str | None = None) -> Path:
+              run_name: str | None = None, old_features: str | Path | None = None) -> Path:
     """Train one model and write its artifact folder (``pipeline.train.driver.run_fit``: a rerun
     under the same ``run_name`` continues the run)."""
     dataset, artifact_dir = Path(dataset).resolve(), Path(artifact_dir).resolve()
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
-    job = training_job(cfg, dataset, old_model, stats, parent=parent)
+    job = training_job(cfg, dataset, old_model, stats, parent=parent, old_features=old_features)
 
     def write(result: ray.train.Result, run_id: str) -> Path:
         card = ModelCard(
@@ -159,8 +181,8 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, c
             channels=info.channels, mode=info.mode, image_size=info.image_size, method=cfg.method,
             old_dim=job.loop_config["old_dim"], transform=cfg.transform, transforms=list(cfg.method_spec.trains),
             parent_model=parent, old_model_dir=str(old_model) if old_model else None,
-            stats_file=job.loop_config["stats"], dataset=str(dataset), train_config=cfg.model_dump(),
-            metrics=result.metrics, mlflow_run_id=run_id)
+            stats_file=job.loop_config["stats"], old_features=job.loop_config["old_features"], dataset=str(dataset),
+            train_config=cfg.model_dump(), metrics=result.metrics, mlflow_run_id=run_id)
         return write_artifact(artifact_dir, final_weights(result), card)
 
     return run_fit(job, context, run_name, write, artifact_path="model")

@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.compat.methods import Method, Route
 from pipeline.data.decode import load_split
+from pipeline.data.embeddings import positions
 from pipeline.model.transformations import BACKWARD, FORWARD
 from pipeline.score.criteria import beats, update_gain
 from pipeline.score.retrieval import in_memory, search, topk_hits
@@ -108,11 +109,7 @@ class Validator:
         ids, self.images, dataset_labels = load_split(dataset, "train", labels_kept,
                                                       validation_fraction=validation_fraction, validation=True)
         with np.load(old_features, allow_pickle=False) as stored:
-            position = {row_id: i for i, row_id in enumerate(stored["ids"].tolist())}
-            missing = [row_id for row_id in ids if row_id not in position]
-            if missing:
-                raise ValueError(f"{old_features}: no old features for validation rows {missing[:5]}")
-            self.old = torch.from_numpy(stored["vectors"][[position[row_id] for row_id in ids]])
+            self.old = torch.from_numpy(stored["vectors"][positions(stored["ids"], ids, old_features)])
         self.ids, self.labels = np.asarray(ids), np.asarray(dataset_labels)
         self.method, self.references = method, references
 

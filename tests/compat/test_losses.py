@@ -13,6 +13,7 @@ from pipeline.compat.losses import (
     influence_loss,
     influence_weights,
     regression_loss,
+    running_boundaries,
     warn_margin,
 )
 from pipeline.compat.objectives import TrainingObjective
@@ -143,53 +144,130 @@ def test_statistics_with_other_classes_are_refused():
         _stats().check_label_map(["b", "a"])
 
 
-class _Rotate(torch.nn.Module):
-    """A fixed 90-degree rotation standing in for a learned transformation: (x, y) -> (-y, x)."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(()))  # so that gradients have somewhere to go
-
-    def forward(self, x):
-        return self.scale * torch.stack([-x[:, 1], x[:, 0]], dim=1)
+def _rotation():
+    """A linear map that starts as the 90-degree rotation (x, y) -> (-y, x), standing in for a
+    learned transformation (its weight receives the gradients)."""
+    layer = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, -1.0], [1.0, 0.0]]))
+    return layer
 
 
-def _manner_terms(method):
-    objective = TrainingObjective(method, CompatConfig(), _stats())
-    transforms = torch.nn.ModuleDict({"backward_transform": _Rotate(), "forward_transform": _Rotate()})
-    weights = torch.tensor([[0.0, 1.0], [1.0, 0.0]], requires_grad=True)
-    features = torch.tensor([[1.0, 1.0]], requires_grad=True)
-    terms = objective(features, torch.zeros(1, 2), torch.tensor([0]), weights, transforms)
-    return terms, transforms, weights
+# Model 2's classifier rows W = [(0, 1), (1, 0)]; a batch of two samples, labels 0 and 1, with new
+# features f2 at pi / 4 and 0 from their class's W row, and old features f1 = (1, 0) and (1, 1).
+WEIGHTS = [[0.0, 1.0], [1.0, 0.0]]
+NEW_FEATURES, OLD_FEATURES, LABELS = [[1.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 1.0]], [0, 1]
+
+
+def _manner_terms(method, compat=CompatConfig()):
+    objective = TrainingObjective(method, compat, _stats())
+    transforms = torch.nn.ModuleDict({"backward_transform": _rotation(), "forward_transform": _rotation()})
+    weights = torch.tensor(WEIGHTS, requires_grad=True)
+    features = torch.tensor(NEW_FEATURES, requires_grad=True)
+    terms = objective(features, torch.zeros(2, 2), torch.tensor(LABELS), weights, transforms,
+                      old_features=torch.tensor(OLD_FEATURES))
+    terms["loss"].backward()
+    return terms, transforms, weights, features, objective
+
+
+def _grad(parameter):
+    return 0.0 if parameter.grad is None else parameter.grad.abs().sum().item()
+
+
+# Backward: T21(W) = [(-1, 0), (0, 1)] against c = [(1, 0), (0, 1)]: squared distances 4 and 0;
+# T21(f2) = (-1, 1) is 3 pi / 4 from c_0 (bound 0.5), T21(f2_1) = (0, 1) is on c_1.
+BACKWARD_ALIGN, BACKWARD_BOUNDARY = 2.0, (3 * math.pi / 4 - 0.5) / 2
+# Forward: T12(c) = [(0, 1), (-1, 0)] against W: squared distances 0 and 4. The new space's
+# running boundaries after this one batch are the new features' angles, [pi / 4, 0];
+# T12(f1_0) = (0, 1) lies on norm(W_0), T12(f1_1) = (-1, 1) is 3 pi / 4 from norm(W_1) (bound 0).
+FORWARD_ALIGN, FORWARD_BOUNDARY = 2.0, (0.0 + 3 * math.pi / 4) / 2
 
 
 def test_backward_maps_weights_and_features_into_the_old_space():
-    terms, transforms, weights = _manner_terms("lce_backward")
-    # T21(W) = [[-1, 0], [0, 1]] against centers e1, e2: squared distances 4 and 0
-    assert terms["align"].item() == pytest.approx(2.0)
-    # T21(f) = (-1, 1) is 3 pi / 4 away from c_0 = (1, 0); boundary 0.5, margin 0
-    assert terms["boundary"].item() == pytest.approx(3 * math.pi / 4 - 0.5, abs=1e-5)
-    terms["loss"].backward()
-    assert transforms["backward_transform"].scale.grad is not None and weights.grad is not None
-    assert transforms["forward_transform"].scale.grad is None
+    terms, transforms, weights, features, _ = _manner_terms("lce_backward")
+    assert terms["align"].item() == pytest.approx(BACKWARD_ALIGN)
+    assert terms["boundary"].item() == pytest.approx(BACKWARD_BOUNDARY, abs=1e-5)
+    # (each W row sits where its alignment's gradient vanishes, at a center or its antipode)
+    assert _grad(transforms["backward_transform"].weight) > 0 and weights.grad is not None and _grad(features) > 0
+    assert transforms["forward_transform"].weight.grad is None
 
 
-def test_forward_maps_old_centers_into_the_new_space():
-    terms, transforms, _ = _manner_terms("lce_forward")
-    # T12(c) = [[0, 1], [-1, 0]] against W = [[0, 1], [1, 0]]: squared distances 0 and 4
-    assert terms["align"].item() == pytest.approx(2.0)
-    # f = (1, 1) is pi / 4 away from T12(c_0) = (0, 1)
-    assert terms["boundary"].item() == pytest.approx(math.pi / 4 - 0.5, abs=1e-5)
-    terms["loss"].backward()
-    assert transforms["forward_transform"].scale.grad is not None and transforms["backward_transform"].scale.grad is None
+def test_forward_maps_old_features_with_the_centers_into_the_new_cones():
+    terms, transforms, weights, features, objective = _manner_terms("lce_forward")
+    assert objective.new_boundaries.tolist() == pytest.approx([math.pi / 4, 0.0], abs=1e-6)
+    assert terms["align"].item() == pytest.approx(FORWARD_ALIGN)
+    assert terms["boundary"].item() == pytest.approx(FORWARD_BOUNDARY, abs=1e-5)
+    # T12 and model 2's classifier (through the alignment) train; f2 only sets the detached
+    # running boundaries, and T21 is not this manner's.
+    assert _grad(transforms["forward_transform"].weight) > 0 and weights.grad is not None
+    assert features.grad is None and transforms["backward_transform"].weight.grad is None
 
 
-def test_bidirectional_averages_alignments_and_keeps_backward_boundary():
-    terms, transforms, _ = _manner_terms("lce_bidirectional")
-    assert terms["align"].item() == pytest.approx((2.0 + 2.0) / 2)
-    assert terms["boundary"].item() == pytest.approx(3 * math.pi / 4 - 0.5, abs=1e-5)
-    terms["loss"].backward()
-    assert transforms["forward_transform"].scale.grad is not None and transforms["backward_transform"].scale.grad is not None
+def test_forward_boundary_trains_t12_alone_around_detached_classifier_rows():
+    objective = TrainingObjective("lce_forward", CompatConfig(), _stats())
+    forward = _rotation()
+    weights, features = torch.tensor(WEIGHTS, requires_grad=True), torch.tensor(NEW_FEATURES, requires_grad=True)
+    terms = objective(features, torch.zeros(2, 2), torch.tensor(LABELS), weights,
+                      torch.nn.ModuleDict({"forward_transform": forward}), old_features=torch.tensor(OLD_FEATURES))
+    to_t12, to_weights, to_features = torch.autograd.grad(terms["boundary"], [forward.weight, weights, features],
+                                                          allow_unused=True)
+    assert to_t12.abs().sum() > 0 and to_weights is None and to_features is None
+
+
+def test_forward_maps_features_and_centers_in_one_batch():
+    """T12's batch norms see the old features, as at encode time, not a batch of C centers."""
+    shapes = []
+    forward = _rotation()
+    forward.register_forward_hook(lambda module, inputs, output: shapes.append(tuple(inputs[0].shape)))
+    objective = TrainingObjective("lce_forward", CompatConfig(), _stats())
+    objective(torch.randn(5, 2), torch.zeros(5, 2), torch.tensor([0, 1, 0, 1, 0]), torch.eye(2),
+              torch.nn.ModuleDict({"forward_transform": forward}), old_features=torch.randn(5, 2))
+    assert shapes == [(5 + 2, 2)]
+
+
+def test_forward_refuses_a_batch_without_old_features():
+    objective = TrainingObjective("lce_forward", CompatConfig(), _stats())
+    with pytest.raises(ValueError, match="needs the old model's features of the batch"):
+        objective(torch.ones(2, 2), torch.zeros(2, 2), torch.tensor([0, 1]), torch.eye(2),
+                  torch.nn.ModuleDict({"forward_transform": _rotation()}))
+
+
+def test_running_boundaries_take_a_quantile_per_class_and_a_moving_average():
+    angles = torch.tensor([0.1, 0.2, 0.3, 1.0])
+    features = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # angles to the row (1, 0)
+    labels, weights = torch.tensor([0, 0, 0, 1]), torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    first = running_boundaries(torch.full((3,), float("nan")), features, labels, weights, 0.5, 0.75)
+    assert first[:2].tolist() == pytest.approx([0.2, 1.0], abs=1e-6) and math.isnan(first[2].item())
+    second = running_boundaries(first, features[:1], labels[:1], weights, 0.5, 0.75)
+    assert second[:2].tolist() == pytest.approx([0.75 * 0.2 + 0.25 * 0.1, 1.0], abs=1e-6)
+    assert not second.requires_grad
+
+
+def test_objective_in_eval_mode_keeps_the_running_boundaries():
+    objective = TrainingObjective("lce_forward", CompatConfig(), _stats())
+    transforms = torch.nn.ModuleDict({"forward_transform": _rotation()})
+    call = lambda features: objective(features, torch.zeros(2, 2), torch.tensor(LABELS),  # noqa: E731
+                                      torch.tensor(WEIGHTS), transforms, old_features=torch.tensor(OLD_FEATURES))
+    call(torch.tensor(NEW_FEATURES))
+    kept = objective.new_boundaries.clone()
+    objective.eval()
+    call(torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert torch.equal(objective.new_boundaries, kept)
+
+
+def test_forward_centers_variant_bounds_new_features_around_mapped_centers():
+    terms, transforms, weights, features, _ = _manner_terms("lce_forward_centers")
+    assert terms["align"].item() == pytest.approx(FORWARD_ALIGN)
+    # f2_0 = (1, 1) is pi / 4 from T12(c_0) = (0, 1); f2_1 = (1, 0) is pi from T12(c_1) = (-1, 0); bounds 0.5
+    assert terms["boundary"].item() == pytest.approx((math.pi / 4 - 0.5 + math.pi - 0.5) / 2, abs=1e-3)
+    assert _grad(transforms["forward_transform"].weight) > 0 and _grad(features) > 0
+
+
+def test_bidirectional_averages_the_two_manners_terms():
+    terms, transforms, weights, features, _ = _manner_terms("lce_bidirectional")
+    assert terms["align"].item() == pytest.approx((BACKWARD_ALIGN + FORWARD_ALIGN) / 2)
+    assert terms["boundary"].item() == pytest.approx((BACKWARD_BOUNDARY + FORWARD_BOUNDARY) / 2, abs=1e-5)
+    assert _grad(transforms["forward_transform"].weight) > 0 and _grad(transforms["backward_transform"].weight) > 0
 
 
 def test_manners_refuse_missing_transformations():

@@ -21,7 +21,7 @@ from pipeline.model.transformations import BACKWARD, FORWARD
 
 def test_every_method_of_the_paper_is_catalogued_with_its_transformations_and_needs():
     assert names(Kind.TRAIN) == ["independent", "bct", "l2", "lce_direct", "lce_backward", "lce_forward",
-                                 "lce_bidirectional"]
+                                 "lce_forward_centers", "lce_bidirectional"]
     assert names(Kind.CMC) == ["lce_cmc", "rbt_cmc"]
     trains = {name: method_named(name).trains for name in names(Kind.TRAIN) + names(Kind.CMC)}
     assert trains["lce_backward"] == (BACKWARD,) and trains["lce_forward"] == (FORWARD,)
@@ -30,6 +30,8 @@ def test_every_method_of_the_paper_is_catalogued_with_its_transformations_and_ne
     assert method_named("bct").needs_old_classifier and method_named("bct").needs_statistics
     assert method_named("l2").needs_old_forward and not method_named("l2").needs_statistics
     assert method_named("rbt_cmc").needs_old_model and not method_named("rbt_cmc").needs_statistics
+    reads_old_features = [name for name in names(Kind.TRAIN) if method_named(name).needs_old_features]
+    assert reads_old_features == ["lce_forward", "lce_bidirectional"]
 
 
 def test_routes_say_which_entries_a_method_adds_and_through_which_it_is_compatible():

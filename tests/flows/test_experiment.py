@@ -114,6 +114,10 @@ def test_cards_reference_statistics_and_old_model(finished_pipeline):
     assert lce.stats_file.endswith("stats/lce.npz") and lce.parent_model == "old" and len(lce.classes) == 10
     assert read_card(f"{models}/independent").stats_file is None
     assert read_card(f"{models}/lce_bwd").transforms == ["backward_transform"]
+    # The forward manners read the old model's train-split embeddings by id; the others do not.
+    assert read_card(f"{models}/lce_fwd").old_features == f"{cfg.output_dir}/embeddings/old/train"
+    assert read_card(f"{models}/lce_bi").old_features == read_card(f"{models}/lce_fwd").old_features
+    assert lce.old_features is None
 
 
 def test_mlflow_holds_one_run_per_model_and_one_matrix(finished_pipeline):

@@ -13,7 +13,7 @@ from pipeline.model.card import ModelCard
 from pipeline.model.networks import EmbeddingModel
 from pipeline.train.driver import storage_location
 from pipeline.train.loop import passes_per_epoch
-from pipeline.train.training import build_objective, init_seed
+from pipeline.train.training import build_objective, check_old_features, init_seed
 
 
 def test_small_datasets_pass_several_times_per_epoch():
@@ -71,6 +71,18 @@ def test_backward_manner_accepts_another_dimension_and_saves_its_transform(tmp_p
     write_artifact(tmp_path / "lce", model.state_dict(), card)
     loaded, _ = load_model(tmp_path / "lce")
     assert loaded.transforms["backward_transform"](torch.randn(3, 16)).shape == (3, 8)
+
+
+def test_the_forward_manner_needs_the_old_models_own_train_split_embeddings(tmp_path, old_model):
+    from pipeline.data.embeddings import embeddings_table, write_embeddings
+
+    cfg = TrainConfig(name="fwd", method="lce_forward", model=ModelConfig(embedding_dim=8))
+    with pytest.raises(ValueError, match=r"model 'fwd': method 'lce_forward' needs the old model's train-split"):
+        check_old_features(None, cfg, old_model, tmp_path)
+    other = embeddings_table(["0"], np.zeros(1), np.ones((1, 8)), "other-1", "other", ["a"])
+    write_embeddings(tmp_path / "other" / "part-0.parquet", other)
+    with pytest.raises(ValueError, match=r"embeddings of model 'other' \(other-1\), not of the old model 'old'"):
+        check_old_features(tmp_path / "other", cfg, old_model, tmp_path)
 
 
 def test_the_global_batch_is_split_over_the_workers():
