@@ -225,6 +225,9 @@ class ScoreConfig(Strict):
         "all", description="all: every ordered pair of equal dimension; counterparts: each model with itself, "
                            "each new model and T21 entry against the old gallery, and each T12-mapped old gallery "
                            "with its new model both ways (pipeline.score.entries.counterpart_pairs)")
+    bootstrap_resamples: int = Field(1000, ge=0, description="resamples of the queries for each criterion cell's "
+                                                             "paired interval (pipeline.score.uncertainty); 0: none")
+    interval_level: float = Field(0.95, gt=0, lt=1, description="the criterion intervals' confidence level")
 
 
 class MlflowConfig(Strict):

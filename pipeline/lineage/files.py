@@ -50,11 +50,15 @@ def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
 def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
                       order: list[str]) -> str:
     lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Verdicts", "",
-             "| model | parent | verdict | route | top-1 | parent top-1 | mAP | parent mAP |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | parent | verdict | route | top-1 | parent top-1 | difference [95 % interval] | mAP "
+             "| parent mAP | difference [95 % interval] |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
-        numbers = " | ".join(_value(v.numbers, key) for key in ("top1", "parent_top1", "map", "parent_map"))
-        lines.append(f"| {v.model} | {v.parent} | **{v.decision}** | {v.route} | {numbers} |")
+        numbers = " | ".join(f"{_value(v.numbers, m)} | {_value(v.numbers, f'parent_{m}')} | "
+                             f"{_difference(v.numbers, m)}" for m in ("top1", "map"))
+        lines.append(f"| {v.model} | {v.parent} | **{v.statement}** | {v.route} | {numbers} |")
+    lines += ["", "A verdict within noise: the difference's paired bootstrap interval over the test queries "
+              "holds 0, so another draw of queries could reverse it."]
     lines += ["", "Share of the gallery to re-encode before the new model's queries beat the parent's own "
               "numbers on every metric (from the backfill curves; - when no share does):", ""]
     for v in verdicts:
@@ -74,6 +78,14 @@ def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.D
     lines += [f"| {a['model']} | {a['order']} | {_value(a, 'area_top1')} | {_value(a, 'area_map')} |"
               for a in backfill_areas(backfill)]
     return "\n".join(lines) + "\n"
+
+
+def _difference(numbers: dict, metric: str) -> str:
+    """``M(model, parent) - M(parent, parent)`` in points with its interval, or - without one."""
+    if f"delta_{metric}_low" not in numbers or metric not in numbers:
+        return "-"
+    delta = 100 * (numbers[metric] - numbers[f"parent_{metric}"])
+    return f"{delta:+.2f} [{100 * numbers[f'delta_{metric}_low']:+.2f}, {100 * numbers[f'delta_{metric}_high']:+.2f}]"
 
 
 def _value(numbers: dict, key: str) -> str:

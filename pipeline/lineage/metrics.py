@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.score.criteria import CRITERION_METRICS, beats
+from pipeline.score.uncertainty import WITHIN_NOISE
 
 NO_BACKFILL, FORWARD, BACKFILL = "ship, no backfill", "ship, forward transformation on the gallery", "backfill needed"
 
@@ -45,6 +46,12 @@ class Verdict:
     decision: str
     route: str                     # the pair whose numbers decide: "<query> -> <gallery>"
     numbers: dict[str, float]      # that pair's metrics and the parent's own, per metric
+    within_noise: tuple[str, ...] = ()  # metrics whose paired interval on that route holds 0
+
+    @property
+    def statement(self) -> str:
+        """The decision, and the metrics on which it rests within the queries' noise."""
+        return self.decision + (f" (within noise on {', '.join(self.within_noise)})" if self.within_noise else "")
 
 
 def verdict(model: str, parent: str, cell: Callable[[str, str], dict[str, float] | None],
@@ -66,13 +73,20 @@ def verdict(model: str, parent: str, cell: Callable[[str, str], dict[str, float]
     for query, gallery, decision in routes:
         metrics = cell(query, gallery)
         if metrics is not None and all(beats(metrics[m], reference[m]) for m in judged):
-            return Verdict(model, parent, decision, f"{query} -> {gallery}", _numbers(metrics, reference, judged))
+            return _decided(model, parent, decision, f"{query} -> {gallery}", metrics, reference, judged)
     direct = cell(model, parent) or {m: float("nan") for m in judged}
-    return Verdict(model, parent, BACKFILL, f"{model} -> {parent}", _numbers(direct, reference, judged))
+    return _decided(model, parent, BACKFILL, f"{model} -> {parent}", direct, reference, judged)
 
 
-def _numbers(metrics: dict[str, float], reference: dict[str, float], judged: list[str]) -> dict[str, float]:
-    return {**{m: metrics[m] for m in judged}, **{f"parent_{m}": reference[m] for m in judged}}
+def _decided(model: str, parent: str, decision: str, route: str, metrics: dict, reference: dict[str, float],
+             judged: list[str]) -> Verdict:
+    """The verdict with the deciding pair's numbers, their paired intervals where the report has
+    them (``pipeline.score.uncertainty``), and the metrics whose interval holds 0."""
+    bounds = {f"delta_{m}{end}": metrics[f"delta_{m}{end}"] for m in judged for end in ("_low", "_high")
+              if f"delta_{m}{end}" in metrics}
+    noisy = tuple(m for m in judged if metrics.get(f"verdict_{m}") == WITHIN_NOISE)
+    numbers = {**{m: metrics[m] for m in judged}, **{f"parent_{m}": reference[m] for m in judged}, **bounds}
+    return Verdict(model, parent, decision, route, numbers, noisy)
 
 
 @dataclass(frozen=True)

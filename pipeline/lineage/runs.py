@@ -49,7 +49,7 @@ def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.
                         if key.startswith("share_to_beat_parent/") and not np.isnan(value)})
     log_metrics(client, run_id, metrics)
     for v in verdicts:
-        client.set_tag(run_id, f"verdict/{v.model}", v.decision)
+        client.set_tag(run_id, f"verdict/{v.model}", v.statement)
         client.set_tag(run_id, f"verdict_route/{v.model}", v.route)
     for row in table.to_dict("records"):
         pair = client.create_run(experiment_key, run_name=f"{row['query_model']} -> {row['gallery_model']}",

@@ -11,28 +11,59 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import write_atomic, write_text_atomic
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.score.criteria import CRITERION_METRICS, beats, cell, pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.retrieval import ranking_metrics, recall_at_k, search, summarize
+from pipeline.score.uncertainty import PER_QUERY_KEYS, aligned, paired_interval
 
 log = logging.getLogger(__name__)
 RECALL_QUERIES = 1000  # queries whose IVF neighbours are checked against flat search
 Gallery = EmbeddingSet | EmbeddingFiles  # in memory, or streamed shard by shard from its files
 
 
+@dataclass(frozen=True)
+class QueryValues:
+    """One pair's per-query values of the criterion metrics (``PER_QUERY_KEYS``), in query order."""
+
+    ids: np.ndarray                 # [Q] the query ids
+    labels: np.ndarray              # [Q] their labels
+    values: dict[str, np.ndarray]   # criterion metric -> [Q]
+
+    def save(self, path: Path) -> None:
+        def write(temporary: Path) -> None:
+            with open(temporary, "wb") as handle:  # a handle: np.savez would add ".npz" to a temporary name
+                np.savez(handle, ids=self.ids.astype(str), labels=self.labels, **self.values)
+
+        write_atomic(path, write)
+
+    @classmethod
+    def load(cls, path: Path) -> "QueryValues":
+        with np.load(path, allow_pickle=False) as stored:
+            return cls(stored["ids"].astype(object), stored["labels"],
+                       {key: stored[key] for key in stored.files if key not in ("ids", "labels")})
+
+
 def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | None,
                options: ScoreConfig = ScoreConfig(), shard_rows: int = 100_000) -> dict[str, float]:
-    """All metrics of one pair, overall and per query subset; the gallery read ``shard_rows`` at a
-    time. With an IVF index, ``ivf_recall_at_k``: its top-k against flat search's, on the first
-    ``RECALL_QUERIES`` queries."""
+    """All metrics of one pair, overall and per query subset (``pair_scores``)."""
+    return pair_scores(query, gallery, seen_labels, options, shard_rows)[0]
+
+
+def pair_scores(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | None,
+                options: ScoreConfig = ScoreConfig(),
+                shard_rows: int = 100_000) -> tuple[dict[str, float], QueryValues]:
+    """All metrics of one pair, overall and per query subset, and its per-query criterion values;
+    the gallery read ``shard_rows`` at a time. With an IVF index, ``ivf_recall_at_k``: its top-k
+    against flat search's, on the first ``RECALL_QUERIES`` queries."""
     _check_comparable(query, gallery)
     topk, index = tuple(options.topk), options.index
     shards = lambda: gallery.shards(shard_rows)  # noqa: E731
@@ -49,7 +80,8 @@ def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | N
         for subset, mask in (("seen", seen), ("unseen", ~seen)):
             if mask.any():
                 row.update({f"{name}_{subset}": value for name, value in summarize(per_query, mask).items()})
-    return row
+    values = {metric: per_query[key] for metric, key in PER_QUERY_KEYS.items() if key in per_query}
+    return row, QueryValues(np.asarray(query.ids), np.asarray(query.labels), values)
 
 
 def _check_comparable(query: Gallery, gallery: Gallery) -> None:
@@ -115,26 +147,31 @@ def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = Matrix
     seen_labels = [classes.index(c) for c in roles.old_classes] if roles.old_classes is not None else None
     scoring = {"topk": list(options.topk), "index": options.index.model_dump(), "full_ranking": options.full_ranking,
                "seen_labels": seen_labels}
-    rows, started = [], time.perf_counter()
+    rows, queries, started = [], {}, time.perf_counter()
     for number, (q, g) in enumerate(pairs, start=1):
         key = {"query": _identity(sets.sets[q]), "gallery": _identity(sets.sets[g]), **scoring}
         saved = pair_dir / f"{q}__{g}.json" if pair_dir else None
-        if saved and saved.is_file() and (done := json.loads(saved.read_text()))["key"] == key:
+        saved_values = pair_dir / f"{q}__{g}.queries.npz" if pair_dir else None
+        if (saved and saved.is_file() and saved_values.is_file()
+                and (done := json.loads(saved.read_text()))["key"] == key):
             rows.append(done["row"])
+            queries[q, g] = QueryValues.load(saved_values)
             log.info("score: pair %d/%d %s -> %s scored before (%s)", number, len(pairs), q, g, saved)
             continue
-        metrics = score_pair(sets.query(q), sets.gallery(g), seen_labels, options)
+        metrics, queries[q, g] = pair_scores(sets.query(q), sets.gallery(g), seen_labels, options)
         used = [label for label in (entries[q].transform, entries[g].transform) if label != "none"]
         rows.append({"query_model": q, "gallery_model": g, "transform": "; ".join(dict.fromkeys(used)) or "none",
                      "query_embeddings": sets.sets[q].path, "gallery_embeddings": sets.sets[g].path,
                      "num_queries": len(sets.sets[q]), "num_gallery": len(sets.sets[g]), **metrics})
-        if saved:
-            text = json.dumps({"key": key, "row": rows[-1]}, default=float)
-            write_text_atomic(saved, text)
+        if saved:  # the values first: a row saved without them is scored again
+            queries[q, g].save(saved_values)
+            write_text_atomic(saved, json.dumps({"key": key, "row": rows[-1]}, default=float))
         log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
                  metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
-    return add_criteria(pd.DataFrame(rows), roles.independent, roles.old,
-                        {name: entry.reference for name, entry in entries.items()})
+    references = {name: entry.reference for name, entry in entries.items()}
+    table = add_criteria(pd.DataFrame(rows), roles.independent, roles.old, references)
+    return add_intervals(table, queries, references, seen_labels, options.bootstrap_resamples,
+                         options.interval_level)
 
 
 def _identity(embeddings: Gallery) -> dict:
@@ -170,6 +207,45 @@ def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str |
                 update_gain(getattr(r, metric), old_old, reference)
                 if references.get(r.gallery_model, r.gallery_model) == old and r.query_model != old else np.nan
                 for r in table.itertuples()]
+    return table
+
+
+def add_intervals(table: pd.DataFrame, queries: dict[tuple[str, str], QueryValues], references: dict[str, str],
+                  seen_labels: list[int] | None, resamples: int = 1000, level: float = 0.95) -> pd.DataFrame:
+    """For each cross pair whose reference ``(r, r)`` was scored (``r`` as in ``add_criteria``) and
+    each criterion metric, overall and per query subset: ``delta_<m>`` = ``M(q, g) - M(r, r)``, its
+    paired bootstrap interval ``delta_<m>_low`` / ``_high`` and ``verdict_<m>`` (met, not met,
+    within noise; ``pipeline.score.uncertainty``). No columns when ``resamples`` is 0."""
+    if resamples == 0:
+        return table
+    subsets = {"": None}
+    if seen_labels is not None:
+        subsets.update({"_seen": True, "_unseen": False})
+    columns: dict[str, list] = {}
+    for position, row in enumerate(table.itertuples()):
+        q, g = row.query_model, row.gallery_model
+        r = references.get(g, g)
+        judged = q != g and (q, g) in queries and (r, r) in queries
+        for metric in (m for m in CRITERION_METRICS if m in PER_QUERY_KEYS and m in table.columns):
+            for suffix, seen in subsets.items():
+                name = f"{metric}{suffix}"
+                interval = None
+                if judged and metric in queries[q, g].values:
+                    pair, reference = queries[q, g], queries[r, r]
+                    mask = np.ones(len(pair.ids), bool) if seen is None else np.isin(pair.labels, seen_labels) == seen
+                    base = aligned(pair.ids, reference.ids, reference.values[metric],
+                                   f"pair {q} -> {g} against {r} -> {r}")
+                    if mask.any():
+                        interval = paired_interval(pair.values[metric][mask], base[mask], resamples, level)
+                for column, value in ((f"delta_{name}", interval and interval.delta),
+                                      (f"delta_{name}_low", interval and interval.low),
+                                      (f"delta_{name}_high", interval and interval.high),
+                                      (f"verdict_{name}", interval and interval.verdict)):
+                    columns.setdefault(column, [None] * len(table))[position] = value
+    table = table.copy()
+    for column, values in columns.items():
+        table[column] = pd.Series(values, dtype="string" if column.startswith("verdict_") else "float64",
+                                  index=table.index)
     return table
 
 

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline.atomic import write_atomic, write_text_atomic  # noqa: E402
@@ -27,6 +27,7 @@ from pipeline.tracking import experiment_id, metric_key  # noqa: E402
 
 log = logging.getLogger(__name__)
 ENTRIES_FILE = "entries.json"
+VERDICTS_FILE = "verdicts.md"
 
 
 def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
@@ -81,8 +82,25 @@ def format_matrix(table: pd.DataFrame, order: list[str], metric: str) -> str:
 def row_metrics(row: dict) -> dict[str, float]:
     """The metric columns of one report row (NaN left out)."""
     return {column: float(value) for column, value in row.items()
-            if column.startswith(("top", "map", "update_gain", "ivf_")) and isinstance(value, float)
+            if column.startswith(("top", "map", "update_gain", "ivf_", "delta_")) and isinstance(value, float)
             and not math.isnan(value)}
+
+
+def verdicts_markdown(table: pd.DataFrame, level: float) -> str:
+    """Each judged cell of the criterion as a Markdown table: the pair, the metric and query subset,
+    ``M(q, g) - M(r, r)`` in points with its paired bootstrap interval, and the verdict."""
+    judged = [column.removeprefix("verdict_") for column in table.columns if column.startswith("verdict_")]
+    lines = [f"Criterion cells: M(query, gallery) - M(reference, reference) in points of %, with its "
+             f"{level:.0%} paired bootstrap interval over the queries (pipeline.score.uncertainty).", "",
+             "| query | gallery | metric | difference [interval] | verdict |", "|---|---|---|---|---|"]
+    for row in table.to_dict("records"):
+        for name in judged:
+            if pd.isna(row[f"verdict_{name}"]):
+                continue
+            delta, low, high = (100 * row[f"delta_{name}{end}"] for end in ("", "_low", "_high"))
+            lines.append(f"| {row['query_model']} | {row['gallery_model']} | {name} | "
+                         f"{delta:+.2f} [{low:+.2f}, {high:+.2f}] | {row[f'verdict_{name}']} |")
+    return "\n".join(lines) + "\n"
 
 
 def cell_metrics(table: pd.DataFrame) -> dict[str, float]:
@@ -115,10 +133,15 @@ def log_report(table: pd.DataFrame, order: list[str], files: list[Path], trackin
     run_id = run.info.run_id
     log_metrics(client, run_id, cell_metrics(table))
     client.log_batch(run_id, params=[Param("models", ",".join(order))])
+    tags = []
     for row in table.to_dict("records"):
         compatible = pair_compatible(row)
         if compatible is not None:
-            client.set_tag(run_id, f"compatible/{row['query_model']}/{row['gallery_model']}", str(compatible).lower())
+            tags.append(RunTag(f"compatible/{row['query_model']}/{row['gallery_model']}", str(compatible).lower()))
+        tags += [RunTag(metric_key(column, row["query_model"], row["gallery_model"]), row[column])
+                 for column in row if column.startswith("verdict_") and not pd.isna(row[column])]
+    for start in range(0, len(tags), 100):  # MLflow's limit of tags per call
+        client.log_batch(run_id, tags=tags[start : start + 100])
     for path in files:
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id)
@@ -142,7 +165,12 @@ def score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, option
     shown = tuple(metric for metric in CRITERION_METRICS if metric in table.columns)  # no mAP without the full ranking
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, out_dir / "heatmap.png", shown)]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
-    for name, content in (("matrix.txt", text + "\n"), (ENTRIES_FILE, json.dumps(describe(entries), indent=1))):
+    documents = [("matrix.txt", text + "\n"), (ENTRIES_FILE, json.dumps(describe(entries), indent=1))]
+    if any(column.startswith("verdict_") for column in table.columns):
+        verdicts = verdicts_markdown(table, options.interval_level)
+        documents.append((VERDICTS_FILE, verdicts))
+        text += "\n\n" + verdicts
+    for name, content in documents:
         write_text_atomic(out_dir / name, content)
         files.append(out_dir / name)
     run_id = log_report(table, order, files, context.tracking_uri, context.experiment)

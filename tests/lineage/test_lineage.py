@@ -88,6 +88,12 @@ def test_verdicts():
     assert forward.decision == FORWARD and forward.route == "n -> p.t12.n" and forward.numbers["parent_map"] == 0.50
     cells[("n", "p")] = {"top1": 0.81, "map": 0.51}
     assert decide(t12_gallery="p.t12.n").decision == NO_BACKFILL
+    # With the report's paired intervals, a decision resting on an interval that holds 0 says so.
+    cells[("n", "p")].update({"delta_top1_low": 0.004, "delta_top1_high": 0.016, "verdict_top1": "met",
+                              "delta_map_low": -0.002, "delta_map_high": 0.02, "verdict_map": "within noise"})
+    noisy = decide()
+    assert noisy.decision == NO_BACKFILL and noisy.within_noise == ("map",)
+    assert noisy.statement == "ship, no backfill (within noise on map)" and noisy.numbers["delta_map_low"] == -0.002
 
 
 def test_lineage_config_is_checked():
@@ -216,6 +222,12 @@ def test_lineage_matrix_ac_am_and_backfill_match_brute_force(lineage_report):
             assert curve[metric].iloc[-1] == pytest.approx(table.loc[(model, model), metric])
     assert [v.model for v in report.verdicts] == ["v2", "v3"]
     assert all(v.decision in (NO_BACKFILL, FORWARD, BACKFILL) for v in report.verdicts)
+    for v in report.verdicts:  # the deciding pair's intervals reach the verdict and the summary
+        query, gallery = v.route.split(" -> ")
+        assert v.numbers["delta_top1_low"] == pytest.approx(table.loc[(query, gallery), "delta_top1_low"])
+        assert v.within_noise == tuple(m for m in ("top1", "map")
+                                       if table.loc[(query, gallery), f"verdict_{m}"] == "within noise")
+        assert f"**{v.statement}**" in (report.report_dir / "summary.md").read_text()
     assert (report.report_dir / "heatmap_top1.png").stat().st_size > 5_000
 
 
