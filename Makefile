@@ -29,13 +29,16 @@ else
 endif
 
 # Every scenario of configs/scenarios (2 seeds each), then docs/results.md; DATA=<path> runs
-# them on your own images and writes the tables under outputs/ instead.
+# them on your own images and writes the tables under outputs/ instead. SCENARIO=<name> (or
+# names) runs only those; the tables take the other scenarios from their finished runs.
+SCENARIO ?=
+RESULTS_ARGS := $(if $(strip $(SCENARIO)),--run $(SCENARIO))
 results: env
 ifeq ($(strip $(DATA)),)
 	@bash scripts/fetch_data.sh
-	$(PY) -m jobs.results
+	$(PY) -m jobs.results $(RESULTS_ARGS)
 else
-	$(PY) -m jobs.results --data "$(DATA)"
+	$(PY) -m jobs.results --data "$(DATA)" $(RESULTS_ARGS)
 endif
 
 # A Ray Tune sweep of LCE's sizes, margin and weights (tuning/configs/demo.yaml, or SWEEP=<yaml>).

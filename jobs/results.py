@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jobs import cli
 from pipeline.config import data_overrides
-from pipeline.flows.scenarios import run_scenario, write_results
+from pipeline.flows.scenarios import plan, run_scenario, write_results
 
 
 def main() -> None:
@@ -20,6 +20,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="the Markdown file (default: docs/results.md)")
     parser.add_argument("--reuse", action="store_true",
                         help="read a scenario's finished run instead of running it again")
+    parser.add_argument("--run", nargs="*", default=None, metavar="NAME",
+                        help="run only these scenarios (by file stem, e.g. classes); the tables take every other "
+                             "scenario from its finished run and leave out those not run yet")
     cli.add_ray_arg(parser)
     args = parser.parse_args()
     paths = [Path(p) for p in args.scenarios] if args.scenarios else sorted(Path("configs/scenarios").glob("*.yaml"))
@@ -29,8 +32,8 @@ def main() -> None:
     root = Path(args.output_root or (f"{overrides['output_dir']}/results" if args.data else "outputs/results"))
     out = Path(args.out or (root / "results.md" if args.data else "docs/results.md"))
     scenarios = []
-    for path in paths:
-        scenarios.append(run_scenario(path, overrides, root, args.reuse, args.ray_address))
+    for path, reuse in plan(paths, root, args.run, args.reuse):
+        scenarios.append(run_scenario(path, overrides, root, reuse, args.ray_address))
         holding = sum(ok for _, ok in scenarios[-1].checks)
         print(f"{path.stem}: {holding}/{len(scenarios[-1].checks)} claims hold "
               f"({scenarios[-1].run['seconds'] / 60:.1f} min)")

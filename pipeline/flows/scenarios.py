@@ -46,6 +46,30 @@ class Scenario:
     run: dict[str, Any]              # seconds, commit and date of the run
 
 
+def finished(path: Path, root: Path) -> bool:
+    """Whether ``path``'s scenario has a finished run under ``root/<name>``."""
+    return (root / path.stem / TIMING_FILE).is_file()
+
+
+def plan(paths: list[Path], root: Path, run: list[str] | None, reuse: bool) -> list[tuple[Path, bool]]:
+    """The scenarios that make the tables, each with whether its finished run is read: all of
+    ``paths`` (read again with ``reuse``), or with ``run`` those named there, run now, and every
+    other one that has a finished run (the rest are left out, and logged)."""
+    unknown = sorted(set(run or ()) - {path.stem for path in paths})
+    if unknown:
+        raise ValueError(f"--run {unknown}: no such scenario among {[path.stem for path in paths]}")
+    chosen = []
+    for path in paths:
+        only_read = run is not None and path.stem not in run
+        if only_read and not finished(path, root):
+            log.warning("%s: no finished run under %s; left out of the tables", path.stem, root / path.stem)
+            continue
+        chosen.append((path, reuse or only_read))
+    if not chosen:
+        raise ValueError(f"no scenario to run and none finished under {root}")
+    return chosen
+
+
 def run_scenario(path: Path, overrides: dict[str, Any], root: Path, reuse: bool, ray_address: str | None) -> Scenario:
     """``path``'s pipeline under ``root/<name>`` (read again when ``reuse`` finds it finished)."""
     cfg = load_pipeline_config(path, {**overrides, "output_dir": str(root / path.stem)})
@@ -85,8 +109,9 @@ def results_header(csv_path: Path, data_source: str, minutes: float) -> list[str
         "",
         f"Tables written at commit {commit()} on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs "
         f"({platform.machine()}), no GPU, data `{data_source}`; all scenarios {minutes:.1f} min. "
-        f"Every number is a percentage (update gain a ratio) on the test split: the mean over seeds ± half the "
-        "spread (max - min); a criterion cell says in how many seeds new/old beat old/old on both top-1 and mAP. "
+        f"Every number is a percentage (update gain a ratio) on the test split: the mean over seeds ± their "
+        "sample standard deviation; a criterion cell says in how many seeds new/old beat old/old on both top-1 "
+        "and mAP. "
         "Routes: `direct` searches the old gallery with the new model's features; `T21` maps the new features into "
         "the old space first; `T12` maps the old gallery into the new space (`old/new` then searches the new gallery "
         "with the mapped old queries). Full table: "

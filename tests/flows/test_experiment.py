@@ -5,11 +5,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import pipeline_from_dict
 from pipeline.data.embeddings import read_embeddings
 from pipeline.flows.experiment import run_pipeline
+from pipeline.flows.scenarios import TIMING_FILE, plan, run_scenario, write_results
 from pipeline.model.artifacts import load_cmc
 from pipeline.model.card import read_card
 from pipeline.score.results import load_run, seed_rows
@@ -130,6 +132,32 @@ def test_mlflow_holds_one_run_per_model_and_one_matrix(finished_pipeline):
     table = pd.read_parquet(result.report_dir / "report.parquet").set_index(["query_model", "gallery_model"])
     assert score.data.metrics["top1/lce/old"] == pytest.approx(table.loc[("lce", "old"), "top1"])
     artifacts = {a.path for a in client.list_artifacts(score.info.run_id)}
-    assert {"report.csv", "report.parquet", "heatmap.png"} <= artifacts
+    assert {"report.csv", "report.parquet", "heatmap.png", "verdicts.md"} <= artifacts
+    # Each criterion cell with its paired interval and verdict, overall and per query subset.
+    for name in ("top1", "map", "top1_seen", "map_unseen"):
+        cell = table.loc[("lce", "old")]
+        assert score.data.tags[f"verdict_{name}/lce/old"] == cell[f"verdict_{name}"]
+        assert score.data.metrics[f"delta_{name}_low/lce/old"] == pytest.approx(cell[f"delta_{name}_low"])
+        assert cell[f"delta_{name}_low"] <= cell[f"delta_{name}"] <= cell[f"delta_{name}_high"]
+    verdicts = (result.report_dir / "verdicts.md").read_text()
+    assert f"| lce | old | top1 | {100 * table.loc[('lce', 'old'), 'delta_top1']:+.2f} [" in verdicts
     lce_run = next(r for r in runs if r.info.run_name == "lce")
     assert "train_boundary" in lce_run.data.metrics and lce_run.data.params["method"] == "lce_direct"
+
+
+def test_results_tables_are_assembled_from_a_finished_run(finished_pipeline, tmp_path):
+    cfg, _ = finished_pipeline
+    root = tmp_path / "results"
+    root.mkdir()
+    (root / "e2e").symlink_to(cfg.output_dir)
+    (Path(cfg.output_dir) / TIMING_FILE).write_text('{"seconds": 60, "commit": "abc1234", "date": "2026-12-01"}')
+    scenario = tmp_path / "e2e.yaml"
+    scenario.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"output_dir"})))
+    [(path, reuse)] = plan([scenario], root, [], reuse=False)  # finished: read, not run
+    result = run_scenario(path, {}, root, reuse, None)
+    csv_path = write_results([result], tmp_path / "results.md", "test data")
+    text = (tmp_path / "results.md").read_text()
+    assert "run at commit abc1234 on 2026-12-01" in text and "mean over seeds ± their sample standard deviation" in text
+    folded = pd.read_csv(csv_path).set_index("entry")
+    report = pd.read_parquet(Path(cfg.output_dir) / "report" / "report.parquet").set_index(["query_model", "gallery_model"])
+    assert folded.loc["lce", "new_old_top1"] == pytest.approx(report.loc[("lce", "old"), "top1"])
