@@ -1,12 +1,14 @@
-"""Confirm a sweep's best config: retrain it with ``jobs.train``, score it with ``jobs.score``.
+"""Confirm a sweep's best config: retrain it with ``jobs.train`` in 3 seeds, score them with ``jobs.score``.
 
-    python -m tuning.confirm --sweep-dir outputs/sweeps/demo
+    python -m tuning.confirm --sweep-dir outputs/sweeps/demo [--seeds 0 1 2]
 
-Runs the same job CLIs a user runs (train against the sweep's old model and statistics, encode
-the test split with both models, score with the transformations the config trains), then checks
-the two claims a sweep makes: the retrained model meets the compatibility criterion on the test
-split through its compatible route, and its objective on the validation rows is at least the
-median trial's. Writes ``confirm.json`` beside the sweep's outputs and prints the verdict.
+Runs the same job CLIs a user runs (train against the sweep's old model, statistics and old
+train-split features, encode the test split, score with the transformations the config trains),
+then checks the two claims a sweep makes, in every seed: the retrained model meets the
+compatibility criterion on the test split through its compatible route (each cell with its
+paired bootstrap interval and verdict), and its objective on the validation rows is at least the
+median trial's. A winner chosen by less than the seed-to-seed spread fails here. Writes
+``confirm.json`` (mean and standard deviation over seeds, and each seed) and prints it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from pipeline.compat.methods import Method, Route, entry_name
 from pipeline.config import load_train_config
@@ -41,52 +44,78 @@ def _job(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True)
 
 
-def confirm(sweep_dir: Path) -> dict:
+SEEDS = (0, 1, 2)
+
+
+def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
+    """Retrain the best config once per seed, score every seed's model against the old gallery
+    in one report, and check the criterion in each seed (with each cell's paired interval)."""
     cfg = load_sweep_config(sweep_dir / "sweep.yaml")
     best = load_train_config(sweep_dir / "best.yaml")
     dataset, old = Path(cfg.data.root).resolve(), sweep_dir / "models" / "old"
-    model = sweep_dir / "models" / f"{best.name}-best"
     tracking = ["--tracking-uri", cfg.tracking_uri(), "--experiment", cfg.mlflow.experiment]
-    _job("jobs.train", "--config", str(sweep_dir / "best.yaml"), "--dataset", str(dataset), "--out", str(model),
-         "--old-model", str(old), "--stats", str(sweep_dir / "stats" / "base.npz"),
-         "--old-features", str(sweep_dir / "embeddings" / "old" / "train"),
-         "--storage-path", str(sweep_dir / "ray"), "--run-name", f"{best.name}-best", *tracking)
-    for name, folder in (("old", old), ("best", model)):
-        _job("jobs.encode", "--model", str(folder), "--dataset", str(dataset), "--split", "test",
-             "--out", str(sweep_dir / "embeddings" / name / "test"))
+    _job("jobs.encode", "--model", str(old), "--dataset", str(dataset), "--split", "test",
+         "--out", str(sweep_dir / "embeddings" / "old" / "test"))
+    names, models = [], []
+    for seed in seeds:
+        seeded = best.model_copy(update={"seed": seed, "name": f"{best.name}-best-s{seed}"})
+        config, model = sweep_dir / "confirm" / f"{seeded.name}.yaml", sweep_dir / "models" / seeded.name
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(seeded.model_dump(mode="json"), sort_keys=False))
+        _job("jobs.train", "--config", str(config), "--dataset", str(dataset), "--out", str(model),
+             "--old-model", str(old), "--stats", str(sweep_dir / "stats" / "base.npz"),
+             "--old-features", str(sweep_dir / "embeddings" / "old" / "train"),
+             "--storage-path", str(sweep_dir / "ray"), "--run-name", seeded.name, *tracking)
+        _job("jobs.encode", "--model", str(model), "--dataset", str(dataset), "--split", "test",
+             "--out", str(sweep_dir / "embeddings" / seeded.name / "test"))
+        names.append(seeded.name)
+        models.append(model)
     report = sweep_dir / "confirm-report"
     _job("jobs.score", "--embeddings", str(sweep_dir / "embeddings" / "old" / "test"),
-         str(sweep_dir / "embeddings" / "best" / "test"), "--old-model", str(old), "--artifacts", str(model),
-         "--out", str(report), *tracking)
+         *(str(sweep_dir / "embeddings" / name / "test") for name in names), "--old-model", str(old),
+         "--artifacts", *map(str, models), "--out", str(report), *tracking)
 
     table = pd.read_csv(report / "report.csv")
-    query, gallery = compatible_route(best.method_spec, best.name, "old")
-    cell, old_old = pair_row(table, query, gallery), pair_row(table, "old", "old")
-
+    old_old = pair_row(table, "old", "old")
     info = read_dataset_info(dataset)
     references = json.loads((sweep_dir / "validation" / "references.json").read_text())
     validator = Validator(str(dataset), class_indices(info.classes, best.classes), best.method_spec,
                           best.validation_fraction, str(sweep_dir / "validation" / "old_features.npz"),
                           References(references["old_old"], references["independent"]))
-    objective = validator(load_model(model)[0])["objective"]
+    per_seed = []
+    for seed, name, model in zip(seeds, names, models):
+        query, gallery = compatible_route(best.method_spec, name, "old")
+        cell = pair_row(table, query, gallery)
+        per_seed.append({
+            "seed": seed, "route": f"{query} -> {gallery}",
+            "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),
+            **{f"{key}_{m}": cell[f"{key}_{m}"] for m in ("top1", "map")
+               for key in ("delta", "delta_low", "delta_high", "verdict")},
+            "meets_criterion": beats(cell["top1"], old_old["top1"]) and beats(cell["map"], old_old["map"]),
+            "validation_objective": validator(load_model(model)[0])["objective"]})
     trials = pd.read_csv(sweep_dir / "trials.csv")
     median = float(trials.loc[trials.status != "error", "objective"].dropna().median())  # as the sweep logs it
+    frame = pd.DataFrame(per_seed)
     result = {
-        "method": best.method, "route": f"{query} -> {gallery}",
-        "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),
+        "method": best.method, "seeds": list(seeds),
         "test_old_old_top1": float(old_old["top1"]), "test_old_old_map": float(old_old["map"]),
-        "meets_criterion": beats(cell["top1"], old_old["top1"]) and beats(cell["map"], old_old["map"]),
-        "validation_objective": objective, "median_trial_objective": median,
-        "objective_at_least_median": objective >= median,
+        **{f"test_new_old_{m}_{stat}": float(getattr(frame[f"test_new_old_{m}"], stat)())
+           for m in ("top1", "map") for stat in ("mean", "std")},
+        "meets_criterion_every_seed": bool(frame.meets_criterion.all()),
+        "median_trial_objective": median,
+        "objective_at_least_median_every_seed": bool((frame.validation_objective >= median).all()),
+        "per_seed": per_seed,
     }
-    (sweep_dir / "confirm.json").write_text(json.dumps(result, indent=1))
+    (sweep_dir / "confirm.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tuning.confirm", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep-dir", type=Path, required=True, help="a finished sweep's folder")
-    result = confirm(parser.parse_args().sweep_dir.resolve())
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="the seeds to retrain in")
+    args = parser.parse_args()
+    result = confirm(args.sweep_dir.resolve(), tuple(args.seeds))
     print(json.dumps(result, indent=1))
 
 

@@ -141,7 +141,8 @@ def trials_table(results: tune.ResultGrid, cfg: SweepConfig) -> pd.DataFrame:
                      "status": status, "epochs": epochs,
                      "error": str(result.error).strip().splitlines()[-1] if result.error else "",
                      **{key: metrics.get(key, math.nan) for key in
-                        ("objective", "val_gain", "val_retention", "val_new_old_top1", "val_new_new_top1")}})
+                        ("objective", "val_gain", "val_gain_low", "val_retention", "val_new_old_top1",
+                         "val_new_new_top1")}})
     return pd.DataFrame(rows)
 
 

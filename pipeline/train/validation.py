@@ -8,7 +8,8 @@ bidirectional), or searched against the old gallery mapped by ``T12`` (forward).
 The objective rewards compatibility and retained accuracy together, as the harmonic mean of
 
 - ``gain``: the update gain on top-1, ``(M(new, old) - M(old, old)) / (M(ind, ind) - M(old, old))``
-  with ``ind`` the independently trained new model (design notes, section 3), and
+  with ``ind`` the independently trained new model (design notes, section 3), its numerator taken
+  at the lower end of its 95 % paired bootstrap interval over the validation queries, and
 - ``retention``: ``M(new, new) / M(ind, ind)``,
 
 When the gain is not positive the objective is the gain itself (at most 0): an incompatible
@@ -32,6 +33,7 @@ from pipeline.data.embeddings import positions
 from pipeline.model.transformations import BACKWARD, FORWARD
 from pipeline.score.criteria import beats, update_gain
 from pipeline.score.retrieval import in_memory, search, topk_hits
+from pipeline.score.uncertainty import paired_interval
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,16 @@ def compat_objective(gain: float, retention: float) -> float:
     return 2 * gain * retention / (gain + retention)
 
 
+def top1_hits(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per query, whether its nearest neighbour has its label, with the validation rows as both
+    query and gallery set, each query excluding itself (the metric of ``pipeline.score.retrieval``,
+    without its full-ranking AP, which a sweep does not use)."""
+    return topk_hits(search(query, ids, in_memory(ids, labels, gallery), 1), labels, (1,))["top1"]
+
+
 def top1(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> float:
-    """Top-1 with the validation rows as both query and gallery set, each query excluding itself
-    (the metric of ``pipeline.score.retrieval``, without its full-ranking AP, which a sweep does not use)."""
-    hits = topk_hits(search(query, ids, in_memory(ids, labels, gallery), 1), labels, (1,))
-    return float(hits["top1"].mean())
+    """Top-1 over the validation rows (``top1_hits``)."""
+    return float(top1_hits(query, gallery, labels, ids).mean())
 
 
 @torch.inference_mode()
@@ -78,16 +85,23 @@ def compatible_pair(method: Method, new: torch.Tensor, old: torch.Tensor,
 
 
 def validation_metrics(method: Method, new: torch.Tensor, old: torch.Tensor, labels: np.ndarray, ids: np.ndarray,
-                       transforms: nn.ModuleDict, references: References) -> dict[str, float]:
+                       transforms: nn.ModuleDict, references: References,
+                       old_old_hits: np.ndarray) -> dict[str, float]:
     """The epoch's validation numbers: new/new and new/old top-1, gain, retention, objective
-    (``transforms`` in eval mode, as at encode time)."""
+    (``transforms`` in eval mode, as at encode time). The objective takes the gain at the lower
+    end of the 95 % paired bootstrap interval of new/old minus old/old over the validation queries
+    (``pipeline.score.uncertainty``): a margin over old/old that a few queries decide scores
+    below one that holds, so that the sweep's winner is not chosen on noise."""
     queries, gallery = compatible_pair(method, new, old, transforms)
     new_new = top1(new.float().cpu().numpy(), new.float().cpu().numpy(), labels, ids)
-    new_old = top1(queries, gallery, labels, ids)
+    new_old_hits = top1_hits(queries, gallery, labels, ids)
+    new_old = float(new_old_hits.mean())
     gain = update_gain(new_old, references.old_old, references.independent)
+    low = paired_interval(new_old_hits, old_old_hits).low
+    gain_low = update_gain(references.old_old + low, references.old_old, references.independent)
     retention = new_new / references.independent
-    return {"val_new_new_top1": new_new, "val_new_old_top1": new_old, "val_gain": gain,
-            "val_retention": retention, "objective": compat_objective(gain, retention)}
+    return {"val_new_new_top1": new_new, "val_new_old_top1": new_old, "val_gain": gain, "val_gain_low": gain_low,
+            "val_retention": retention, "objective": compat_objective(gain_low, retention)}
 
 
 @torch.inference_mode()
@@ -111,6 +125,7 @@ class Validator:
         with np.load(old_features, allow_pickle=False) as stored:
             self.old = torch.from_numpy(stored["vectors"][positions(stored["ids"], ids, old_features)])
         self.ids, self.labels = np.asarray(ids), np.asarray(dataset_labels)
+        self.old_old_hits = top1_hits(self.old.numpy(), self.old.numpy(), self.labels, self.ids)
         self.method, self.references = method, references
 
     @torch.inference_mode()
@@ -120,6 +135,6 @@ class Validator:
         try:  # eval mode throughout: the transformations' batch norms use (and keep) their running statistics
             new = embed_images(model, self.images)
             return validation_metrics(self.method, new, self.old.to(new.device), self.labels, self.ids,
-                                      model.transforms, self.references)
+                                      model.transforms, self.references, self.old_old_hits)
         finally:
             model.train(was_training)

@@ -67,6 +67,30 @@ def test_objective_is_the_harmonic_mean_of_gain_and_retention():
         References(old_old=0.80, independent=0.79).check_upgrade()
 
 
+def test_the_objective_takes_the_gain_at_the_low_end_of_its_paired_interval():
+    import torch
+
+    from pipeline.compat.methods import method_named
+    from pipeline.score.uncertainty import paired_interval
+    from pipeline.train.validation import top1_hits, validation_metrics
+
+    rng = np.random.default_rng(1)
+    labels, ids = rng.integers(0, 4, 400), np.arange(400)
+    centers = rng.normal(size=(4, 8))
+    old = centers[labels] + rng.normal(scale=1.2, size=(400, 8))
+    new = centers[labels] + rng.normal(scale=0.9, size=(400, 8))
+    old_old_hits = top1_hits(old, old, labels, ids)
+    references = References(old_old=float(old_old_hits.mean()), independent=0.99)
+    metrics = validation_metrics(method_named("lce_direct"), torch.tensor(new), torch.tensor(old), labels, ids,
+                                 torch.nn.ModuleDict(), references, old_old_hits)
+    new_old_hits = top1_hits(new, old, labels, ids)
+    low = paired_interval(new_old_hits, old_old_hits).low
+    assert metrics["val_gain"] == pytest.approx((new_old_hits.mean() - references.old_old) / (0.99 - references.old_old))
+    assert metrics["val_gain_low"] == pytest.approx(low / (0.99 - references.old_old))
+    assert metrics["val_gain_low"] < metrics["val_gain"]
+    assert metrics["objective"] == pytest.approx(compat_objective(metrics["val_gain_low"], metrics["val_retention"]))
+
+
 def test_validation_top1_is_the_retrieval_metric():
     rng = np.random.default_rng(0)
     vectors, labels, ids = rng.normal(size=(60, 4)), rng.integers(0, 3, 60), np.arange(60)
