@@ -72,6 +72,10 @@ class CompatConfig(Strict):
     lambda_regression: float = Field(1.0, ge=0, description="L2 baseline: weight of ||norm(f2) - norm(f1)||^2")
     compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m (at least 0, "
                                                          "the center: a warning names the classes it reaches)")
+    centers: Literal["mean", "classifier"] = Field(
+        "mean", description="c_j: the normalised mean of the old model's normalised features of class j; or, for the "
+                            "classes the old model was trained on, its normalised classifier row (the others keep the "
+                            "mean); boundaries are measured around the chosen centers")
     boundary: Literal["max", "quantile", "iqr"] = "quantile"
     boundary_quantile: float = Field(0.95, gt=0, le=1, description="the quantile rule's level, in the old space and "
                                                                    "for the new space's running boundaries (forward)")

@@ -91,11 +91,14 @@ def boundary_angle(angles: np.ndarray, rule: BoundaryRule, quantile: float = 0.9
 
 
 def compute_old_space_stats(features: np.ndarray, labels: np.ndarray, classes: list[str], old_classes: list[str],
-                            rule: BoundaryRule = "quantile", quantile: float = 0.95) -> OldSpaceStats:
+                            rule: BoundaryRule = "quantile", quantile: float = 0.95,
+                            classifier_rows: dict[str, np.ndarray] | None = None) -> OldSpaceStats:
     """Centers and boundaries of every class of ``classes`` from model 1's ``features``.
 
-    ``labels`` index ``classes``. The center is the normalised mean of the normalised features;
-    the boundary is the chosen statistic of the angles between features and their center.
+    ``labels`` index ``classes``. The center is the normalised mean of the normalised features,
+    or, for a class of ``classifier_rows`` (model 1's classifier row of a class it knows), that
+    row normalised; the boundary is the chosen statistic of the angles between features and
+    their center.
     """
     features = np.asarray(features, dtype=np.float64)
     unit = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
@@ -109,7 +112,7 @@ def compute_old_space_stats(features: np.ndarray, labels: np.ndarray, classes: l
         raise StatisticsMismatch(f"no training images for classes {empty}: every class of the label map needs statistics")
     for j in range(len(classes)):
         rows = labels == j
-        center = unit[rows].mean(axis=0)
+        center = unit[rows].mean(axis=0) if classes[j] not in (classifier_rows or {}) else classifier_rows[classes[j]]
         centers[j] = center / max(np.linalg.norm(center), 1e-12)
         means[j] = features[rows].mean(axis=0)
         angles = np.arccos(np.clip(unit[rows] @ centers[j], -1.0, 1.0))

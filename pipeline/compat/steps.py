@@ -49,17 +49,33 @@ def optimizer_and_schedule(parameters: Iterable[torch.nn.Parameter], lr: float, 
     return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.15)
 
 
+def check_gradients(optimizer: torch.optim.Optimizer, where: Callable[[], str]) -> None:
+    """Refuse a step whose gradients hold a NaN or an infinity, naming the first such parameter
+    (its group and position in the optimizer, and its shape)."""
+    grads = [(group_index, index, p.grad) for group_index, group in enumerate(optimizer.param_groups)
+             for index, p in enumerate(group["params"]) if p.grad is not None]
+    if not grads:
+        return
+    finite = torch.stack([torch.isfinite(grad).all() for _, _, grad in grads])
+    if not bool(finite.all()):
+        group_index, index, grad = grads[int((~finite).nonzero()[0])]
+        raise NonFiniteLoss(f"non-finite gradient of parameter {index} of group {group_index} "
+                            f"(shape {tuple(grad.shape)}) with a finite {where()}")
+
+
 def optimizer_step(terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
                    totals: dict[str, float], where: Callable[[], str],
                    scaler: torch.amp.GradScaler | None = None) -> None:
-    """One step on ``terms["loss"]``, adding every term to ``totals``; a NaN or infinite loss
-    stops the run with ``where()`` (which step, which batch) before any weight changes.
-    ``scaler`` (fp16) scales the loss and skips steps whose gradients overflow."""
+    """One step on ``terms["loss"]``, adding every term to ``totals``; a NaN or infinite loss, or
+    a finite loss with a NaN or infinite gradient, stops the run with ``where()`` (which step,
+    which batch) before any weight changes. ``scaler`` (fp16) scales the loss and skips steps
+    whose gradients overflow (that is its job, so those are not checked)."""
     if not torch.isfinite(terms["loss"]):
         raise NonFiniteLoss(f"loss {terms['loss'].item()}: {where()}")
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         terms["loss"].backward()
+        check_gradients(optimizer, lambda: f"loss {terms['loss'].item():.6g}: {where()}")
         optimizer.step()
     else:
         scaler.scale(terms["loss"]).backward()

@@ -13,6 +13,7 @@ from pipeline.config import EncodeConfig, TrainConfig
 from pipeline.data.dataset import class_indices, in_fraction, in_validation, read_dataset_info
 from pipeline.data.embeddings import EmbeddingSet, read_embeddings
 from pipeline.encode.split import encode_split
+from pipeline.model.artifacts import load_model
 from pipeline.model.card import read_model_card
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,12 @@ def stats_for_model(cfg: TrainConfig, old_model: str | Path, embeddings: Embeddi
     """Statistics over the rows ``cfg`` trains on, for every class of its label map."""
     rows, labels, classes = training_rows(embeddings, dataset, cfg)
     old_classes = read_model_card(old_model).classes
+    classifier_rows = None
+    if cfg.compat.centers == "classifier":
+        weight = load_model(old_model)[0].head.weight.detach().numpy()
+        classifier_rows = {name: weight[i] for i, name in enumerate(old_classes) if name in classes}
     stats = compute_old_space_stats(embeddings.vectors[rows], labels, classes, old_classes,
-                                    cfg.compat.boundary, cfg.compat.boundary_quantile)
+                                    cfg.compat.boundary, cfg.compat.boundary_quantile, classifier_rows)
     stats.save(out_path)
     log.info("stats for %s: %d classes from %d images, boundary %s (median %.1f deg) -> %s", cfg.name, len(classes),
              len(rows), cfg.compat.boundary, float(np.degrees(np.median(stats.boundaries))), out_path)

@@ -19,6 +19,15 @@ def test_centers_and_max_boundary_by_hand():
     assert stats.old_class_mask().tolist() == [True, False]
 
 
+def test_classifier_rows_replace_the_centers_of_the_old_models_classes():
+    features = np.array([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]])
+    stats = compute_old_space_stats(features, np.array([0, 0, 1]), ["a", "b"], ["a"], rule="max",
+                                    classifier_rows={"a": np.array([0.0, 5.0])})
+    assert np.allclose(stats.centers[0], [0.0, 1.0])   # the row, normalised
+    assert np.allclose(stats.centers[1], [-1.0, 0.0])  # a class the old model never saw keeps its mean
+    assert stats.boundaries[0] == pytest.approx(math.pi / 2, abs=1e-6)  # (1, 0) is 90 degrees from the row
+
+
 def test_boundary_rules():
     angles = np.array([0.1, 0.2, 0.3, 0.4, 3.0])
     assert boundary_angle(angles, "max") == 3.0

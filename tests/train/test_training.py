@@ -115,6 +115,42 @@ def test_bf16_autocast_step_trains_and_keeps_float32_weights():
     assert np.isfinite(totals["loss"])
 
 
+@pytest.mark.parametrize("method", ["lce_backward", "lce_forward", "lce_bidirectional"])
+def test_one_training_step_changes_every_transformations_weights(method, tmp_path, old_model):
+    """The optimizer is built as the epoch loop builds it, from the model's parameters: a
+    transformation left out of them (the public LCE code's defect) would keep its weights."""
+    from pipeline.compat.steps import optimizer_and_schedule
+    from pipeline.config import TransformConfig
+    from pipeline.model.transformations import build_transforms
+
+    cfg = TrainConfig(name="lce", method=method, model=ModelConfig(embedding_dim=8),
+                      transform=TransformConfig(hidden=16))
+    transforms = build_transforms(cfg.method_spec.trains, 8, 8, cfg.transform)
+    model = EmbeddingModel(cfg.model, 1, 2, transforms)
+    optimizer, scheduler = optimizer_and_schedule(model.parameters(), 0.01, 0.0, total_steps=10)
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+    images, labels = torch.randn(8, 1, 28, 28), torch.tensor([0, 1] * 4)
+    before = {name: p.detach().clone() for name, p in model.transforms.named_parameters()}
+    features, logits = model(images, labels)
+    optimizer_step(objective(features, logits, labels, model.head.weight, model.transforms,
+                             old_features=torch.randn(8, 8)), optimizer, scheduler, {}, lambda: "test")
+    unchanged = [name for name, p in model.transforms.named_parameters()
+                 if "weight" in name and torch.equal(p, before[name])]
+    assert set(model.transforms) == set(cfg.method_spec.trains) and not unchanged
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_stops_before_the_weights_change():
+    from pipeline.compat.steps import NonFiniteLoss, optimizer_and_schedule
+
+    weight = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
+    optimizer, scheduler = optimizer_and_schedule([weight], 0.1, 0.0, total_steps=10)
+    loss = weight.sqrt().sum()  # 1.0, but d sqrt(x) / dx is infinite at x = 0
+    with pytest.raises(NonFiniteLoss, match=r"non-finite gradient of parameter 0 of group 0 \(shape \(2,\)\) with a "
+                                            r"finite loss 1: step 3"):
+        optimizer_step({"loss": loss}, optimizer, scheduler, {}, lambda: "step 3")
+    assert weight.tolist() == [0.0, 1.0]
+
+
 def test_storage_uris_pass_through_and_folders_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert storage_location("s3://bucket/ray") == "s3://bucket/ray"
