@@ -67,10 +67,13 @@ def make_step(method: str, config: ModelConfig, images: torch.Tensor, labels: to
     model.train()
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), 1e-3, 0.05, total_steps=10_000)
     totals: dict[str, float] = {}
+    # the forward manners read the batch's old features by id: a lookup, here a fixed tensor
+    batch_old = torch.randn(len(labels), dim) if spec.needs_old_features else None
 
     def step() -> None:
         features, logits = model(images, labels)
-        terms = objective(features.float(), logits.float(), labels, model.head.weight, model.transforms, images=images)
+        terms = objective(features.float(), logits.float(), labels, model.head.weight, model.transforms, images=images,
+                          old_features=batch_old)
         optimizer_step(terms, optimizer, scheduler, totals, lambda: method)
 
     return step

@@ -38,6 +38,21 @@ class SmallCNN(nn.Module):
         return self.features(images.contiguous(memory_format=torch.channels_last))
 
 
+class PixelMLP(nn.Module):
+    """A perceptron on the image pooled to 14x14: the weaker backbone of the CPU backbone
+    scenario (an old model a convolutional one upgrades), of any input size."""
+
+    def __init__(self, in_channels: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.AdaptiveAvgPool2d(14), nn.Flatten(),
+                                      nn.Linear(in_channels * 14 * 14, hidden, bias=False), nn.BatchNorm1d(hidden),
+                                      nn.ReLU(inplace=True))
+        self.out_features = hidden
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+
 def _resnet(kind: str, in_channels: int, stem_stride: int) -> tuple[nn.Module, int]:
     """A torchvision ResNet with a small-image stem and no classifier: a 3x3 conv of stride 1 or
     2, or (``stem_stride`` 4) stride 2 followed by the usual max-pool. At 28x28 on 2 CPU threads
@@ -59,8 +74,8 @@ class Embedder(nn.Module):
 
     def __init__(self, architecture: str, in_channels: int, embedding_dim: int, stem_stride: int = 1) -> None:
         super().__init__()
-        if architecture == "small_cnn":
-            self.backbone: nn.Module = SmallCNN(in_channels)
+        if architecture in ("small_cnn", "mlp"):
+            self.backbone: nn.Module = (SmallCNN if architecture == "small_cnn" else PixelMLP)(in_channels)
             out_features = self.backbone.out_features
         else:
             self.backbone, out_features = _resnet(architecture, in_channels, stem_stride)
