@@ -72,6 +72,8 @@ class CompatConfig(Strict):
     lambda_regression: float = Field(1.0, ge=0, description="L2 baseline: weight of ||norm(f2) - norm(f1)||^2")
     compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m (at least 0, "
                                                          "the center: a warning names the classes it reaches)")
+    new_space_margin: float | None = Field(None, ge=0, description="m of the boundaries in model 2's space (T12's "
+                                           "targets: the forward manner, CMC's T12); None: compactness_margin")
     centers: Literal["mean", "classifier"] = Field(
         "mean", description="c_j: the normalised mean of the old model's normalised features of class j; or, for the "
                             "classes the old model was trained on, its normalised classifier row (the others keep the "
@@ -82,6 +84,11 @@ class CompatConfig(Strict):
     running_momentum: float = Field(0.9, ge=0, lt=1, description="forward: the moving-average momentum per batch of "
                                                                  "the new space's boundary angles")
     old_classes_only: bool = Field(False, description="compatibility terms only over the old model's classes")
+
+    @property
+    def forward_margin(self) -> float:
+        """The margin of the boundaries that T12's outputs are held in (model 2's space)."""
+        return self.compactness_margin if self.new_space_margin is None else self.new_space_margin
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

@@ -118,7 +118,8 @@ class TrainingBatch:
     centers: torch.Tensor | None     # c_j [C, d1] (methods with statistics)
     boundaries: torch.Tensor | None  # b_j [C]
     class_mask: torch.Tensor | None  # classes with compatibility terms [C]
-    margin: float                # the compactness margin m
+    margin: float                # the compactness margin m (old space)
+    forward_margin: float        # the margin in the new space (T12's targets)
     old_head: nn.Module | None       # BCT: model 1's frozen classifier with pseudo rows
     old_embedder: nn.Module | None   # L2: model 1's frozen embedder
     old_features: torch.Tensor | None = None    # f1 of the batch's images [B, d1], read by id (forward)
@@ -159,7 +160,7 @@ def running_boundaries(previous: torch.Tensor, features: torch.Tensor, labels: t
 def _forward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward alignment ``d(norm(W2_j), norm(T12(c_j)))`` and the new-space boundary on
     ``T12(f1_i)``: inside the cone of class ``y_i`` around ``norm(W2_y)`` (detached) with the
-    running angle ``b2_y`` of the new features (detached), minus the margin. T12 maps the batch's
+    running angle ``b2_y`` of the new features (detached), minus the new-space margin. T12 maps the batch's
     old features together with the centers, so that its batch norms see features, as at encode
     time (where it maps every old gallery feature)."""
     if batch.old_features is None or batch.new_boundaries is None:
@@ -168,7 +169,7 @@ def _forward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
     mapped_features, mapped_centers = map_rows(batch.transforms[FORWARD], batch.old_features, batch.centers)
     align = alignment_loss(batch.class_weights, F.normalize(mapped_centers, dim=1), batch.class_mask)
     new_centers = F.normalize(batch.class_weights.detach(), dim=1)
-    boundary = boundary_loss(mapped_features, batch.labels, new_centers, batch.new_boundaries, batch.margin,
+    boundary = boundary_loss(mapped_features, batch.labels, new_centers, batch.new_boundaries, batch.forward_margin,
                              batch.class_mask)
     return align, boundary
 
@@ -252,13 +253,12 @@ def lce_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
     and the mapped features bounded by its boundaries."""
     c1, b1, mask = _space(batch.old_space, batch.new_features, batch.compat.old_classes_only)
     c2, b2, _ = _space(batch.new_space, batch.new_features, False)
-    margin = batch.compat.compactness_margin
     mapped_f2, mapped_c2 = map_rows(batch.transforms[BACKWARD], batch.new_features, c2)
     mapped_f1, mapped_c1 = map_rows(batch.transforms[FORWARD], batch.old_features, c1)
     return {"align_21": alignment_loss(mapped_c2, c1, mask),
-            "boundary_21": boundary_loss(mapped_f2, batch.labels, c1, b1, margin, mask),
+            "boundary_21": boundary_loss(mapped_f2, batch.labels, c1, b1, batch.compat.compactness_margin, mask),
             "align_12": alignment_loss(mapped_c1, c2, mask),
-            "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, margin, mask)}
+            "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, batch.compat.forward_margin, mask)}
 
 
 def rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
@@ -267,3 +267,12 @@ def rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
                                            batch.old_features)
                            + regression_loss(map_rows(batch.transforms[FORWARD], batch.old_features)[0],
                                              batch.new_features))}
+
+
+def lce_rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
+    """LCE's CMC terms, and for T12 the point-wise regression ``||T12(f1) - f2||^2`` beside them.
+    Bounding each mapped old feature to its class's cone in the new space loses which image lies
+    near which, what new queries' nearest-neighbour top-1 needs; T21's queries do not (measured:
+    README, 'Cross-model compatibility')."""
+    mapped = map_rows(batch.transforms[FORWARD], batch.old_features)[0]
+    return {**lce_cmc_terms(batch), "regression": regression_loss(mapped, batch.new_features)}

@@ -142,6 +142,8 @@ register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectio
 register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, FORWARD), needs_statistics=True,
                 bounds_features=True))
 register(Method("rbt_cmc", Kind.CMC, Role.BASELINE, losses.rbt_cmc_terms, (BACKWARD, FORWARD)))
+register(Method("lce_rbt_cmc", Kind.CMC, Role.LCE, losses.lce_rbt_cmc_terms, (BACKWARD, FORWARD),
+                needs_statistics=True, bounds_features=True))
 PLUGINS_VARIABLE = "COMPAT_EMBED_METHODS"
 for _plugin in filter(None, os.environ.get(PLUGINS_VARIABLE, "").split(",")):
     importlib.import_module(_plugin.strip())  # a module whose import registers methods

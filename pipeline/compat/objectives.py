@@ -88,7 +88,8 @@ class TrainingObjective(nn.Module):
         batch = TrainingBatch(features, labels, class_weights, transforms, images,
                               self.centers if statistics else None, self.boundaries if statistics else None,
                               self.class_mask if statistics else None, self.compat.compactness_margin,
-                              self.old_head, self.old_embedder, old_features, new_boundaries)
+                              self.compat.forward_margin, self.old_head, self.old_embedder, old_features,
+                              new_boundaries)
         zero = features.new_zeros(())
         terms = {"cls": F.cross_entropy(logits, labels), **dict.fromkeys(TRAINING_TERMS, zero),
                  **self.method.terms(batch)}

@@ -156,13 +156,14 @@ def claim_checks(folded: pd.DataFrame, has_subsets: bool) -> list[tuple[str, boo
                                row.new_new_top1 >= benchmark.new_new_top1 - sd))
     if independent is not None and not np.isnan(independent.new_old_top1):  # not comparable across dimensions
         checks.append(("independent fails the criterion", independent.pass_top1 + independent.pass_map < 2 * independent.seeds))
-    cmc = {(spec[entry].role, row.route): row for entry, row in by_entry.items() if spec[entry].kind is Kind.CMC}
-    for route, pair in ((Route.T21, "(model 2 with T21, old)"), (Route.T12, "(model 2, old with T12)")):
-        if (Role.LCE, route) in cmc:
-            lce = cmc[(Role.LCE, route)]
-            checks.append((f"CMC: {pair} meets the criterion in every seed",
-                           lce.pass_top1 == lce.seeds and lce.pass_map == lce.seeds))
-            if (Role.BASELINE, route) in cmc:
-                checks.append((f"CMC: LCE's {route} beats the RBT-style regression on new/old mAP",
-                               beats(lce.new_old_map, cmc[(Role.BASELINE, route)].new_old_map)))
+    cmc = [(spec[entry], row) for entry, row in by_entry.items() if spec[entry].kind is Kind.CMC]
+    baselines = {row.route: row for method, row in cmc if method.role is Role.BASELINE}
+    pairs = {Route.T21: "(model 2 with T21, old)", Route.T12: "(model 2, old with T12)"}
+    for method, row in ((method, row) for method, row in cmc if method.role is Role.LCE):
+        checks.append((f"CMC {method.name}: {pairs[row.route]} meets the criterion in every seed",
+                       row.pass_top1 == row.seeds and row.pass_map == row.seeds))
+        if row.route in baselines:
+            for metric, shown in (("top1", "top-1"), ("map", "mAP")):
+                checks.append((f"CMC {method.name}: its {row.route} beats the RBT-style regression on new/old {shown}",
+                               beats(row[f"new_old_{metric}"], baselines[row.route][f"new_old_{metric}"])))
     return checks

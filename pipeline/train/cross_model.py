@@ -91,7 +91,8 @@ def write_inputs(cfg: CmcConfig, cards: tuple[ModelCard, ModelCard], folders: tu
         stats = compute_old_space_stats(features, labels, classes, known, cfg.compat.boundary,
                                         cfg.compat.boundary_quantile)
         if cfg.method_spec.bounds_features and cfg.compat.lambda_boundary > 0:
-            warn_margin(stats, cfg.compat.compactness_margin, cfg.compat.old_classes_only, role)
+            margin = cfg.compat.forward_margin if role == "new" else cfg.compat.compactness_margin
+            warn_margin(stats, margin, cfg.compat.old_classes_only, role)
         paths[f"{role}_space"] = work_dir / "stats" / f"{cfg.name}.{role}_space.npz"
         stats.save(paths[f"{role}_space"])
     with open(paths["features"], "wb") as handle:

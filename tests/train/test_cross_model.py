@@ -65,7 +65,24 @@ def test_rbt_cmc_regresses_point_wise():
     assert terms["loss"].item() == pytest.approx(4.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["lce_cmc", "rbt_cmc"])
+def test_lce_rbt_cmc_adds_the_point_wise_regression_to_lces_terms():
+    lce, _ = _terms("lce_cmc")
+    rbt, _ = _terms("rbt_cmc")
+    terms, _ = _terms("lce_rbt_cmc", CompatConfig(compactness_margin=0.1, lambda_regression=0.5))
+    for name in ("align_21", "boundary_21", "align_12", "boundary_12"):
+        assert terms[name].item() == pytest.approx(lce[name].item(), abs=1e-6)
+    # T12's regression only: T12(old) = (0, 1) against the new feature (0, -1) gives 4 (rbt adds T21's 0)
+    assert terms["regression"].item() == pytest.approx(4.0, abs=1e-6) == rbt["regression"].item()
+    assert terms["loss"].item() == pytest.approx(lce["loss"].item() + 0.5 * 4.0, abs=1e-5)
+
+
+def test_the_new_space_margin_bounds_t12s_targets_and_the_old_margin_t21s():
+    terms, _ = _terms("lce_cmc", CompatConfig(compactness_margin=0.1, new_space_margin=0.3))
+    assert terms["boundary_12"].item() == pytest.approx(math.pi - (0.5 - 0.3), abs=1e-2)
+    assert terms["boundary_21"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lce_cmc", "rbt_cmc", "lce_rbt_cmc"])
 def test_gradients_reach_exactly_the_two_transformations(method):
     old_model = EmbeddingModel(ModelConfig(embedding_dim=4), 1, 2).eval()
     new_model = EmbeddingModel(ModelConfig(embedding_dim=6), 1, 2).eval()
