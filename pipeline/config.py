@@ -43,7 +43,7 @@ class ModelConfig(Strict):
     architecture: Literal["mlp", "small_cnn", "resnet18", "resnet50"] = "small_cnn"
     embedding_dim: int = Field(128, gt=0)
     stem_stride: Literal[1, 2, 4] = Field(1, description="ResNets: 1 = 3x3 conv, 2 = strided 3x3 conv, "
-                                          "4 = strided conv + max-pool (CPU budgets); ignored by small_cnn")
+                                          "4 = strided conv + max-pool (CPU budgets); ignored by small_cnn and mlp")
     head: HeadConfig = HeadConfig()
 
 

@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=480, help="optimizer steps (4 epochs of 15k rows at 128)")
     args = parser.parse_args()
     stats = f"{args.run}/stats/{args.cmc}-s{args.seed}"
-    with np.load(f"{stats}.features.npz") as data:
+    with np.load(f"{stats}.features.npz", allow_pickle=False) as data:
         old, new, labels = (torch.from_numpy(data[key]) for key in ("old", "new", "labels"))
     old_space, new_space = OldSpaceStats.load(f"{stats}.old_space.npz"), OldSpaceStats.load(f"{stats}.new_space.npz")
     old_test = read_embeddings(f"{args.run}/embeddings/old/test")

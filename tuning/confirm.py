@@ -62,8 +62,11 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
         config, model = sweep_dir / "confirm" / f"{seeded.name}.yaml", sweep_dir / "models" / seeded.name
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(seeded.model_dump(mode="json"), sort_keys=False))
+        stats = sweep_dir / "stats" / f"{seeded.name}.npz"  # the seed decides the rows of data_fraction
+        _job("jobs.stats", "--config", str(config), "--old-model", str(old), "--dataset", str(dataset),
+             "--embeddings", str(sweep_dir / "embeddings" / "old" / "train"), "--out", str(stats))
         _job("jobs.train", "--config", str(config), "--dataset", str(dataset), "--out", str(model),
-             "--old-model", str(old), "--stats", str(sweep_dir / "stats" / "base.npz"),
+             "--old-model", str(old), "--stats", str(stats),
              "--old-features", str(sweep_dir / "embeddings" / "old" / "train"),
              "--storage-path", str(sweep_dir / "ray"), "--run-name", seeded.name, *tracking)
         _job("jobs.encode", "--model", str(model), "--dataset", str(dataset), "--split", "test",
@@ -89,8 +92,8 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
         per_seed.append({
             "seed": seed, "route": f"{query} -> {gallery}",
             "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),
-            **{f"{key}_{m}": cell[f"{key}_{m}"] for m in ("top1", "map")
-               for key in ("delta", "delta_low", "delta_high", "verdict")},
+            **{column: cell[column] for m in ("top1", "map")
+               for column in (f"delta_{m}", f"delta_{m}_low", f"delta_{m}_high", f"verdict_{m}")},
             "meets_criterion": beats(cell["top1"], old_old["top1"]) and beats(cell["map"], old_old["map"]),
             "validation_objective": validator(load_model(model)[0])["objective"]})
     trials = pd.read_csv(sweep_dir / "trials.csv")

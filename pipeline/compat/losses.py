@@ -61,6 +61,17 @@ def warn_margin(stats: OldSpaceStats, margin: float, old_classes_only: bool, spa
     return [stats.classes[j] for j in reached]
 
 
+def warn_running_margin(boundaries: torch.Tensor, margin: float, classes: list[str]) -> list[str]:
+    """The forward manner's first batch: the classes whose new-space running angle the margin
+    already reaches (their bound is clamped at 0, as ``warn_margin`` says of the old space)."""
+    reached = [classes[j] for j, b in enumerate(boundaries.tolist()) if b == b and b - margin <= 0]
+    if reached:
+        log.warning("new-space margin %g rad reaches the first batch's new-space boundary of %d class(es): %s; "
+                    "their bound is clamped at 0 (lower compat.new_space_margin to keep a cone)", margin,
+                    len(reached), ", ".join(map(repr, reached)))
+    return reached
+
+
 def boundary_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, boundaries: torch.Tensor,
                   margin: float, class_mask: torch.Tensor) -> torch.Tensor:
     """``mean_i max(0, angle(norm(f_i), c_{y_i}) - max(b_{y_i} - m, 0))`` over samples of masked classes.

@@ -133,8 +133,9 @@ register(Method("lce_direct", Kind.TRAIN, Role.LCE, losses.lce_direct_terms, nee
                 bounds_features=True))
 register(Method("lce_backward", Kind.TRAIN, Role.LCE, losses.lce_backward_terms, (BACKWARD,), needs_statistics=True,
                 bounds_features=True))
+# lce_forward's only boundary is in the new space, with running angles: no old-space bound to warn of
 register(Method("lce_forward", Kind.TRAIN, Role.LCE, losses.lce_forward_terms, (FORWARD,), needs_statistics=True,
-                needs_old_features=True, bounds_features=True))
+                needs_old_features=True))
 register(Method("lce_forward_centers", Kind.TRAIN, Role.LCE, losses.lce_forward_centers_terms, (FORWARD,),
                 needs_statistics=True, bounds_features=True))
 register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectional_terms, (BACKWARD, FORWARD),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compat.losses import CmcBatch, TrainingBatch, running_boundaries, warn_margin
+from pipeline.compat.losses import CmcBatch, TrainingBatch, running_boundaries, warn_margin, warn_running_margin
 from pipeline.compat.methods import Kind, Method, method_named
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig
@@ -60,6 +60,7 @@ class TrainingObjective(nn.Module):
             self.register_buffer("class_mask", mask)
             if self.method.needs_old_features:
                 self.register_buffer("new_boundaries", torch.full((len(stats.classes),), float("nan")))
+                self.stats_classes = list(stats.classes)
         if self.method.needs_old_classifier and old_head is None:
             raise ValueError(f"method {name!r} needs the old classifier")
 
@@ -81,8 +82,11 @@ class TrainingObjective(nn.Module):
             if old_features is None:
                 raise ValueError(f"method {self.method.name!r} needs the old model's features of the batch")
             if self.training:
+                first = bool(torch.isnan(self.new_boundaries).all())
                 self.new_boundaries = running_boundaries(self.new_boundaries, features, labels, class_weights,
                                                          self.compat.boundary_quantile, self.compat.running_momentum)
+                if first and self.compat.lambda_boundary > 0:
+                    warn_running_margin(self.new_boundaries, self.compat.forward_margin, self.stats_classes)
             new_boundaries = self.new_boundaries
         statistics = self.has_statistics
         batch = TrainingBatch(features, labels, class_weights, transforms, images,

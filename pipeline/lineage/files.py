@@ -50,15 +50,16 @@ def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
 def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
                       order: list[str]) -> str:
     lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Verdicts", "",
-             "| model | parent | verdict | route | top-1 | parent top-1 | difference [95 % interval] | mAP "
-             "| parent mAP | difference [95 % interval] |",
+             "| model | parent | verdict | route | top-1 | parent top-1 | difference [interval] | mAP "
+             "| parent mAP | difference [interval] |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
         numbers = " | ".join(f"{_value(v.numbers, m)} | {_value(v.numbers, f'parent_{m}')} | "
                              f"{_difference(v.numbers, m)}" for m in ("top1", "map"))
         lines.append(f"| {v.model} | {v.parent} | **{v.statement}** | {v.route} | {numbers} |")
-    lines += ["", "A verdict within noise: the difference's paired bootstrap interval over the test queries "
-              "holds 0, so another draw of queries could reverse it."]
+    lines += ["", "Differences in points of %, with their paired bootstrap interval over the test queries (the "
+              "report's score.interval_level); a verdict within noise: that interval holds 0, so another draw of "
+              "queries could reverse it."]
     lines += ["", "Share of the gallery to re-encode before the new model's queries beat the parent's own "
               "numbers on every metric (from the backfill curves; - when no share does):", ""]
     for v in verdicts:

@@ -38,18 +38,20 @@ class QueryValues:
     labels: np.ndarray              # [Q] their labels
     values: dict[str, np.ndarray]   # criterion metric -> [Q]
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, key: dict) -> None:
+        """Written with the key of the pair row it belongs to (``load`` gives it back)."""
         def write(temporary: Path) -> None:
             with open(temporary, "wb") as handle:  # a handle: np.savez would add ".npz" to a temporary name
-                np.savez(handle, ids=self.ids.astype(str), labels=self.labels, **self.values)
+                np.savez(handle, ids=self.ids.astype(str), labels=self.labels, key=np.array(json.dumps(key)),
+                         **self.values)
 
         write_atomic(path, write)
 
     @classmethod
-    def load(cls, path: Path) -> "QueryValues":
+    def load(cls, path: Path) -> tuple["QueryValues", dict]:
         with np.load(path, allow_pickle=False) as stored:
-            return cls(stored["ids"].astype(object), stored["labels"],
-                       {key: stored[key] for key in stored.files if key not in ("ids", "labels")})
+            values = {key: stored[key] for key in stored.files if key not in ("ids", "labels", "key")}
+            return cls(stored["ids"].astype(object), stored["labels"], values), json.loads(str(stored["key"]))
 
 
 def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | None,
@@ -153,9 +155,10 @@ def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = Matrix
         saved = pair_dir / f"{q}__{g}.json" if pair_dir else None
         saved_values = pair_dir / f"{q}__{g}.queries.npz" if pair_dir else None
         if (saved and saved.is_file() and saved_values.is_file()
-                and (done := json.loads(saved.read_text()))["key"] == key):
+                and (done := json.loads(saved.read_text()))["key"] == key
+                and (stored := QueryValues.load(saved_values))[1] == key):
             rows.append(done["row"])
-            queries[q, g] = QueryValues.load(saved_values)
+            queries[q, g] = stored[0]
             log.info("score: pair %d/%d %s -> %s scored before (%s)", number, len(pairs), q, g, saved)
             continue
         metrics, queries[q, g] = pair_scores(sets.query(q), sets.gallery(g), seen_labels, options)
@@ -164,7 +167,7 @@ def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = Matrix
                      "query_embeddings": sets.sets[q].path, "gallery_embeddings": sets.sets[g].path,
                      "num_queries": len(sets.sets[q]), "num_gallery": len(sets.sets[g]), **metrics})
         if saved:  # the values first: a row saved without them is scored again
-            queries[q, g].save(saved_values)
+            queries[q, g].save(saved_values, key)
             write_text_atomic(saved, json.dumps({"key": key, "row": rows[-1]}, default=float))
         log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
                  metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
@@ -226,6 +229,10 @@ def add_intervals(table: pd.DataFrame, queries: dict[tuple[str, str], QueryValue
         q, g = row.query_model, row.gallery_model
         r = references.get(g, g)
         judged = q != g and (q, g) in queries and (r, r) in queries
+        if judged and set(queries[q, g].ids.tolist()) != set(queries[r, r].ids.tolist()):
+            log.warning("score: %s -> %s and its reference %s -> %s were scored on different query images; "
+                        "no interval for that cell", q, g, r, r)
+            judged = False
         for metric in (m for m in CRITERION_METRICS if m in PER_QUERY_KEYS and m in table.columns):
             for suffix, seen in subsets.items():
                 name = f"{metric}{suffix}"
@@ -233,8 +240,7 @@ def add_intervals(table: pd.DataFrame, queries: dict[tuple[str, str], QueryValue
                 if judged and metric in queries[q, g].values:
                     pair, reference = queries[q, g], queries[r, r]
                     mask = np.ones(len(pair.ids), bool) if seen is None else np.isin(pair.labels, seen_labels) == seen
-                    base = aligned(pair.ids, reference.ids, reference.values[metric],
-                                   f"pair {q} -> {g} against {r} -> {r}")
+                    base = aligned(pair.ids, reference.ids, reference.values[metric], f"{q} -> {g}")
                     if mask.any():
                         interval = paired_interval(pair.values[metric][mask], base[mask], resamples, level)
                 for column, value in ((f"delta_{name}", interval and interval.delta),

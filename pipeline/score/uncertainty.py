@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MET, NOT_MET, WITHIN_NOISE = "met", "not met", "within noise"
+MET, NOT_MET, WITHIN_NOISE, NO_QUERIES = "met", "not met", "within noise", "no queries"
 PER_QUERY_KEYS = {"top1": "top1", "map": "ap"}  # criterion metric -> its per-query array (retrieval.ranking_metrics)
 
 
@@ -30,7 +30,9 @@ class Interval:
     @property
     def verdict(self) -> str:
         """``met`` when the whole interval is above 0, ``not met`` when it is at or below 0,
-        ``within noise`` when it holds 0 (or could not be computed)."""
+        ``within noise`` when it holds 0; ``no queries`` when no query had both values."""
+        if self.delta != self.delta:
+            return NO_QUERIES
         if self.low > 0:
             return MET
         if self.high <= 0:

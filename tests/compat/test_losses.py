@@ -232,6 +232,15 @@ def test_forward_refuses_a_batch_without_old_features():
                   torch.nn.ModuleDict({"forward_transform": _rotation()}))
 
 
+def test_a_new_space_margin_reaching_the_first_running_boundaries_is_named(caplog):
+    objective = TrainingObjective("lce_forward", CompatConfig(compactness_margin=0.6, new_space_margin=0.5), _stats())
+    assert not caplog.records  # the old space's boundaries (0.5) are not the forward manner's
+    objective(torch.tensor(NEW_FEATURES), torch.zeros(2, 2), torch.tensor(LABELS), torch.tensor(WEIGHTS),
+              torch.nn.ModuleDict({"forward_transform": _rotation()}), old_features=torch.tensor(OLD_FEATURES))
+    # running angles pi / 4 (0.785 > 0.5) and 0: only class 'b' is reached
+    assert "reaches the first batch's new-space boundary of 1 class(es): 'b'" in caplog.text
+
+
 def test_running_boundaries_take_a_quantile_per_class_and_a_moving_average():
     angles = torch.tensor([0.1, 0.2, 0.3, 1.0])
     features = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # angles to the row (1, 0)

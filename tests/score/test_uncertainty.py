@@ -9,7 +9,7 @@ from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import QueryValues, score_all_pairs
-from pipeline.score.uncertainty import MET, NOT_MET, WITHIN_NOISE, Interval, aligned, paired_interval
+from pipeline.score.uncertainty import MET, NO_QUERIES, NOT_MET, WITHIN_NOISE, Interval, aligned, paired_interval
 from tests.reference import reference
 
 
@@ -33,7 +33,7 @@ def test_queries_without_a_value_leave_the_pairing_and_verdicts_follow_the_inter
     assert interval.verdict == MET
     assert Interval(-0.1, -0.2, 0.0).verdict == NOT_MET
     assert Interval(0.01, -0.01, 0.03).verdict == WITHIN_NOISE
-    assert Interval(float("nan"), float("nan"), float("nan")).verdict == WITHIN_NOISE
+    assert Interval(float("nan"), float("nan"), float("nan")).verdict == NO_QUERIES
     with pytest.raises(ValueError, match="paired values"):
         paired_interval(np.ones(3), np.ones(4))
 
@@ -80,6 +80,7 @@ def test_report_cells_carry_the_difference_with_old_old_its_interval_and_verdict
     # A rerun reads every pair's per-query values back and gives the same intervals.
     again = score_all_pairs(entries, MatrixRoles(old="old", old_classes=["a", "b"]), options, pair_dir=tmp_path)
     assert again.set_index(["query_model", "gallery_model"]).loc[("new", "old"), "delta_top1_low"] == row["delta_top1_low"]
-    assert QueryValues.load(tmp_path / "new__old.queries.npz").ids.tolist() == sets["new"].ids.tolist()
+    stored, key = QueryValues.load(tmp_path / "new__old.queries.npz")
+    assert stored.ids.tolist() == sets["new"].ids.tolist() and key["query"]["model_id"] == "new-1"
     none = score_all_pairs(entries, options=ScoreConfig(topk=[1], bootstrap_resamples=0))
     assert not any(column.startswith(("delta_", "verdict_")) for column in none.columns)
