@@ -40,6 +40,18 @@ def compatible_route(method: Method, new: str, old: str) -> tuple[str, str]:
     return entry_name(route, new, old), old
 
 
+def seed_result(table: pd.DataFrame, method: Method, name: str, seed: int) -> dict:
+    """One seed's test cell of its compatible route against the old gallery: the metrics, their
+    difference with old/old and its paired interval and verdict, and the criterion."""
+    query, gallery = compatible_route(method, name, "old")
+    cell, old_old = pair_row(table, query, gallery), pair_row(table, "old", "old")
+    return {"seed": seed, "route": f"{query} -> {gallery}",
+            "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),
+            **{column: cell[column] for m in ("top1", "map")
+               for column in (f"delta_{m}", f"delta_{m}_low", f"delta_{m}_high", f"verdict_{m}")},
+            "meets_criterion": beats(cell["top1"], old_old["top1"]) and beats(cell["map"], old_old["map"])}
+
+
 def _job(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True)
 
@@ -85,17 +97,9 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
     validator = Validator(str(dataset), class_indices(info.classes, best.classes), best.method_spec,
                           best.validation_fraction, str(sweep_dir / "validation" / "old_features.npz"),
                           References(references["old_old"], references["independent"]))
-    per_seed = []
-    for seed, name, model in zip(seeds, names, models):
-        query, gallery = compatible_route(best.method_spec, name, "old")
-        cell = pair_row(table, query, gallery)
-        per_seed.append({
-            "seed": seed, "route": f"{query} -> {gallery}",
-            "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),
-            **{column: cell[column] for m in ("top1", "map")
-               for column in (f"delta_{m}", f"delta_{m}_low", f"delta_{m}_high", f"verdict_{m}")},
-            "meets_criterion": beats(cell["top1"], old_old["top1"]) and beats(cell["map"], old_old["map"]),
-            "validation_objective": validator(load_model(model)[0])["objective"]})
+    per_seed = [{**seed_result(table, best.method_spec, name, seed),
+                 "validation_objective": validator(load_model(model)[0])["objective"]}
+                for seed, name, model in zip(seeds, names, models)]
     trials = pd.read_csv(sweep_dir / "trials.csv")
     median = float(trials.loc[trials.status != "error", "objective"].dropna().median())  # as the sweep logs it
     frame = pd.DataFrame(per_seed)

@@ -91,6 +91,23 @@ def test_the_objective_takes_the_gain_at_the_low_end_of_its_paired_interval():
     assert metrics["objective"] == pytest.approx(compat_objective(metrics["val_gain_low"], metrics["val_retention"]))
 
 
+def test_confirmation_reads_each_seeds_compatible_route_and_its_interval():
+    import pandas as pd
+
+    from pipeline.compat.methods import method_named
+    from tuning.confirm import seed_result
+
+    cells = {"top1": 0.84, "map": 0.60, "delta_top1": 0.02, "delta_top1_low": -0.001, "delta_top1_high": 0.04,
+             "verdict_top1": "within noise", "delta_map": 0.05, "delta_map_low": 0.03, "delta_map_high": 0.07,
+             "verdict_map": "met"}
+    table = pd.DataFrame([{"query_model": "old", "gallery_model": "old", "top1": 0.82, "map": 0.55},
+                          {"query_model": "lce-best-s1", "gallery_model": "old.t12.lce-best-s1", **cells},
+                          {"query_model": "lce-best-s1", "gallery_model": "old", "top1": 0.1, "map": 0.1}])
+    result = seed_result(table, method_named("lce_forward"), "lce-best-s1", 1)  # judged through T12
+    assert result["route"] == "lce-best-s1 -> old.t12.lce-best-s1" and result["meets_criterion"] is True
+    assert result["delta_top1_low"] == -0.001 and result["verdict_top1"] == "within noise"
+
+
 def test_validation_top1_is_the_retrieval_metric():
     rng = np.random.default_rng(0)
     vectors, labels, ids = rng.normal(size=(60, 4)), rng.integers(0, 3, 60), np.arange(60)
