@@ -27,8 +27,9 @@ class TrainingObjective(nn.Module):
     The frozen old parts (BCT's classifier, L2's embedder) never train: no gradient, and the
     embedder stays in eval mode. A method that reads the old features (forward) keeps the new
     space's running boundary angles (``losses.running_boundaries``) in the buffer
-    ``new_boundaries``, updated by every training-mode call; it is not part of a checkpoint, so a
-    resumed run measures them again from its first batches.
+    ``new_boundaries``, updated by every training-mode call; each worker keeps its own estimate
+    from its shard (they are not all-reduced: a quantile of one shard is as good an estimate), and
+    it is not part of a checkpoint, so a resumed run measures them again from its first batches.
     """
 
     def __init__(self, method: Method | str, compat: CompatConfig, stats: OldSpaceStats | None = None,
