@@ -197,16 +197,6 @@ def lce_forward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
     return {"align": align, "boundary": boundary}
 
 
-def lce_forward_centers_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
-    """The forward manner as first built, kept for comparison: T12 sees only the C class centers
-    (``d(norm(W2_j), norm(T12(c_j)))``) and ``f2`` is bounded around ``norm(T12(c_y))`` with the old
-    boundary angle."""
-    mapped_centers = F.normalize(batch.transforms[FORWARD](batch.centers), dim=1)
-    return {"align": alignment_loss(batch.class_weights, mapped_centers, batch.class_mask),
-            "boundary": boundary_loss(batch.features, batch.labels, mapped_centers, batch.boundaries, batch.margin,
-                                      batch.class_mask)}
-
-
 def lce_bidirectional_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
     """Bidirectional: the means of the backward and the forward manners' alignments and boundaries
     (T21 and T12 each trained on its own terms)."""

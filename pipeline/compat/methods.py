@@ -136,8 +136,6 @@ register(Method("lce_backward", Kind.TRAIN, Role.LCE, losses.lce_backward_terms,
 # lce_forward's only boundary is in the new space, with running angles: no old-space bound to warn of
 register(Method("lce_forward", Kind.TRAIN, Role.LCE, losses.lce_forward_terms, (FORWARD,), needs_statistics=True,
                 needs_old_features=True))
-register(Method("lce_forward_centers", Kind.TRAIN, Role.LCE, losses.lce_forward_centers_terms, (FORWARD,),
-                needs_statistics=True, bounds_features=True))
 register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectional_terms, (BACKWARD, FORWARD),
                 needs_statistics=True, needs_old_features=True, bounds_features=True))
 register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, FORWARD), needs_statistics=True,

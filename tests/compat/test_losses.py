@@ -264,14 +264,6 @@ def test_objective_in_eval_mode_keeps_the_running_boundaries():
     assert torch.equal(objective.new_boundaries, kept)
 
 
-def test_forward_centers_variant_bounds_new_features_around_mapped_centers():
-    terms, transforms, weights, features, _ = _manner_terms("lce_forward_centers")
-    assert terms["align"].item() == pytest.approx(FORWARD_ALIGN)
-    # f2_0 = (1, 1) is pi / 4 from T12(c_0) = (0, 1); f2_1 = (1, 0) is pi from T12(c_1) = (-1, 0); bounds 0.5
-    assert terms["boundary"].item() == pytest.approx((math.pi / 4 - 0.5 + math.pi - 0.5) / 2, abs=1e-3)
-    assert _grad(transforms["forward_transform"].weight) > 0 and _grad(features) > 0
-
-
 def test_bidirectional_averages_the_two_manners_terms():
     terms, transforms, weights, features, _ = _manner_terms("lce_bidirectional")
     assert terms["align"].item() == pytest.approx((BACKWARD_ALIGN + FORWARD_ALIGN) / 2)

@@ -21,7 +21,7 @@ from pipeline.model.transformations import BACKWARD, FORWARD
 
 def test_every_method_of_the_paper_is_catalogued_with_its_transformations_and_needs():
     assert names(Kind.TRAIN) == ["independent", "bct", "l2", "lce_direct", "lce_backward", "lce_forward",
-                                 "lce_forward_centers", "lce_bidirectional"]
+                                 "lce_bidirectional"]
     assert names(Kind.CMC) == ["lce_cmc", "rbt_cmc", "lce_rbt_cmc"]
     trains = {name: method_named(name).trains for name in names(Kind.TRAIN) + names(Kind.CMC)}
     assert trains["lce_backward"] == (BACKWARD,) and trains["lce_forward"] == (FORWARD,)
