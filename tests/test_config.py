@@ -89,7 +89,8 @@ def test_every_scenario_config_loads():
         assert {c.method for c in cfg.cmc} == {"lce_cmc", "rbt_cmc", "lce_rbt_cmc"}, name
     assert scenarios["dim"].old.model.embedding_dim == 64 and {m.model.embedding_dim for m in scenarios["dim"].new} == {128}
     assert not {"bct", "l2", "lce_direct"} & {m.method for m in scenarios["dim"].new}
-    assert {m.model.architecture for m in scenarios["backbone"].new} == {"resnet18"}
+    assert scenarios["backbone"].old.model.architecture == "mlp"
+    assert {m.model.architecture for m in scenarios["backbone"].new} == {"small_cnn"}
     assert scenarios["loss"].old.model.head.kind == "softmax"
     assert {m.model.head.kind for m in scenarios["loss"].new} == {"arcface"}
     assert scenarios["classes"].old.classes == "first_half"
@@ -122,5 +123,5 @@ def test_a_base_that_is_missing_or_extends_itself_is_named(tmp_path):
 def test_scenario_files_state_only_what_differs_from_their_base():
     folder = Path(__file__).parents[1] / "configs" / "scenarios"
     extending = sorted(path.stem for path in folder.glob("*.yaml") if "base: shared/base.yaml" in path.read_text())
-    assert extending == ["classes", "data", "dim", "loss"]
+    assert extending == ["backbone", "classes", "data", "dim", "loss"]
     assert all(len(path.read_text().splitlines()) <= 12 for path in folder.glob("*.yaml") if path.stem in extending)
