@@ -18,6 +18,7 @@ from pipeline.lineage.metrics import LineageModel, Verdict  # noqa: E402
 from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.score.matrix import matrix  # noqa: E402
 from pipeline.score.report import heatmap, write_tables  # noqa: E402
+from pipeline.score.uncertainty import format_difference  # noqa: E402
 
 
 def backfill_areas(backfill: pd.DataFrame) -> list[dict]:
@@ -85,8 +86,8 @@ def _difference(numbers: dict, metric: str) -> str:
     """``M(model, parent) - M(parent, parent)`` in points with its interval, or - without one."""
     if f"delta_{metric}_low" not in numbers or metric not in numbers:
         return "-"
-    delta = 100 * (numbers[metric] - numbers[f"parent_{metric}"])
-    return f"{delta:+.2f} [{100 * numbers[f'delta_{metric}_low']:+.2f}, {100 * numbers[f'delta_{metric}_high']:+.2f}]"
+    return format_difference(numbers[metric] - numbers[f"parent_{metric}"], numbers[f"delta_{metric}_low"],
+                             numbers[f"delta_{metric}_high"])
 
 
 def _value(numbers: dict, key: str) -> str:

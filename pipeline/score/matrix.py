@@ -233,16 +233,21 @@ def add_intervals(table: pd.DataFrame, queries: dict[tuple[str, str], QueryValue
             log.warning("score: %s -> %s and its reference %s -> %s were scored on different query images; "
                         "no interval for that cell", q, g, r, r)
             judged = False
+        if judged:
+            pair, reference = queries[q, g], queries[r, r]
+            seen_queries = np.isin(pair.labels, seen_labels) if seen_labels is not None else None
+            masks = {suffix: np.ones(len(pair.ids), bool) if seen is None else seen_queries == seen
+                     for suffix, seen in subsets.items()}
         for metric in (m for m in CRITERION_METRICS if m in PER_QUERY_KEYS and m in table.columns):
-            for suffix, seen in subsets.items():
+            judged_metric = judged and metric in pair.values
+            if judged_metric:  # the reference's values in the pair's query order, once per metric
+                base = aligned(pair.ids, reference.ids, reference.values[metric], f"{q} -> {g}")
+            for suffix in subsets:
                 name = f"{metric}{suffix}"
                 interval = None
-                if judged and metric in queries[q, g].values:
-                    pair, reference = queries[q, g], queries[r, r]
-                    mask = np.ones(len(pair.ids), bool) if seen is None else np.isin(pair.labels, seen_labels) == seen
-                    base = aligned(pair.ids, reference.ids, reference.values[metric], f"{q} -> {g}")
-                    if mask.any():
-                        interval = paired_interval(pair.values[metric][mask], base[mask], resamples, level)
+                if judged_metric and masks[suffix].any():
+                    mask = masks[suffix]
+                    interval = paired_interval(pair.values[metric][mask], base[mask], resamples, level)
                 for column, value in ((f"delta_{name}", interval and interval.delta),
                                       (f"delta_{name}_low", interval and interval.low),
                                       (f"delta_{name}_high", interval and interval.high),

@@ -23,6 +23,7 @@ from pipeline.model.card import read_model_card  # noqa: E402
 from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
 from pipeline.score.matrix import matrix, score_all_pairs  # noqa: E402
+from pipeline.score.uncertainty import format_difference  # noqa: E402
 from pipeline.tracking import experiment_id, metric_key  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,9 @@ def verdicts_markdown(table: pd.DataFrame, level: float) -> str:
         for name in judged:
             if pd.isna(row[f"verdict_{name}"]):
                 continue
-            delta, low, high = (100 * row[f"delta_{name}{end}"] for end in ("", "_low", "_high"))
-            lines.append(f"| {row['query_model']} | {row['gallery_model']} | {name} | "
-                         f"{delta:+.2f} [{low:+.2f}, {high:+.2f}] | {row[f'verdict_{name}']} |")
+            difference = format_difference(*(row[f"delta_{name}{end}"] for end in ("", "_low", "_high")))
+            lines.append(f"| {row['query_model']} | {row['gallery_model']} | {name} | {difference} | "
+                         f"{row[f'verdict_{name}']} |")
     return "\n".join(lines) + "\n"
 
 

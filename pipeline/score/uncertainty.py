@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.data.embeddings import positions
+
 MET, NOT_MET, WITHIN_NOISE, NO_QUERIES = "met", "not met", "within noise", "no queries"
 PER_QUERY_KEYS = {"top1": "top1", "map": "ap"}  # criterion metric -> its per-query array (retrieval.ranking_metrics)
 
@@ -66,5 +68,9 @@ def aligned(ids: np.ndarray, reference_ids: np.ndarray, reference: np.ndarray, w
     if len(ids) != len(reference_ids) or set(ids.tolist()) != set(reference_ids.tolist()):
         raise ValueError(f"{where}: the pair and its reference were scored on different query images "
                          f"({len(ids)} and {len(reference_ids)} queries)")
-    order = {query_id: i for i, query_id in enumerate(reference_ids.tolist())}
-    return reference[[order[query_id] for query_id in ids.tolist()]]
+    return reference[positions(reference_ids, ids, where)]
+
+
+def format_difference(delta: float, low: float, high: float) -> str:
+    """A difference of metrics and its interval in points of %: ``+1.71 [+0.94, +2.59]``."""
+    return f"{100 * delta:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
