@@ -28,7 +28,7 @@ else
 	$(PY) -m jobs.pipeline --config $(CONFIG) --data "$(DATA)"
 endif
 
-# Every scenario of configs/scenarios (2 seeds each), then docs/results.md; DATA=<path> runs
+# Every scenario of configs/scenarios (3 seeds each), then docs/results.md; DATA=<path> runs
 # them on your own images and writes the tables under outputs/ instead. SCENARIO=<name> (or
 # names) runs only those; the tables take the other scenarios from their finished runs.
 SCENARIO ?=

@@ -22,6 +22,7 @@ from pipeline.score.criteria import CRITERION_METRICS, beats, cell, update_gain
 from pipeline.score.report import ENTRIES_FILE
 
 SUBSETS = ("", "_seen", "_unseen")
+UPGRADE_TOP1 = 0.03  # a scenario is an upgrade when the independent new model beats old/old by this much top-1
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def seed_rows(table: pd.DataFrame, entries: dict[str, dict[str, str]], cfg: Pipe
             independent = independents.get(seed)
             reference = cell(table, independent, independent, metric) if independent else np.nan
             row[f"update_gain_{metric}"] = update_gain(row[f"new_old_{metric}"], row[f"old_old_{metric}"], reference)
+        row["pass_upgrade"] = bool(row["new_new_top1"] - row["old_old_top1"] >= UPGRADE_TOP1)  # NaN: False
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -107,13 +109,30 @@ def _verdict(row: pd.Series, subset: str) -> str:
     return f"{'pass' if passes == row['seeds'] else 'FAIL'} {passes}/{row['seeds']}"
 
 
+def independent_row(folded: pd.DataFrame) -> pd.Series | None:
+    """The independent new model's own row (searched directly), if the scenario trained one."""
+    rows = [row for _, row in folded.iterrows()
+            if method_named(row.method).role is Role.INDEPENDENT and row.route == Route.DIRECT]
+    return rows[0] if rows else None
+
+
+def upgrade_line(independent: pd.Series | None) -> str:
+    """How much the independent new model beats old/old by on top-1: whether the scenario is an upgrade."""
+    if independent is None:
+        return "no independent new model: whether this is an upgrade is not measured"
+    gap = (independent.new_new_top1 - independent.old_old_top1) * 100
+    return (f"independent new/new top-1 {_value(independent, 'new_new_top1')}: {gap:+.1f} points over old/old, "
+            f"an upgrade of at least {UPGRADE_TOP1 * 100:.0f} points in {int(independent.pass_upgrade)}/"
+            f"{int(independent.seeds)} seeds")
+
+
 def scenario_markdown(title: str, folded: pd.DataFrame, has_subsets: bool) -> list[str]:
     """One scenario's table: rows = entries, values = mean ± standard deviation over seeds."""
     first = folded.iloc[0]
     lines = [f"old/old: top-1 {_value(first, 'old_old_top1')}, mAP {_value(first, 'old_old_map')}"
              + (f"; seen classes top-1 {_value(first, 'old_old_top1_seen')}, mAP {_value(first, 'old_old_map_seen')};"
                 f" unseen top-1 {_value(first, 'old_old_top1_unseen')}, mAP {_value(first, 'old_old_map_unseen')}"
-                if has_subsets else ""), ""]
+                if has_subsets else ""), "", upgrade_line(independent_row(folded)), ""]
     header = ["entry", "method", "route", "new/new top-1", "new/old top-1", "new/old mAP", "old/new top-1"]
     if has_subsets:
         header += ["seen new/old top-1", "seen mAP", "unseen new/old top-1", "unseen mAP"]
@@ -136,10 +155,12 @@ def claim_checks(folded: pd.DataFrame, has_subsets: bool) -> list[tuple[str, boo
     by_entry = {row.entry: row for _, row in folded.iterrows()}
     spec = {entry: method_named(row.method) for entry, row in by_entry.items()}
     lce_training = {entry for entry, method in spec.items() if method.kind is Kind.TRAIN and method.role is Role.LCE}
-    independent = next((row for entry, row in by_entry.items()
-                        if spec[entry].role is Role.INDEPENDENT and row.route == Route.DIRECT), None)
+    independent = independent_row(folded)
     benchmark = next((row for entry, row in by_entry.items() if spec[entry].new_new_benchmark), None)
     checks = []
+    if independent is not None:
+        checks.append((f"an upgrade: independent new/new top-1 at least {UPGRADE_TOP1 * 100:.0f} points over old/old "
+                       "in every seed", independent.pass_upgrade == independent.seeds))
     for entry, row in by_entry.items():
         if entry in lce_training and row.route in spec[entry].compatible_routes:
             passes = all(row[f"pass_{m}{s}"] == row.seeds for m in CRITERION_METRICS for s in subsets)

@@ -61,6 +61,7 @@ def test_folding_gives_mean_spread_and_passes_per_seed():
     # mean ± sample standard deviation: 0.89 and 0.85 give 87.0 ± 2.8; 0.75 and 0.72 give 73.5 ± 2.1
     assert "| lce.t21 | lce_backward | T21 | 87.0 ± 2.8 | 73.5 ± 2.1 | 63.5 ± 2.1 |" in text
     assert "pass 2/2" in text and "FAIL 0/2" in text
+    assert "independent new/new top-1 88.0 ± 2.8: +18.0 points over old/old, an upgrade of at least 3 points in 2/2 seeds" in text
 
 
 def test_claims_follow_the_table():
@@ -68,4 +69,13 @@ def test_claims_follow_the_table():
     assert checks["lce.t21 (T21) meets the criterion in every seed"] is True
     assert checks["lce new/new top-1 within 2 points of independent"] is True  # 0.87 vs 0.88
     assert checks["independent fails the criterion"] is True
+    upgrade = "an upgrade: independent new/new top-1 at least 3 points over old/old in every seed"
+    assert checks[upgrade] is True
     assert not any("lce (direct) meets" in claim for claim in checks)  # backward is judged through T21
+
+
+def test_an_upgrade_must_hold_in_every_seed():
+    report = _report()
+    report.loc[report.query_model.eq("ind-s1") & report.gallery_model.eq("ind-s1"), "top1"] = 0.72  # +2 points
+    checks = dict(claim_checks(fold_seeds(seed_rows(report, _entries(), CFG)), has_subsets=False))
+    assert checks["an upgrade: independent new/new top-1 at least 3 points over old/old in every seed"] is False
