@@ -98,6 +98,13 @@ def test_every_scenario_config_loads():
     assert [name for name, cfg in scenarios.items() if "l2" in {m.method for m in cfg.new}] == ["data"]
 
 
+def test_the_gpu_backbone_scenario_is_the_papers_pair():
+    cfg = load_pipeline_config(Path(__file__).parents[1] / "configs" / "scenarios" / "gpu" / "backbone.yaml")
+    assert cfg.old.model.architecture == "resnet18" and {m.model.architecture for m in cfg.new} == {"resnet50"}
+    assert all(m.use_gpu for m in [cfg.old, *cfg.new]) and {m.seed for m in cfg.new} == {0}
+    assert cfg.concurrent_fits == 1 and {m.method for m in cfg.new} >= {"independent", "lce_forward"}
+
+
 def test_a_file_extends_the_file_its_base_names(tmp_path):
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "base.yaml").write_text(
