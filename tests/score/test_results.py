@@ -61,7 +61,8 @@ def test_folding_gives_mean_spread_and_passes_per_seed():
     # mean ± sample standard deviation: 0.89 and 0.85 give 87.0 ± 2.8; 0.75 and 0.72 give 73.5 ± 2.1
     assert "| lce.t21 | lce_backward | T21 | 87.0 ± 2.8 | 73.5 ± 2.1 | 63.5 ± 2.1 |" in text
     assert "pass 2/2" in text and "FAIL 0/2" in text
-    assert "independent new/new top-1 88.0 ± 2.8: +18.0 points over old/old, an upgrade of at least 3 points in 2/2 seeds" in text
+    assert ("independent new/new top-1 88.0 ± 2.8: +18.0 points over old/old, an upgrade of at least 3 points "
+            "in 2/2 seeds") in text
 
 
 def test_claims_follow_the_table():
