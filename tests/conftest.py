@@ -51,6 +51,11 @@ def _remove_stale_bootstrap_file() -> None:
         path.unlink(missing_ok=True)
 
 
+# Ray Train's controller polls its workers every 2 s: each fit then waits up to 2 s to learn that its
+# workers finished. A polling interval, not a timeout: what a test checks is unchanged.
+FAST_POLLING = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster shared by every test that needs one: always a new one ("local"),
@@ -58,6 +63,6 @@ def ray_cluster():
     import ray
 
     _remove_stale_bootstrap_file()
-    ray.init(address="local", num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
+    ray.init(address="local", num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd()), **FAST_POLLING}})
     yield ray
     ray.shutdown()

@@ -38,8 +38,10 @@ def finished_pipeline(tmp_path_factory, fashion_subset, ray_cluster):
                 {"name": "lce_fwd", "method": "lce_forward", "transform": SMALL_T},
                 {"name": "lce_bi", "method": "lce_bidirectional", "transform": SMALL_T},
                 {"name": "l2", "method": "l2"}],
-        "cmc": [{"name": "cmc_lce", "method": "lce_cmc", "new_model": "independent", "epochs": 1, "transform": SMALL_T},
-                {"name": "cmc_rbt", "method": "rbt_cmc", "new_model": "independent", "epochs": 1, "transform": SMALL_T}],
+        "cmc": [{"name": "cmc_lce", "method": "lce_cmc", "new_model": "independent", "epochs": 1, "transform": SMALL_T,
+                 "cpus_per_worker": 1},
+                {"name": "cmc_rbt", "method": "rbt_cmc", "new_model": "independent", "epochs": 1, "transform": SMALL_T,
+                 "cpus_per_worker": 1}],
         "score": {"pairs": "counterparts"},
     })
     return cfg, run_pipeline(cfg)

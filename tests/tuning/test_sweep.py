@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 import time
 
 import mlflow
@@ -146,7 +148,7 @@ search: {{algorithm: {algorithm}, num_samples: {samples}, seed: 0}}
 
 
 @pytest.mark.ray
-def test_tiny_sweep_records_crashed_trials_and_leaves_nothing_reserved(ray_cluster, fashion_subset, tmp_path):
+def test_tiny_sweep_records_crashed_trials_and_leaves_nothing_reserved(ray_cluster, fashion_subset, tmp_path, caplog):
     from tuning.sweep import run_sweep
 
     def sweep(name, samples, algorithm="grid", dims="[16, 8]"):
@@ -186,7 +188,11 @@ def test_tiny_sweep_records_crashed_trials_and_leaves_nothing_reserved(ray_clust
     from ray.util import placement_group_table
 
     assert all(group["state"] == "REMOVED" for group in placement_group_table().values())
+    # The fixed models of the first sweep, found by the second under the same configs, are reused.
+    shutil.copytree(tmp_path / "sweeps" / "first" / "models", tmp_path / "sweeps" / "second" / "models")
+    caplog.set_level(logging.INFO, logger="tuning.sweep")
     table, second_best = sweep("second", samples=1, algorithm="optuna", dims="[16]")
+    assert caplog.text.count("sweep: reusing") == 2
     assert len(table) == 1 and (table.status != "error").all()
     assert load_train_config(second_best).model.embedding_dim == 16
     assert yaml.safe_load(best_path.read_text())["name"] == "lce"
