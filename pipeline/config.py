@@ -69,11 +69,17 @@ class CompatConfig(Strict):
     lambda_align: float = Field(1.0, ge=0)
     lambda_boundary: float = Field(1.0, ge=0)
     lambda_influence: float = Field(1.0, ge=0, description="BCT influence-loss weight")
-    lambda_regression: float = Field(1.0, ge=0, description="L2 baseline: weight of ||norm(f2) - norm(f1)||^2")
+    lambda_regression: float = Field(1.0, ge=0, description="weight of the point-wise regression: L2's, the CMC "
+                                                            "baseline's and LCE's (target_pull)")
     compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m (at least 0, "
                                                          "the center: a warning names the classes it reaches)")
     new_space_margin: float | None = Field(None, ge=0, description="m of the boundaries in model 2's space (T12's "
                                            "targets: the forward manner, CMC's T12); None: compactness_margin")
+    target_pull: float | None = Field(
+        None, ge=0, le=1, description="LCE's point-wise term (methods marked pulls_features): the batch's features in "
+                                      "the old space (direct: f2, else T21(f2)) regress onto their old features moved "
+                                      "this share of the way to their class centers, weight lambda_regression; None: "
+                                      "no such term")
     centers: Literal["mean", "classifier"] = Field(
         "mean", description="c_j: the normalised mean of the old model's normalised features of class j; or, for the "
                             "classes the old model was trained on, its normalised classifier row (the others keep the "
@@ -170,6 +176,11 @@ class TrainConfig(FitConfig):
     @property
     def needs_old_model(self) -> bool:
         return self.method_spec.needs_old_model
+
+    @property
+    def reads_old_features(self) -> bool:
+        """Whether its fit reads the old model's features of each batch by id (``Method.reads_old_features``)."""
+        return self.method_spec.reads_old_features(self.compat)
 
 
 class CmcConfig(FitConfig):

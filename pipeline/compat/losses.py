@@ -133,23 +133,48 @@ class TrainingBatch:
     forward_margin: float        # the margin in the new space (T12's targets)
     old_head: nn.Module | None       # BCT: model 1's frozen classifier with pseudo rows
     old_embedder: nn.Module | None   # L2: model 1's frozen embedder
-    old_features: torch.Tensor | None = None    # f1 of the batch's images [B, d1], read by id (forward)
+    old_features: torch.Tensor | None = None    # f1 of the batch's images [B, d1], read by id
     new_boundaries: torch.Tensor | None = None  # the new space's running boundary angles [C] (forward)
+    target_pull: float | None = None            # LCE's point-wise term: its targets' pull (``pulled_regression``)
+
+
+def pulled_targets(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, pull: float) -> torch.Tensor:
+    """Each feature moved the share ``pull`` of the way to its class center:
+    ``norm((1 - pull) norm(f_i) + pull c_{y_i})``. A class tighter than the features' own, as
+    compactness asks, that keeps which image lies near which (``pull`` 0: the features, 1: the centers)."""
+    return F.normalize((1 - pull) * F.normalize(features, dim=1) + pull * centers[labels], dim=1)
+
+
+def pulled_regression(in_old_space: torch.Tensor, old_features: torch.Tensor | None, labels: torch.Tensor,
+                      centers: torch.Tensor, pull: float | None) -> dict[str, torch.Tensor]:
+    """LCE's point-wise term, with a ``pull``: ``||norm(x_i) - pulled(f1_i)||^2`` for the batch's
+    features in the old space ``x`` (``f2`` direct, ``T21(f2)``); no term without one. A class-level
+    target (alignment, a boundary at margin m) puts a query at its class's center, which finds the
+    class's own items only where the old model grouped them: not for classes it never learned
+    (measured: README, 'Why LCE's T21 loses on the classes the old model never saw')."""
+    if pull is None:
+        return {}
+    if old_features is None:
+        raise ValueError("target_pull: the point-wise term needs the old model's features of the batch")
+    return {"regression": regression_loss(in_old_space, pulled_targets(old_features, labels, centers, pull))}
 
 
 def lce_direct_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
-    """Direct: ``d(norm(W2_j), c_j)``, boundary on ``f2``."""
+    """Direct: ``d(norm(W2_j), c_j)``, boundary on ``f2`` (and with a ``target_pull``, ``f2``'s point-wise term)."""
     return {"align": alignment_loss(batch.class_weights, batch.centers, batch.class_mask),
             "boundary": boundary_loss(batch.features, batch.labels, batch.centers, batch.boundaries, batch.margin,
-                                      batch.class_mask)}
+                                      batch.class_mask),
+            **pulled_regression(batch.features, batch.old_features, batch.labels, batch.centers, batch.target_pull)}
 
 
-def _backward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward alignment ``d(norm(T21(W2_j)), c_j)`` and boundary on ``T21(f2)``."""
+def _backward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Backward alignment ``d(norm(T21(W2_j)), c_j)``, boundary on ``T21(f2)`` and, with a
+    ``target_pull``, ``T21(f2)``'s point-wise term."""
     mapped_features, mapped_weights = map_rows(batch.transforms[BACKWARD], batch.features, batch.class_weights)
     return (alignment_loss(mapped_weights, batch.centers, batch.class_mask),
             boundary_loss(mapped_features, batch.labels, batch.centers, batch.boundaries, batch.margin,
-                          batch.class_mask))
+                          batch.class_mask),
+            pulled_regression(mapped_features, batch.old_features, batch.labels, batch.centers, batch.target_pull))
 
 
 def running_boundaries(previous: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
@@ -186,9 +211,9 @@ def _forward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def lce_backward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
-    """Backward: ``d(norm(T21(W2_j)), c_j)``, boundary on ``T21(f2)``."""
-    align, boundary = _backward(batch)
-    return {"align": align, "boundary": boundary}
+    """Backward: ``d(norm(T21(W2_j)), c_j)``, boundary on ``T21(f2)`` (``_backward``)."""
+    align, boundary, point_wise = _backward(batch)
+    return {"align": align, "boundary": boundary, **point_wise}
 
 
 def lce_forward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
@@ -199,11 +224,11 @@ def lce_forward_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
 
 def lce_bidirectional_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
     """Bidirectional: the means of the backward and the forward manners' alignments and boundaries
-    (T21 and T12 each trained on its own terms)."""
-    backward_align, backward_boundary = _backward(batch)
+    (T21 and T12 each trained on its own terms), and T21's point-wise term with a ``target_pull``."""
+    backward_align, backward_boundary, point_wise = _backward(batch)
     forward_align, forward_boundary = _forward(batch)
     return {"align": torch.stack([backward_align, forward_align]).mean(),
-            "boundary": torch.stack([backward_boundary, forward_boundary]).mean()}
+            "boundary": torch.stack([backward_boundary, forward_boundary]).mean(), **point_wise}
 
 
 def influence_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
@@ -249,17 +274,26 @@ def _space(stats: OldSpaceStats, like: torch.Tensor, old_classes_only: bool
             torch.as_tensor(mask, device=like.device))
 
 
-def lce_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
-    """LCE's CMC: in each target space, the mapped class centers aligned with that space's centers
-    and the mapped features bounded by its boundaries."""
+def _lce_cmc(batch: CmcBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """LCE's CMC terms (T21's point-wise term with a ``target_pull``) and ``T12(f1)``, for
+    ``lce_rbt_cmc``'s regression: each transformation maps its features once, beside the centers,
+    so that its batch norms see one batch a step."""
     c1, b1, mask = _space(batch.old_space, batch.new_features, batch.compat.old_classes_only)
     c2, b2, _ = _space(batch.new_space, batch.new_features, False)
     mapped_f2, mapped_c2 = map_rows(batch.transforms[BACKWARD], batch.new_features, c2)
     mapped_f1, mapped_c1 = map_rows(batch.transforms[FORWARD], batch.old_features, c1)
-    return {"align_21": alignment_loss(mapped_c2, c1, mask),
-            "boundary_21": boundary_loss(mapped_f2, batch.labels, c1, b1, batch.compat.compactness_margin, mask),
-            "align_12": alignment_loss(mapped_c1, c2, mask),
-            "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, batch.compat.forward_margin, mask)}
+    terms = {"align_21": alignment_loss(mapped_c2, c1, mask),
+             "boundary_21": boundary_loss(mapped_f2, batch.labels, c1, b1, batch.compat.compactness_margin, mask),
+             "align_12": alignment_loss(mapped_c1, c2, mask),
+             "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, batch.compat.forward_margin, mask),
+             **pulled_regression(mapped_f2, batch.old_features, batch.labels, c1, batch.compat.target_pull)}
+    return terms, mapped_f1
+
+
+def lce_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
+    """LCE's CMC: in each target space, the mapped class centers aligned with that space's centers
+    and the mapped features bounded by its boundaries."""
+    return _lce_cmc(batch)[0]
 
 
 def rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
@@ -271,9 +305,9 @@ def rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
 
 
 def lce_rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
-    """LCE's CMC terms, and for T12 the point-wise regression ``||T12(f1) - f2||^2`` beside them.
-    Bounding each mapped old feature to its class's cone in the new space loses which image lies
-    near which, what new queries' nearest-neighbour top-1 needs; T21's queries do not (measured:
-    README, 'Cross-model compatibility')."""
-    mapped = map_rows(batch.transforms[FORWARD], batch.old_features)[0]
-    return {**lce_cmc_terms(batch), "regression": regression_loss(mapped, batch.new_features)}
+    """LCE's CMC terms, and T12's point-wise regression ``||T12(f1) - f2||^2`` beside them.
+    Bounding each mapped old feature to its class's cone loses which image lies near which, what
+    new queries' nearest-neighbour top-1 needs (measured: README, 'Cross-model compatibility')."""
+    terms, mapped_f1 = _lce_cmc(batch)
+    regression = regression_loss(mapped_f1, batch.new_features)
+    return {**terms, "regression": terms.get("regression", 0) + regression}

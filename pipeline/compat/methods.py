@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pipeline.compat import losses
+from pipeline.config import CompatConfig
 from pipeline.model.transformations import BACKWARD, FORWARD
 
 
@@ -61,6 +62,7 @@ class Method:
     needs_old_classifier: bool = False  # model 1's classifier (BCT's influence loss)
     needs_old_forward: bool = False     # model 1 run on every training batch (L2)
     needs_old_features: bool = False    # model 1's features of the batch, read by id from its train-split embeddings
+    pulls_features: bool = False        # LCE's point-wise term, with a compat.target_pull (losses.pulled_regression)
     bounds_features: bool = False       # a boundary (compactness) term, whose bounds are b_j - m
     new_new_benchmark: bool = False     # LCE's new/new accuracy is expected to be at least this one's
 
@@ -68,6 +70,11 @@ class Method:
     def needs_old_model(self) -> bool:
         return (self.kind is Kind.CMC or self.needs_statistics or self.needs_old_classifier or self.needs_old_forward
                 or self.needs_old_features)
+
+    def reads_old_features(self, compat: CompatConfig) -> bool:
+        """Whether its terms read model 1's features of the batch: always, or for its point-wise
+        term with a ``compat.target_pull``."""
+        return self.needs_old_features or (self.pulls_features and compat.target_pull is not None)
 
     @property
     def compares_spaces_directly(self) -> bool:
@@ -130,19 +137,19 @@ register(Method("bct", Kind.TRAIN, Role.BASELINE, losses.influence_terms, needs_
                 needs_old_classifier=True, new_new_benchmark=True))
 register(Method("l2", Kind.TRAIN, Role.BASELINE, losses.regression_terms, needs_old_forward=True))
 register(Method("lce_direct", Kind.TRAIN, Role.LCE, losses.lce_direct_terms, needs_statistics=True,
-                bounds_features=True))
+                pulls_features=True, bounds_features=True))
 register(Method("lce_backward", Kind.TRAIN, Role.LCE, losses.lce_backward_terms, (BACKWARD,), needs_statistics=True,
-                bounds_features=True))
+                pulls_features=True, bounds_features=True))
 # lce_forward's only boundary is in the new space, with running angles: no old-space bound to warn of
 register(Method("lce_forward", Kind.TRAIN, Role.LCE, losses.lce_forward_terms, (FORWARD,), needs_statistics=True,
                 needs_old_features=True))
 register(Method("lce_bidirectional", Kind.TRAIN, Role.LCE, losses.lce_bidirectional_terms, (BACKWARD, FORWARD),
-                needs_statistics=True, needs_old_features=True, bounds_features=True))
+                needs_statistics=True, needs_old_features=True, pulls_features=True, bounds_features=True))
 register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, FORWARD), needs_statistics=True,
-                bounds_features=True))
+                pulls_features=True, bounds_features=True))
 register(Method("rbt_cmc", Kind.CMC, Role.BASELINE, losses.rbt_cmc_terms, (BACKWARD, FORWARD)))
 register(Method("lce_rbt_cmc", Kind.CMC, Role.LCE, losses.lce_rbt_cmc_terms, (BACKWARD, FORWARD),
-                needs_statistics=True, bounds_features=True))
+                needs_statistics=True, pulls_features=True, bounds_features=True))
 PLUGINS_VARIABLE = "COMPAT_EMBED_METHODS"
 for _plugin in filter(None, os.environ.get(PLUGINS_VARIABLE, "").split(",")):
     importlib.import_module(_plugin.strip())  # a module whose import registers methods

@@ -78,10 +78,10 @@ class TrainingObjective(nn.Module):
         missing = [name for name in self.method.trains if transforms is None or name not in transforms]
         if missing:
             raise ValueError(f"method {self.method.name!r} needs the {missing} transformation(s)")
+        if self.method.reads_old_features(self.compat) and old_features is None:
+            raise ValueError(f"method {self.method.name!r} needs the old model's features of the batch")
         new_boundaries = None
-        if self.method.needs_old_features:
-            if old_features is None:
-                raise ValueError(f"method {self.method.name!r} needs the old model's features of the batch")
+        if self.method.needs_old_features:  # the forward manner's running boundaries
             if self.training:
                 first = bool(torch.isnan(self.new_boundaries).all())
                 self.new_boundaries = running_boundaries(self.new_boundaries, features, labels, class_weights,
@@ -94,7 +94,7 @@ class TrainingObjective(nn.Module):
                               self.centers if statistics else None, self.boundaries if statistics else None,
                               self.class_mask if statistics else None, self.compat.compactness_margin,
                               self.compat.forward_margin, self.old_head, self.old_embedder, old_features,
-                              new_boundaries)
+                              new_boundaries, self.compat.target_pull if self.method.pulls_features else None)
         zero = features.new_zeros(())
         terms = {"cls": F.cross_entropy(logits, labels), **dict.fromkeys(TRAINING_TERMS, zero),
                  **self.method.terms(batch)}

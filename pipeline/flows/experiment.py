@@ -98,7 +98,7 @@ def _fit_new_models(run: _Run, old_dir: Path) -> dict[str, Path]:
         return fit_model(new, dataset, out / "models" / new.name, run.context, run_name=run.run_name(new.name),
                          old_model=old_dir if new.needs_old_model else None, stats=stats[new.name],
                          parent=cfg.old.name,
-                         old_features=old_embeddings.path if new.method_spec.needs_old_features else None)
+                         old_features=old_embeddings.path if new.reads_old_features else None)
 
     per_run = {key: max(run_resources(new)[key] for new in cfg.new) for key in ("CPU", "GPU")}
     fitted = side_by_side(fit_new, cfg.new, runs_at_once(per_run, cfg.concurrent_fits), "new models")

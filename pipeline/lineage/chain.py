@@ -34,7 +34,7 @@ def run_lineage(cfg: LineageConfig) -> LineageReport:
         folder = fit_model(model, dataset, out / "models" / model.name, context, run_name=f"{model.name}-{tag}",
                            old_model=parent[1] if parent else None, stats=stats,
                            parent=parent[0].name if parent else None,
-                           old_features=embeddings.path if model.method_spec.needs_old_features else None)
+                           old_features=embeddings.path if model.reads_old_features else None)
         version = register_model(context.tracking_uri, cfg.registered_model, folder, parent[2] if parent else None,
                                  context.experiment)
         parent = (model, folder, version.version)

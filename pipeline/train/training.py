@@ -102,7 +102,7 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
     images = torch.from_numpy(images)
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
     old_features = (torch.from_numpy(read_embeddings(loop_config["old_features"]).vectors_of(ids))
-                    if method.needs_old_features else None)
+                    if cfg.reads_old_features else None)
     device = worker.device
     objective = build_objective(cfg, method, classes, loop_config["stats"], loop_config["old_model"]).to(device)
     transforms = build_transforms(method.trains, cfg.model.embedding_dim, loop_config["old_dim"] or 0, cfg.transform)
@@ -145,7 +145,7 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     """``cfg``'s fit, its inputs checked on the driver before any worker starts. ``validation``
     (``old_features``, ``old_old``, ``independent``) adds a validation pass after each epoch
     (``pipeline.train.validation``); ``old_features`` is the old model's embeddings of the
-    training split, which the forward manner reads by id."""
+    training split, which the forward manner and LCE's point-wise term (``compat.target_pull``) read by id."""
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
     old_dim = None
@@ -153,12 +153,12 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     if method.needs_old_model:
         build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None)
         old_dim = read_model_card(old_model).embedding_dim
-    if method.needs_old_features:
+    if cfg.reads_old_features:
         check_old_features(old_features, cfg, old_model, dataset)
     inputs = {"dataset": str(dataset), "old_dim": old_dim,
               "old_model": str(Path(old_model).resolve()) if old_model else None,
               "stats": str(Path(stats).resolve()) if stats else None,
-              "old_features": str(Path(old_features).resolve()) if method.needs_old_features else None}
+              "old_features": str(Path(old_features).resolve()) if cfg.reads_old_features else None}
     # The method itself travels to the workers with the config; its name is what the hash holds.
     loop_config = {"config": cfg, "method": method, "validation": validation, **inputs,
                    "config_hash": config_hash(cfg, inputs)}

@@ -271,6 +271,47 @@ def test_bidirectional_averages_the_two_manners_terms():
     assert _grad(transforms["forward_transform"].weight) > 0 and _grad(transforms["backward_transform"].weight) > 0
 
 
+# LCE's point-wise term with a pull of 1/2 (centers c = [(1, 0), (0, 1)], old features f1 at 0 and
+# pi / 4): targets at 0 (f1_0 is on c_0) and 3 pi / 8 (halfway between pi / 4 and pi / 2).
+# Direct: f2 at pi / 4 and 0, so 2 - 2 cos(pi / 4) and 2 - 2 cos(3 pi / 8); backward: T21(f2) at
+# 3 pi / 4 and pi / 2, so 2 - 2 cos(3 pi / 4) and 2 - 2 cos(pi / 8).
+PULLED_DIRECT = (2 - 2 * math.cos(math.pi / 4) + 2 - 2 * math.cos(3 * math.pi / 8)) / 2
+PULLED_BACKWARD = (2 - 2 * math.cos(3 * math.pi / 4) + 2 - 2 * math.cos(math.pi / 8)) / 2
+
+
+@pytest.mark.parametrize(("method", "expected"), [("lce_direct", PULLED_DIRECT), ("lce_backward", PULLED_BACKWARD),
+                                                  ("lce_bidirectional", PULLED_BACKWARD), ("lce_forward", 0.0)])
+def test_a_target_pull_regresses_the_old_space_features_onto_pulled_old_features(method, expected):
+    compat = CompatConfig(target_pull=0.5, lambda_regression=2.0)
+    terms, *_ = _manner_terms(method, compat)
+    assert terms["regression"].item() == pytest.approx(expected, abs=1e-5)
+    without, *_ = _manner_terms(method, CompatConfig(lambda_regression=2.0))
+    assert without["regression"].item() == 0
+    assert terms["loss"].item() == pytest.approx(without["loss"].item() + 2.0 * expected, abs=1e-5)
+
+
+@pytest.mark.parametrize(("method", "trained"), [("lce_direct", ()), ("lce_backward", ("backward_transform",)),
+                                                 ("lce_bidirectional", ("backward_transform",))])
+def test_the_point_wise_term_reaches_model_two_and_t21_only(method, trained):
+    objective = TrainingObjective(method, CompatConfig(target_pull=0.3), _stats())
+    transforms = torch.nn.ModuleDict({"backward_transform": _rotation(), "forward_transform": _rotation()})
+    weights, features = torch.tensor(WEIGHTS, requires_grad=True), torch.tensor(NEW_FEATURES, requires_grad=True)
+    terms = objective(features, torch.zeros(2, 2), torch.tensor(LABELS), weights, transforms,
+                      old_features=torch.tensor(OLD_FEATURES))
+    terms["regression"].backward()
+    assert _grad(features) > 0 and _grad(weights) == 0  # the classifier rows are no part of it
+    for name, transform in transforms.items():
+        assert (_grad(transform.weight) > 0) == (name in trained), name
+
+
+def test_a_target_pull_without_old_features_is_refused():
+    objective = TrainingObjective("lce_direct", CompatConfig(target_pull=0.3), _stats())
+    with pytest.raises(ValueError, match="needs the old model's features of the batch"):
+        objective(torch.ones(2, 2), torch.zeros(2, 2), torch.tensor([0, 1]), torch.eye(2))
+    TrainingObjective("lce_direct", CompatConfig(), _stats())(torch.ones(2, 2), torch.zeros(2, 2), torch.tensor([0, 1]),
+                                                              torch.eye(2))  # no pull: no old features needed
+
+
 def test_manners_refuse_missing_transformations():
     objective = TrainingObjective("lce_backward", CompatConfig(), _stats())
     with pytest.raises(ValueError, match=r"needs the \['backward_transform'\] transformation"):

@@ -15,7 +15,7 @@ from pipeline.compat.methods import (
     register,
     unregister,
 )
-from pipeline.config import CmcConfig, ConfigError, TrainConfig, validate
+from pipeline.config import CmcConfig, CompatConfig, ConfigError, TrainConfig, validate
 from pipeline.model.transformations import BACKWARD, FORWARD
 
 
@@ -32,6 +32,12 @@ def test_every_method_of_the_paper_is_catalogued_with_its_transformations_and_ne
     assert method_named("rbt_cmc").needs_old_model and not method_named("rbt_cmc").needs_statistics
     reads_old_features = [name for name in names(Kind.TRAIN) if method_named(name).needs_old_features]
     assert reads_old_features == ["lce_forward", "lce_bidirectional"]
+    # with a target_pull, LCE's point-wise term reads them too, in every manner that maps into the old space
+    pulled = CompatConfig(target_pull=0.3)
+    assert [name for name in names(Kind.TRAIN) if method_named(name).reads_old_features(pulled)] == [
+        "lce_direct", "lce_backward", "lce_forward", "lce_bidirectional"]
+    assert TrainConfig(name="m", method="lce_direct", compat=pulled).reads_old_features
+    assert not TrainConfig(name="m", method="lce_direct").reads_old_features
 
 
 def test_routes_say_which_entries_a_method_adds_and_through_which_it_is_compatible():

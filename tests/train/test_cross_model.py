@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.compat.losses import pulled_targets
 from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig, ModelConfig, TransformConfig
@@ -76,14 +77,48 @@ def test_lce_rbt_cmc_adds_the_point_wise_regression_to_lces_terms():
     assert terms["loss"].item() == pytest.approx(lce["loss"].item() + 0.5 * 4.0, abs=1e-5)
 
 
+def test_pulled_targets_move_each_feature_toward_its_class_center():
+    features, centers = torch.tensor([[0.0, 2.0], [3.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pulled = pulled_targets(features, torch.tensor([0, 1]), centers, 0.5)
+    half = 1 / math.sqrt(2)
+    assert torch.allclose(pulled, torch.tensor([[half, half], [half, half]]), atol=1e-6)
+    assert torch.allclose(pulled_targets(features, torch.tensor([0, 1]), centers, 0.0), torch.eye(2).flip(0))
+    assert torch.allclose(pulled_targets(features, torch.tensor([0, 1]), centers, 1.0), centers)
+
+
+@pytest.mark.parametrize(("pull", "t21_part"), [(None, 0.0), (0.0, 2.0), (0.5, 2 - math.sqrt(2)), (1.0, 0.0)])
+def test_lce_rbt_cmc_regresses_t21_onto_pulled_old_features(pull, t21_part):
+    transforms = torch.nn.ModuleDict({"backward_transform": _Rotate(), "forward_transform": _Rotate()})
+    # class a (old center (1, 0)): T21(new) = (1, 0); the old feature (0, 1) pulled halfway is at 45 degrees.
+    # T12(old) = (-1, 0) against the new feature's (0, -1): 2, whatever the pull.
+    terms = cmc_terms("lce_rbt_cmc", torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, -2.0]]), torch.tensor([0]),
+                      OLD_SPACE, NEW_SPACE, CompatConfig(compactness_margin=0.1, target_pull=pull), transforms)
+    assert terms["regression"].item() == pytest.approx(2.0 + t21_part, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lce_cmc", "lce_rbt_cmc"])
+def test_each_transformation_maps_one_batch_a_step(method):
+    """Its batch norms then see one set of statistics a step: the features beside the centers."""
+    transforms = build_cmc_transforms(4, 6, TransformConfig(blocks=1, paths=1, hidden=8))
+    calls = {name: [] for name in transforms}
+    for name, transform in transforms.items():
+        transform.register_forward_hook(lambda module, inputs, output, name=name: calls[name].append(len(inputs[0])))
+    stats = {dim: OldSpaceStats(["a", "b"], ["a", "b"], np.eye(2, dim, dtype=np.float32), np.full(2, 0.3, np.float32),
+                                np.zeros((2, dim), np.float32), np.array([2, 2]), "quantile") for dim in (4, 6)}
+    cmc_terms(method, torch.randn(3, 4), torch.randn(3, 6), torch.tensor([0, 1, 0]), stats[4], stats[6],
+              CompatConfig(target_pull=0.3), transforms)
+    assert calls == {BACKWARD: [5], FORWARD: [5]}  # 3 features + 2 centers, once
+
+
 def test_the_new_space_margin_bounds_t12s_targets_and_the_old_margin_t21s():
     terms, _ = _terms("lce_cmc", CompatConfig(compactness_margin=0.1, new_space_margin=0.3))
     assert terms["boundary_12"].item() == pytest.approx(math.pi - (0.5 - 0.3), abs=1e-2)
     assert terms["boundary_21"].item() == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["lce_cmc", "rbt_cmc", "lce_rbt_cmc"])
-def test_gradients_reach_exactly_the_two_transformations(method):
+@pytest.mark.parametrize(("method", "pull"), [("lce_cmc", None), ("rbt_cmc", None), ("lce_rbt_cmc", None),
+                                            ("lce_rbt_cmc", 0.3)])
+def test_gradients_reach_exactly_the_two_transformations(method, pull):
     old_model = EmbeddingModel(ModelConfig(embedding_dim=4), 1, 2).eval()
     new_model = EmbeddingModel(ModelConfig(embedding_dim=6), 1, 2).eval()
     images = torch.randn(4, 1, 28, 28)
@@ -93,7 +128,7 @@ def test_gradients_reach_exactly_the_two_transformations(method):
                                 np.zeros((2, dim), np.float32), np.array([2, 2]), "quantile") for dim in (4, 6)}
     transforms = build_cmc_transforms(4, 6, TransformConfig(blocks=1, paths=1, hidden=8))
     terms = cmc_terms(method, old_features, new_features, torch.tensor([0, 1, 0, 1]), stats[4], stats[6],
-                      CompatConfig(), transforms)
+                      CompatConfig(target_pull=pull), transforms)
     terms["loss"].backward(retain_graph=True)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms.parameters())
     if method == "lce_cmc":  # each direction's terms train its own transformation and no other
@@ -102,6 +137,12 @@ def test_gradients_reach_exactly_the_two_transformations(method):
             sum(value for name, value in terms.items() if name.endswith(suffix)).backward(retain_graph=True)
             assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms[trained].parameters())
             assert all(p.grad is None for p in transforms[untouched].parameters())
+    if method == "lce_rbt_cmc":  # T12's regression, and T21's only with a pull
+        transforms.zero_grad(set_to_none=True)
+        terms["regression"].backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms[FORWARD].parameters())
+        reached = [p.grad is not None and p.grad.abs().sum() > 0 for p in transforms[BACKWARD].parameters()]
+        assert all(reached) if pull is not None else not any(reached)
 
 
 def test_identity_transformations_refuse_other_dimensions():
