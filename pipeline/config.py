@@ -68,7 +68,10 @@ class CompatConfig(Strict):
 
     lambda_align: float = Field(1.0, ge=0)
     lambda_boundary: float = Field(1.0, ge=0)
-    lambda_influence: float = Field(1.0, ge=0, description="BCT influence-loss weight")
+    lambda_influence: float = Field(1.0, ge=0, description="weight of a cross-entropy through another space's "
+                                                           "classifier: BCT's influence loss, lce_rbt_cmc's T12 one")
+    class_scale: float = Field(16.0, gt=0, description="lce_rbt_cmc: s of T12's cosine classifier of the new "
+                                                       "space's class centers")
     lambda_regression: float = Field(1.0, ge=0, description="weight of the point-wise regression: L2's, the CMC "
                                                             "baseline's and LCE's (target_pull)")
     compactness_margin: float = Field(0.0, ge=0, description="m in radians: boundary shrinks to b - m (at least 0, "

@@ -103,6 +103,13 @@ def influence_weights(stats: OldSpaceStats, old_weight: torch.Tensor, old_classe
     return torch.stack(rows)
 
 
+def center_classification(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
+                          scale: float) -> torch.Tensor:
+    """``CE(s cos(x_i, c_j), y_i)``: ``features`` classified by their cosine to the class
+    ``centers`` (BCT's influence loss with the centers as the classifier)."""
+    return F.cross_entropy(scale * F.normalize(features, dim=1) @ F.normalize(centers, dim=1).T, labels)
+
+
 def regression_loss(mapped: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Point-wise regression ``mean_i || norm(mapped_i) - norm(target_i) ||^2`` on the same images
     (the L2 baseline with ``mapped = f2``, the RBT-style CMC baseline with ``mapped = T21(f2)``)."""
@@ -274,10 +281,10 @@ def _space(stats: OldSpaceStats, like: torch.Tensor, old_classes_only: bool
             torch.as_tensor(mask, device=like.device))
 
 
-def _lce_cmc(batch: CmcBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """LCE's CMC terms (T21's point-wise term with a ``target_pull``) and ``T12(f1)``, for
-    ``lce_rbt_cmc``'s regression: each transformation maps its features once, beside the centers,
-    so that its batch norms see one batch a step."""
+def _lce_cmc(batch: CmcBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """LCE's CMC terms (T21's point-wise term with a ``target_pull``), ``T12(f1)`` and the new
+    space's centers, for ``lce_rbt_cmc``'s terms: each transformation maps its features once,
+    beside the centers, so that its batch norms see one batch a step."""
     c1, b1, mask = _space(batch.old_space, batch.new_features, batch.compat.old_classes_only)
     c2, b2, _ = _space(batch.new_space, batch.new_features, False)
     mapped_f2, mapped_c2 = map_rows(batch.transforms[BACKWARD], batch.new_features, c2)
@@ -287,7 +294,7 @@ def _lce_cmc(batch: CmcBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
              "align_12": alignment_loss(mapped_c1, c2, mask),
              "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, batch.compat.forward_margin, mask),
              **pulled_regression(mapped_f2, batch.old_features, batch.labels, c1, batch.compat.target_pull)}
-    return terms, mapped_f1
+    return terms, mapped_f1, c2
 
 
 def lce_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
@@ -305,9 +312,13 @@ def rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
 
 
 def lce_rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
-    """LCE's CMC terms, and T12's point-wise regression ``||T12(f1) - f2||^2`` beside them.
-    Bounding each mapped old feature to its class's cone loses which image lies near which, what
-    new queries' nearest-neighbour top-1 needs (measured: README, 'Cross-model compatibility')."""
-    terms, mapped_f1 = _lce_cmc(batch)
+    """LCE's CMC terms, and for T12 beside them the point-wise regression ``||T12(f1) - f2||^2``
+    and the mapped old features classified by the new space's centers
+    (``center_classification``, scale ``compat.class_scale``). Bounding each mapped old feature
+    to its class's cone loses which image lies near which, what new queries' nearest-neighbour
+    top-1 needs; the regression keeps it, and the classification moves the mapped features that
+    lie on another class's side (measured: README, 'Cross-model compatibility')."""
+    terms, mapped_f1, new_centers = _lce_cmc(batch)
     regression = regression_loss(mapped_f1, batch.new_features)
-    return {**terms, "regression": terms.get("regression", 0) + regression}
+    return {**terms, "regression": terms.get("regression", 0) + regression,
+            "influence_12": center_classification(mapped_f1, batch.labels, new_centers, batch.compat.class_scale)}

@@ -17,7 +17,7 @@ from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig
 
 TRAINING_TERMS = ("align", "boundary", "influence", "regression")
-CMC_TERMS = ("align_21", "boundary_21", "align_12", "boundary_12", "regression")
+CMC_TERMS = ("align_21", "boundary_21", "align_12", "boundary_12", "regression", "influence_12")
 
 
 class TrainingObjective(nn.Module):
@@ -109,12 +109,14 @@ def cmc_terms(method: Method | str, old_features: torch.Tensor, new_features: to
               old_space: OldSpaceStats, new_space: OldSpaceStats, compat: CompatConfig,
               transforms: nn.ModuleDict) -> dict[str, torch.Tensor]:
     """The loss terms of one CMC batch of ``method``; ``loss`` is their weighted sum
-    ``lambda_a (align_21 + align_12) + lambda_b (boundary_21 + boundary_12) + lambda_r regression``."""
+    ``lambda_a (align_21 + align_12) + lambda_b (boundary_21 + boundary_12) + lambda_r regression
+    + lambda_i influence_12``."""
     method = method_named(method, Kind.CMC) if isinstance(method, str) else method
     zero = new_features.new_zeros(())
     batch = CmcBatch(old_features, new_features, labels, old_space, new_space, compat, transforms)
     terms = {**dict.fromkeys(CMC_TERMS, zero), **method.terms(batch)}
     terms["loss"] = (compat.lambda_align * (terms["align_21"] + terms["align_12"])
                      + compat.lambda_boundary * (terms["boundary_21"] + terms["boundary_12"])
-                     + compat.lambda_regression * terms["regression"])
+                     + compat.lambda_regression * terms["regression"]
+                     + compat.lambda_influence * terms["influence_12"])
     return terms

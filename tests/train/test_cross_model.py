@@ -66,15 +66,21 @@ def test_rbt_cmc_regresses_point_wise():
     assert terms["loss"].item() == pytest.approx(4.0, abs=1e-6)
 
 
-def test_lce_rbt_cmc_adds_the_point_wise_regression_to_lces_terms():
+def test_lce_rbt_cmc_adds_t12s_regression_and_classification_to_lces_terms():
     lce, _ = _terms("lce_cmc")
     rbt, _ = _terms("rbt_cmc")
-    terms, _ = _terms("lce_rbt_cmc", CompatConfig(compactness_margin=0.1, lambda_regression=0.5))
+    terms, _ = _terms("lce_rbt_cmc", CompatConfig(compactness_margin=0.1, lambda_regression=0.5,
+                                                  lambda_influence=0.25, class_scale=2.0))
     for name in ("align_21", "boundary_21", "align_12", "boundary_12"):
         assert terms[name].item() == pytest.approx(lce[name].item(), abs=1e-6)
     # T12's regression only: T12(old) = (0, 1) against the new feature (0, -1) gives 4 (rbt adds T21's 0)
     assert terms["regression"].item() == pytest.approx(4.0, abs=1e-6) == rbt["regression"].item()
-    assert terms["loss"].item() == pytest.approx(lce["loss"].item() + 0.5 * 4.0, abs=1e-5)
+    # T12(old) = (0, 1) has cosines -1 and 0 to the new centers (0, -1) and (1, 0): CE of logits
+    # 2 x (-1, 0) for class a is log(1 + e^2)
+    assert terms["influence_12"].item() == pytest.approx(math.log(1 + math.e ** 2), abs=1e-5)
+    assert lce["influence_12"].item() == rbt["influence_12"].item() == 0
+    assert terms["loss"].item() == pytest.approx(lce["loss"].item() + 0.5 * 4.0 + 0.25 * math.log(1 + math.e ** 2),
+                                                 abs=1e-5)
 
 
 def test_pulled_targets_move_each_feature_toward_its_class_center():
@@ -137,7 +143,11 @@ def test_gradients_reach_exactly_the_two_transformations(method, pull):
             sum(value for name, value in terms.items() if name.endswith(suffix)).backward(retain_graph=True)
             assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms[trained].parameters())
             assert all(p.grad is None for p in transforms[untouched].parameters())
-    if method == "lce_rbt_cmc":  # T12's regression, and T21's only with a pull
+    if method == "lce_rbt_cmc":  # T12's regression and classification, and T21's regression only with a pull
+        transforms.zero_grad(set_to_none=True)
+        terms["influence_12"].backward(retain_graph=True)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms[FORWARD].parameters())
+        assert all(p.grad is None for p in transforms[BACKWARD].parameters())
         transforms.zero_grad(set_to_none=True)
         terms["regression"].backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transforms[FORWARD].parameters())
