@@ -94,7 +94,7 @@ def test_every_scenario_config_loads():
     assert scenarios["loss"].old.model.head.kind == "softmax"
     assert {m.model.head.kind for m in scenarios["loss"].new} == {"arcface"}
     assert scenarios["classes"].old.classes == "first_half"
-    assert scenarios["data"].old.data_fraction == scenarios["data"].new[0].data_fraction / 2
+    assert scenarios["data"].old.data_fraction == scenarios["data"].new[0].data_fraction / 4
     assert [name for name, cfg in scenarios.items() if "l2" in {m.method for m in cfg.new}] == ["data"]
 
 
