@@ -83,6 +83,9 @@ class CompatConfig(Strict):
                                       "the old space (direct: f2, else T21(f2)) regress onto their old features moved "
                                       "this share of the way to their class centers, weight lambda_regression; None: "
                                       "no such term")
+    pull_classes: Literal["all", "unseen"] = Field(
+        "all", description="the classes whose samples the point-wise term covers: all, or those the old model was "
+                           "not trained on (the class-level terms alone keep the others)")
     centers: Literal["mean", "classifier"] = Field(
         "mean", description="c_j: the normalised mean of the old model's normalised features of class j; or, for the "
                             "classes the old model was trained on, its normalised classifier row (the others keep the "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -143,6 +144,7 @@ class TrainingBatch:
     old_features: torch.Tensor | None = None    # f1 of the batch's images [B, d1], read by id
     new_boundaries: torch.Tensor | None = None  # the new space's running boundary angles [C] (forward)
     target_pull: float | None = None            # LCE's point-wise term: its targets' pull (``pulled_regression``)
+    pulled_classes: torch.Tensor | None = None  # the classes it covers [C]
 
 
 def pulled_targets(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, pull: float) -> torch.Tensor:
@@ -153,17 +155,26 @@ def pulled_targets(features: torch.Tensor, labels: torch.Tensor, centers: torch.
 
 
 def pulled_regression(in_old_space: torch.Tensor, old_features: torch.Tensor | None, labels: torch.Tensor,
-                      centers: torch.Tensor, pull: float | None) -> dict[str, torch.Tensor]:
-    """LCE's point-wise term, with a ``pull``: ``||norm(x_i) - pulled(f1_i)||^2`` for the batch's
-    features in the old space ``x`` (``f2`` direct, ``T21(f2)``); no term without one. A class-level
-    target (alignment, a boundary at margin m) puts a query at its class's center, which finds the
-    class's own items only where the old model grouped them: not for classes it never learned
-    (measured: README, 'Why LCE's T21 loses on the classes the old model never saw')."""
+                      centers: torch.Tensor, pull: float | None, pulled_classes: torch.Tensor
+                      ) -> dict[str, torch.Tensor]:
+    """LCE's point-wise term, with a ``pull``: the mean of ``||norm(x_i) - pulled(f1_i)||^2`` over
+    the batch's samples of ``pulled_classes`` (a mask over classes), ``x`` their features in the
+    old space (``f2`` direct, ``T21(f2)``); no term without a pull. A class-level target
+    (alignment, a boundary at margin m) puts a query at its class's center, which finds the class's
+    own items only where the old model grouped them: not for classes it never learned (measured:
+    README, 'Why LCE's T21 loses on the classes the old model never saw')."""
     if pull is None:
         return {}
     if old_features is None:
         raise ValueError("target_pull: the point-wise term needs the old model's features of the batch")
-    return {"regression": regression_loss(in_old_space, pulled_targets(old_features, labels, centers, pull))}
+    distance = (F.normalize(in_old_space, dim=1) - pulled_targets(old_features, labels, centers, pull)).pow(2).sum(1)
+    keep = pulled_classes[labels]
+    return {"regression": (distance * keep).sum() / keep.sum().clamp(min=1)}
+
+
+def pulled_class_mask(stats: OldSpaceStats, compat: CompatConfig) -> np.ndarray:
+    """The classes whose samples LCE's point-wise term covers (``compat.pull_classes``)."""
+    return ~stats.old_class_mask() if compat.pull_classes == "unseen" else np.ones(len(stats.classes), dtype=bool)
 
 
 def lce_direct_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
@@ -171,7 +182,8 @@ def lce_direct_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
     return {"align": alignment_loss(batch.class_weights, batch.centers, batch.class_mask),
             "boundary": boundary_loss(batch.features, batch.labels, batch.centers, batch.boundaries, batch.margin,
                                       batch.class_mask),
-            **pulled_regression(batch.features, batch.old_features, batch.labels, batch.centers, batch.target_pull)}
+            **pulled_regression(batch.features, batch.old_features, batch.labels, batch.centers, batch.target_pull,
+                                batch.pulled_classes)}
 
 
 def _backward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -181,7 +193,8 @@ def _backward(batch: TrainingBatch) -> tuple[torch.Tensor, torch.Tensor, dict[st
     return (alignment_loss(mapped_weights, batch.centers, batch.class_mask),
             boundary_loss(mapped_features, batch.labels, batch.centers, batch.boundaries, batch.margin,
                           batch.class_mask),
-            pulled_regression(mapped_features, batch.old_features, batch.labels, batch.centers, batch.target_pull))
+            pulled_regression(mapped_features, batch.old_features, batch.labels, batch.centers, batch.target_pull,
+                              batch.pulled_classes))
 
 
 def running_boundaries(previous: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
@@ -293,7 +306,8 @@ def _lce_cmc(batch: CmcBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor, to
              "boundary_21": boundary_loss(mapped_f2, batch.labels, c1, b1, batch.compat.compactness_margin, mask),
              "align_12": alignment_loss(mapped_c1, c2, mask),
              "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, batch.compat.forward_margin, mask),
-             **pulled_regression(mapped_f2, batch.old_features, batch.labels, c1, batch.compat.target_pull)}
+             **pulled_regression(mapped_f2, batch.old_features, batch.labels, c1, batch.compat.target_pull,
+                                 torch.as_tensor(pulled_class_mask(batch.old_space, batch.compat), device=c1.device))}
     return terms, mapped_f1, c2
 
 

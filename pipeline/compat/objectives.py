@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.compat.losses import CmcBatch, TrainingBatch, running_boundaries, warn_margin, warn_running_margin
+from pipeline.compat.losses import (
+    CmcBatch,
+    TrainingBatch,
+    pulled_class_mask,
+    running_boundaries,
+    warn_margin,
+    warn_running_margin,
+)
 from pipeline.compat.methods import Kind, Method, method_named
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig
@@ -59,6 +66,7 @@ class TrainingObjective(nn.Module):
             self.register_buffer("centers", torch.as_tensor(stats.centers))
             self.register_buffer("boundaries", torch.as_tensor(stats.boundaries))
             self.register_buffer("class_mask", mask)
+            self.register_buffer("pulled_classes", torch.as_tensor(pulled_class_mask(stats, compat)))
             if self.method.needs_old_features:
                 self.register_buffer("new_boundaries", torch.full((len(stats.classes),), float("nan")))
                 self.stats_classes = list(stats.classes)
@@ -94,7 +102,8 @@ class TrainingObjective(nn.Module):
                               self.centers if statistics else None, self.boundaries if statistics else None,
                               self.class_mask if statistics else None, self.compat.compactness_margin,
                               self.compat.forward_margin, self.old_head, self.old_embedder, old_features,
-                              new_boundaries, self.compat.target_pull if self.method.pulls_features else None)
+                              new_boundaries, self.compat.target_pull if self.method.pulls_features else None,
+                              self.pulled_classes if statistics else None)
         zero = features.new_zeros(())
         terms = {"cls": F.cross_entropy(logits, labels), **dict.fromkeys(TRAINING_TERMS, zero),
                  **self.method.terms(batch)}

@@ -304,6 +304,12 @@ def test_the_point_wise_term_reaches_model_two_and_t21_only(method, trained):
         assert (_grad(transform.weight) > 0) == (name in trained), name
 
 
+def test_the_point_wise_term_can_cover_only_the_classes_the_old_model_never_learned():
+    # _stats(): the old model knows class a only, so only the sample of class b (its target at 3 pi / 8) is pulled
+    terms, *_ = _manner_terms("lce_direct", CompatConfig(target_pull=0.5, pull_classes="unseen"))
+    assert terms["regression"].item() == pytest.approx(2 - 2 * math.cos(3 * math.pi / 8), abs=1e-5)
+
+
 def test_a_target_pull_without_old_features_is_refused():
     objective = TrainingObjective("lce_direct", CompatConfig(target_pull=0.3), _stats())
     with pytest.raises(ValueError, match="needs the old model's features of the batch"):
