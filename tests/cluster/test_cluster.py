@@ -31,6 +31,7 @@ from pipeline.data.importers import ingest
 from pipeline.model.artifacts import load_model, write_initial_model
 from pipeline.model.card import read_card
 from pipeline.score.retrieval import per_query_metrics, summarize
+from tests.conftest import FAST_POLLING
 
 pytestmark = pytest.mark.cluster
 
@@ -46,7 +47,7 @@ def cluster():
     Ray 2.60 turns it on; the token (fresh for this cluster) reaches every process through the
     environment, so no file under the user's home is read or written."""
     env = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_TOKEN_PATH"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), PYTHONPATH=str(ROOT),
+    env.update(FAST_POLLING, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), PYTHONPATH=str(ROOT),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--object-store-memory", str(300 * 2**20),
               "--disable-usage-stats"]
@@ -72,7 +73,7 @@ def dataset(fashion_subset, tmp_path_factory) -> Path:
 
 
 def _train_config(folder: Path, name: str, **overrides) -> Path:
-    config = {"name": name, "model": {"embedding_dim": 32}, "epochs": 4, "batch_size": 64, "min_steps": 600,
+    config = {"name": name, "model": {"embedding_dim": 32}, "epochs": 4, "batch_size": 64, "min_steps": 300,
               "num_workers": 2, "cpus_per_worker": 1, "placement_strategy": "STRICT_SPREAD", "max_failures": 2,
               **overrides}
     path = folder / f"{name}.yaml"
@@ -172,7 +173,7 @@ def test_killed_cmc_driver_rerun_continues_the_run(cluster, dataset, tmp_path):
     # ~1,200 feature rows: 18 batches a pass, many passes an epoch, so that the kill lands after the first.
     config = tmp_path / "cmc.yaml"
     config.write_text(yaml.safe_dump({"name": "cmc", "method": "lce_cmc", "new_model": "new", "epochs": 3,
-                                      "batch_size": 64, "min_steps": 6_000, "cpus_per_worker": 1,
+                                      "batch_size": 64, "min_steps": 3_000, "cpus_per_worker": 1,
                                       "transform": {"hidden": 32}}))
     command = [sys.executable, "-m", "jobs.cmc", "--config", str(config), "--old-model", str(tmp_path / "models/old"),
                "--new-model", str(tmp_path / "models/new"), "--dataset", str(dataset), "--out", str(tmp_path / "cmc"),
