@@ -102,7 +102,7 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
     images = torch.from_numpy(images)
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
     old_features = (torch.from_numpy(read_embeddings(loop_config["old_features"]).vectors_of(ids))
-                    if cfg.reads_old_features else None)
+                    if loop_config["old_features"] else None)  # set by the driver for the methods that read them
     device = worker.device
     objective = build_objective(cfg, method, classes, loop_config["stats"], loop_config["old_model"]).to(device)
     transforms = build_transforms(method.trains, cfg.model.embedding_dim, loop_config["old_dim"] or 0, cfg.transform)
