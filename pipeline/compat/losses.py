@@ -111,10 +111,12 @@ def center_classification(features: torch.Tensor, labels: torch.Tensor, centers:
     return F.cross_entropy(scale * F.normalize(features, dim=1) @ F.normalize(centers, dim=1).T, labels)
 
 
-def regression_loss(mapped: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def regression_loss(mapped: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Point-wise regression ``mean_i || norm(mapped_i) - norm(target_i) ||^2`` on the same images
-    (the L2 baseline with ``mapped = f2``, the RBT-style CMC baseline with ``mapped = T21(f2)``)."""
-    return (F.normalize(mapped, dim=1) - F.normalize(targets, dim=1)).pow(2).sum(dim=1).mean()
+    (the L2 baseline with ``mapped = f2``, the RBT-style CMC baseline with ``mapped = T21(f2)``),
+    over the rows that ``keep`` marks (all without it; 0 when it marks none)."""
+    distance = (F.normalize(mapped, dim=1) - F.normalize(targets, dim=1)).pow(2).sum(dim=1)
+    return distance.mean() if keep is None else (distance * keep).sum() / keep.sum().clamp(min=1)
 
 
 def map_rows(transform: nn.Module, *parts: torch.Tensor) -> list[torch.Tensor]:
@@ -167,9 +169,8 @@ def pulled_regression(in_old_space: torch.Tensor, old_features: torch.Tensor | N
         return {}
     if old_features is None:
         raise ValueError("target_pull: the point-wise term needs the old model's features of the batch")
-    distance = (F.normalize(in_old_space, dim=1) - pulled_targets(old_features, labels, centers, pull)).pow(2).sum(1)
-    keep = pulled_classes[labels]
-    return {"regression": (distance * keep).sum() / keep.sum().clamp(min=1)}
+    targets = pulled_targets(old_features, labels, centers, pull)
+    return {"regression": regression_loss(in_old_space, targets, pulled_classes[labels])}
 
 
 def pulled_class_mask(stats: OldSpaceStats, compat: CompatConfig) -> np.ndarray:
@@ -305,9 +306,11 @@ def _lce_cmc(batch: CmcBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor, to
     terms = {"align_21": alignment_loss(mapped_c2, c1, mask),
              "boundary_21": boundary_loss(mapped_f2, batch.labels, c1, b1, batch.compat.compactness_margin, mask),
              "align_12": alignment_loss(mapped_c1, c2, mask),
-             "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, batch.compat.forward_margin, mask),
-             **pulled_regression(mapped_f2, batch.old_features, batch.labels, c1, batch.compat.target_pull,
-                                 torch.as_tensor(pulled_class_mask(batch.old_space, batch.compat), device=c1.device))}
+             "boundary_12": boundary_loss(mapped_f1, batch.labels, c2, b2, batch.compat.forward_margin, mask)}
+    if batch.compat.target_pull is not None:  # the class mask built only for a fit that uses it
+        pulled_classes = torch.as_tensor(pulled_class_mask(batch.old_space, batch.compat), device=c1.device)
+        terms.update(pulled_regression(mapped_f2, batch.old_features, batch.labels, c1, batch.compat.target_pull,
+                                       pulled_classes))
     return terms, mapped_f1, c2
 
 
