@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import gemm_rate, save_results, write_section
 from pipeline.config import DataConfig, EncodeConfig, ModelConfig
 from pipeline.data.dataset import DATASET_SCHEMA, read_dataset_info, split_files
-from pipeline.data.decode import decode_image
+from pipeline.data.decode import decode_images
 from pipeline.data.embeddings import embeddings_table, write_embeddings
 from pipeline.data.importers import ensure_dataset
 from pipeline.model.artifacts import load_model, write_initial_model
@@ -86,7 +86,7 @@ def plain_loop(model_dir: Path, dataset: Path, out: Path, threads: int = 2) -> f
         vectors = []
         with torch.inference_mode():
             for start in range(0, len(images), BATCH):
-                pixels = np.stack([decode_image(data, info.mode, info.image_size) for data in images[start : start + BATCH]])
+                pixels = decode_images(images[start : start + BATCH], card.preprocessing, ids[start : start + BATCH])
                 vectors.append(model.embedder(torch.from_numpy(pixels)).numpy())
         write_embeddings(out / f"part-{index:05d}.parquet", embeddings_table(
             ids, table.column("label").to_numpy(), np.concatenate(vectors), card.id, card.name, info.classes))

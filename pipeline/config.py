@@ -12,10 +12,20 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from pipeline.compat.methods import Method
@@ -205,6 +215,95 @@ class CmcConfig(FitConfig):
     batch_size: int = Field(512, gt=0, description="global batch of feature rows, split over the workers")
 
 
+class Preprocessing(Strict):
+    """A model's input (``pipeline.model.preprocess``): ``mode`` images of ``input_size`` x
+    ``input_size``, normalised by ``mean`` and ``std`` (per channel, on pixels in [0, 1])."""
+
+    mode: Literal["L", "RGB"]
+    input_size: int = Field(gt=0, description="the square side the model reads")
+    resize: int | None = Field(None, gt=0, description="the shorter side before the center crop; None: input_size")
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> "Preprocessing":
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise ValueError(f"{key}: {len(getattr(self, key))} values for the {self.channels} channel(s) of "
+                                 f"mode {self.mode}")
+        if any(value <= 0 for value in self.std):
+            raise ValueError(f"std: every value must be positive (got {self.std})")
+        if self.resize is not None and self.resize < self.input_size:
+            raise ValueError(f"resize {self.resize} is smaller than the center crop's input_size {self.input_size}")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.input_size, self.input_size
+
+    @classmethod
+    def project(cls, mode: str, image_size: int) -> "Preprocessing":
+        """The input of a model this project trains: the dataset's mode and size, scaled to [-1, 1]."""
+        channels = 1 if mode == "L" else 3
+        return cls(mode=mode, input_size=image_size, mean=[0.5] * channels, std=[0.5] * channels)
+
+
+class TorchScriptSource(Strict):
+    """A TorchScript file (``torch.jit.save``): float images [N, C, S, S] in, embeddings [N, d] out."""
+
+    kind: Literal["torchscript"]
+    file: str
+    preprocessing: Preprocessing
+
+
+class OnnxSource(Strict):
+    """An ONNX file run with onnxruntime on the CPU: one input [N, C, S, S], its first output the embeddings."""
+
+    kind: Literal["onnx"]
+    file: str
+    preprocessing: Preprocessing
+
+
+class TimmSource(Strict):
+    """A timm architecture with a weights file, its pooled features (``num_classes=0``) the embeddings."""
+
+    kind: Literal["timm"]
+    architecture: str
+    weights_file: str
+    preprocessing: Preprocessing | None = Field(None, description="None: timm's data config of the architecture")
+
+
+class EmbeddingsSource(Strict):
+    """A model known only by its embeddings: Parquet files (columns ``id``, ``embedding``, optional
+    ``label``) of the dataset's training split and of its scored split, written by the team's own
+    encoder."""
+
+    kind: Literal["embeddings"]
+    train: str = Field(description="file or folder: the training split's embeddings (statistics, forward)")
+    test: str = Field(description="file or folder: the scored split's embeddings (queries and gallery)")
+    classifier: str | None = Field(None, description="a .npy of its classifier rows [classes, d] in the order of "
+                                                     "`classes` (BCT); none: the class means stand in")
+
+
+ModelSource = Annotated[TorchScriptSource | OnnxSource | TimmSource | EmbeddingsSource, Field(discriminator="kind")]
+# The members' tags, which pydantic puts in an error's key path (left out of messages: not keys).
+UNION_TAGS = {"torchscript", "onnx", "timm", "embeddings", "trained", "imported"}
+
+
+class ImportedModelConfig(Strict):
+    """An old model this project did not train (``pipeline.model.encoders.import_model``)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    source: ModelSource
+    classes: Literal["all", "first_half"] | list[str] = Field(
+        "all", description="the dataset's classes it was trained on: the seen / unseen query subsets")
+
+
 class DataConfig(Strict):
     source: str = "/usr/share/datasets/fashion-mnist"
     root: str = Field("data/fashion-mnist", description="where the ingested Parquet dataset lives")
@@ -273,6 +372,11 @@ class RunContext:
     storage_path: str = "outputs/ray"
 
 
+def _old_model_kind(value: Any) -> str:
+    imported = isinstance(value, ImportedModelConfig) or (isinstance(value, dict) and "source" in value)
+    return "imported" if imported else "trained"
+
+
 class PipelineConfig(Strict):
     """The whole embedded pipeline: ingest, old model, new models, encode, score."""
 
@@ -284,7 +388,9 @@ class PipelineConfig(Strict):
                                 "Ray Train run; None: as many as the cluster's CPUs (and GPUs) hold, given their workers")
     data: DataConfig = DataConfig()
     mlflow: MlflowConfig = MlflowConfig()
-    old: TrainConfig
+    old: Annotated[Annotated[TrainConfig, Tag("trained")] | Annotated[ImportedModelConfig, Tag("imported")],
+                   Discriminator(_old_model_kind)] = Field(
+        description="the model the new ones stay compatible with: trained here, or imported (with a `source`)")
     new: list[TrainConfig] = Field(min_length=1)
     cmc: list[CmcConfig] = []
     encode: EncodeConfig = EncodeConfig()
@@ -296,7 +402,7 @@ class PipelineConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {dupes}")
-        if self.old.needs_old_model:
+        if isinstance(self.old, TrainConfig) and self.old.needs_old_model:
             raise ValueError(f"old.method {self.old.method!r} needs an old model of its own: the old model trains "
                              "without one")
         trained = {m.name for m in self.new}
@@ -304,6 +410,12 @@ class PipelineConfig(Strict):
             if cmc.new_model not in trained:
                 raise ValueError(f"cmc {cmc.name!r}: new_model {cmc.new_model!r} is not one of the new models {sorted(trained)}")
         return self
+
+    @property
+    def ingest_seed(self) -> int:
+        """The seed of a source's train / test split (sources without one): the old model's, 0 for
+        an imported one."""
+        return self.old.seed if isinstance(self.old, TrainConfig) else 0
 
     def tracking_uri(self) -> str:
         return default_tracking_uri(self.mlflow, self.output_dir)
@@ -391,7 +503,7 @@ def format_error(source: str, error: ValidationError) -> str:
     """One line per bad key of a pydantic ``error``, each naming ``source`` and the key."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        key = ".".join(str(part) for part in item["loc"] if part not in UNION_TAGS) or "<top level>"
         if item["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
         elif item["type"] == "missing":
@@ -449,7 +561,7 @@ def with_train_defaults(raw: dict[str, Any], roles: tuple[str, ...], source: str
         raise ConfigError(f"{source}: key 'train': expected a mapping of training defaults")
     for role in roles:
         value = raw.get(role)
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "source" not in value:  # an imported model does not train
             raw[role] = deep_merge(defaults, value)
         elif isinstance(value, list):
             raw[role] = [deep_merge(defaults, model) if isinstance(model, dict) else model for model in value]

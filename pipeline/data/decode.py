@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.config import Preprocessing
 from pipeline.data.bad_rows import DataError, label_problem
 from pipeline.data.dataset import DatasetInfo, in_fraction, in_validation, read_dataset_info, split_files
+from pipeline.data.preprocess import eval_pixels, model_input
 
 
 def open_image(data: bytes | None) -> Image.Image:
@@ -27,29 +29,15 @@ def open_image(data: bytes | None) -> Image.Image:
         raise DataError(f"image bytes cannot be decoded ({error})") from None
 
 
-def decode_pixels(data: bytes | None, mode: str, size: int) -> np.ndarray:
-    """One encoded image as uint8 [C, size, size]; ``DataError`` if it cannot be."""
-    image = open_image(data).convert(mode)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    pixels = np.asarray(image)
-    return pixels[None] if mode == "L" else pixels.transpose(2, 0, 1)
+def decode_pixels(data: bytes | None, preprocessing: Preprocessing) -> np.ndarray:
+    """One encoded image as a model's uint8 pixels [C, S, S] (``eval_pixels``); ``DataError`` if it cannot be."""
+    return eval_pixels(open_image(data), preprocessing)
 
 
-def scale_pixels(pixels: np.ndarray) -> np.ndarray:
-    """uint8 pixels as the models' float32 input, in [-1, 1]."""
-    return pixels.astype(np.float32) / 127.5 - 1.0
-
-
-def decode_image(data: bytes | None, mode: str, size: int) -> np.ndarray:
-    """One encoded image as float32 [C, size, size] scaled to [-1, 1]; ``DataError`` if it cannot be."""
-    return scale_pixels(decode_pixels(data, mode, size))
-
-
-def decode_file(files: dict[str, np.ndarray], info: DatasetInfo,
+def decode_file(files: dict[str, np.ndarray], info: DatasetInfo, preprocessing: Preprocessing,
                 rows_per_batch: int) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of the dataset files that ``files["path"]`` names, images decoded to uint8 pixels
-    (``scale_pixels`` makes them model input), in batches of at most ``rows_per_batch`` (which
+    """The rows of the dataset files that ``files["path"]`` names, images decoded to a model's
+    uint8 pixels (``pipeline.data.preprocess``), in batches of at most ``rows_per_batch`` (which
     bounds memory at any image size); a Ray Data task.
 
     A bad row (image that does not decode, missing label, label outside the label map) comes
@@ -61,13 +49,13 @@ def decode_file(files: dict[str, np.ndarray], info: DatasetInfo,
         for start in range(0, len(table), rows_per_batch):
             rows = table.slice(start, rows_per_batch)
             images, labels = rows.column("image").to_pylist(), rows.column("label").to_pylist()
-            pixels = np.zeros((len(rows), info.channels, info.image_size, info.image_size), dtype=np.uint8)
+            pixels = np.zeros((len(rows), *preprocessing.shape), dtype=np.uint8)
             problems = []
             for row, (data, label) in enumerate(zip(images, labels)):
                 problem = label_problem(label, len(info.classes))
                 if problem is None:
                     try:
-                        pixels[row] = decode_pixels(data, info.mode, info.image_size)
+                        pixels[row] = decode_pixels(data, preprocessing)
                     except DataError as error:
                         problem = str(error)
                 problems.append(problem or "")
@@ -76,15 +64,15 @@ def decode_file(files: dict[str, np.ndarray], info: DatasetInfo,
                    "problem": np.array(problems, dtype=object), "path": np.array([path] * len(rows), dtype=object)}
 
 
-def decode_images(images: list[bytes], mode: str, size: int, ids: list[str]) -> np.ndarray:
-    """Encoded images as a float32 array [N, C, size, size]; a bad one stops, naming its id."""
-    out = np.empty((len(images), 1 if mode == "L" else 3, size, size), dtype=np.float32)
+def decode_images(images: list[bytes], preprocessing: Preprocessing, ids: list[str]) -> np.ndarray:
+    """Encoded images as a model's float32 input [N, C, S, S]; a bad one stops, naming its id."""
+    pixels = np.empty((len(images), *preprocessing.shape), dtype=np.uint8)
     for index, data in enumerate(images):
         try:
-            out[index] = decode_image(data, mode, size)
+            pixels[index] = decode_pixels(data, preprocessing)
         except DataError as error:
             raise DataError(f"row {ids[index]!r}: {error}") from None
-    return out
+    return model_input(pixels, preprocessing).numpy()
 
 
 def equal_share(rows: int, rank: int, world: int) -> slice:
@@ -120,5 +108,5 @@ def load_split(root: str | Path, split: str, labels: list[int] | None = None, fr
     rank, world = shard
     rows = selected[equal_share(len(selected), rank, world)]
     images = table.column("image").take(pa.array(rows)).to_pylist()
-    pixels = decode_images(images, info.mode, info.image_size, ids[rows].tolist())
+    pixels = decode_images(images, Preprocessing.project(info.mode, info.image_size), ids[rows].tolist())
     return ids[rows].tolist(), pixels, targets[rows].astype(np.int64)

@@ -7,10 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.config import Preprocessing
 from pipeline.data.bad_rows import DataError
 from pipeline.data.dataset import DATASET_SCHEMA, DatasetInfo, class_indices, in_fraction, read_dataset_info
-from pipeline.data.decode import decode_file, decode_image, equal_share, load_split, scale_pixels
+from pipeline.data.decode import decode_file, decode_images, equal_share, load_split
 from pipeline.data.importers import ingest
+from pipeline.data.preprocess import model_input
 from tests.conftest import write_idx
 
 
@@ -66,7 +68,8 @@ def test_decode_file_yields_bounded_batches_of_pixels_and_each_bad_rows_problem(
     path = tmp_path / "part-00000.parquet"
     pq.write_table(pa.table(list(zip(*rows)), schema=DATASET_SCHEMA), path)
     info = DatasetInfo(classes=[str(c) for c in range(10)], mode="L", image_size=8, rows={"test": 5})
-    batches = list(decode_file({"path": np.array([str(path)], dtype=object)}, info, rows_per_batch=2))
+    preprocessing = Preprocessing.project("L", 8)
+    batches = list(decode_file({"path": np.array([str(path)], dtype=object)}, info, preprocessing, rows_per_batch=2))
     assert [len(batch["id"]) for batch in batches] == [2, 2, 1]
     merged = {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
     assert merged["id"].tolist() == [row[0] for row in rows] and set(merged["path"]) == {str(path)}
@@ -77,7 +80,8 @@ def test_decode_file_yields_bounded_batches_of_pixels_and_each_bad_rows_problem(
     assert merged["pixels"].dtype == np.uint8 and merged["pixels"].shape == (5, 1, 8, 8)
     assert (merged["pixels"][0] == 30).all() and (merged["pixels"][1:4] == 0).all()
     # the encoder scales the pixels into exactly what training decodes
-    assert np.array_equal(scale_pixels(merged["pixels"][4]), decode_image(_png(60), "L", 8))
+    assert np.array_equal(model_input(merged["pixels"][4:], preprocessing).numpy(),
+                          decode_images([_png(60)], preprocessing, ["last"]))
 
 
 def test_missing_dataset_and_unknown_classes_are_clear(tmp_path):

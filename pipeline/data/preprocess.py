@@ -1,0 +1,38 @@
+"""What a model reads: its images' mode, size and normalisation, declared once per model.
+
+A dataset stores encoded images at their own size; each model (a project artifact, a
+TorchScript or ONNX file, a timm network) declares the input it was trained on. Decoding
+(``eval_pixels``) turns an image into that size as uint8 pixels with torchvision's eval
+transform, as timm and most deployed models define it: the shorter side resized to ``resize``,
+then a center crop of ``input_size`` (a square image of the input size passes unchanged); the
+model's side (``model_input``) scales them to [0, 1] and normalises per
+channel. A project model reads ``(x / 255 - 0.5) / 0.5``, the [-1, 1] range it always trained on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from pipeline.config import Preprocessing
+
+
+def eval_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """A decoded image as the model's uint8 pixels [C, S, S]: converted to its mode, the shorter
+    side resized to ``resize`` (aspect kept), then center-cropped to ``input_size``."""
+    image = image.convert(preprocessing.mode)
+    size = preprocessing.input_size
+    image = F.resize(image, [preprocessing.resize or size], InterpolationMode(preprocessing.interpolation))
+    pixels = np.array(F.center_crop(image, [size, size]))  # a copy: PIL's array view is read-only
+    return pixels[None] if preprocessing.mode == "L" else pixels.transpose(2, 0, 1)
+
+
+def model_input(pixels: torch.Tensor | np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 pixels [N, C, S, S] as the model's float32 input: ``(x / 255 - mean) / std``."""
+    pixels = torch.as_tensor(pixels)
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (pixels.to(torch.float32) / 255.0 - mean) / std
