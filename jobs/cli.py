@@ -7,15 +7,20 @@ checked by the same schemas as a YAML file: a bad value is one line naming the o
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import EncodeConfig, IndexConfig, RunContext, ScoreConfig, validate
 from pipeline.data.bad_rows import POLICIES
+from pipeline.names import check_name
 from pipeline.runtime import setup_logging
+
+if TYPE_CHECKING:
+    from pipeline.data.embeddings import EmbeddingSet
 
 DEFAULT_TRACKING_URI = f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
 COMMAND_LINE = "command line"
@@ -94,6 +99,32 @@ def score_options(args: argparse.Namespace, **fields: Any) -> ScoreConfig:
     raw = {"index": {"kind": args.index, "nlist": args.nlist, "nprobe": args.nprobe},
            "full_ranking": not args.no_full_ranking, "query_chunk": args.query_chunk, **fields}
     return validate(ScoreConfig, raw, COMMAND_LINE)
+
+
+def label_map(path: str | Path) -> list[str]:
+    """A label map file: a JSON list of class names (as a dataset's classes.json)."""
+    try:
+        classes = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the label map ({error})") from None
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise ValueError(f"{path}: a label map is a JSON list of class names")
+    return classes
+
+
+def external_sets(specs: list[str], classes: str | None) -> list["EmbeddingSet"]:
+    """The ``NAME=PATH`` sets of ``--external``, their labels read through the ``--classes`` map."""
+    from pipeline.data.external import external_set
+
+    if specs and classes is None:
+        raise ValueError("--external needs --classes, the label map of its sets' labels")
+    sets = []
+    for spec in specs:
+        name, separator, path = spec.partition("=")
+        if not separator or not name or not path:
+            raise ValueError(f"--external {spec!r}: expected NAME=PATH")
+        sets.append(external_set(path, check_name(name, "--external name"), label_map(classes)))
+    return sets
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -1,7 +1,10 @@
 """Score every (query model, gallery model) pair of embedding sets with faiss; log the matrix to MLflow.
 
 Transformed entries (a new model through its T21, the old gallery through a T12) join the matrix
-when ``--artifacts`` names the model and CMC artifacts that hold the transformations."""
+when ``--artifacts`` names the model and CMC artifacts that hold the transformations. A team's own
+embeddings files (columns id, embedding, label) are scored with ``--external NAME=PATH``, their
+label map given by ``--classes``; without an old model's artifact, ``--old NAME`` says which set
+is the old model's and ``--old-classes`` which classes it was trained on."""
 
 from __future__ import annotations
 
@@ -10,14 +13,20 @@ from pathlib import Path
 from jobs import cli
 from pipeline.config import ScoreConfig
 from pipeline.encode.mapped import entries_from_files
+from pipeline.score.entries import MatrixRoles
 from pipeline.score.report import roles_of, score_and_report
 
 
 def main() -> None:
-    parser = cli.job_parser("score", __doc__,
-                            old_model="the old model's artifact (defines seen/unseen classes)",
-                            out="report folder to write")
-    parser.add_argument("--embeddings", nargs="+", required=True, help="embeddings folders, one per model")
+    parser = cli.job_parser("score", __doc__, out="report folder to write")
+    parser.add_argument("--old-model", default=None, help="the old model's artifact (defines seen/unseen classes)")
+    parser.add_argument("--old", default=None, help="without --old-model: the name of the old model's set")
+    parser.add_argument("--old-classes", nargs="+", default=None,
+                        help="with --old: the classes the old model was trained on (default: all of --classes)")
+    parser.add_argument("--embeddings", nargs="*", default=[], help="embeddings folders, one per model")
+    parser.add_argument("--external", nargs="*", default=[], metavar="NAME=PATH",
+                        help="a team's embeddings files (id, embedding, label), scored as model NAME")
+    parser.add_argument("--classes", default=None, help="the label map of the --external sets: a JSON list file")
     parser.add_argument("--independent", default=None, help="name of the independent new model (update gain)")
     parser.add_argument("--artifacts", nargs="*", default=[],
                             help="model or CMC artifact folders whose transformations add matrix entries (mapped sets "
@@ -31,8 +40,18 @@ def main() -> None:
     cli.add_tracking_args(parser)
     args = parser.parse_args()
     options = cli.score_options(args, topk=args.topk, split=args.split)
-    roles = roles_of(args.old_model, args.independent)
-    entries = entries_from_files(args.embeddings, args.artifacts, roles.old, Path(args.out) / "embeddings", args.split)
+    external = cli.external_sets(args.external, args.classes)
+    if (args.old_model is None) == (args.old is None):
+        raise ValueError("name the old model by its artifact (--old-model) or by its set's name (--old), one of them")
+    if args.old_model is not None:
+        roles = roles_of(args.old_model, args.independent)
+    else:
+        classes = cli.label_map(args.classes) if args.classes else None
+        if args.old_classes is not None and classes is not None and set(args.old_classes) - set(classes):
+            raise ValueError(f"--old-classes {sorted(set(args.old_classes) - set(classes))} are not in {args.classes}")
+        roles = MatrixRoles(old=args.old, old_classes=args.old_classes or classes, independent=args.independent)
+    entries = entries_from_files(args.embeddings, args.artifacts, roles.old, Path(args.out) / "embeddings", args.split,
+                                 external)
     print(score_and_report(entries, roles, options, args.out, cli.run_context(args)))
 
 

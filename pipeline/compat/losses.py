@@ -92,15 +92,16 @@ def influence_loss(features: torch.Tensor, labels: torch.Tensor, old_head: nn.Mo
     return F.cross_entropy(old_head(features, labels), labels)
 
 
-def influence_weights(stats: OldSpaceStats, old_weight: torch.Tensor, old_classes: list[str]) -> torch.Tensor:
+def influence_weights(stats: OldSpaceStats, old_weight: torch.Tensor | None, old_classes: list[str]) -> torch.Tensor:
     """``W1'``: model 1's classifier rows for the classes it knows, in model 2's label order, and
-    a pseudo-classifier row (the mean old feature of the class) for every class it does not."""
+    a pseudo-classifier row (the mean old feature of the class) for every class it does not;
+    without a classifier (an old model known by its embeddings), a pseudo row for every class."""
     rows = []
     for j, name in enumerate(stats.classes):
-        if name in old_classes:
+        if old_weight is not None and name in old_classes:
             rows.append(old_weight[old_classes.index(name)].detach())
         else:
-            rows.append(torch.as_tensor(stats.feature_means[j], dtype=old_weight.dtype))
+            rows.append(torch.as_tensor(stats.feature_means[j], dtype=torch.float32))
     return torch.stack(rows)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.compat.methods import t12_entry, t21_entry
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_table, open_embeddings, write_embeddings
 from pipeline.model.artifacts import load_cmc, load_model
-from pipeline.model.card import CmcCard, read_card
+from pipeline.model.card import CmcCard, ModelCard, read_card, read_encoder_card
 from pipeline.model.transformations import BACKWARD, FORWARD
 from pipeline.score.entries import MatrixEntry
 
@@ -53,8 +53,9 @@ def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet | Embed
     entries = {name: MatrixEntry.plain(name, sets[name], old) for name in sets}
     carriers = []  # (name, transforms, id, whose embeddings T21 maps, what it is)
     for name, folder in models.items():
-        model, card = load_model(folder)
-        carriers.append((name, model.transforms, card.id, name, name))
+        card = read_encoder_card(folder)
+        if isinstance(card, ModelCard) and card.transforms:  # an imported model trained no transformation
+            carriers.append((name, load_model(folder)[0].transforms, card.id, name, name))
     for name, folder in (cmc or {}).items():
         transforms, card = load_cmc(folder)
         new_model = card.new_model.name
@@ -77,14 +78,14 @@ def matrix_entries(models: dict[str, Path], sets: dict[str, EmbeddingSet | Embed
 
 
 def entries_from_files(embeddings: list[str | Path], artifacts: list[str | Path], old: str, out_root: str | Path,
-                       split: str) -> dict[str, MatrixEntry]:
-    """The entries of embeddings folders (one per model, named by their metadata) and of the
+                       split: str, external: list[EmbeddingSet] = ()) -> dict[str, MatrixEntry]:
+    """The entries of embeddings folders (one per model, named by their metadata), of sets read
+    already (``external``: a team's own, ``pipeline.data.external.external_set``) and of the
     model and CMC artifacts whose transformations add entries (``matrix_entries``)."""
-    sets: dict[str, EmbeddingFiles] = {}
-    for folder in embeddings:
-        found = open_embeddings(folder)
+    sets: dict[str, EmbeddingFiles | EmbeddingSet] = {}
+    for found in [open_embeddings(folder) for folder in embeddings] + list(external):
         if found.model_name in sets:
-            raise ValueError(f"{folder}: a second embeddings set of model {found.model_name!r}")
+            raise ValueError(f"{found.path}: a second embeddings set of model {found.model_name!r}")
         sets[found.model_name] = found
     models, cmc = {}, {}
     for folder in artifacts:

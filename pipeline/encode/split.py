@@ -1,8 +1,12 @@
 """Batch encoding of a dataset split with one model, on Ray Data.
 
 The dataset's Parquet files are read and their images decoded in Ray Data tasks, one per file
-(``pipeline.data.decode.decode_file``), which feed an actor pool whose actors each hold the model once
-(``BatchEncoder``); the driver only receives the embeddings. Decoding in tasks of its own
+(``pipeline.data.decode.decode_file``, at the model's declared input), which feed an actor pool
+whose actors each hold the model once (``BatchEncoder``: any ``pipeline.model.encoders``
+encoder, a project artifact, TorchScript, ONNX or timm); the driver only receives the
+embeddings. A model known only by its embeddings is not run: its team's set of the split is
+converted to this project's contract (``pipeline.data.external``) under the same folder rules.
+Decoding in tasks of its own
 overlaps the actors' start-up (a process importing torch: seconds) and their inference, and on
 a GPU node keeps the CPUs' work off the GPU actor. Each input file becomes one output part file
 (written to a temporary name, then renamed) whose metadata names its source, so that a job
@@ -23,13 +27,14 @@ import ray
 import torch
 
 from pipeline.atomic import one_writer, write_text_atomic
-from pipeline.config import EncodeConfig
+from pipeline.config import EmbeddingsSource, EncodeConfig, Preprocessing
 from pipeline.data.bad_rows import BadRows, DataError
 from pipeline.data.dataset import DatasetInfo, read_dataset_info, split_files
-from pipeline.data.decode import decode_file, scale_pixels
+from pipeline.data.decode import decode_file
 from pipeline.data.embeddings import META_KEY, embeddings_table, write_embeddings
-from pipeline.model.artifacts import load_model
-from pipeline.model.card import ModelCard
+from pipeline.data.external import external_split
+from pipeline.model.card import EncoderCard, ImportedCard, read_encoder_card
+from pipeline.model.encoders import load_encoder
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model, what was skipped
@@ -42,17 +47,14 @@ class BatchEncoder:
 
     def __init__(self, model_dir: str, threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, _ = load_model(model_dir)
-        self.model.to(self.device)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder, _ = load_encoder(model_dir, device, threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         good = batch["problem"] == ""
-        vectors = np.zeros((len(good), self.model.embedder.embedding_dim), dtype=np.float32)
+        vectors = np.zeros((len(good), self.encoder.dim), dtype=np.float32)
         if good.any():
-            with torch.inference_mode():
-                encoded = self.model.embedder(torch.from_numpy(scale_pixels(batch["pixels"][good])).to(self.device))
-            vectors[good] = encoded.float().cpu().numpy()
+            vectors[good] = self.encoder(batch["pixels"][good])
         return {"id": batch["id"], "label": batch["label"], "embedding": vectors, "problem": batch["problem"],
                 "path": batch["path"]}
 
@@ -96,7 +98,10 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     loop's rate against 1.0 apart, ``bench/ray_data.py``); hence the default of half a CPU.
     GPU actors never fuse.
     """
-    _, card = load_model(model_dir)  # fail fast, on the driver, on a bad artifact
+    card = read_encoder_card(model_dir)
+    if isinstance(card, ImportedCard) and isinstance(card.source, EmbeddingsSource):
+        return _convert_external(card, dataset_root, split, Path(out_dir))
+    load_encoder(model_dir)  # fail fast, on the driver, on a bad artifact
     info = read_dataset_info(dataset_root)
     if card.classes and not set(card.classes) <= set(info.classes):
         raise ValueError(f"{model_dir}: model classes {sorted(set(card.classes) - set(info.classes))} "
@@ -125,12 +130,27 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
             log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card.name, split,
                      len(finished), len(inputs), out_dir)
         if todo:
-            embedded = _embedded(Path(model_dir), todo, info, options, use_gpu)
+            embedded = _embedded(Path(model_dir), todo, info, card.preprocessing, options, use_gpu)
             _write_parts(embedded, {file.name: file for file in todo}, parts, card, info, options.on_bad_rows)
         return _complete(parts, card, dataset_root, split, out_dir)
 
 
-def _already_complete(out_dir: Path, card: ModelCard, dataset_root: str | Path, split: str, parts: set[Path]) -> bool:
+def _convert_external(card: ImportedCard, dataset_root: str | Path, split: str, out_dir: Path) -> Path:
+    """An embeddings-only model's set of ``split``: its team's file for that split, converted
+    once (a complete folder is left untouched; callers take turns, as for an encoding)."""
+    source = card.source.train if split == "train" else card.source.test
+    with one_writer(out_dir):
+        if _already_complete(out_dir, card, dataset_root, split, set(out_dir.glob("*.parquet"))):
+            log.info("encode %s/%s: already complete in %s", card.name, split, out_dir)
+            return out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*out_dir.glob(".*.tmp-*"), out_dir / COMPLETE_MARKER, *out_dir.glob("*.parquet")]:
+            stale.unlink(missing_ok=True)
+        parts = external_split(source, card.embedding_dim, dataset_root, split, card.id, card.name, out_dir)
+        return _complete({part.name: part for part in parts}, card, dataset_root, split, out_dir)
+
+
+def _already_complete(out_dir: Path, card: EncoderCard, dataset_root: str | Path, split: str, parts: set[Path]) -> bool:
     """Whether ``out_dir`` holds exactly ``parts`` and the marker of this model, dataset and split:
     then it is left as it is (not a file removed or rewritten)."""
     marker = out_dir / COMPLETE_MARKER
@@ -141,15 +161,16 @@ def _already_complete(out_dir: Path, card: ModelCard, dataset_root: str | Path, 
         (card.id, str(Path(dataset_root).resolve()), split)
 
 
-def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, options: EncodeConfig,
-              use_gpu: bool) -> ray.data.Dataset:
+def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, preprocessing: Preprocessing,
+              options: EncodeConfig, use_gpu: bool) -> ray.data.Dataset:
     """The Ray Data pipeline over ``files``: decoding tasks feeding the model actors."""
     # Rows keep the files' order, so that each file's rows come back together and in order.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     # One decoding task per input file (Ray Data's Parquet reader packs small files into one
     # 128 MiB task): reading, encoding and writing overlap, and actors share the files.
     items = ray.data.from_items([{"path": str(file)} for file in files], override_num_blocks=len(files))
-    decoded = items.map_batches(decode_file, fn_kwargs={"info": info, "rows_per_batch": options.batch_size},
+    decoded = items.map_batches(decode_file, fn_kwargs={"info": info, "preprocessing": preprocessing,
+                                                        "rows_per_batch": options.batch_size},
                                 batch_size=1, batch_format="numpy", num_cpus=DECODE_CPUS)
     return decoded.map_batches(
         BatchEncoder,
@@ -186,7 +207,7 @@ def _runs(names: list[str]) -> list[tuple[str, slice]]:
     return runs
 
 
-def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dict[str, Path], card: ModelCard,
+def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dict[str, Path], card: EncoderCard,
                  info: DatasetInfo, on_bad_rows: str) -> None:
     """Consume ``embedded`` (rows of ``inputs``, in order), writing each input's part as soon as
     its last row is back; bad rows go through the ``on_bad_rows`` policy, named by their file."""
@@ -223,7 +244,7 @@ def _write_parts(embedded: ray.data.Dataset, inputs: dict[str, Path], parts: dic
         write_part(name)
 
 
-def _complete(parts: dict[str, Path], card: ModelCard, dataset_root: str | Path, split: str, out_dir: Path) -> Path:
+def _complete(parts: dict[str, Path], card: EncoderCard, dataset_root: str | Path, split: str, out_dir: Path) -> Path:
     """Check the parts of a finished encoding and write its marker (rows, skipped rows)."""
     rows, skipped = 0, []
     for path in parts.values():

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.compat.methods import Role
-from pipeline.config import CmcConfig, PipelineConfig, RunContext, TrainConfig
-from pipeline.data.dataset import read_dataset_info
+from pipeline.config import CmcConfig, ImportedModelConfig, PipelineConfig, RunContext, TrainConfig
+from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.embeddings import read_embeddings
 from pipeline.data.importers import ensure_dataset
 from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
+from pipeline.model.encoders import import_model
 from pipeline.runtime import runs_at_once, side_by_side
 from pipeline.score.entries import counterpart_pairs
 from pipeline.score.report import roles_of, score_and_report
@@ -67,17 +68,25 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     started = time.perf_counter()
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    dataset = ensure_dataset(cfg.data, cfg.old.seed)
+    dataset = ensure_dataset(cfg.data, cfg.ingest_seed)
     info = read_dataset_info(dataset)
     log.info("pipeline: dataset %s, %d classes, %s rows", dataset, len(info.classes), info.rows)
     run = _Run(cfg, out, dataset, cfg.run_context(), time.strftime("%Y%m%d-%H%M%S"))
-    old_dir = fit_model(cfg.old, dataset, out / "models" / cfg.old.name, run.context,
-                        run_name=run.run_name(cfg.old.name))
+    old_dir = _old_model(run, info.classes)
     models = {cfg.old.name: old_dir, **_fit_new_models(run, old_dir)}
     cmc = _fit_transformations(run, models)
     report = _score(run, models, cmc)
     return PipelineResult(report_dir=out / "report", tracking_uri=run.context.tracking_uri, matrix_text=report,
                           seconds=time.perf_counter() - started)
+
+
+def _old_model(run: _Run, dataset_classes: list[str]) -> Path:
+    """The old model's artifact: trained here, or imported from the team's file or embeddings."""
+    old, folder = run.cfg.old, run.out / "models" / run.cfg.old.name
+    if isinstance(old, ImportedModelConfig):
+        classes = [dataset_classes[i] for i in class_indices(dataset_classes, old.classes)]
+        return import_model(old, classes, folder)
+    return fit_model(old, run.dataset, folder, run.context, run_name=run.run_name(old.name))
 
 
 def _fit_new_models(run: _Run, old_dir: Path) -> dict[str, Path]:

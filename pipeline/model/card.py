@@ -8,7 +8,13 @@ the label map, metrics, the MLflow run):
 - ``ModelCard`` (``kind: model``): an embedding model trained by ``jobs.train``, with the image
   format it reads, the method it was trained with and the transformations trained with it;
 - ``CmcCard`` (``kind: cmc``): the two transformations a cross-model fit trained between two
-  frozen models.
+  frozen models;
+- ``ImportedCard`` (``kind: imported``): a model this project did not train, given as a file
+  (TorchScript, ONNX, timm weights: copied into the folder) or only by its embeddings
+  (``pipeline.model.encoders``).
+
+A model of either of the first and last kinds encodes images or gives embeddings: an encoder
+card (``read_encoder_card``), what an old model or a CMC fit's two models may be.
 
 Cards that 43d4a71 wrote carry no ``schema_version``; they are read as version 1
 when they hold exactly the fields that code wrote (``_upgrade_unversioned``).
@@ -23,7 +29,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from pipeline.atomic import write_text_atomic
-from pipeline.config import ModelConfig, Strict, TransformConfig, format_error
+from pipeline.config import ModelConfig, ModelSource, Preprocessing, Strict, TransformConfig, format_error
 
 CARD_FILE = "card.json"
 SCHEMA_VERSION = 1
@@ -63,6 +69,20 @@ class ModelCard(_Card):
     def embedding_dim(self) -> int:
         return self.model.embedding_dim
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.project(self.mode, self.image_size)
+
+
+class ImportedCard(_Card):
+    """A model imported as it is: its source (files named relative to the artifact folder) and
+    the dimension its embeddings were measured to have."""
+
+    kind: Literal["imported"] = "imported"
+    source: ModelSource
+    embedding_dim: int
+    preprocessing: Preprocessing | None  # None: known only by its embeddings
+
 
 class ModelRef(Strict):
     """One of the two frozen models a CMC fit maps between."""
@@ -82,7 +102,9 @@ class CmcCard(_Card):
     config: dict[str, Any]          # its CmcConfig as dumped
 
 
-CARD_KINDS: dict[str, type[ModelCard] | type[CmcCard]] = {"model": ModelCard, "cmc": CmcCard}
+Card = ModelCard | CmcCard | ImportedCard
+EncoderCard = ModelCard | ImportedCard
+CARD_KINDS: dict[str, type[Card]] = {"model": ModelCard, "cmc": CmcCard, "imported": ImportedCard}
 
 # What 43d4a71 wrote, per kind, before cards had a schema version.
 _UNVERSIONED_FIELDS = {
@@ -108,7 +130,7 @@ def _upgrade_unversioned(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     return {**raw, "schema_version": SCHEMA_VERSION, "kind": "model"}
 
 
-def read_card(folder: str | Path) -> ModelCard | CmcCard:
+def read_card(folder: str | Path) -> Card:
     """The card of an artifact folder, checked field by field."""
     path = Path(folder) / CARD_FILE
     if not path.is_file():
@@ -134,14 +156,22 @@ def read_card(folder: str | Path) -> ModelCard | CmcCard:
 
 
 def read_model_card(folder: str | Path) -> ModelCard:
-    """The card of a model artifact (not a CMC one)."""
+    """The card of a model this project trained (not a CMC fit, not an imported model)."""
     card = read_card(folder)
     if not isinstance(card, ModelCard):
-        raise ArtifactError(f"{folder}: not a model artifact (card kind {card.kind!r})")
+        raise ArtifactError(f"{folder}: not a model trained by compat-embed (card kind {card.kind!r})")
     return card
 
 
-def write_card(folder: str | Path, card: ModelCard | CmcCard) -> Path:
+def read_encoder_card(folder: str | Path) -> EncoderCard:
+    """The card of a model that gives embeddings: trained here or imported (not a CMC fit)."""
+    card = read_card(folder)
+    if isinstance(card, CmcCard):
+        raise ArtifactError(f"{folder}: a CMC artifact, not a model (card kind {card.kind!r})")
+    return card
+
+
+def write_card(folder: str | Path, card: Card) -> Path:
     """``card.json`` through a temporary name and a rename (after the weights: a folder with a
     card holds its weights)."""
     path = Path(folder) / CARD_FILE

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline.atomic import write_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import RunContext, ScoreConfig  # noqa: E402
-from pipeline.model.card import read_model_card  # noqa: E402
+from pipeline.model.card import read_encoder_card  # noqa: E402
 from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
 from pipeline.score.matrix import matrix, score_all_pairs  # noqa: E402
@@ -151,7 +151,7 @@ def log_report(table: pd.DataFrame, order: list[str], files: list[Path], trackin
 
 def roles_of(old_model: str | Path, independent: str | None = None) -> MatrixRoles:
     """The roles of a report whose old model is the artifact at ``old_model``."""
-    card = read_model_card(old_model)
+    card = read_encoder_card(old_model)
     return MatrixRoles(old=card.name, old_classes=card.classes, independent=independent)
 
 

@@ -30,7 +30,7 @@ from pipeline.config import CmcConfig, EncodeConfig, RunContext, TrainConfig
 from pipeline.data.decode import equal_share
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.model.artifacts import build_cmc_transforms, new_model_id, write_artifact
-from pipeline.model.card import CmcCard, ModelCard, ModelRef, read_model_card
+from pipeline.model.card import CmcCard, EncoderCard, ModelCard, ModelRef, read_encoder_card
 from pipeline.names import check_name
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
@@ -77,14 +77,22 @@ def _paired_features(old_set: EmbeddingSet, new_set: EmbeddingSet, rows: np.ndar
     return old_set.vectors_of(new_set.ids[rows]), new_set.vectors[rows]
 
 
-def write_inputs(cfg: CmcConfig, cards: tuple[ModelCard, ModelCard], folders: tuple[Path, Path], dataset: Path,
+def _trained_on(card: EncoderCard) -> TrainConfig:
+    """Which rows model 2 trained on: its training config, or for an imported model every
+    training image of its classes."""
+    if isinstance(card, ModelCard):
+        return TrainConfig.model_validate(card.train_config)
+    return TrainConfig(name=card.name, classes=card.classes)
+
+
+def write_inputs(cfg: CmcConfig, cards: tuple[EncoderCard, EncoderCard], folders: tuple[Path, Path], dataset: Path,
                  work_dir: Path, encode: EncodeConfig) -> dict[str, Any]:
     """What the workers read, written under ``work_dir``: both models' features of the rows model
     2 trained on (``stats/<cmc>.features.npz``, from their train-split embeddings, reused when
     complete) and each space's statistics over them; the label map and the two dimensions."""
     sets = [train_split_embeddings(folder, dataset, work_dir / "embeddings" / card.name / "train", encode)
             for card, folder in zip(cards, folders)]
-    rows, labels, classes = training_rows(sets[1], dataset, TrainConfig.model_validate(cards[1].train_config))
+    rows, labels, classes = training_rows(sets[1], dataset, _trained_on(cards[1]))
     old_features, new_features = _paired_features(sets[0], sets[1], rows)
     paths = {"features": work_dir / "stats" / f"{cfg.name}.features.npz"}
     for role, features, known in (("old", old_features, cards[0].classes), ("new", new_features, classes)):
@@ -109,7 +117,7 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
     check_name(cfg.name, "cmc name")
     folders = (Path(old_model).resolve(), Path(new_model).resolve())
     dataset, artifact_dir, work_dir = Path(dataset).resolve(), Path(artifact_dir).resolve(), Path(work_dir).resolve()
-    cards = (read_model_card(folders[0]), read_model_card(folders[1]))
+    cards = (read_encoder_card(folders[0]), read_encoder_card(folders[1]))
     inputs = write_inputs(cfg, cards, folders, dataset, work_dir, encode)
     hashed = {**inputs["paths"], "old_id": cards[0].id, "new_id": cards[1].id}
     loop_config = {"config": cfg, "method": cfg.method_spec, **inputs["paths"], "config_hash": config_hash(cfg, hashed)}

@@ -13,8 +13,8 @@ from pipeline.config import EncodeConfig, TrainConfig
 from pipeline.data.dataset import class_indices, in_fraction, in_validation, read_dataset_info
 from pipeline.data.embeddings import EmbeddingSet, read_embeddings
 from pipeline.encode.split import encode_split
-from pipeline.model.artifacts import load_model
-from pipeline.model.card import read_model_card
+from pipeline.model.card import read_encoder_card
+from pipeline.model.encoders import old_classifier
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,14 @@ def stats_for_model(cfg: TrainConfig, old_model: str | Path, embeddings: Embeddi
                     out_path: str | Path) -> Path:
     """Statistics over the rows ``cfg`` trains on, for every class of its label map."""
     rows, labels, classes = training_rows(embeddings, dataset, cfg)
-    old_classes = read_model_card(old_model).classes
+    old_classes = read_encoder_card(old_model).classes
     classifier_rows = None
     if cfg.compat.centers == "classifier":
-        weight = load_model(old_model)[0].head.weight.detach().numpy()
-        classifier_rows = {name: weight[i] for i, name in enumerate(old_classes) if name in classes}
+        weight, _ = old_classifier(old_model)
+        if weight is None:
+            raise ValueError(f"model {cfg.name!r}: compat.centers 'classifier' needs the old model's classifier, and "
+                             f"{old_model} has none (an imported model's source.classifier)")
+        classifier_rows = {name: weight[i].numpy() for i, name in enumerate(old_classes) if name in classes}
     stats = compute_old_space_stats(embeddings.vectors[rows], labels, classes, old_classes,
                                     cfg.compat.boundary, cfg.compat.boundary_quantile, classifier_rows)
     stats.save(out_path)

@@ -22,12 +22,13 @@ from pipeline.compat.methods import Method
 from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.compat.steps import autocast
-from pipeline.config import RunContext, TrainConfig
+from pipeline.config import Preprocessing, RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.embeddings import open_embeddings, read_embeddings
-from pipeline.model.artifacts import load_model, new_model_id, write_artifact
-from pipeline.model.card import ModelCard, read_model_card
+from pipeline.model.artifacts import new_model_id, write_artifact
+from pipeline.model.card import ModelCard, read_encoder_card
+from pipeline.model.encoders import old_classifier, old_forward_module
 from pipeline.model.heads import build_head
 from pipeline.model.networks import EmbeddingModel
 from pipeline.model.transformations import build_transforms
@@ -37,21 +38,25 @@ from pipeline.train.loop import Worker, WorkerFit, run_epochs, start_worker
 from pipeline.train.validation import References, Validator
 
 
-def _old_head(old_model_dir: str, stats: OldSpaceStats, new_dim: int) -> torch.nn.Module:
-    """Model 1's classifier, frozen, with pseudo rows for the classes it never saw (BCT)."""
-    old_model, old_card = load_model(old_model_dir)
-    check_same_dim(new_dim, old_card.embedding_dim, f"BCT against {old_model_dir}")
-    head = build_head(old_card.model.head, new_dim, len(stats.classes))
+def _old_head(old_model_dir: str, stats: OldSpaceStats, cfg: TrainConfig) -> torch.nn.Module:
+    """Model 1's classifier, frozen, with pseudo rows (the class's mean old feature) for the
+    classes it never saw (BCT); a model imported without a classifier gets a pseudo row for every
+    class, in the head of the new model's kind."""
+    card = read_encoder_card(old_model_dir)
+    check_same_dim(cfg.model.embedding_dim, card.embedding_dim, f"BCT against {old_model_dir}")
+    weight, head_config = old_classifier(old_model_dir)
+    head = build_head(head_config or cfg.model.head, cfg.model.embedding_dim, len(stats.classes))
     with torch.no_grad():
-        head.weight.copy_(influence_weights(stats, old_model.head.weight, old_card.classes))
+        head.weight.copy_(influence_weights(stats, weight, card.classes if weight is not None else []))
     return head
 
 
 def build_objective(cfg: TrainConfig, method: Method, classes: list[str], stats_path: str | None,
-                    old_model_dir: str | None) -> TrainingObjective:
+                    old_model_dir: str | None, new_input: Preprocessing | None = None) -> TrainingObjective:
     """``method``'s objective with what it needs: the statistics (checked against the label map),
-    the old classifier, the old embedder; a method that compares the two spaces as they are
-    needs one dimension."""
+    the old classifier, the old embedder (run on ``new_input``, the new model's input; a model
+    this project trained reads the dataset's input, as the new one does); a method that
+    compares the two spaces as they are needs one dimension."""
     if not method.needs_old_model:
         return TrainingObjective(method, cfg.compat)
     if old_model_dir is None or (method.needs_statistics and stats_path is None):
@@ -64,10 +69,10 @@ def build_objective(cfg: TrainConfig, method: Method, classes: list[str], stats_
         if method.compares_spaces_directly:
             check_same_dim(cfg.model.embedding_dim, stats.dim, f"model {cfg.name!r} against statistics {stats_path}")
     elif method.compares_spaces_directly:
-        check_same_dim(cfg.model.embedding_dim, read_model_card(old_model_dir).embedding_dim,
+        check_same_dim(cfg.model.embedding_dim, read_encoder_card(old_model_dir).embedding_dim,
                        f"model {cfg.name!r} against the old model {old_model_dir}")
-    old_head = _old_head(old_model_dir, stats, cfg.model.embedding_dim) if method.needs_old_classifier else None
-    old_embedder = load_model(old_model_dir)[0].embedder if method.needs_old_forward else None
+    old_head = _old_head(old_model_dir, stats, cfg) if method.needs_old_classifier else None
+    old_embedder = old_forward_module(old_model_dir, new_input) if method.needs_old_forward else None
     return TrainingObjective(method, cfg.compat, stats, old_head, old_embedder)
 
 
@@ -104,7 +109,8 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
     old_features = (torch.from_numpy(read_embeddings(loop_config["old_features"]).vectors_of(ids))
                     if loop_config["old_features"] else None)  # set by the driver for the methods that read them
     device = worker.device
-    objective = build_objective(cfg, method, classes, loop_config["stats"], loop_config["old_model"]).to(device)
+    objective = build_objective(cfg, method, classes, loop_config["stats"], loop_config["old_model"],
+                                Preprocessing.project(info.mode, info.image_size)).to(device)
     transforms = build_transforms(method.trains, cfg.model.embedding_dim, loop_config["old_dim"] or 0, cfg.transform)
     model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, info.channels, len(classes), transforms))
     core = model.module if hasattr(model, "module") else model
@@ -131,7 +137,7 @@ def check_old_features(folder: str | Path | None, cfg: TrainConfig, old_model: s
     if folder is None:
         raise ValueError(f"model {cfg.name!r}: method {cfg.method!r} needs the old model's train-split embeddings "
                          "(old_features)")
-    files, old_card = open_embeddings(folder), read_model_card(old_model)
+    files, old_card = open_embeddings(folder), read_encoder_card(old_model)
     if files.model_id != old_card.id:
         raise ValueError(f"{folder}: embeddings of model {files.model_name!r} ({files.model_id}), not of the old model "
                          f"{old_card.name!r} ({old_card.id}) at {old_model}")
@@ -151,8 +157,9 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     old_dim = None
     method = cfg.method_spec
     if method.needs_old_model:
-        build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None)
-        old_dim = read_model_card(old_model).embedding_dim
+        build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None,
+                        Preprocessing.project(info.mode, info.image_size))
+        old_dim = read_encoder_card(old_model).embedding_dim
     if cfg.reads_old_features:
         check_old_features(old_features, cfg, old_model, dataset)
     inputs = {"dataset": str(dataset), "old_dim": old_dim,

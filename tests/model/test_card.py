@@ -49,7 +49,7 @@ def test_cards_written_before_the_schema_version_still_load(tmp_path):
     ({"schema_version": 1, "kind": "model", "colour": "red"}, "card.json: unknown field 'colour'"),
     ({"schema_version": 1, "kind": "model", "image_size": "big"}, "field 'image_size'"),
     ({"schema_version": 2}, "card schema_version 2; this code reads 1"),
-    ({"schema_version": 1, "kind": "tokenizer"}, "card.json: field 'kind': expected one of ['cmc', 'model'] (got 'tokenizer')"),
+    ({"schema_version": 1, "kind": "tokenizer"}, "card.json: field 'kind': expected one of ['cmc', 'imported', 'model'] (got 'tokenizer')"),
 ])
 def test_a_bad_field_is_refused_naming_the_file_and_the_field(tmp_path, change, message):
     with pytest.raises(ArtifactError, match=re.escape(message)):

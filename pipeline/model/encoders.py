@@ -1,0 +1,324 @@
+"""Models that give embeddings, whoever made them, behind one encoder.
+
+An old model need not be one this project trained. ``import_model`` turns a team's model into an
+artifact folder with an ``ImportedCard``: a TorchScript file, an ONNX file (run with onnxruntime)
+or a timm architecture with its weights file, each copied into the folder, checked on an input
+of its declared preprocessing and measured for its embedding dimension; or a model known only by
+its embeddings (Parquet files of the training and the scored split, which
+``pipeline.encode.split`` converts to this project's embeddings contract). ``load_encoder`` gives
+the same ``Encoder`` for every kind that can see images, a project artifact included, so that
+encoding, the statistics and a CMC fit never ask what made a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import (
+    EmbeddingsSource,
+    HeadConfig,
+    ImportedModelConfig,
+    ModelSource,
+    OnnxSource,
+    Preprocessing,
+    TimmSource,
+    TorchScriptSource,
+)
+from pipeline.data.external import embeddings_files, external_dim
+from pipeline.data.preprocess import model_input
+from pipeline.model.artifacts import load_model
+from pipeline.model.card import (
+    CARD_FILE,
+    ArtifactError,
+    EncoderCard,
+    ImportedCard,
+    ModelCard,
+    read_card,
+    read_encoder_card,
+    write_card,
+)
+
+
+def source_file(source: TorchScriptSource | OnnxSource | TimmSource) -> str:
+    """The name of an imported model's file inside its artifact folder (a timm weights file keeps
+    its suffix, which tells timm's loader safetensors from a torch file)."""
+    if isinstance(source, TimmSource):
+        return f"weights{Path(source.weights_file).suffix}"
+    return {"torchscript": "model.ts", "onnx": "model.onnx"}[source.kind]
+
+
+def _reason(error: Exception) -> str:
+    """An exception's message, its first two lines (torch puts the detail on the second)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:2]) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """uint8 pixels [N, C, S, S] of ``preprocessing``'s shape in, unnormalised float32 embeddings [N, d] out."""
+
+    embed: Callable[[torch.Tensor], np.ndarray]  # the model's float input -> embeddings
+    preprocessing: Preprocessing
+    dim: int
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self.embed(model_input(pixels, self.preprocessing))
+
+
+def torch_embed(module: nn.Module, device: torch.device) -> Callable[[torch.Tensor], np.ndarray]:
+    module = module.eval().to(device)
+
+    def embed(images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return module(images.to(device)).float().cpu().numpy()
+
+    return embed
+
+
+def onnx_embed(path: Path, threads: int = 1) -> Callable[[torch.Tensor], np.ndarray]:
+    """An ONNX file's first output for its one input, on onnxruntime's CPU provider."""
+    import onnxruntime  # only an ONNX model's encoder needs it
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail / InvalidGraph types
+        raise ArtifactError(f"{path}: not a model onnxruntime can load ({type(error).__name__}: {error})") from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ArtifactError(f"{path}: an ONNX encoder takes one input (images), this one takes "
+                            f"{[i.name for i in inputs]}")
+    name = inputs[0].name
+    return lambda images: np.asarray(session.run(None, {name: images.numpy()})[0], dtype=np.float32)
+
+
+def _onnx_input_shape(path: Path) -> list[int | str | None]:
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+
+
+def load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as error:
+        raise ArtifactError(f"{path}: not a TorchScript file ({_reason(error)})") from None
+
+
+def build_timm(source: TimmSource, weights: Path) -> nn.Module:
+    """The timm network without its classifier (``num_classes=0``: pooled features), its weights
+    loaded strictly: a file of another architecture is refused, naming it."""
+    import timm  # only a timm model needs it
+    from timm.models import load_state_dict
+
+    try:
+        network = timm.create_model(source.architecture, pretrained=False, num_classes=0)
+    except (RuntimeError, ValueError) as error:
+        raise ArtifactError(f"timm architecture {source.architecture!r}: {error}") from None
+    try:
+        state = load_state_dict(str(weights), use_ema=False)
+    except Exception as error:  # torch / safetensors raise many types for a bad file
+        raise ArtifactError(f"{weights}: cannot read weights ({type(error).__name__}: {error})") from None
+    classifier = network.pretrained_cfg.get("classifier") or ""
+    state = {key: value for key, value in state.items() if not (classifier and key.startswith(f"{classifier}."))}
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes that differ
+        raise ArtifactError(f"{weights}: weights do not match timm architecture {source.architecture!r}: "
+                            f"{_reason(error)}") from None
+    if missing or unexpected:
+        raise ArtifactError(f"{weights}: weights do not match timm architecture {source.architecture!r}: "
+                            f"{len(missing)} of its weights missing (first {missing[:3]}), {len(unexpected)} "
+                            f"unknown (first {unexpected[:3]})")
+    return network
+
+
+def timm_preprocessing(network: nn.Module) -> Preprocessing:
+    """timm's eval data config of ``network`` (input size, interpolation, mean, std, crop_pct) as a Preprocessing."""
+    from timm.data import resolve_model_data_config
+
+    config = resolve_model_data_config(network)
+    channels, size, _ = config["input_size"]
+    return Preprocessing(mode="L" if channels == 1 else "RGB", input_size=size, resize=int(size / config["crop_pct"]),
+                         mean=list(config["mean"]), std=list(config["std"]),
+                         interpolation=config["interpolation"] if config["interpolation"] == "bicubic" else "bilinear")
+
+
+def _embed_from(source: TorchScriptSource | OnnxSource | TimmSource, path: Path, device: torch.device,
+                threads: int) -> Callable[[torch.Tensor], np.ndarray]:
+    """How the model file at ``path`` embeds float images."""
+    if isinstance(source, TorchScriptSource):
+        return torch_embed(load_torchscript(path), device)
+    if isinstance(source, OnnxSource):
+        return onnx_embed(path, threads)
+    return torch_embed(build_timm(source, path), device)
+
+
+def _embed_of(source: ModelSource, folder: Path, device: torch.device,
+              threads: int) -> Callable[[torch.Tensor], np.ndarray]:
+    """How the imported model in ``folder`` embeds float images."""
+    if isinstance(source, EmbeddingsSource):
+        raise ArtifactError(f"{folder}: the model is known only by its embeddings (files {source.train}, "
+                            f"{source.test}); nothing here can run it on images")
+    return _embed_from(source, folder / source_file(source), device, threads)
+
+
+def load_encoder(folder: str | Path, device: torch.device | None = None,
+                 threads: int = 1) -> tuple[Encoder, EncoderCard]:
+    """The encoder of a model artifact (trained here or imported) and its card; an imported
+    model known only by its embeddings has none (``ArtifactError`` saying so)."""
+    folder, device = Path(folder), device or torch.device("cpu")
+    card = read_encoder_card(folder)
+    if isinstance(card, ModelCard):
+        embedder = load_model(folder)[0].embedder
+        return Encoder(torch_embed(embedder, device), card.preprocessing, card.embedding_dim), card
+    return Encoder(_embed_of(card.source, folder, device, threads), card.preprocessing, card.embedding_dim), card
+
+
+def _measured_dim(embed: Callable[[torch.Tensor], np.ndarray], preprocessing: Preprocessing, file: Path) -> int:
+    """The embedding dimension of a model on two images of its declared input, or an error
+    naming its file when that input is not what it takes."""
+    probe = torch.zeros((2, *preprocessing.shape), dtype=torch.uint8)
+    try:
+        out = embed(model_input(probe, preprocessing))
+    except Exception as error:  # torch, onnxruntime and timm raise their own types
+        raise ArtifactError(f"{file}: the model does not take the declared input [N, "
+                            f"{', '.join(map(str, preprocessing.shape))}] (preprocessing mode {preprocessing.mode}, "
+                            f"input_size {preprocessing.input_size}): {_reason(error)}") from None
+    if out.ndim != 2 or out.shape[0] != 2:
+        raise ArtifactError(f"{file}: expected embeddings [N, d] for a batch of 2 images, got shape {list(out.shape)}")
+    return int(out.shape[1])
+
+
+def _check_onnx_input(path: Path, preprocessing: Preprocessing) -> None:
+    """An ONNX input of fixed sizes other than the declared preprocessing's, refused before any run."""
+    shape = _onnx_input_shape(path)
+    declared = preprocessing.shape
+    fixed = [(axis, size) for axis, size in enumerate(shape[1:], start=1) if isinstance(size, int)]
+    if len(shape) != 4 or any(size != declared[axis - 1] for axis, size in fixed):
+        raise ArtifactError(f"{path}: its input is {shape}, the declared preprocessing gives [N, "
+                            f"{', '.join(map(str, declared))}] (mode {preprocessing.mode}, input_size "
+                            f"{preprocessing.input_size}); fix the config's preprocessing or export the model again")
+
+
+def import_model(cfg: ImportedModelConfig, classes: list[str], folder: str | Path) -> Path:
+    """``cfg``'s model as an artifact folder with an ``ImportedCard`` over ``classes`` (the old
+    model's label map): its file copied in and checked, or its embeddings files named. The id
+    is a hash of the files, so that importing the same model again keeps its id (and every
+    embeddings set encoded with it); a folder already holding that import is left as it is."""
+    folder, source = Path(folder), cfg.source
+    if isinstance(source, EmbeddingsSource):
+        source = source.model_copy(update={"train": str(Path(source.train).resolve()),
+                                           "test": str(Path(source.test).resolve())})
+        model_id = f"{cfg.name}-{_stamp_digest(embeddings_files(source.train) + embeddings_files(source.test))}"
+    else:
+        given = Path(source.weights_file if isinstance(source, TimmSource) else source.file)
+        if not given.is_file():
+            raise ArtifactError(f"{given}: {source.kind} model file not found (old.source)")
+        files = [given] + (_onnx_data_files(given) if isinstance(source, OnnxSource) else [])
+        model_id = f"{cfg.name}-{_content_digest(files)}"
+    if (folder / CARD_FILE).is_file():
+        existing = read_card(folder)
+        if isinstance(existing, ImportedCard) and existing.id == model_id and existing.classes == classes:
+            return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, EmbeddingsSource):
+        dims = {external_dim(source.train), external_dim(source.test)}
+        if len(dims) != 1:
+            raise ArtifactError(f"{source.train} and {source.test}: embeddings of different dimensions {sorted(dims)}")
+        preprocessing, dim = None, dims.pop()
+    else:  # checked on the given file, so that an error names it; copied in once it passed
+        if isinstance(source, OnnxSource):
+            _check_onnx_input(given, source.preprocessing)
+        preprocessing = source.preprocessing
+        if isinstance(source, TimmSource) and preprocessing is None:
+            preprocessing = timm_preprocessing(build_timm(source, given))
+        dim = _measured_dim(_embed_from(source, given, torch.device("cpu"), 1), preprocessing, given)
+        for file in files:  # an ONNX file's external data keeps the name the model refers to
+            copied = folder / (source_file(source) if file == given else file.relative_to(given.parent))
+            copied.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, copied.with_name(f".{copied.name}.tmp"))
+            copied.with_name(f".{copied.name}.tmp").replace(copied)
+    write_card(folder, ImportedCard(id=model_id, name=cfg.name, classes=classes, source=source, embedding_dim=dim,
+                                    preprocessing=preprocessing))
+    return folder
+
+
+def old_classifier(folder: str | Path) -> tuple[torch.Tensor | None, HeadConfig | None]:
+    """A model's classifier rows over its classes and its head's config: a project model's head,
+    an imported model's ``classifier`` file (rows in the order of its classes), else none."""
+    card = read_encoder_card(folder)
+    if isinstance(card, ModelCard):
+        return load_model(folder)[0].head.weight.detach(), card.model.head
+    file = getattr(card.source, "classifier", None)
+    if file is None:
+        return None, None
+    try:
+        rows = torch.from_numpy(np.load(file, allow_pickle=False)).float()
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{file}: cannot read the classifier rows ({error})") from None
+    if tuple(rows.shape) != (len(card.classes), card.embedding_dim):
+        raise ArtifactError(f"{file}: classifier rows of shape {list(rows.shape)}, expected [{len(card.classes)} "
+                            f"classes, {card.embedding_dim}] in the order of the model's classes")
+    return rows, None
+
+
+def old_forward_module(folder: str | Path, preprocessing: Preprocessing | None) -> nn.Module:
+    """The old model as a torch module on the new model's input (L2's forward pass on every
+    batch): a project model, or an imported TorchScript or timm one that reads the same input;
+    any other is refused, saying why."""
+    folder = Path(folder)
+    card = read_encoder_card(folder)
+    if isinstance(card, ModelCard):
+        return load_model(folder)[0].embedder
+    if card.preprocessing is None or isinstance(card.source, OnnxSource):
+        what = "known only by its embeddings" if card.preprocessing is None else "an ONNX file (not a torch module)"
+        raise ArtifactError(f"{folder}: method l2 runs the old model on every training batch, and this old model is "
+                            f"{what}; LCE and BCT need only its embeddings")
+    if preprocessing is None or card.preprocessing != preprocessing:
+        raise ArtifactError(f"{folder}: method l2 runs the old model on the new model's input, and the two differ "
+                            f"(old {card.preprocessing}, new {preprocessing})")
+    path = folder / source_file(card.source)
+    return load_torchscript(path) if isinstance(card.source, TorchScriptSource) else build_timm(card.source, path)
+
+
+def _onnx_data_files(path: Path) -> list[Path]:
+    """The external data files an ONNX model refers to (``torch.onnx.export`` writes its weights
+    to ``<file>.data`` by default), each next to the model."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = sorted({ExternalDataInfo(tensor).location for tensor in _get_all_tensors(model)
+                    if uses_external_data(tensor)})
+    outside = [name for name in names if not (path.parent / name).resolve().is_relative_to(path.parent.resolve())]
+    missing = [name for name in names if not (path.parent / name).is_file()]
+    if outside or missing:
+        raise ArtifactError(f"{path}: its external data {outside or missing} is not in its folder")
+    return [path.parent / name for name in names]
+
+
+def _content_digest(files: list[Path]) -> str:
+    """A short hash of a model's files' bytes."""
+    digest = hashlib.blake2b(digest_size=4)
+    for file in files:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp_digest(files: list[Path]) -> str:
+    """A short hash of files' paths, sizes and modification times: embeddings sets may be far
+    larger than a hash should read."""
+    stamps = "|".join(f"{file}:{file.stat().st_size}:{file.stat().st_mtime_ns}" for file in files)
+    return hashlib.blake2b(stamps.encode(), digest_size=4).hexdigest()
