@@ -26,6 +26,7 @@ from pipeline.compat.methods import Method, Route, entry_name
 from pipeline.config import load_train_config
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.model.artifacts import load_model
+from pipeline.model.card import read_model_card
 from pipeline.score.criteria import beats, pair_row
 from pipeline.train.validation import References, Validator
 from tuning.space import load_sweep_config
@@ -96,7 +97,8 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
     references = json.loads((sweep_dir / "validation" / "references.json").read_text())
     validator = Validator(str(dataset), class_indices(info.classes, best.classes), best.method_spec,
                           best.validation_fraction, str(sweep_dir / "validation" / "old_features.npz"),
-                          References(references["old_old"], references["independent"]))
+                          References(references["old_old"], references["independent"]),
+                          read_model_card(models[0]).preprocessing)
     per_seed = [{**seed_result(table, best.method_spec, name, seed),
                  "validation_objective": validator(load_model(model)[0])["objective"]}
                 for seed, name, model in zip(seeds, names, models)]

@@ -96,7 +96,8 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
 
     info = read_dataset_info(dataset)
     ids, images, labels = load_split(dataset, "train", class_indices(info.classes, template.classes),
-                                     validation_fraction=cfg.validation_fraction, validation=True)
+                                     validation_fraction=cfg.validation_fraction, validation=True,
+                                     preprocessing=read_model_card(independent_dir).preprocessing)
     old_vectors = np.asarray(embeddings.vectors_of(ids), dtype=np.float32)
     features = out / "validation" / "old_features.npz"
     features.parent.mkdir(parents=True, exist_ok=True)

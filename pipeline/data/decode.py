@@ -83,8 +83,10 @@ def equal_share(rows: int, rank: int, world: int) -> slice:
 
 def load_split(root: str | Path, split: str, labels: list[int] | None = None, fraction: float = 1.0,
                seed: int = 0, shard: tuple[int, int] = (0, 1), validation_fraction: float = 0.0,
-               validation: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """ids, decoded images and dataset labels of one split, filtered and sharded.
+               validation: bool = False,
+               preprocessing: Preprocessing | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """ids, decoded images (a model's input: ``preprocessing``, by default the dataset's mode and
+    size in [-1, 1]) and dataset labels of one split, filtered and sharded.
 
     ``labels`` keeps only those dataset labels; ``fraction`` keeps a seeded share of the rows
     (``in_fraction``); ``validation_fraction`` leaves out the validation rows
@@ -108,5 +110,6 @@ def load_split(root: str | Path, split: str, labels: list[int] | None = None, fr
     rank, world = shard
     rows = selected[equal_share(len(selected), rank, world)]
     images = table.column("image").take(pa.array(rows)).to_pylist()
-    pixels = decode_images(images, Preprocessing.project(info.mode, info.image_size), ids[rows].tolist())
+    pixels = decode_images(images, preprocessing or Preprocessing.project(info.mode, info.image_size),
+                           ids[rows].tolist())
     return ids[rows].tolist(), pixels, targets[rows].astype(np.int64)

@@ -68,7 +68,7 @@ def load_model(folder: str | Path) -> tuple[EmbeddingModel, ModelCard]:
     """The model of an artifact folder in eval mode, and its card."""
     card = read_model_card(folder)
     transforms = build_transforms(card.transforms, card.embedding_dim, card.old_dim or 0, card.transform)
-    model = EmbeddingModel(card.model, card.channels, len(card.classes), transforms)
+    model = EmbeddingModel(card.model, card.preprocessing.channels, len(card.classes), transforms, pretrained=False)
     _load_weights(model, Path(folder) / WEIGHTS_FILE, f"the card's architecture {card.model.architecture}")
     return model.eval(), card
 

@@ -39,6 +39,13 @@ class ArtifactError(ValueError):
     """A model artifact that is missing, truncated or does not match its card."""
 
 
+def error_summary(error: Exception) -> str:
+    """A library exception's message for an ``ArtifactError``: its first two lines (torch puts
+    the detail on the second)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:2]) or type(error).__name__
+
+
 class _Card(Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     id: str
@@ -62,6 +69,7 @@ class ModelCard(_Card):
     old_model_dir: str | None = None
     stats_file: str | None = None  # the old-space statistics it was trained with
     old_features: str | None = None  # the old model's train-split embeddings it read by id (forward)
+    input: Preprocessing | None = None  # what it reads; None: the dataset's mode and size in [-1, 1]
     dataset: str = ""
     train_config: dict[str, Any] = {}  # its TrainConfig as dumped (a method registered elsewhere need not be known)
 
@@ -71,7 +79,7 @@ class ModelCard(_Card):
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing.project(self.mode, self.image_size)
+        return self.input or Preprocessing.project(self.mode, self.image_size)
 
 
 class ImportedCard(_Card):

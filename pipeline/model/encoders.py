@@ -41,10 +41,12 @@ from pipeline.model.card import (
     EncoderCard,
     ImportedCard,
     ModelCard,
+    error_summary,
     read_card,
     read_encoder_card,
     write_card,
 )
+from pipeline.model.networks import timm_network, timm_preprocessing
 
 
 def source_file(source: TorchScriptSource | OnnxSource | TimmSource) -> str:
@@ -53,12 +55,6 @@ def source_file(source: TorchScriptSource | OnnxSource | TimmSource) -> str:
     if isinstance(source, TimmSource):
         return f"weights{Path(source.weights_file).suffix}"
     return {"torchscript": "model.ts", "onnx": "model.onnx"}[source.kind]
-
-
-def _reason(error: Exception) -> str:
-    """An exception's message, its first two lines (torch puts the detail on the second)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:2]) or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -111,46 +107,13 @@ def load_torchscript(path: Path) -> nn.Module:
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as error:
-        raise ArtifactError(f"{path}: not a TorchScript file ({_reason(error)})") from None
+        raise ArtifactError(f"{path}: not a TorchScript file ({error_summary(error)})") from None
 
 
 def build_timm(source: TimmSource, weights: Path) -> nn.Module:
-    """The timm network without its classifier (``num_classes=0``: pooled features), its weights
-    loaded strictly: a file of another architecture is refused, naming it."""
-    import timm  # only a timm model needs it
-    from timm.models import load_state_dict
-
-    try:
-        network = timm.create_model(source.architecture, pretrained=False, num_classes=0)
-    except (RuntimeError, ValueError) as error:
-        raise ArtifactError(f"timm architecture {source.architecture!r}: {error}") from None
-    try:
-        state = load_state_dict(str(weights), use_ema=False)
-    except Exception as error:  # torch / safetensors raise many types for a bad file
-        raise ArtifactError(f"{weights}: cannot read weights ({type(error).__name__}: {error})") from None
-    classifier = network.pretrained_cfg.get("classifier") or ""
-    state = {key: value for key, value in state.items() if not (classifier and key.startswith(f"{classifier}."))}
-    try:
-        missing, unexpected = network.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shapes that differ
-        raise ArtifactError(f"{weights}: weights do not match timm architecture {source.architecture!r}: "
-                            f"{_reason(error)}") from None
-    if missing or unexpected:
-        raise ArtifactError(f"{weights}: weights do not match timm architecture {source.architecture!r}: "
-                            f"{len(missing)} of its weights missing (first {missing[:3]}), {len(unexpected)} "
-                            f"unknown (first {unexpected[:3]})")
-    return network
-
-
-def timm_preprocessing(network: nn.Module) -> Preprocessing:
-    """timm's eval data config of ``network`` (input size, interpolation, mean, std, crop_pct) as a Preprocessing."""
-    from timm.data import resolve_model_data_config
-
-    config = resolve_model_data_config(network)
-    channels, size, _ = config["input_size"]
-    return Preprocessing(mode="L" if channels == 1 else "RGB", input_size=size, resize=int(size / config["crop_pct"]),
-                         mean=list(config["mean"]), std=list(config["std"]),
-                         interpolation=config["interpolation"] if config["interpolation"] == "bicubic" else "bilinear")
+    """An imported timm model: its architecture with the weights file, strictly."""
+    channels = source.preprocessing.channels if source.preprocessing is not None else 3
+    return timm_network(source.architecture, channels, weights)
 
 
 def _embed_from(source: TorchScriptSource | OnnxSource | TimmSource, path: Path, device: torch.device,
@@ -193,7 +156,7 @@ def _measured_dim(embed: Callable[[torch.Tensor], np.ndarray], preprocessing: Pr
     except Exception as error:  # torch, onnxruntime and timm raise their own types
         raise ArtifactError(f"{file}: the model does not take the declared input [N, "
                             f"{', '.join(map(str, preprocessing.shape))}] (preprocessing mode {preprocessing.mode}, "
-                            f"input_size {preprocessing.input_size}): {_reason(error)}") from None
+                            f"input_size {preprocessing.input_size}): {error_summary(error)}") from None
     if out.ndim != 2 or out.shape[0] != 2:
         raise ArtifactError(f"{file}: expected embeddings [N, d] for a batch of 2 images, got shape {list(out.shape)}")
     return int(out.shape[1])
@@ -241,7 +204,7 @@ def import_model(cfg: ImportedModelConfig, classes: list[str], folder: str | Pat
             _check_onnx_input(given, source.preprocessing)
         preprocessing = source.preprocessing
         if isinstance(source, TimmSource) and preprocessing is None:
-            preprocessing = timm_preprocessing(build_timm(source, given))
+            preprocessing = timm_preprocessing(source.architecture)
         dim = _measured_dim(_embed_from(source, given, torch.device("cpu"), 1), preprocessing, given)
         for file in files:  # an ONNX file's external data keeps the name the model refers to
             copied = folder / (source_file(source) if file == given else file.relative_to(given.parent))

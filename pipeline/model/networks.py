@@ -1,16 +1,22 @@
 """Backbones with an embedding layer, behind one builder.
 
-``build_embedder`` returns a network that maps images [N, C, H, W] to unnormalised embeddings
-[N, embedding_dim]; retrieval and the compatibility losses normalise them. No weights are ever
-downloaded: torchvision models are built with ``weights=None``.
+``Embedder`` maps images [N, C, H, W] to unnormalised embeddings [N, embedding_dim]; retrieval
+and the compatibility losses normalise them. Its backbone is a built-in network (the small CNN
+of the demo, a pixel MLP, a torchvision ResNet) or any timm architecture (``timm/<name>``), from
+scratch or from a local weights file; no weights are ever downloaded (torchvision models are
+built with ``weights=None``, timm ones with ``pretrained=False``). ``model_input_of`` says what a
+model reads: its config's ``input``, timm's data config, or the dataset's images in [-1, 1].
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, Preprocessing
+from pipeline.model.card import ArtifactError, error_summary
 from pipeline.model.heads import build_head
 
 
@@ -69,16 +75,79 @@ def _resnet(kind: str, in_channels: int, stem_stride: int) -> tuple[nn.Module, i
     return network, out_features
 
 
+def timm_network(name: str, in_channels: int = 3, weights: str | Path | None = None) -> nn.Module:
+    """A timm architecture without its classifier (``num_classes=0``: its pooled features), from
+    scratch or with ``weights`` loaded strictly: a file of another architecture is refused,
+    naming it (timm's own loader would skip what does not match). The file's classifier rows are
+    left out; ``.safetensors`` or torch files, as timm reads them."""
+    import timm  # only a timm model needs it (seconds of start-up in every process)
+    from timm.models import load_state_dict
+
+    try:
+        network = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+    except (RuntimeError, ValueError) as error:
+        raise ArtifactError(f"timm architecture {name!r}: {error_summary(error)}") from None
+    if weights is None:
+        return network
+    try:
+        state = load_state_dict(str(weights), use_ema=False)
+    except Exception as error:  # torch and safetensors raise many types for a bad file
+        raise ArtifactError(f"{weights}: cannot read weights ({type(error).__name__}: {error})") from None
+    classifier = network.pretrained_cfg.get("classifier") or ""
+    state = {key: value for key, value in state.items() if not (classifier and key.startswith(f"{classifier}."))}
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes that differ
+        raise ArtifactError(f"{weights}: weights do not match timm architecture {name!r}: "
+                            f"{error_summary(error)}") from None
+    if missing or unexpected:
+        raise ArtifactError(f"{weights}: weights do not match timm architecture {name!r}: {len(missing)} of its "
+                            f"weights missing (first {missing[:3]}), {len(unexpected)} unknown "
+                            f"(first {unexpected[:3]})")
+    return network
+
+
+def timm_preprocessing(name: str) -> Preprocessing:
+    """timm's eval data config of an architecture (input size, interpolation, mean, std,
+    crop_pct) as a ``Preprocessing``."""
+    import timm
+    from timm.data import resolve_model_data_config
+
+    config = resolve_model_data_config(timm.create_model(name, pretrained=False, num_classes=0))
+    channels, size, _ = config["input_size"]
+    return Preprocessing(mode="L" if channels == 1 else "RGB", input_size=size, resize=int(size / config["crop_pct"]),
+                         mean=list(config["mean"]), std=list(config["std"]),
+                         interpolation="bicubic" if config["interpolation"] == "bicubic" else "bilinear")
+
+
+def model_input_of(config: ModelConfig, mode: str, image_size: int) -> Preprocessing:
+    """What a model of ``config`` reads from a dataset of ``mode`` images of ``image_size``: its
+    config's ``input``, else timm's data config for a timm architecture, else the dataset's
+    images scaled to [-1, 1]."""
+    if config.input is not None:
+        return config.input
+    if config.timm_name:
+        return timm_preprocessing(config.timm_name)
+    return Preprocessing.project(mode, image_size)
+
+
 class Embedder(nn.Module):
     """Backbone followed by the embedding layer (linear + batch norm)."""
 
-    def __init__(self, architecture: str, in_channels: int, embedding_dim: int, stem_stride: int = 1) -> None:
+    def __init__(self, config: ModelConfig, in_channels: int, pretrained: bool = True) -> None:
+        """``pretrained``: a timm backbone starts from ``config.pretrained_file`` (false when the
+        weights are loaded after, from an artifact)."""
         super().__init__()
-        if architecture in ("small_cnn", "mlp"):
-            self.backbone: nn.Module = (SmallCNN if architecture == "small_cnn" else PixelMLP)(in_channels)
+        architecture, embedding_dim = config.architecture, config.embedding_dim
+        if config.timm_name:
+            self.backbone: nn.Module = timm_network(config.timm_name, in_channels,
+                                                    config.pretrained_file if pretrained else None)
+            out_features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        elif architecture in ("small_cnn", "mlp"):
+            self.backbone = (SmallCNN if architecture == "small_cnn" else PixelMLP)(in_channels)
             out_features = self.backbone.out_features
         else:
-            self.backbone, out_features = _resnet(architecture, in_channels, stem_stride)
+            self.backbone, out_features = _resnet(architecture, in_channels, config.stem_stride)
             self.backbone.to(memory_format=torch.channels_last)
         self.embedding = nn.Sequential(nn.Linear(out_features, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
         self.embedding_dim = embedding_dim
@@ -93,9 +162,9 @@ class EmbeddingModel(nn.Module):
     of ``pipeline.model.transformations``)."""
 
     def __init__(self, config: ModelConfig, in_channels: int, num_classes: int,
-                 transforms: dict[str, nn.Module] | None = None) -> None:
+                 transforms: dict[str, nn.Module] | None = None, pretrained: bool = True) -> None:
         super().__init__()
-        self.embedder = Embedder(config.architecture, in_channels, config.embedding_dim, config.stem_stride)
+        self.embedder = Embedder(config, in_channels, pretrained)
         self.head = build_head(config.head, config.embedding_dim, num_classes)
         self.transforms = nn.ModuleDict(transforms or {})
 

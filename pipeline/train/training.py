@@ -30,7 +30,7 @@ from pipeline.model.artifacts import new_model_id, write_artifact
 from pipeline.model.card import ModelCard, read_encoder_card
 from pipeline.model.encoders import old_classifier, old_forward_module
 from pipeline.model.heads import build_head
-from pipeline.model.networks import EmbeddingModel
+from pipeline.model.networks import EmbeddingModel, model_input_of
 from pipeline.model.transformations import build_transforms
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
@@ -100,9 +100,10 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
     info = read_dataset_info(loop_config["dataset"])
     labels_kept = class_indices(info.classes, cfg.classes)
     classes = [info.classes[i] for i in labels_kept]
+    model_input = Preprocessing.model_validate(loop_config["input"])
     ids, images, dataset_labels = load_split(loop_config["dataset"], "train", labels_kept, cfg.data_fraction,
                                              cfg.seed, shard=(worker.rank, worker.world),
-                                             validation_fraction=cfg.validation_fraction)
+                                             validation_fraction=cfg.validation_fraction, preprocessing=model_input)
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(labels_kept)}
     images = torch.from_numpy(images)
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
@@ -110,9 +111,9 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
                     if loop_config["old_features"] else None)  # set by the driver for the methods that read them
     device = worker.device
     objective = build_objective(cfg, method, classes, loop_config["stats"], loop_config["old_model"],
-                                Preprocessing.project(info.mode, info.image_size)).to(device)
+                                model_input).to(device)
     transforms = build_transforms(method.trains, cfg.model.embedding_dim, loop_config["old_dim"] or 0, cfg.transform)
-    model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, info.channels, len(classes), transforms))
+    model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, model_input.channels, len(classes), transforms))
     core = model.module if hasattr(model, "module") else model
 
     def terms(batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -126,7 +127,8 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
     validation, validate = loop_config["validation"], None
     if validation and worker.rank == 0:
         validator = Validator(loop_config["dataset"], labels_kept, method, cfg.validation_fraction,
-                              validation["old_features"], References(validation["old_old"], validation["independent"]))
+                              validation["old_features"], References(validation["old_old"], validation["independent"]),
+                              model_input)
         validate = lambda: validator(core)  # noqa: E731
     return WorkerFit(f"model {cfg.name!r}", core, model, len(images), terms,
                      lambda batch: f"batch ids {[ids[i] for i in batch[:8].tolist()]}...", validate)
@@ -154,15 +156,16 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     training split, which the forward manner and LCE's point-wise term (``compat.target_pull``) read by id."""
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
+    model_input = model_input_of(cfg.model, info.mode, info.image_size)
     old_dim = None
     method = cfg.method_spec
     if method.needs_old_model:
         build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None,
-                        Preprocessing.project(info.mode, info.image_size))
+                        model_input)
         old_dim = read_encoder_card(old_model).embedding_dim
     if cfg.reads_old_features:
         check_old_features(old_features, cfg, old_model, dataset)
-    inputs = {"dataset": str(dataset), "old_dim": old_dim,
+    inputs = {"dataset": str(dataset), "old_dim": old_dim, "input": model_input.model_dump(),
               "old_model": str(Path(old_model).resolve()) if old_model else None,
               "stats": str(Path(stats).resolve()) if stats else None,
               "old_features": str(Path(old_features).resolve()) if cfg.reads_old_features else None}
@@ -188,7 +191,8 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, c
             channels=info.channels, mode=info.mode, image_size=info.image_size, method=cfg.method,
             old_dim=job.loop_config["old_dim"], transform=cfg.transform, transforms=list(cfg.method_spec.trains),
             parent_model=parent, old_model_dir=str(old_model) if old_model else None,
-            stats_file=job.loop_config["stats"], old_features=job.loop_config["old_features"], dataset=str(dataset),
+            stats_file=job.loop_config["stats"], old_features=job.loop_config["old_features"],
+            input=job.loop_config["input"], dataset=str(dataset),
             train_config=cfg.model_dump(), metrics=result.metrics, mlflow_run_id=run_id)
         return write_artifact(artifact_dir, final_weights(result), card)
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.compat.methods import Method, Route
+from pipeline.config import Preprocessing
 from pipeline.data.decode import load_split
 from pipeline.data.embeddings import positions
 from pipeline.model.transformations import BACKWARD, FORWARD
@@ -117,11 +118,13 @@ class Validator:
     of the same rows (``old_features``: an ``.npz`` with ``ids`` and ``vectors``), references."""
 
     def __init__(self, dataset: str, labels_kept: list[int], method: Method, validation_fraction: float,
-                 old_features: str, references: References) -> None:
+                 old_features: str, references: References, preprocessing: Preprocessing | None = None) -> None:
+        """``preprocessing``: what the validated model reads (default: the dataset's images in [-1, 1])."""
         if validation_fraction <= 0:
             raise ValueError("validation needs validation_fraction > 0 (the rows held out of training)")
         ids, self.images, dataset_labels = load_split(dataset, "train", labels_kept,
-                                                      validation_fraction=validation_fraction, validation=True)
+                                                      validation_fraction=validation_fraction, validation=True,
+                                                      preprocessing=preprocessing)
         with np.load(old_features, allow_pickle=False) as stored:
             self.old = torch.from_numpy(stored["vectors"][positions(stored["ids"], ids, old_features)])
         self.ids, self.labels = np.asarray(ids), np.asarray(dataset_labels)

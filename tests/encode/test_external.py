@@ -30,7 +30,8 @@ def dataset(tmp_path_factory, fashion_subset) -> Path:
 
 
 def _split(dataset: Path, split: str) -> tuple[list[str], np.ndarray]:
-    table = pa.concat_tables(pq.read_table(file, columns=["id", "label"]) for file in sorted((dataset / split).glob("*.parquet")))
+    files = sorted((dataset / split).glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(file, columns=["id", "label"]) for file in files)
     return table.column("id").to_pylist(), table.column("label").to_numpy()
 
 
@@ -105,5 +106,6 @@ def test_a_set_that_cannot_stand_for_the_split_is_refused_naming_the_file(tmp_pa
                 table[key].append(table[key][0])
         pq.write_table(pa.table(table), path)
     model = _import(tmp_path, path, _team_set(tmp_path / "test.parquet", _split(dataset, "test")[0]))
-    with pytest.raises(DataError, match=r"train\.parquet: " + (r"row .*" if defect in ("length", "nan") else "") + message):
+    named = r"train\.parquet: " + (r"row .*" if defect in ("length", "nan") else "")
+    with pytest.raises(DataError, match=named + message):
         encode_split(model, dataset, "train", tmp_path / "out")

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-JOBS = ["ingest", "stats", "train", "cmc", "encode", "score", "pipeline", "results", "register", "report", "lineage"]
+JOBS = ["ingest", "import_model", "stats", "train", "cmc", "encode", "score", "pipeline", "results", "register", "report",
+        "lineage"]
 
 
 # Other tests import some jobs first; runpy warns that it runs such a module again as __main__.

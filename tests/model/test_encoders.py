@@ -108,13 +108,14 @@ def test_a_torchscript_model_that_does_not_take_the_declared_input_is_refused_na
 def test_a_weights_file_of_another_architecture_is_refused_naming_it(tmp_path):
     torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "resnet18.pth")
     with pytest.raises(ArtifactError, match=r"resnet18\.pth: weights do not match timm architecture 'resnet10t'"):
-        _imported(tmp_path, {"kind": "timm", "architecture": "resnet10t", "weights_file": str(tmp_path / "resnet18.pth"),
-                             "preprocessing": RGB32.model_dump()})
+        _imported(tmp_path, {"kind": "timm", "architecture": "resnet10t",
+                             "weights_file": str(tmp_path / "resnet18.pth"), "preprocessing": RGB32.model_dump()})
 
 
 def test_a_missing_file_is_refused_naming_it(tmp_path):
     with pytest.raises(ArtifactError, match=r"nowhere\.onnx: onnx model file not found"):
-        _imported(tmp_path, {"kind": "onnx", "file": str(tmp_path / "nowhere.onnx"), "preprocessing": RGB32.model_dump()})
+        _imported(tmp_path, {"kind": "onnx", "file": str(tmp_path / "nowhere.onnx"),
+                             "preprocessing": RGB32.model_dump()})
 
 
 def test_a_project_artifact_is_an_encoder_too(tmp_path):
