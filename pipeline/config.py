@@ -93,7 +93,7 @@ TIMM_PREFIX = "timm/"
 
 class ModelConfig(Strict):
     architecture: str = Field("small_cnn", description=f"one of {', '.join(BUILT_IN_ARCHITECTURES)}, or "
-                                                       f"{TIMM_PREFIX}<name>: any timm architecture (its pooled features)")
+                                                       f"{TIMM_PREFIX}<name>: any timm architecture (pooled features)")
     embedding_dim: int = Field(128, gt=0)
     stem_stride: Literal[1, 2, 4] = Field(1, description="ResNets: 1 = 3x3 conv, 2 = strided 3x3 conv, "
                                           "4 = strided conv + max-pool (CPU budgets); ignored by small_cnn and mlp")
@@ -238,10 +238,33 @@ class FitConfig(Strict):
     def worker_batch_size(self) -> int:
         return self.batch_size // self.num_workers
 
+    @property
+    def reserved_cpus(self) -> float:
+        """The CPUs one run holds while it runs: its workers'."""
+        return self.num_workers * self.cpus_per_worker
+
 
 # Fields that schedule a fit without changing what it computes: a rerun may change them and still
 # resume the same run (pipeline.train.driver.config_hash).
 SCHEDULING_FIELDS = ("max_failures", "placement_strategy")
+
+
+class AugmentConfig(Strict):
+    """Train-time augmentation, each image on its own draw (``pipeline.data.preprocess.train_pixels``,
+    torchvision.transforms.v2): a random resized crop and a horizontal flip by default."""
+
+    crop_scale: tuple[float, float] = Field((0.25, 1.0), description="RandomResizedCrop's share of the image "
+                                                                      "area; (1, 1): no crop, a resize")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop's aspect ratios")
+    flip: bool = Field(True, description="a horizontal flip with probability 0.5")
+    color_jitter: float = Field(0.0, ge=0, description="brightness, contrast and saturation jitter strength (0: none)")
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _ordered(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < bounds[0] <= bounds[1]:
+            raise ValueError(f"expected 0 < low <= high (got {bounds})")
+        return bounds
 
 
 class TrainConfig(FitConfig):
@@ -256,10 +279,30 @@ class TrainConfig(FitConfig):
                                        "for validation (pipeline.data.dataset.in_validation), the same rows for every model")
     compat: CompatConfig = CompatConfig()
     transform: TransformConfig = TransformConfig()
+    ingest: Literal["memory", "stream"] = Field(
+        "memory", description="memory: each worker decodes its shard once and holds it; stream: Ray Data reads, "
+                              "decodes and augments on CPUs and streams each worker its shard every epoch "
+                              "(pipeline.train.stream)")
+    augment: AugmentConfig | None = Field(None, description="train-time augmentation (with ingest: stream); {} is a "
+                                                            "random resized crop and a flip")
+    decode_cpus: float = Field(1.0, ge=0, description="ingest stream: CPUs each decoding task reserves, beside the "
+                                                      "workers' (0: they share the workers' CPUs)")
+
+    @model_validator(mode="after")
+    def _augment_streams(self) -> "TrainConfig":
+        if self.augment is not None and self.ingest != "stream":
+            raise ValueError("augment: draws new crops every epoch, which only the streamed ingest does (ingest: "
+                             "stream)")
+        return self
 
     @property
     def needs_old_model(self) -> bool:
         return self.method_spec.needs_old_model
+
+    @property
+    def reserved_cpus(self) -> float:
+        """Its workers' CPUs and, streamed, a decoding task's (Ray Data runs more when CPUs are free)."""
+        return super().reserved_cpus + (self.decode_cpus if self.ingest == "stream" else 0)
 
     @property
     def reads_old_features(self) -> bool:
@@ -519,10 +562,13 @@ def data_overrides(data: str) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``override``, nested dicts merged key by key."""
+    """``base`` updated by ``override``, nested dicts merged key by key, except one whose ``kind``
+    changes (another member of a union, such as an old model's source), which replaces the base's."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        base_value = merged.get(key)
+        if (isinstance(value, dict) and isinstance(base_value, dict)
+                and value.get("kind", base_value.get("kind")) == base_value.get("kind")):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -1,4 +1,5 @@
-"""What a model reads: its images' mode, size and normalisation, declared once per model.
+"""What a model reads: its images' mode, size and normalisation, declared once per model, and
+the random crops and flips it trains on.
 
 A dataset stores encoded images at their own size; each model (a project artifact, a
 TorchScript or ONNX file, a timm network) declares the input it was trained on. Decoding
@@ -7,6 +8,8 @@ transform, as timm and most deployed models define it: the shorter side resized 
 then a center crop of ``input_size`` (a square image of the input size passes unchanged); the
 model's side (``model_input``) scales them to [0, 1] and normalises per
 channel. A project model reads ``(x / 255 - 0.5) / 0.5``, the [-1, 1] range it always trained on.
+At train time ``train_pixels`` draws a random resized crop (and flip, jitter) of each image
+instead, from its own seed: a stream reproduces its epochs' images from its seed alone.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from pipeline.config import Preprocessing
+from pipeline.config import AugmentConfig, Preprocessing
 
 
 def eval_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
@@ -28,6 +32,29 @@ def eval_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     image = F.resize(image, [preprocessing.resize or size], InterpolationMode(preprocessing.interpolation))
     pixels = np.array(F.center_crop(image, [size, size]))  # a copy: PIL's array view is read-only
     return pixels[None] if preprocessing.mode == "L" else pixels.transpose(2, 0, 1)
+
+
+def train_transform(preprocessing: Preprocessing, augment: AugmentConfig) -> v2.Transform:
+    """The v2 transform of one training image (a PIL image in the model's mode) into uint8 [C, S, S]."""
+    steps = [v2.PILToTensor(),
+             v2.RandomResizedCrop(preprocessing.input_size, scale=augment.crop_scale, ratio=augment.crop_ratio,
+                                  interpolation=InterpolationMode(preprocessing.interpolation), antialias=True)]
+    if augment.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if augment.color_jitter > 0:
+        strength = augment.color_jitter
+        steps.append(v2.ColorJitter(brightness=strength, contrast=strength,
+                                    saturation=strength if preprocessing.mode == "RGB" else 0))
+    return v2.Compose(steps)
+
+
+def train_pixels(image: Image.Image, preprocessing: Preprocessing, transform: v2.Transform, seed: int) -> np.ndarray:
+    """One training image through ``transform`` (``train_transform``) on its own draw: torch's
+    generator seeded with ``seed`` inside a fork, so that no other draw moves it (v2 transforms
+    draw from torch's global generator, one draw per call)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image.convert(preprocessing.mode)).numpy()
 
 
 def model_input(pixels: torch.Tensor | np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.data
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline.compat.steps import NonFiniteLoss
@@ -40,6 +42,9 @@ class FitJob:
     worker: Callable[[dict[str, Any]], None]  # one Ray Train worker's whole fit
     loop_config: dict[str, Any]                # what every worker reads (with its "config_hash")
     tags: dict[str, str] = field(default_factory=dict)  # the MLflow run's tags ("kind", "method", ...)
+    # Ray Data streams split among the workers (ray.train.get_dataset_shard), each built when the
+    # worker group starts (a callable: a restarted group gets a fresh stream)
+    datasets: dict[str, Callable[[], ray.data.Dataset]] = field(default_factory=dict)
 
 
 def config_hash(config: FitConfig, inputs: dict[str, Any]) -> str:
@@ -55,8 +60,8 @@ def uses_gpu(cfg: FitConfig) -> bool:
 
 
 def run_resources(cfg: FitConfig) -> dict[str, float]:
-    """What one run of ``cfg`` holds while it runs: its workers' CPUs and GPUs."""
-    return {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers if uses_gpu(cfg) else 0}
+    """What one run of ``cfg`` holds while it runs: its CPUs (``FitConfig.reserved_cpus``) and its workers' GPUs."""
+    return {"CPU": cfg.reserved_cpus, "GPU": cfg.num_workers if uses_gpu(cfg) else 0}
 
 
 def storage_location(storage_path: str | Path) -> str:
@@ -74,6 +79,9 @@ def build_trainer(job: FitJob, storage: str, run_name: str, callbacks: list | No
     return TorchTrainer(
         job.worker,
         train_loop_config=job.loop_config,
+        datasets=job.datasets or None,
+        # order kept: with one worker a stream's batches are the same in every rerun of a seed
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)) if job.datasets else None,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker},
                                      placement_strategy=cfg.placement_strategy),
@@ -115,7 +123,7 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
     run = resumable_run(client, context.tracking_uri, context.experiment, job.cfg.name,
                         {**job.tags, "ray_run": f"{storage}/{run_name}"})
     loop_config = {**job.loop_config, "tracking_uri": context.tracking_uri, "mlflow_run_id": run.info.run_id}
-    trainer = build_trainer(FitJob(job.cfg, job.worker, loop_config, job.tags), storage, run_name)
+    trainer = build_trainer(FitJob(job.cfg, job.worker, loop_config, job.tags, job.datasets), storage, run_name)
     with finished_run(client, run.info.run_id):
         try:
             result = trainer.fit()

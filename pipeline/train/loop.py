@@ -1,7 +1,8 @@
 """The epoch loop every Ray Train worker runs, whatever it fits (``WorkerFit`` says what).
 
 It reads top to bottom: budget, optimizer and schedule, resume from the run's last checkpoint,
-then epochs of seeded shuffled batches, each step through ``pipeline.compat.steps.optimizer_step``
+then epochs of seeded shuffled batches (of the rows the worker holds, or of its streamed shard:
+``pipeline.train.stream``), each step through ``pipeline.compat.steps.optimizer_step``
 (a NaN or infinite loss stops the run before any weight changes). Every worker reports once per
 epoch; rank 0 alone validates, logs to MLflow (before the checkpoint: a death in between logs
 an epoch twice, never loses it) and saves the checkpoint.
@@ -9,10 +10,12 @@ an epoch twice, never loses it) and saves the checkpoint.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +51,12 @@ class WorkerFit:
     module: nn.Module             # what trains and each checkpoint holds
     prepared: nn.Module           # the module as the step calls it (DDP-wrapped when world > 1)
     rows: int                     # rows of this worker's shard
-    terms: Callable[[torch.Tensor], dict[str, torch.Tensor]]  # the loss terms of a batch of shard rows
-    describe: Callable[[torch.Tensor], str]                    # a batch, for messages
+    terms: Callable[[Any], dict[str, torch.Tensor]]  # the loss terms of a batch
+    describe: Callable[[Any], str]                    # a batch, for messages
     validate: Callable[[], dict[str, float]] | None = None     # rank 0's validation after each epoch
+    # (epoch, passes) -> the epoch's batches, for a shard streamed to the worker; None: the rows it
+    # holds, as tensors of row positions in seeded shuffles (epoch_order)
+    batches: Callable[[int, int], Iterable[Any]] | None = None
 
 
 def start_worker(cfg: FitConfig) -> Worker:
@@ -73,6 +79,24 @@ def epoch_order(rows: int, batch_size: int, passes: int, seed: int, epoch: int) 
     shuffle = torch.Generator().manual_seed(seed * 1000 + epoch)
     return torch.cat([torch.randperm(rows, generator=shuffle)[: rows // batch_size * batch_size]
                       for _ in range(passes)])
+
+
+def epoch_batches(fit: WorkerFit, batch_size: int, passes: int, seed: int, epoch: int) -> Iterator[Any]:
+    """The batches of one epoch: ``passes * (rows // batch_size)`` of them, from the stream or
+    from the held rows' shuffles; a stream that ends early is an error (the schedule counts on
+    every step)."""
+    steps = passes * (fit.rows // batch_size)
+    if fit.batches is None:
+        order = epoch_order(fit.rows, batch_size, passes, seed, epoch)
+        yield from (order[step * batch_size : (step + 1) * batch_size] for step in range(steps))
+        return
+    given = 0
+    for batch in itertools.islice(fit.batches(epoch, passes), steps):
+        given += 1
+        yield batch
+    if given < steps:
+        raise ValueError(f"{fit.what}: the streamed shard gave {given} batches in epoch {epoch}, {steps} expected "
+                         f"({fit.rows} rows, {passes} passes of batch {batch_size})")
 
 
 def mean_over_workers(totals: dict[str, float], steps: int, worker: Worker) -> dict[str, float]:
@@ -105,11 +129,9 @@ def run_epochs(fit: WorkerFit, cfg: FitConfig, worker: Worker, loop_config: dict
                            {**flat_params(cfg.model_dump()), "passes_per_epoch": passes}) if lead else None)
     for epoch in range(start_epoch, cfg.epochs):
         fit.prepared.train()
-        order = epoch_order(fit.rows, batch_size, passes, cfg.seed, epoch)
         totals: dict[str, float] = {}
         started = time.perf_counter()
-        for step in range(steps):
-            batch = order[step * batch_size : (step + 1) * batch_size]
+        for step, batch in enumerate(epoch_batches(fit, batch_size, passes, cfg.seed, epoch)):
             optimizer_step(fit.terms(batch), optimizer, scheduler, totals,
                            lambda: f"{fit.what} at epoch {epoch} step {step}; {fit.describe(batch)}", scaler)
             if lead and (step + 1) % max(1, steps // 4) == 0:
@@ -118,7 +140,8 @@ def run_epochs(fit: WorkerFit, cfg: FitConfig, worker: Worker, loop_config: dict
                          (step + 1) * cfg.batch_size / (time.perf_counter() - started))
         metrics = mean_over_workers(totals, steps, worker)
         metrics.update(epoch=epoch, resumed_from_epoch=start_epoch,
-                       images_per_s=steps * cfg.batch_size / (time.perf_counter() - started))
+                       images_per_s=steps * cfg.batch_size / (time.perf_counter() - started),
+                       peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # rank 0's, so far
         if lead and fit.validate:
             metrics.update(fit.validate())
         if tracker:  # before the checkpoint: a death in between logs this epoch twice, never loses it

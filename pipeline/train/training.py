@@ -11,6 +11,8 @@ method's objective (``pipeline.compat.objectives``), then the shared epoch loop
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from pipeline.config import Preprocessing, RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.embeddings import open_embeddings, read_embeddings
+from pipeline.data.preprocess import model_input
 from pipeline.model.artifacts import new_model_id, write_artifact
 from pipeline.model.card import ModelCard, read_encoder_card
 from pipeline.model.encoders import old_classifier, old_forward_module
@@ -35,6 +38,7 @@ from pipeline.model.transformations import build_transforms
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
 from pipeline.train.loop import Worker, WorkerFit, run_epochs, start_worker
+from pipeline.train.stream import STREAM, StreamSpec, selected_rows, shard_batches, training_stream
 from pipeline.train.validation import References, Validator
 
 
@@ -93,6 +97,48 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     run_epochs(_worker_fit(cfg, loop_config, worker), cfg, worker, loop_config)
 
 
+@dataclass(frozen=True)
+class _ShardData:
+    """A worker's training rows: held in memory, or streamed (``pipeline.train.stream``)."""
+
+    rows: int
+    tensors: Callable[[Any], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]  # batch -> x, y, old features
+    describe: Callable[[Any], str]
+    batches: Callable[[int, int], Iterable[Any]] | None = None  # None: the held rows' seeded shuffles
+
+
+def _held_rows(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker, labels_kept: list[int],
+               preprocessing: Preprocessing) -> _ShardData:
+    """This worker's equal share of the training rows, decoded once and held; batches are row positions."""
+    ids, images, dataset_labels = load_split(loop_config["dataset"], "train", labels_kept, cfg.data_fraction,
+                                             cfg.seed, shard=(worker.rank, worker.world),
+                                             validation_fraction=cfg.validation_fraction, preprocessing=preprocessing)
+    to_model_label = {dataset_label: index for index, dataset_label in enumerate(labels_kept)}
+    images = torch.from_numpy(images)
+    labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
+    old_features = (torch.from_numpy(read_embeddings(loop_config["old_features"]).vectors_of(ids))
+                    if loop_config["old_features"] else None)  # set by the driver for the methods that read them
+
+    def tensors(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return images[batch], labels[batch], old_features[batch] if old_features is not None else None
+
+    return _ShardData(len(images), tensors, lambda batch: f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
+
+
+def _streamed_rows(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker,
+                   preprocessing: Preprocessing) -> _ShardData:
+    """This worker's shard of the driver's stream: decoded (and augmented) pixels, labels and old
+    features come in batches; the worker only scales the pixels to the model's input."""
+    shard = ray.train.get_dataset_shard(STREAM)
+
+    def tensors(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return model_input(batch["pixels"], preprocessing), batch["label"], batch.get("old_features")
+
+    return _ShardData(loop_config["stream_rows"] // worker.world, tensors,
+                      lambda batch: f"batch ids {batch['id'][:8].tolist()}...",
+                      shard_batches(shard, cfg.worker_batch_size, cfg.seed))
+
+
 def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -> WorkerFit:
     """This worker's shard, model and objective; the order of the weights' draws is fixed
     (the objective's old parts, the transformations, then the model)."""
@@ -100,38 +146,32 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
     info = read_dataset_info(loop_config["dataset"])
     labels_kept = class_indices(info.classes, cfg.classes)
     classes = [info.classes[i] for i in labels_kept]
-    model_input = Preprocessing.model_validate(loop_config["input"])
-    ids, images, dataset_labels = load_split(loop_config["dataset"], "train", labels_kept, cfg.data_fraction,
-                                             cfg.seed, shard=(worker.rank, worker.world),
-                                             validation_fraction=cfg.validation_fraction, preprocessing=model_input)
-    to_model_label = {dataset_label: index for index, dataset_label in enumerate(labels_kept)}
-    images = torch.from_numpy(images)
-    labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
-    old_features = (torch.from_numpy(read_embeddings(loop_config["old_features"]).vectors_of(ids))
-                    if loop_config["old_features"] else None)  # set by the driver for the methods that read them
+    preprocessing = Preprocessing.model_validate(loop_config["input"])
+    data = (_streamed_rows(cfg, loop_config, worker, preprocessing) if cfg.ingest == "stream"
+            else _held_rows(cfg, loop_config, worker, labels_kept, preprocessing))
     device = worker.device
     objective = build_objective(cfg, method, classes, loop_config["stats"], loop_config["old_model"],
-                                model_input).to(device)
+                                preprocessing).to(device)
     transforms = build_transforms(method.trains, cfg.model.embedding_dim, loop_config["old_dim"] or 0, cfg.transform)
-    model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, model_input.channels, len(classes), transforms))
+    model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, preprocessing.channels, len(classes), transforms))
     core = model.module if hasattr(model, "module") else model
 
-    def terms(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, y = images[batch].to(device), labels[batch].to(device)
+    def terms(batch: Any) -> dict[str, torch.Tensor]:
+        images, labels, old_features = data.tensors(batch)
+        x, y = images.to(device), labels.to(device)
         with autocast(worker.precision, device):
             features, logits = model(x, y)
         # The compatibility terms (angles, unit vectors) run in float32.
         return objective(features.float(), logits.float(), y, core.head.weight, core.transforms, images=x,
-                         old_features=old_features[batch].to(device) if old_features is not None else None)
+                         old_features=old_features.to(device) if old_features is not None else None)
 
     validation, validate = loop_config["validation"], None
     if validation and worker.rank == 0:
         validator = Validator(loop_config["dataset"], labels_kept, method, cfg.validation_fraction,
                               validation["old_features"], References(validation["old_old"], validation["independent"]),
-                              model_input)
+                              preprocessing)
         validate = lambda: validator(core)  # noqa: E731
-    return WorkerFit(f"model {cfg.name!r}", core, model, len(images), terms,
-                     lambda batch: f"batch ids {[ids[i] for i in batch[:8].tolist()]}...", validate)
+    return WorkerFit(f"model {cfg.name!r}", core, model, data.rows, terms, data.describe, validate, data.batches)
 
 
 def check_old_features(folder: str | Path | None, cfg: TrainConfig, old_model: str | Path, dataset: Path) -> None:
@@ -156,23 +196,30 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     training split, which the forward manner and LCE's point-wise term (``compat.target_pull``) read by id."""
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
-    model_input = model_input_of(cfg.model, info.mode, info.image_size)
+    preprocessing = model_input_of(cfg.model, info.mode, info.image_size)
     old_dim = None
     method = cfg.method_spec
     if method.needs_old_model:
         build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None,
-                        model_input)
+                        preprocessing)
         old_dim = read_encoder_card(old_model).embedding_dim
     if cfg.reads_old_features:
         check_old_features(old_features, cfg, old_model, dataset)
-    inputs = {"dataset": str(dataset), "old_dim": old_dim, "input": model_input.model_dump(),
+    stream = None
+    if cfg.ingest == "stream":
+        stream = StreamSpec(str(dataset), class_indices(info.classes, cfg.classes), cfg.data_fraction, cfg.seed,
+                            cfg.validation_fraction, preprocessing, cfg.augment,
+                            str(Path(old_features).resolve()) if cfg.reads_old_features else None, cfg.decode_cpus)
+    inputs = {"dataset": str(dataset), "old_dim": old_dim, "input": preprocessing.model_dump(),
+              "stream_rows": selected_rows(stream) if stream else None,
               "old_model": str(Path(old_model).resolve()) if old_model else None,
               "stats": str(Path(stats).resolve()) if stats else None,
               "old_features": str(Path(old_features).resolve()) if cfg.reads_old_features else None}
     # The method itself travels to the workers with the config; its name is what the hash holds.
     loop_config = {"config": cfg, "method": method, "validation": validation, **inputs,
                    "config_hash": config_hash(cfg, inputs)}
-    return FitJob(cfg, train_worker, loop_config, {"kind": "train", "method": cfg.method, "parent_model": parent or ""})
+    return FitJob(cfg, train_worker, loop_config, {"kind": "train", "method": cfg.method, "parent_model": parent or ""},
+                  datasets={STREAM: lambda: training_stream(stream)} if stream else {})
 
 
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, context: RunContext, *,
