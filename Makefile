@@ -20,7 +20,16 @@ $(VENV)/.installed: requirements.txt requirements-common.txt
 data:
 	@bash scripts/fetch_data.sh
 
-demo: env
+# configs/realsize*.yaml read colour images and a team's exported model that these rules write first.
+REALSIZE_IMAGES := data/colour-fashion-mnist
+REALSIZE_TEAM := outputs/realsize-team
+$(REALSIZE_IMAGES)/.written: scripts/colour_fashion_mnist.py
+	@bash scripts/fetch_data.sh
+	PYTHONPATH=. $(PY) scripts/colour_fashion_mnist.py --out $(REALSIZE_IMAGES) && touch $@
+$(REALSIZE_TEAM)/old.ts: $(REALSIZE_IMAGES)/.written scripts/realsize_team_model.py
+	PYTHONPATH=. $(PY) scripts/realsize_team_model.py --images $(REALSIZE_IMAGES) --out $(REALSIZE_TEAM)
+
+demo: env $(if $(findstring realsize,$(CONFIG)),$(REALSIZE_TEAM)/old.ts)
 ifeq ($(strip $(DATA)),)
 	@bash scripts/fetch_data.sh
 	$(PY) -m jobs.pipeline --config $(CONFIG)
@@ -61,6 +70,7 @@ bench: env
 	$(PY) -m bench.ray_train
 	$(PY) -m bench.ray_data
 	$(PY) -m bench.scoring
+	$(PY) -m bench.streaming
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
 # cannot share the machine with the other tests' local one.

@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_cmc_config, load_pipeline_config, load_train_config, pipeline_from_dict
+from pipeline.config import (
+    ConfigError,
+    deep_merge,
+    load_cmc_config,
+    load_pipeline_config,
+    load_train_config,
+    pipeline_from_dict,
+)
 
 BASE = {"old": {"name": "old", "classes": "first_half"}, "new": [{"name": "lce", "method": "lce_direct"}]}
 
@@ -133,3 +140,20 @@ def test_scenario_files_state_only_what_differs_from_their_base():
     extending = sorted(path.stem for path in folder.glob("*.yaml") if "base: shared/base.yaml" in path.read_text())
     assert extending == ["backbone", "classes", "data", "dim", "loss"]
     assert all(len(path.read_text().splitlines()) <= 12 for path in folder.glob("*.yaml") if path.stem in extending)
+
+
+def test_the_real_size_configs_give_one_team_model_three_ways():
+    root = Path(__file__).parents[1] / "configs"
+    configs = {path.stem: load_pipeline_config(path)
+               for path in [root / "realsize.yaml", *sorted((root / "realsize").glob("*.yaml"))]}
+    assert {name: cfg.old.source.kind for name, cfg in configs.items()} == {
+        "realsize": "torchscript", "onnx": "onnx", "embeddings": "embeddings"}
+    assert len({cfg.output_dir for cfg in configs.values()}) == 3
+    assert all(cfg.new == configs["realsize"].new for cfg in configs.values())  # only the old model's form differs
+
+
+def test_a_mapping_whose_kind_changes_replaces_its_base():
+    base = {"old": {"name": "old", "source": {"kind": "onnx", "file": "m.onnx", "preprocessing": {"mode": "L"}}}}
+    merged = deep_merge(base, {"old": {"source": {"kind": "embeddings", "train": "a", "test": "b"}}})
+    assert merged["old"] == {"name": "old", "source": {"kind": "embeddings", "train": "a", "test": "b"}}
+    assert deep_merge(base, {"old": {"source": {"file": "n.onnx"}}})["old"]["source"]["preprocessing"] == {"mode": "L"}

@@ -156,3 +156,40 @@ def test_storage_uris_pass_through_and_folders_become_absolute(tmp_path, monkeyp
     assert storage_location("s3://bucket/ray") == "s3://bucket/ray"
     assert storage_location("gs://bucket/ray") == "gs://bucket/ray"
     assert storage_location("ray") == str(tmp_path / "ray")
+
+
+@pytest.fixture()
+def embeddings_only(tmp_path):
+    """An old model known only by its embeddings (8-d), no classifier."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import ImportedModelConfig
+    from pipeline.model.encoders import import_model
+
+    pq.write_table(pa.table({"id": ["x"], "embedding": [[0.0] * 7 + [1.0]]}), tmp_path / "team.parquet")
+    source = {"kind": "embeddings", "train": str(tmp_path / "team.parquet"), "test": str(tmp_path / "team.parquet")}
+    return import_model(ImportedModelConfig(name="old", source=source), ["a"], tmp_path / "team-old")
+
+
+def test_bct_against_a_model_known_by_its_embeddings_uses_class_means_for_every_class(tmp_path, embeddings_only):
+    from pipeline.compat.statistics import OldSpaceStats
+
+    cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=8))
+    stats = _stats_file(tmp_path, ["a", "b"])
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], stats, str(embeddings_only))
+    torch.testing.assert_close(objective.old_head.weight, torch.as_tensor(OldSpaceStats.load(stats).feature_means,
+                                                                           dtype=torch.float32))
+    wide = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=16))
+    with pytest.raises(DimensionMismatch, match=r"model 'bct' against statistics .*stats\.npz: new feature dimension "
+                                                r"16 differs from old dimension 8"):
+        build_objective(wide, wide.method_spec, ["a", "b"], stats, str(embeddings_only))
+
+
+def test_l2_is_refused_for_a_model_known_only_by_its_embeddings_saying_why(tmp_path, embeddings_only):
+    from pipeline.model.card import ArtifactError
+
+    cfg = TrainConfig(name="l2", method="l2", model=ModelConfig(embedding_dim=8))
+    with pytest.raises(ArtifactError, match="method l2 runs the old model on every training batch, and this old model "
+                                            "is known only by its embeddings; LCE and BCT need only its embeddings"):
+        build_objective(cfg, cfg.method_spec, ["a", "b"], None, str(embeddings_only))
