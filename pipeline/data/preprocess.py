@@ -14,28 +14,41 @@ instead, from its own seed: a stream reproduces its epochs' images from its seed
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from pipeline.config import AugmentConfig, Preprocessing
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+# torchvision is imported where it resizes, crops or augments: importing it costs every process
+# 1.6 s (it imports torch._dynamo), which the demo's encoders and workers, whose images are
+# already at the model's size, need not pay.
 
 
 def eval_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     """A decoded image as the model's uint8 pixels [C, S, S]: converted to its mode, the shorter
     side resized to ``resize`` (aspect kept), then center-cropped to ``input_size``."""
     image = image.convert(preprocessing.mode)
-    size = preprocessing.input_size
-    image = F.resize(image, [preprocessing.resize or size], InterpolationMode(preprocessing.interpolation))
-    pixels = np.array(F.center_crop(image, [size, size]))  # a copy: PIL's array view is read-only
+    size, short = preprocessing.input_size, preprocessing.resize or preprocessing.input_size
+    if image.size != (size, size) or short != size:  # else both steps leave the image as it is
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        image = F.center_crop(F.resize(image, [short], InterpolationMode(preprocessing.interpolation)), [size, size])
+    pixels = np.array(image)  # a copy: PIL's array view is read-only
     return pixels[None] if preprocessing.mode == "L" else pixels.transpose(2, 0, 1)
 
 
 def train_transform(preprocessing: Preprocessing, augment: AugmentConfig) -> v2.Transform:
     """The v2 transform of one training image (a PIL image in the model's mode) into uint8 [C, S, S]."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import InterpolationMode
+
     steps = [v2.PILToTensor(),
              v2.RandomResizedCrop(preprocessing.input_size, scale=augment.crop_scale, ratio=augment.crop_ratio,
                                   interpolation=InterpolationMode(preprocessing.interpolation), antialias=True)]

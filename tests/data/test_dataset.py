@@ -104,3 +104,14 @@ def test_shares_are_equal_disjoint_and_cover_whole_multiples_of_the_workers():
     assert [len(s) for s in shares] == [3, 3, 3]
     assert sorted(sum(shares, [])) == list(range(9))
     assert list(range(11))[equal_share(11, 0, 1)] == list(range(11))
+
+
+def test_the_processes_that_decode_the_demos_images_do_not_import_torchvision_timm_or_onnxruntime():
+    """Each costs seconds of start-up in every encoder and worker; the demo's images are at its
+    model's size already, so nothing there resizes, crops or runs an imported model."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.data.decode, pipeline.encode.split, pipeline.train.training; "
+            "print(sorted(m for m in ('torchvision', 'timm', 'onnxruntime') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
