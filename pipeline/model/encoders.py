@@ -255,13 +255,13 @@ def old_forward_module(folder: str | Path, preprocessing: Preprocessing | None) 
 
 
 def _onnx_data_files(path: Path) -> list[Path]:
-    """The external data files an ONNX model refers to (``torch.onnx.export`` writes its weights
-    to ``<file>.data`` by default), each next to the model."""
+    """The external data files an ONNX model's initializers refer to (``torch.onnx.export``
+    writes its weights to ``<file>.data`` by default), each in the model's folder."""
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     model = onnx.load(str(path), load_external_data=False)
-    names = sorted({ExternalDataInfo(tensor).location for tensor in _get_all_tensors(model)
+    names = sorted({ExternalDataInfo(tensor).location for tensor in model.graph.initializer
                     if uses_external_data(tensor)})
     outside = [name for name in names if not (path.parent / name).resolve().is_relative_to(path.parent.resolve())]
     missing = [name for name in names if not (path.parent / name).is_file()]
