@@ -26,10 +26,10 @@ REALSIZE_TEAM := outputs/realsize-team
 $(REALSIZE_IMAGES)/.written: scripts/colour_fashion_mnist.py
 	@bash scripts/fetch_data.sh
 	PYTHONPATH=. $(PY) scripts/colour_fashion_mnist.py --out $(REALSIZE_IMAGES) && touch $@
-$(REALSIZE_TEAM)/old.ts: $(REALSIZE_IMAGES)/.written scripts/realsize_team_model.py
-	PYTHONPATH=. $(PY) scripts/realsize_team_model.py --images $(REALSIZE_IMAGES) --out $(REALSIZE_TEAM)
+$(REALSIZE_TEAM)/.written: $(REALSIZE_IMAGES)/.written scripts/realsize_team_model.py
+	PYTHONPATH=. $(PY) scripts/realsize_team_model.py --images $(REALSIZE_IMAGES) --out $(REALSIZE_TEAM) && touch $@
 
-demo: env $(if $(findstring realsize,$(CONFIG)),$(REALSIZE_TEAM)/old.ts)
+demo: env $(if $(filter configs/realsize.yaml configs/realsize/%,$(CONFIG)),$(REALSIZE_TEAM)/.written)
 ifeq ($(strip $(DATA)),)
 	@bash scripts/fetch_data.sh
 	$(PY) -m jobs.pipeline --config $(CONFIG)

@@ -22,7 +22,8 @@ def main() -> None:
     parser.add_argument("--old-model", default=None, help="the old model's artifact (defines seen/unseen classes)")
     parser.add_argument("--old", default=None, help="without --old-model: the name of the old model's set")
     parser.add_argument("--old-classes", nargs="+", default=None,
-                        help="with --old: the classes the old model was trained on (default: all of --classes)")
+                        help="with --old: the classes the old model was trained on, for the seen / unseen query "
+                             "subsets (default: all classes, no subsets)")
     parser.add_argument("--embeddings", nargs="*", default=[], help="embeddings folders, one per model")
     parser.add_argument("--external", nargs="*", default=[], metavar="NAME=PATH",
                         help="a team's embeddings files (id, embedding, label), scored as model NAME")
@@ -46,12 +47,13 @@ def main() -> None:
     if args.old_model is not None:
         roles = roles_of(args.old_model, args.independent)
     else:
-        classes = cli.label_map(args.classes) if args.classes else None
-        if args.old_classes is not None and classes is not None and set(args.old_classes) - set(classes):
-            raise ValueError(f"--old-classes {sorted(set(args.old_classes) - set(classes))} are not in {args.classes}")
-        roles = MatrixRoles(old=args.old, old_classes=args.old_classes or classes, independent=args.independent)
+        roles = MatrixRoles(old=args.old, old_classes=args.old_classes, independent=args.independent)
     entries = entries_from_files(args.embeddings, args.artifacts, roles.old, Path(args.out) / "embeddings", args.split,
                                  external)
+    known = next(iter(entries.values())).embeddings.classes
+    if roles.old_classes is not None and set(roles.old_classes) - set(known):
+        raise ValueError(f"--old-classes {sorted(set(roles.old_classes) - set(known))} are not classes of the sets "
+                         f"scored ({known})")
     print(score_and_report(entries, roles, options, args.out, cli.run_context(args)))
 
 

@@ -50,7 +50,7 @@ class HeadConfig(Strict):
 
 
 class Preprocessing(Strict):
-    """A model's input (``pipeline.model.preprocess``): ``mode`` images of ``input_size`` x
+    """A model's input (``pipeline.data.preprocess``): ``mode`` images of ``input_size`` x
     ``input_size``, normalised by ``mean`` and ``std`` (per channel, on pixels in [0, 1])."""
 
     mode: Literal["L", "RGB"]
@@ -246,7 +246,7 @@ class FitConfig(Strict):
 
 # Fields that schedule a fit without changing what it computes: a rerun may change them and still
 # resume the same run (pipeline.train.driver.config_hash).
-SCHEDULING_FIELDS = ("max_failures", "placement_strategy")
+SCHEDULING_FIELDS = ("max_failures", "placement_strategy", "decode_cpus")
 
 
 class AugmentConfig(Strict):
@@ -286,13 +286,15 @@ class TrainConfig(FitConfig):
     augment: AugmentConfig | None = Field(None, description="train-time augmentation (with ingest: stream); {} is a "
                                                             "random resized crop and a flip")
     decode_cpus: float = Field(1.0, ge=0, description="ingest stream: CPUs each decoding task reserves, beside the "
-                                                      "workers' (0: they share the workers' CPUs)")
+                                                      "workers' (0: they share the workers' CPUs, two tasks at once)")
 
     @model_validator(mode="after")
-    def _augment_streams(self) -> "TrainConfig":
-        if self.augment is not None and self.ingest != "stream":
-            raise ValueError("augment: draws new crops every epoch, which only the streamed ingest does (ingest: "
-                             "stream)")
+    def _streamed_only(self) -> "TrainConfig":
+        given = {"augment": self.augment is not None, "decode_cpus": "decode_cpus" in self.model_fields_set}
+        for key in (key for key, present in given.items() if present):
+            if self.ingest != "stream":
+                raise ValueError(f"{key}: only the streamed ingest uses it (ingest: stream; augment draws new crops "
+                                 "every epoch, decode_cpus reserves the decoding tasks' CPUs)")
         return self
 
     @property
@@ -562,13 +564,14 @@ def data_overrides(data: str) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``override``, nested dicts merged key by key, except one whose ``kind``
-    changes (another member of a union, such as an old model's source), which replaces the base's."""
+    """``base`` updated by ``override``, nested dicts merged key by key, except an old model's
+    ``source`` of another ``kind``, which replaces the base's (its fields depend on its kind)."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
         base_value = merged.get(key)
-        if (isinstance(value, dict) and isinstance(base_value, dict)
-                and value.get("kind", base_value.get("kind")) == base_value.get("kind")):
+        new_kind = key == "source" and isinstance(value, dict) and isinstance(base_value, dict) \
+            and value.get("kind", base_value.get("kind")) != base_value.get("kind")
+        if isinstance(value, dict) and isinstance(base_value, dict) and not new_kind:
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -72,7 +72,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     ids, files, labels, classes = images_of(tree, "train")
     backbone = timm.create_model(args.architecture, pretrained=False, num_classes=0)
-    network = nn.Sequential(backbone, nn.Linear(backbone.num_features, args.dim)).to(device)
+    width = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # what num_classes=0 returns
+    network = nn.Sequential(backbone, nn.Linear(width, args.dim)).to(device)
     classifier = nn.Linear(args.dim, len(classes)).to(device)
     optimizer = torch.optim.AdamW([*network.parameters(), *classifier.parameters()], lr=2e-3)
     train = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(PREPROCESSING["input_size"], scale=(0.5, 1.0)),

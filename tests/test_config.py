@@ -152,8 +152,11 @@ def test_the_real_size_configs_give_one_team_model_three_ways():
     assert all(cfg.new == configs["realsize"].new for cfg in configs.values())  # only the old model's form differs
 
 
-def test_a_mapping_whose_kind_changes_replaces_its_base():
-    base = {"old": {"name": "old", "source": {"kind": "onnx", "file": "m.onnx", "preprocessing": {"mode": "L"}}}}
+def test_a_source_of_another_kind_replaces_its_base_other_mappings_merge():
+    base = {"old": {"name": "old", "source": {"kind": "onnx", "file": "m.onnx", "preprocessing": {"mode": "L"}}},
+            "train": {"model": {"head": {"kind": "cosface", "scale": 16, "margin": 0.1}}}}
     merged = deep_merge(base, {"old": {"source": {"kind": "embeddings", "train": "a", "test": "b"}}})
     assert merged["old"] == {"name": "old", "source": {"kind": "embeddings", "train": "a", "test": "b"}}
     assert deep_merge(base, {"old": {"source": {"file": "n.onnx"}}})["old"]["source"]["preprocessing"] == {"mode": "L"}
+    head = deep_merge(base, {"train": {"model": {"head": {"kind": "arcface"}}}})["train"]["model"]["head"]
+    assert head == {"kind": "arcface", "scale": 16, "margin": 0.1}  # a head's kind keeps its scale and margin

@@ -1,4 +1,6 @@
-"""Decoding a dataset's encoded images into model input, with PIL only (nothing is unpickled)."""
+"""Decoding a dataset's encoded images into a model's input: PIL decodes (nothing is unpickled),
+``pipeline.data.preprocess`` resizes and crops to the model's declared input. The encoding's
+decoding tasks import this module alone: it needs no torch until pixels become float input."""
 
 from __future__ import annotations
 

@@ -69,6 +69,10 @@ def _read(path: str | Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         columns = ["id", "embedding"] + (["label"] if "label" in schema.names else [])
         table = pq.read_table(file, columns=columns)
         embedding = table.column("embedding").combine_chunks()
+        empty = np.flatnonzero(embedding.is_null().to_numpy(zero_copy_only=False))
+        if len(empty):
+            raise DataError(f"{file}: row {table.column('id')[int(empty[0])].as_py()!r}: no embedding ({len(empty)} "
+                            "such rows)")
         lengths = embedding.value_lengths().to_numpy(zero_copy_only=False) if not pa.types.is_fixed_size_list(
             embedding.type) else np.full(len(embedding), embedding.type.list_size)
         wrong = np.flatnonzero(lengths != dim)

@@ -99,7 +99,8 @@ def iter_idx_rows(folder: Path) -> tuple[list[str], dict[str, Iterator[tuple[str
 def iter_imagefolder_rows(
     folder: Path, test_fraction: float, seed: int
 ) -> tuple[list[str], dict[str, Iterator[tuple[str, bytes, int | None]]]]:
-    """Class names and rows of an ImageFolder tree, split per class with a seeded shuffle.
+    """Class names and rows of an ImageFolder tree, split per class with a seeded shuffle, each
+    split's rows in a seeded order.
 
     A tree that already has ``train/`` and ``test/`` sub-folders with the same classes keeps
     that split. An image outside every class folder has no label (``None``): a bad row, for the
@@ -136,7 +137,11 @@ def iter_imagefolder_rows(
         assignment["train"] += [(p, label) for p in files[n_test:]]
 
     def rows(split: str) -> Iterator[tuple[str, bytes, int | None]]:
-        for path, label in sorted(assignment[split], key=lambda item: str(item[0])):
+        # In a seeded shuffle, not in path order (class by class): a streamed fit reads its
+        # training rows file by file, and a file of one or two classes would make its batches so.
+        ordered = sorted(assignment[split], key=lambda item: str(item[0]))
+        random.Random(f"{seed}:{split}").shuffle(ordered)
+        for path, label in ordered:
             yield str(path.relative_to(folder)), path.read_bytes(), label
 
     return classes, {split: rows(split) for split in SPLITS}

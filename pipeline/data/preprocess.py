@@ -17,17 +17,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pipeline.config import AugmentConfig, Preprocessing
 
 if TYPE_CHECKING:
+    import torch
     from torchvision.transforms import v2
 
-# torchvision is imported where it resizes, crops or augments: importing it costs every process
-# 1.6 s (it imports torch._dynamo), which the demo's encoders and workers, whose images are
-# already at the model's size, need not pay.
+# torch and torchvision are imported where they are used: the encoding's decoding tasks read
+# images with PIL alone (torch costs a process a second and hundreds of MB), and torchvision,
+# which costs 1.6 s more (it imports torch._dynamo), only where an image is resized, cropped or
+# augmented, which the demo's images, at their model's size already, never are.
 
 
 def eval_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
@@ -65,14 +66,19 @@ def train_pixels(image: Image.Image, preprocessing: Preprocessing, transform: v2
     """One training image through ``transform`` (``train_transform``) on its own draw: torch's
     generator seeded with ``seed`` inside a fork, so that no other draw moves it (v2 transforms
     draw from torch's global generator, one draw per call)."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return transform(image.convert(preprocessing.mode)).numpy()
 
 
 def model_input(pixels: torch.Tensor | np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 pixels [N, C, S, S] as the model's float32 input: ``(x / 255 - mean) / std``."""
+    """uint8 pixels [N, C, S, S] as the model's float32 input, ``(x / 255 - mean) / std``, on the
+    pixels' device."""
+    import torch
+
     pixels = torch.as_tensor(pixels)
-    mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(preprocessing.std, dtype=torch.float32).view(1, -1, 1, 1)
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
     return (pixels.to(torch.float32) / 255.0 - mean) / std

@@ -58,8 +58,8 @@ class _Card(Strict):
 class ModelCard(_Card):
     kind: Literal["model"] = "model"
     model: ModelConfig
-    channels: int
-    mode: Literal["L", "RGB"]
+    channels: int                  # channels, mode and size of the dataset it trained on (what it reads:
+    mode: Literal["L", "RGB"]      # ``preprocessing``)
     image_size: int
     method: str                    # the catalogue's name (pipeline.compat.methods)
     transforms: list[str] = []     # the transformations trained with it (BACKWARD, FORWARD)

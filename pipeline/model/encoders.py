@@ -13,6 +13,7 @@ encoding, the statistics and a CMC fit never ask what made a model.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,15 +181,20 @@ def import_model(cfg: ImportedModelConfig, classes: list[str], folder: str | Pat
     embeddings set encoded with it); a folder already holding that import is left as it is."""
     folder, source = Path(folder), cfg.source
     if isinstance(source, EmbeddingsSource):
+        classifier = Path(source.classifier).resolve() if source.classifier else None
+        if classifier is not None and not classifier.is_file():
+            raise ArtifactError(f"{source.classifier}: classifier rows file not found (old.source.classifier)")
         source = source.model_copy(update={"train": str(Path(source.train).resolve()),
-                                           "test": str(Path(source.test).resolve())})
-        model_id = f"{cfg.name}-{_stamp_digest(embeddings_files(source.train) + embeddings_files(source.test))}"
+                                           "test": str(Path(source.test).resolve()),
+                                           "classifier": str(classifier) if classifier else None})
+        model_id = _model_id(cfg.name, source, [classifier] if classifier else [],
+                             embeddings_files(source.train) + embeddings_files(source.test))
     else:
         given = Path(source.weights_file if isinstance(source, TimmSource) else source.file)
         if not given.is_file():
             raise ArtifactError(f"{given}: {source.kind} model file not found (old.source)")
         files = [given] + (_onnx_data_files(given) if isinstance(source, OnnxSource) else [])
-        model_id = f"{cfg.name}-{_content_digest(files)}"
+        model_id = _model_id(cfg.name, source, files)
     if (folder / CARD_FILE).is_file():
         existing = read_card(folder)
         if isinstance(existing, ImportedCard) and existing.id == model_id and existing.classes == classes:
@@ -237,19 +243,19 @@ def old_classifier(folder: str | Path) -> tuple[torch.Tensor | None, HeadConfig 
 
 def old_forward_module(folder: str | Path, preprocessing: Preprocessing | None) -> nn.Module:
     """The old model as a torch module on the new model's input (L2's forward pass on every
-    batch): a project model, or an imported TorchScript or timm one that reads the same input;
-    any other is refused, saying why."""
+    batch): a project model, or an imported TorchScript or timm one, that reads the same input
+    as the new model (``preprocessing``); any other is refused, saying why."""
     folder = Path(folder)
     card = read_encoder_card(folder)
-    if isinstance(card, ModelCard):
-        return load_model(folder)[0].embedder
-    if card.preprocessing is None or isinstance(card.source, OnnxSource):
+    if isinstance(card, ImportedCard) and (card.preprocessing is None or isinstance(card.source, OnnxSource)):
         what = "known only by its embeddings" if card.preprocessing is None else "an ONNX file (not a torch module)"
         raise ArtifactError(f"{folder}: method l2 runs the old model on every training batch, and this old model is "
                             f"{what}; LCE and BCT need only its embeddings")
     if preprocessing is None or card.preprocessing != preprocessing:
         raise ArtifactError(f"{folder}: method l2 runs the old model on the new model's input, and the two differ "
                             f"(old {card.preprocessing}, new {preprocessing})")
+    if isinstance(card, ModelCard):
+        return load_model(folder)[0].embedder
     path = folder / source_file(card.source)
     return load_torchscript(path) if isinstance(card.source, TorchScriptSource) else build_timm(card.source, path)
 
@@ -270,18 +276,18 @@ def _onnx_data_files(path: Path) -> list[Path]:
     return [path.parent / name for name in names]
 
 
-def _content_digest(files: list[Path]) -> str:
-    """A short hash of a model's files' bytes."""
+def _model_id(name: str, source: ModelSource, read: list[Path], stamped: list[Path] = ()) -> str:
+    """An imported model's id: a hash of its source's settings (kind, preprocessing,
+    architecture), the bytes of the files in ``read`` and the paths, sizes and modification times
+    of those in ``stamped`` (embeddings sets may be far larger than a hash should read), so that
+    importing the same model again keeps its id, and another file or setting gets a new one."""
     digest = hashlib.blake2b(digest_size=4)
-    for file in files:
+    digest.update(json.dumps(source.model_dump(exclude={"file", "weights_file", "train", "test", "classifier"}),
+                             sort_keys=True).encode())
+    for file in read:
         with open(file, "rb") as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _stamp_digest(files: list[Path]) -> str:
-    """A short hash of files' paths, sizes and modification times: embeddings sets may be far
-    larger than a hash should read."""
-    stamps = "|".join(f"{file}:{file.stat().st_size}:{file.stat().st_mtime_ns}" for file in files)
-    return hashlib.blake2b(stamps.encode(), digest_size=4).hexdigest()
+    for file in stamped:
+        digest.update(f"{file.resolve()}:{file.stat().st_size}:{file.stat().st_mtime_ns}".encode())
+    return f"{name}-{digest.hexdigest()}"

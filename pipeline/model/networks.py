@@ -93,8 +93,9 @@ def timm_network(name: str, in_channels: int = 3, weights: str | Path | None = N
         state = load_state_dict(str(weights), use_ema=False)
     except Exception as error:  # torch and safetensors raise many types for a bad file
         raise ArtifactError(f"{weights}: cannot read weights ({type(error).__name__}: {error})") from None
-    classifier = network.pretrained_cfg.get("classifier") or ""
-    state = {key: value for key, value in state.items() if not (classifier and key.startswith(f"{classifier}."))}
+    classifier = network.pretrained_cfg.get("classifier") or ()
+    heads = tuple(f"{name}." for name in ((classifier,) if isinstance(classifier, str) else classifier))
+    state = {key: value for key, value in state.items() if not (heads and key.startswith(heads))}
     try:
         missing, unexpected = network.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shapes that differ
@@ -110,10 +111,16 @@ def timm_network(name: str, in_channels: int = 3, weights: str | Path | None = N
 def timm_preprocessing(name: str) -> Preprocessing:
     """timm's eval data config of an architecture (input size, interpolation, mean, std,
     crop_pct) as a ``Preprocessing``."""
-    import timm
-    from timm.data import resolve_model_data_config
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
 
-    config = resolve_model_data_config(timm.create_model(name, pretrained=False, num_classes=0))
+    pretrained = get_pretrained_cfg(name)
+    if pretrained is None:
+        raise ArtifactError(f"timm architecture {name!r}: no data config (an unknown name?); declare its input")
+    config = resolve_data_config({}, pretrained_cfg=pretrained.to_dict())
+    if config.get("crop_mode", "center") != "center":
+        raise ArtifactError(f"timm architecture {name!r}: its data config crops with mode {config['crop_mode']!r}, "
+                            "which this project does not reproduce; declare its input (preprocessing)")
     channels, size, _ = config["input_size"]
     return Preprocessing(mode="L" if channels == 1 else "RGB", input_size=size, resize=int(size / config["crop_pct"]),
                          mean=list(config["mean"]), std=list(config["std"]),
@@ -149,7 +156,8 @@ class Embedder(nn.Module):
         else:
             self.backbone, out_features = _resnet(architecture, in_channels, config.stem_stride)
             self.backbone.to(memory_format=torch.channels_last)
-        self.embedding = nn.Sequential(nn.Linear(out_features, embedding_dim, bias=False), nn.BatchNorm1d(embedding_dim))
+        self.embedding = nn.Sequential(nn.Linear(out_features, embedding_dim, bias=False),
+                                       nn.BatchNorm1d(embedding_dim))
         self.embedding_dim = embedding_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ import ray
 import ray.data
 import ray.train
 from ray.data import ExecutionOptions
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import DataConfig as RayDataConfig  # not pipeline.config.DataConfig (the dataset's source)
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline.compat.steps import NonFiniteLoss
@@ -81,7 +82,7 @@ def build_trainer(job: FitJob, storage: str, run_name: str, callbacks: list | No
         train_loop_config=job.loop_config,
         datasets=job.datasets or None,
         # order kept: with one worker a stream's batches are the same in every rerun of a seed
-        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)) if job.datasets else None,
+        dataset_config=RayDataConfig(execution_options=ExecutionOptions(preserve_order=True)) if job.datasets else None,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker},
                                      placement_strategy=cfg.placement_strategy),

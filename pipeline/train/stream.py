@@ -9,12 +9,18 @@ method reads them, join by id in the same task. Each worker reads its equal shar
 (``ray.train.get_dataset_shard``, ``DataConfig``'s streaming split) batch by batch
 (``iter_torch_batches``): no worker holds its shard, and a GPU worker never decodes.
 
-Every pass over a shard runs the stream again: Ray Data shuffles the files' order and draws new
-augmentations with seeds made from the fit's seed and the pass's number (``RandomSeedConfig``
-and ``expressions.random`` with ``reseed_after_execution``), and each worker shuffles rows in a
-buffer seeded by epoch and pass; with one worker and order preserved, a run's batches are the
-same in every rerun. The streaming split may hand rows to workers in another order each run
-when there are several.
+Every pass over a shard runs the stream again: Ray Data shuffles the files' order and draws,
+per file, a number that seeds the order of its rows and each row's augmentation, from the fit's
+seed and the pass's number (``RandomSeedConfig`` and ``expressions.random`` with
+``reseed_after_execution``); each worker then shuffles rows in a buffer seeded by epoch and
+pass. With one worker and order preserved, a run's batches are the same in every rerun. The
+streaming split may hand rows to workers in another order each run when there are several; a
+worker group restarted after a failure builds the stream again, whose passes then draw as the
+run's first ones did (the buffer's seed still follows the epoch).
+
+What a stream holds per process is bounded by a few files' rows, except the old features a
+forward-manner method reads: each decoding process holds the old model's train-split
+embeddings (``d`` floats per training image), which it joins by id.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from pipeline.data.preprocess import eval_pixels, train_pixels, train_transform
 STREAM = "train"         # the stream's name among the trainer's datasets
 ROWS_PER_BATCH = 256     # rows a decoding task yields at a time (bounds its memory at any image size)
 SHUFFLE_BATCHES = 8      # each worker's local shuffle buffer, in batches
+SHARED_DECODE_TASKS = 2  # decoding tasks at once when they reserve no CPU (decode_cpus 0): Ray cannot count them
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,18 @@ class StreamSpec:
         """Whether the model trains on this row (the rule of ``pipeline.data.decode.load_split``)."""
         return (label in self.labels_kept and in_fraction(row_id, self.fraction, self.seed)
                 and not in_validation(row_id, self.validation_fraction))
+
+
+def check_decoding_room(workers_cpus: float, decode_cpus: float) -> None:
+    """Refuse a streamed fit whose workers leave its decoding task no CPU: the first batch would
+    never come. Counts the CPUs the cluster has now (not what an autoscaler could add)."""
+    if decode_cpus == 0 or not ray.is_initialized():
+        return
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers_cpus + decode_cpus > cpus:
+        raise ValueError(f"ingest stream: the workers take {workers_cpus:g} CPUs and a decoding task {decode_cpus:g} "
+                         f"(num_workers x cpus_per_worker, decode_cpus), more than the cluster's {cpus:g}; give the "
+                         "workers fewer, or decode_cpus: 0 to share theirs")
 
 
 def selected_rows(spec: StreamSpec) -> int:
@@ -93,8 +112,9 @@ def decode_training_file(files: dict[str, np.ndarray], spec: StreamSpec) -> Iter
     for path, draw in zip(files["path"], files["draw"]):
         table = pq.read_table(path, columns=["id", "image", "label"])
         ids, labels = table.column("id").to_pylist(), table.column("label").to_pylist()
-        kept = [row for row, (row_id, label) in enumerate(zip(ids, labels)) if spec.keeps(row_id, label)]
         base = int(draw * 2**31)
+        kept = [row for row, (row_id, label) in enumerate(zip(ids, labels)) if spec.keeps(row_id, label)]
+        kept = [kept[i] for i in np.random.default_rng(base).permutation(len(kept))]  # a file's rows, in any order
         for start in range(0, len(kept), ROWS_PER_BATCH):
             rows = kept[start : start + ROWS_PER_BATCH]
             images = table.column("image").take(pa.array(rows)).to_pylist()
@@ -122,15 +142,19 @@ def training_stream(spec: StreamSpec) -> ray.data.Dataset:
     """The stream of the training rows of ``spec``: the files in a seeded order that changes each
     pass, each decoded by a task of ``decode_cpus``."""
     files = split_files(spec.dataset, "train")
+    # The draw and the decoding share their resources and pool, so that Ray Data fuses them into one task.
+    compute = ray.data.TaskPoolStrategy(size=SHARED_DECODE_TASKS) if spec.decode_cpus == 0 else None
     items = ray.data.from_items([{"path": file} for file in files], override_num_blocks=len(files))
     items = items.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=spec.seed, reseed_after_execution=True))
-    items = items.with_column("draw", random(seed=spec.seed, reseed_after_execution=True))
+    items = items.with_column("draw", random(seed=spec.seed, reseed_after_execution=True), compute=compute,
+                              num_cpus=spec.decode_cpus)
     return items.map_batches(decode_training_file, fn_kwargs={"spec": spec}, batch_size=1, batch_format="numpy",
-                             num_cpus=spec.decode_cpus)
+                             compute=compute, num_cpus=spec.decode_cpus)
 
 
 class _Collate(NumpyBatchCollateFn):
-    """A numpy batch as tensors, its ids kept as they are (names of rows in messages)."""
+    """A numpy batch as CPU tensors, its ids kept as they are (names of rows in messages); the
+    worker moves the uint8 pixels to its device before scaling them (a quarter of float32's bytes)."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor | np.ndarray]:
         return {key: value if value.dtype == object else torch.from_numpy(value) for key, value in batch.items()}

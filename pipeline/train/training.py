@@ -38,7 +38,7 @@ from pipeline.model.transformations import build_transforms
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
 from pipeline.train.loop import Worker, WorkerFit, run_epochs, start_worker
-from pipeline.train.stream import STREAM, StreamSpec, selected_rows, shard_batches, training_stream
+from pipeline.train.stream import STREAM, StreamSpec, check_decoding_room, selected_rows, shard_batches, training_stream
 from pipeline.train.validation import References, Validator
 
 
@@ -58,9 +58,9 @@ def _old_head(old_model_dir: str, stats: OldSpaceStats, cfg: TrainConfig) -> tor
 def build_objective(cfg: TrainConfig, method: Method, classes: list[str], stats_path: str | None,
                     old_model_dir: str | None, new_input: Preprocessing | None = None) -> TrainingObjective:
     """``method``'s objective with what it needs: the statistics (checked against the label map),
-    the old classifier, the old embedder (run on ``new_input``, the new model's input; a model
-    this project trained reads the dataset's input, as the new one does); a method that
-    compares the two spaces as they are needs one dimension."""
+    the old classifier, the old embedder (run on ``new_input``, the new model's input, which the
+    old model must read too); a method that compares the two spaces as they are needs one
+    dimension."""
     if not method.needs_old_model:
         return TrainingObjective(method, cfg.compat)
     if old_model_dir is None or (method.needs_statistics and stats_path is None):
@@ -102,7 +102,7 @@ class _ShardData:
     """A worker's training rows: held in memory, or streamed (``pipeline.train.stream``)."""
 
     rows: int
-    tensors: Callable[[Any], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]  # batch -> x, y, old features
+    tensors: Callable[[Any, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]  # x, y, old, on it
     describe: Callable[[Any], str]
     batches: Callable[[int, int], Iterable[Any]] | None = None  # None: the held rows' seeded shuffles
 
@@ -119,8 +119,9 @@ def _held_rows(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker, la
     old_features = (torch.from_numpy(read_embeddings(loop_config["old_features"]).vectors_of(ids))
                     if loop_config["old_features"] else None)  # set by the driver for the methods that read them
 
-    def tensors(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        return images[batch], labels[batch], old_features[batch] if old_features is not None else None
+    def tensors(batch: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return (images[batch].to(device), labels[batch].to(device),
+                old_features[batch].to(device) if old_features is not None else None)
 
     return _ShardData(len(images), tensors, lambda batch: f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
 
@@ -131,8 +132,10 @@ def _streamed_rows(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker
     features come in batches; the worker only scales the pixels to the model's input."""
     shard = ray.train.get_dataset_shard(STREAM)
 
-    def tensors(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        return model_input(batch["pixels"], preprocessing), batch["label"], batch.get("old_features")
+    def tensors(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        old_features = batch.get("old_features")
+        return (model_input(batch["pixels"].to(device), preprocessing), batch["label"].to(device),
+                old_features.to(device) if old_features is not None else None)
 
     return _ShardData(loop_config["stream_rows"] // worker.world, tensors,
                       lambda batch: f"batch ids {batch['id'][:8].tolist()}...",
@@ -157,13 +160,12 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
     core = model.module if hasattr(model, "module") else model
 
     def terms(batch: Any) -> dict[str, torch.Tensor]:
-        images, labels, old_features = data.tensors(batch)
-        x, y = images.to(device), labels.to(device)
+        x, y, old_features = data.tensors(batch, device)
         with autocast(worker.precision, device):
             features, logits = model(x, y)
         # The compatibility terms (angles, unit vectors) run in float32.
         return objective(features.float(), logits.float(), y, core.head.weight, core.transforms, images=x,
-                         old_features=old_features.to(device) if old_features is not None else None)
+                         old_features=old_features)
 
     validation, validate = loop_config["validation"], None
     if validation and worker.rank == 0:
@@ -187,6 +189,18 @@ def check_old_features(folder: str | Path | None, cfg: TrainConfig, old_model: s
         raise ValueError(f"{folder}: encoded from a dataset with classes {files.classes}, not {dataset}")
 
 
+def _with_pretrained_file_resolved(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its timm ``pretrained_file`` made absolute and checked on the driver (the
+    workers read it, from another working directory)."""
+    given = cfg.model.pretrained_file
+    if given is None:
+        return cfg
+    path = Path(given).resolve()
+    if not path.is_file():
+        raise ValueError(f"model {cfg.name!r}: model.pretrained_file {given} not found")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained_file": str(path)})})
+
+
 def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None = None, stats: str | Path | None = None,
                  validation: dict[str, Any] | None = None, parent: str | None = None,
                  old_features: str | Path | None = None) -> FitJob:
@@ -196,6 +210,7 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     training split, which the forward manner and LCE's point-wise term (``compat.target_pull``) read by id."""
     info = read_dataset_info(dataset)
     classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
+    cfg = _with_pretrained_file_resolved(cfg)
     preprocessing = model_input_of(cfg.model, info.mode, info.image_size)
     old_dim = None
     method = cfg.method_spec
@@ -207,6 +222,7 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
         check_old_features(old_features, cfg, old_model, dataset)
     stream = None
     if cfg.ingest == "stream":
+        check_decoding_room(cfg.num_workers * cfg.cpus_per_worker, cfg.decode_cpus)
         stream = StreamSpec(str(dataset), class_indices(info.classes, cfg.classes), cfg.data_fraction, cfg.seed,
                             cfg.validation_fraction, preprocessing, cfg.augment,
                             str(Path(old_features).resolve()) if cfg.reads_old_features else None, cfg.decode_cpus)

@@ -108,10 +108,14 @@ def test_shares_are_equal_disjoint_and_cover_whole_multiples_of_the_workers():
 
 def test_the_processes_that_decode_the_demos_images_do_not_import_torchvision_timm_or_onnxruntime():
     """Each costs seconds of start-up in every encoder and worker; the demo's images are at its
-    model's size already, so nothing there resizes, crops or runs an imported model."""
+    model's size already, so nothing there resizes, crops or runs an imported model. An
+    encoding's decoding task, which imports the decoder alone, needs no torch either."""
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.data.decode, pipeline.encode.split, pipeline.train.training; "
-            "print(sorted(m for m in ('torchvision', 'timm', 'onnxruntime') if m in sys.modules))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+    def imported(modules: str, heavy: tuple[str, ...]) -> str:
+        code = f"import sys, {modules}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+    assert imported("pipeline.data.decode", ("torch", "torchvision")) == "[]\n"
+    assert imported("pipeline.encode.split, pipeline.train.training", ("torchvision", "timm", "onnxruntime")) == "[]\n"
