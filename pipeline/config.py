@@ -285,12 +285,13 @@ class TrainConfig(FitConfig):
                               "(pipeline.train.stream)")
     augment: AugmentConfig | None = Field(None, description="train-time augmentation (with ingest: stream); {} is a "
                                                             "random resized crop and a flip")
-    decode_cpus: float = Field(1.0, ge=0, description="ingest stream: CPUs each decoding task reserves, beside the "
-                                                      "workers' (0: they share the workers' CPUs, two tasks at once)")
+    decode_cpus: float | None = Field(None, ge=0, description="ingest stream: CPUs each decoding task reserves, "
+                                                              "beside the workers' (default 1; 0: they share the "
+                                                              "workers' CPUs, two tasks at once)")
 
     @model_validator(mode="after")
     def _streamed_only(self) -> "TrainConfig":
-        given = {"augment": self.augment is not None, "decode_cpus": "decode_cpus" in self.model_fields_set}
+        given = {"augment": self.augment is not None, "decode_cpus": self.decode_cpus is not None}
         for key in (key for key, present in given.items() if present):
             if self.ingest != "stream":
                 raise ValueError(f"{key}: only the streamed ingest uses it (ingest: stream; augment draws new crops "
@@ -304,7 +305,12 @@ class TrainConfig(FitConfig):
     @property
     def reserved_cpus(self) -> float:
         """Its workers' CPUs and, streamed, a decoding task's (Ray Data runs more when CPUs are free)."""
-        return super().reserved_cpus + (self.decode_cpus if self.ingest == "stream" else 0)
+        return super().reserved_cpus + (self.decoding_cpus if self.ingest == "stream" else 0)
+
+    @property
+    def decoding_cpus(self) -> float:
+        """What each decoding task of a streamed fit reserves."""
+        return 1.0 if self.decode_cpus is None else self.decode_cpus
 
     @property
     def reads_old_features(self) -> bool:

@@ -8,6 +8,7 @@ from pipeline.config import (
     load_cmc_config,
     load_pipeline_config,
     load_train_config,
+    TrainConfig,
     pipeline_from_dict,
 )
 
@@ -160,3 +161,15 @@ def test_a_source_of_another_kind_replaces_its_base_other_mappings_merge():
     assert deep_merge(base, {"old": {"source": {"file": "n.onnx"}}})["old"]["source"]["preprocessing"] == {"mode": "L"}
     head = deep_merge(base, {"train": {"model": {"head": {"kind": "arcface"}}}})["train"]["model"]["head"]
     assert head == {"kind": "arcface", "scale": 16, "margin": 0.1}  # a head's kind keeps its scale and margin
+
+
+def test_streaming_settings_are_refused_on_the_held_path_and_every_config_survives_its_own_dump():
+    for key, value in (("augment", {}), ("decode_cpus", 0)):
+        with pytest.raises(ValueError, match=f"{key}: only the streamed ingest uses it"):
+            TrainConfig(name="a", method="independent", **{key: value})
+    held = TrainConfig(name="a", method="independent")
+    streamed = TrainConfig(name="a", method="independent", ingest="stream", augment={}, decode_cpus=0)
+    for cfg in (held, streamed):  # cards, sweeps and confirmations validate a dump again
+        assert TrainConfig.model_validate(cfg.model_dump()) == cfg
+    assert (held.reserved_cpus, streamed.reserved_cpus) == (held.cpus_per_worker, streamed.cpus_per_worker)
+    assert TrainConfig(name="a", method="independent", ingest="stream").decoding_cpus == 1

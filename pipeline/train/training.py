@@ -222,10 +222,10 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
         check_old_features(old_features, cfg, old_model, dataset)
     stream = None
     if cfg.ingest == "stream":
-        check_decoding_room(cfg.num_workers * cfg.cpus_per_worker, cfg.decode_cpus)
+        check_decoding_room(cfg.num_workers * cfg.cpus_per_worker, cfg.decoding_cpus)
         stream = StreamSpec(str(dataset), class_indices(info.classes, cfg.classes), cfg.data_fraction, cfg.seed,
                             cfg.validation_fraction, preprocessing, cfg.augment,
-                            str(Path(old_features).resolve()) if cfg.reads_old_features else None, cfg.decode_cpus)
+                            str(Path(old_features).resolve()) if cfg.reads_old_features else None, cfg.decoding_cpus)
     inputs = {"dataset": str(dataset), "old_dim": old_dim, "input": preprocessing.model_dump(),
               "stream_rows": selected_rows(stream) if stream else None,
               "old_model": str(Path(old_model).resolve()) if old_model else None,
