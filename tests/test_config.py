@@ -4,11 +4,11 @@ import pytest
 
 from pipeline.config import (
     ConfigError,
+    TrainConfig,
     deep_merge,
     load_cmc_config,
     load_pipeline_config,
     load_train_config,
-    TrainConfig,
     pipeline_from_dict,
 )
 
