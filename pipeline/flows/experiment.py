@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.compat.methods import Role
-from pipeline.config import CmcConfig, ImportedModelConfig, PipelineConfig, RunContext, TrainConfig
+from pipeline.config import CmcConfig, FitConfig, ImportedModelConfig, PipelineConfig, RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.embeddings import read_embeddings
 from pipeline.data.importers import ensure_dataset
@@ -72,12 +72,51 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     info = read_dataset_info(dataset)
     log.info("pipeline: dataset %s, %d classes, %s rows", dataset, len(info.classes), info.rows)
     run = _Run(cfg, out, dataset, cfg.run_context(), time.strftime("%Y%m%d-%H%M%S"))
-    old_dir = _old_model(run, info.classes)
-    models = {cfg.old.name: old_dir, **_fit_new_models(run, old_dir)}
+    models = _fit_models(run, info.classes)
     cmc = _fit_transformations(run, models)
     report = _score(run, models, cmc)
     return PipelineResult(report_dir=out / "report", tracking_uri=run.context.tracking_uri, matrix_text=report,
                           seconds=time.perf_counter() - started)
+
+
+def _fit_models(run: _Run, dataset_classes: list[str]) -> dict[str, Path]:
+    """The old model and the new ones (in the config's order), as many side by side as the
+    cluster holds: a new model that needs nothing of the old one (independent training) trains
+    beside it; the others train after it, from its statistics (the forward manner also reads the
+    old train-split embeddings the statistics came from)."""
+    cfg, out, dataset = run.cfg, run.out, run.dataset
+    beside = [new for new in cfg.new if not new.needs_old_model]
+    after = [new for new in cfg.new if new.needs_old_model]
+
+    def fit_first(model: TrainConfig | ImportedModelConfig) -> Path:
+        return _old_model(run, dataset_classes) if model is cfg.old else _fit_new(run, model)
+
+    first = side_by_side(fit_first, [cfg.old, *beside], _at_once(run, [cfg.old, *beside]),
+                         "fits: the old model and the new models that need nothing of it")
+    old_dir, models = first[0], dict(zip([new.name for new in beside], first[1:]))
+    old_embeddings, stats = None, {}
+    for new in after:
+        stats[new.name] = None
+        if new.method_spec.needs_statistics:
+            if old_embeddings is None:
+                old_embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name / "train",
+                                                        cfg.encode)
+            stats[new.name] = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
+
+    def fit_after(new: TrainConfig) -> Path:
+        return _fit_new(run, new, old_dir, stats[new.name],
+                        old_embeddings.path if new.reads_old_features else None)
+
+    models.update(zip([new.name for new in after],
+                      side_by_side(fit_after, after, _at_once(run, after), "new models that need the old one")))
+    return {cfg.old.name: old_dir, **{new.name: models[new.name] for new in cfg.new}}
+
+
+def _at_once(run: _Run, fits: list[FitConfig | ImportedModelConfig]) -> int:
+    """How many of ``fits`` the cluster holds side by side (an imported old model holds nothing)."""
+    trained = [fit for fit in fits if isinstance(fit, FitConfig)]
+    per_run = {key: max((run_resources(fit)[key] for fit in trained), default=0) for key in ("CPU", "GPU")}
+    return runs_at_once(per_run, run.cfg.concurrent_fits)
 
 
 def _old_model(run: _Run, dataset_classes: list[str]) -> Path:
@@ -89,29 +128,11 @@ def _old_model(run: _Run, dataset_classes: list[str]) -> Path:
     return fit_model(old, run.dataset, folder, run.context, run_name=run.run_name(old.name))
 
 
-def _fit_new_models(run: _Run, old_dir: Path) -> dict[str, Path]:
-    """The old-space statistics of each new model that needs them, then the new models, as many
-    side by side as the cluster holds (the forward manner reads the old train-split embeddings
-    that the statistics came from)."""
-    cfg, out, dataset = run.cfg, run.out, run.dataset
-    old_embeddings, stats = None, {}
-    for new in cfg.new:
-        stats[new.name] = None
-        if new.method_spec.needs_statistics:
-            if old_embeddings is None:
-                old_embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name / "train",
-                                                        cfg.encode)
-            stats[new.name] = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
-
-    def fit_new(new: TrainConfig) -> Path:
-        return fit_model(new, dataset, out / "models" / new.name, run.context, run_name=run.run_name(new.name),
-                         old_model=old_dir if new.needs_old_model else None, stats=stats[new.name],
-                         parent=cfg.old.name,
-                         old_features=old_embeddings.path if new.reads_old_features else None)
-
-    per_run = {key: max(run_resources(new)[key] for new in cfg.new) for key in ("CPU", "GPU")}
-    fitted = side_by_side(fit_new, cfg.new, runs_at_once(per_run, cfg.concurrent_fits), "new models")
-    return dict(zip([new.name for new in cfg.new], fitted))
+def _fit_new(run: _Run, new: TrainConfig, old_dir: Path | None = None, stats: Path | None = None,
+             old_features: str | Path | None = None) -> Path:
+    return fit_model(new, run.dataset, run.out / "models" / new.name, run.context, run_name=run.run_name(new.name),
+                     old_model=old_dir, stats=stats, parent=run.cfg.old.name,
+                     old_features=old_features)
 
 
 def _fit_transformations(run: _Run, models: dict[str, Path]) -> dict[str, Path]:
@@ -125,8 +146,7 @@ def _fit_transformations(run: _Run, models: dict[str, Path]) -> dict[str, Path]:
         return fit_cmc(c, models[cfg.old.name], models[c.new_model], run.dataset, out / "models" / c.name, run.context,
                        work_dir=out, encode=cfg.encode, run_name=run.run_name(c.name))
 
-    per_run = {key: max((run_resources(c)[key] for c in cfg.cmc), default=0) for key in ("CPU", "GPU")}
-    fitted = side_by_side(fit_transformations, cfg.cmc, runs_at_once(per_run, cfg.concurrent_fits), "CMC fits")
+    fitted = side_by_side(fit_transformations, cfg.cmc, _at_once(run, cfg.cmc), "CMC fits")
     return dict(zip([c.name for c in cfg.cmc], fitted))
 
 
