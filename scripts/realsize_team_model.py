@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--architecture", default="mobilenetv3_small_050")
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
