@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,35 +82,26 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
 
 def _fit_models(run: _Run, dataset_classes: list[str]) -> dict[str, Path]:
     """The old model and the new ones (in the config's order), as many side by side as the
-    cluster holds: a new model that needs nothing of the old one (independent training) trains
-    beside it; the others train after it, from its statistics (the forward manner also reads the
-    old train-split embeddings the statistics came from)."""
+    cluster holds: a new model that needs nothing of the old one (independent training) starts
+    with it; the others queue once it is done, from its statistics (the forward manner also reads
+    the old train-split embeddings the statistics came from)."""
     cfg, out, dataset = run.cfg, run.out, run.dataset
-    beside = [new for new in cfg.new if not new.needs_old_model]
-    after = [new for new in cfg.new if new.needs_old_model]
-
-    def fit_first(model: TrainConfig | ImportedModelConfig) -> Path:
-        return _old_model(run, dataset_classes) if model is cfg.old else _fit_new(run, model)
-
-    first = side_by_side(fit_first, [cfg.old, *beside], _at_once(run, [cfg.old, *beside]),
-                         "fits: the old model and the new models that need nothing of it")
-    old_dir, models = first[0], dict(zip([new.name for new in beside], first[1:]))
-    old_embeddings, stats = None, {}
-    for new in after:
-        stats[new.name] = None
-        if new.method_spec.needs_statistics:
-            if old_embeddings is None:
-                old_embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name / "train",
-                                                        cfg.encode)
-            stats[new.name] = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
-
-    def fit_after(new: TrainConfig) -> Path:
-        return _fit_new(run, new, old_dir, stats[new.name],
-                        old_embeddings.path if new.reads_old_features else None)
-
-    models.update(zip([new.name for new in after],
-                      side_by_side(fit_after, after, _at_once(run, after), "new models that need the old one")))
-    return {cfg.old.name: old_dir, **{new.name: models[new.name] for new in cfg.new}}
+    at_once = _at_once(run, [cfg.old, *cfg.new])
+    log.info("fits: the old model and %d new models, %d at once", len(cfg.new), at_once)
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        old_fit = pool.submit(_old_model, run, dataset_classes)
+        fits = {new.name: pool.submit(_fit_new, run, new) for new in cfg.new if not new.needs_old_model}
+        old_dir, old_embeddings = old_fit.result(), None
+        for new in (new for new in cfg.new if new.needs_old_model):
+            stats = None
+            if new.method_spec.needs_statistics:
+                if old_embeddings is None:
+                    old_embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name /
+                                                            "train", cfg.encode)
+                stats = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
+            fits[new.name] = pool.submit(_fit_new, run, new, old_dir, stats,
+                                         old_embeddings.path if new.reads_old_features else None)
+        return {cfg.old.name: old_dir, **{new.name: fits[new.name].result() for new in cfg.new}}
 
 
 def _at_once(run: _Run, fits: list[FitConfig | ImportedModelConfig]) -> int:
