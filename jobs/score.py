@@ -44,6 +44,10 @@ def main() -> None:
     external = cli.external_sets(args.external, args.classes)
     if (args.old_model is None) == (args.old is None):
         raise ValueError("name the old model by its artifact (--old-model) or by its set's name (--old), one of them")
+    if args.old_model is not None and args.old_classes is not None:
+        raise ValueError("--old-classes goes with --old: with --old-model the classes are the artifact's")
+    if not args.embeddings and not external:
+        raise ValueError("nothing to score: give embeddings folders (--embeddings) or a team's files (--external)")
     if args.old_model is not None:
         roles = roles_of(args.old_model, args.independent)
     else:

@@ -50,14 +50,18 @@ def _checked_schema(file: Path) -> pa.Schema:
 
 
 def external_dim(path: str | Path) -> int:
-    """The embedding length of a team's set (its first file's first row), its files' schemas checked."""
+    """The embedding length of a team's set (its first non-null embedding), its files' schemas checked."""
     files = embeddings_files(path)
     for file in files:
-        _checked_schema(file)
-    first = pq.ParquetFile(files[0]).read_row_group(0, columns=["embedding"]).column("embedding")
-    if len(first) == 0:
-        raise DataError(f"{files[0]}: no rows")
-    return len(first[0].as_py())
+        kind = _checked_schema(file).field("embedding").type
+        if pa.types.is_fixed_size_list(kind):
+            return kind.list_size
+    for file in files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=1024, columns=["embedding"]):
+            embedding = batch.column("embedding").drop_null()
+            if len(embedding):
+                return len(embedding[0].as_py())
+    raise DataError(f"{path}: no embeddings in {[str(file) for file in files]} (no rows, or every row null)")
 
 
 def _read(path: str | Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -88,7 +92,11 @@ def _read(path: str | Path, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         ids.append(np.asarray(table.column("id").to_pylist(), dtype=object))
         vectors.append(block)
         labels.append(table.column("label").to_pylist() if "label" in columns else None)
-    given = None if any(part is None for part in labels) else np.array(sum(labels, []), dtype=object)
+    unlabelled = [str(file) for file, part in zip(files, labels) if part is None]
+    if unlabelled and len(unlabelled) < len(files):
+        raise DataError(f"{path}: files {unlabelled} have no 'label' column and the others have one: label every "
+                        f"file or none")
+    given = None if unlabelled else np.array(sum(labels, []), dtype=object)
     return np.concatenate(ids), np.concatenate(vectors), given
 
 

@@ -83,8 +83,9 @@ class ModelCard(_Card):
 
 
 class ImportedCard(_Card):
-    """A model imported as it is: its source (files named relative to the artifact folder) and
-    the dimension its embeddings were measured to have."""
+    """A model imported as it is: its source as given (where its files came from; the model file
+    and a classifier are copied into the artifact folder, embeddings sets stay where they are)
+    and the dimension its embeddings were measured to have."""
 
     kind: Literal["imported"] = "imported"
     source: ModelSource

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.atomic import write_atomic
 from pipeline.config import (
     EmbeddingsSource,
     HeadConfig,
@@ -48,6 +49,8 @@ from pipeline.model.card import (
     write_card,
 )
 from pipeline.model.networks import timm_network, timm_preprocessing
+
+CLASSIFIER_FILE = "classifier.npy"  # an embeddings-only model's classifier rows, copied into its artifact
 
 
 def source_file(source: TorchScriptSource | OnnxSource | TimmSource) -> str:
@@ -80,28 +83,27 @@ def torch_embed(module: nn.Module, device: torch.device) -> Callable[[torch.Tens
     return embed
 
 
-def onnx_embed(path: Path, threads: int = 1) -> Callable[[torch.Tensor], np.ndarray]:
-    """An ONNX file's first output for its one input, on onnxruntime's CPU provider."""
+def onnx_session(path: Path, threads: int = 1):
+    """An onnxruntime CPU session of the ONNX file at ``path``, or an error naming the file."""
     import onnxruntime  # only an ONNX model's encoder needs it
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail / InvalidGraph types
         raise ArtifactError(f"{path}: not a model onnxruntime can load ({type(error).__name__}: {error})") from None
+
+
+def onnx_embed(path: Path, threads: int = 1) -> Callable[[torch.Tensor], np.ndarray]:
+    """An ONNX file's first output for its one input, on onnxruntime's CPU provider."""
+    session = onnx_session(path, threads)
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ArtifactError(f"{path}: an ONNX encoder takes one input (images), this one takes "
                             f"{[i.name for i in inputs]}")
     name = inputs[0].name
     return lambda images: np.asarray(session.run(None, {name: images.numpy()})[0], dtype=np.float32)
-
-
-def _onnx_input_shape(path: Path) -> list[int | str | None]:
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
 
 
 def load_torchscript(path: Path) -> nn.Module:
@@ -164,14 +166,18 @@ def _measured_dim(embed: Callable[[torch.Tensor], np.ndarray], preprocessing: Pr
 
 
 def _check_onnx_input(path: Path, preprocessing: Preprocessing) -> None:
-    """An ONNX input of fixed sizes other than the declared preprocessing's, refused before any run."""
-    shape = _onnx_input_shape(path)
+    """An ONNX input of fixed sizes other than the declared preprocessing's, or of a fixed batch
+    size (the encoders batch their images), refused before any run."""
+    shape = onnx_session(path).get_inputs()[0].shape
     declared = preprocessing.shape
     fixed = [(axis, size) for axis, size in enumerate(shape[1:], start=1) if isinstance(size, int)]
     if len(shape) != 4 or any(size != declared[axis - 1] for axis, size in fixed):
         raise ArtifactError(f"{path}: its input is {shape}, the declared preprocessing gives [N, "
                             f"{', '.join(map(str, declared))}] (mode {preprocessing.mode}, input_size "
                             f"{preprocessing.input_size}); fix the config's preprocessing or export the model again")
+    if isinstance(shape[0], int):
+        raise ArtifactError(f"{path}: its batch axis is fixed at {shape[0]} (input {shape}); export it with a dynamic "
+                            f"batch axis (torch.onnx.export's dynamic_axes or dynamic_shapes)")
 
 
 def import_model(cfg: ImportedModelConfig, classes: list[str], folder: str | Path) -> Path:
@@ -205,6 +211,8 @@ def import_model(cfg: ImportedModelConfig, classes: list[str], folder: str | Pat
         if len(dims) != 1:
             raise ArtifactError(f"{source.train} and {source.test}: embeddings of different dimensions {sorted(dims)}")
         preprocessing, dim = None, dims.pop()
+        if classifier is not None:  # small: copied in, so that the artifact holds it (the sets may be large)
+            write_atomic(folder / CLASSIFIER_FILE, lambda temporary: shutil.copyfile(classifier, temporary))
     else:  # checked on the given file, so that an error names it; copied in once it passed
         if isinstance(source, OnnxSource):
             _check_onnx_input(given, source.preprocessing)
@@ -214,9 +222,7 @@ def import_model(cfg: ImportedModelConfig, classes: list[str], folder: str | Pat
         dim = _measured_dim(_embed_from(source, given, torch.device("cpu"), 1), preprocessing, given)
         for file in files:  # an ONNX file's external data keeps the name the model refers to
             copied = folder / (source_file(source) if file == given else file.relative_to(given.parent))
-            copied.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, copied.with_name(f".{copied.name}.tmp"))
-            copied.with_name(f".{copied.name}.tmp").replace(copied)
+            write_atomic(copied, lambda temporary, file=file: shutil.copyfile(file, temporary))
     write_card(folder, ImportedCard(id=model_id, name=cfg.name, classes=classes, source=source, embedding_dim=dim,
                                     preprocessing=preprocessing))
     return folder
@@ -228,9 +234,9 @@ def old_classifier(folder: str | Path) -> tuple[torch.Tensor | None, HeadConfig 
     card = read_encoder_card(folder)
     if isinstance(card, ModelCard):
         return load_model(folder)[0].head.weight.detach(), card.model.head
-    file = getattr(card.source, "classifier", None)
-    if file is None:
+    if getattr(card.source, "classifier", None) is None:
         return None, None
+    file = Path(folder) / CLASSIFIER_FILE
     try:
         rows = torch.from_numpy(np.load(file, allow_pickle=False)).float()
     except (OSError, ValueError) as error:
@@ -266,13 +272,19 @@ def _onnx_data_files(path: Path) -> list[Path]:
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises protobuf's DecodeError and its own types
+        raise ArtifactError(f"{path}: not an ONNX file ({type(error).__name__}: {error})") from None
     names = sorted({ExternalDataInfo(tensor).location for tensor in model.graph.initializer
                     if uses_external_data(tensor)})
     outside = [name for name in names if not (path.parent / name).resolve().is_relative_to(path.parent.resolve())]
+    if outside:
+        raise ArtifactError(f"{path}: its external data {outside} lies outside its folder; keep the data files beside "
+                            f"the model")
     missing = [name for name in names if not (path.parent / name).is_file()]
-    if outside or missing:
-        raise ArtifactError(f"{path}: its external data {outside or missing} is not in its folder")
+    if missing:
+        raise ArtifactError(f"{path}: its external data files {missing} are not found beside it")
     return [path.parent / name for name in names]
 
 

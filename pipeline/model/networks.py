@@ -114,7 +114,10 @@ def timm_preprocessing(name: str) -> Preprocessing:
     from timm.data import resolve_data_config
     from timm.models import get_pretrained_cfg
 
-    pretrained = get_pretrained_cfg(name)
+    try:
+        pretrained = get_pretrained_cfg(name)
+    except RuntimeError as error:  # timm: a known architecture with an unknown pretrained tag
+        raise ArtifactError(f"timm architecture {name!r}: {error}; declare its input") from None
     if pretrained is None:
         raise ArtifactError(f"timm architecture {name!r}: no data config (an unknown name?); declare its input")
     config = resolve_data_config({}, pretrained_cfg=pretrained.to_dict())

@@ -14,6 +14,7 @@ import pytest
 from pipeline.config import ImportedModelConfig
 from pipeline.data.bad_rows import DataError
 from pipeline.data.embeddings import read_embeddings
+from pipeline.data.external import external_dim, external_split
 from pipeline.data.importers import ingest
 from pipeline.encode.split import COMPLETE_MARKER, encode_split
 from pipeline.model.card import read_card
@@ -109,3 +110,16 @@ def test_a_set_that_cannot_stand_for_the_split_is_refused_naming_the_file(tmp_pa
     named = r"train\.parquet: " + (r"row .*" if defect in ("length", "nan") else "")
     with pytest.raises(DataError, match=named + message):
         encode_split(model, dataset, "train", tmp_path / "out")
+
+
+def test_the_dimension_is_read_past_null_rows_and_a_partly_labelled_set_is_refused(tmp_path, dataset):
+    ids, _ = _split(dataset, "train")
+    first = tmp_path / "set" / "a.parquet"
+    first.parent.mkdir()
+    pq.write_table(pa.table({"id": ids[:2], "embedding": pa.array([None, [0.5] * DIM], pa.list_(pa.float32()))}),
+                   first)
+    assert external_dim(first.parent) == DIM
+    _team_set(first, ids[: len(ids) // 2])
+    _team_set(tmp_path / "set" / "b.parquet", ids[len(ids) // 2 :], [0] * (len(ids) - len(ids) // 2))
+    with pytest.raises(DataError, match=r"set: files \[.*a\.parquet'\] have no 'label' column and the others have one"):
+        external_split(first.parent, DIM, dataset, "train", "team-1", "team", tmp_path / "out")

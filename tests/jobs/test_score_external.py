@@ -47,3 +47,11 @@ def test_an_external_label_outside_the_label_map_is_refused_naming_the_file_and_
                            tmp_path / "classes.json", "--old", "old", "--out", tmp_path / "report", caplog=caplog)
     assert code == 2
     assert "old.parquet: row 'b': label 'wolf' is neither a class of the label map" in logged
+
+
+def test_score_refuses_nothing_to_score_and_old_classes_beside_an_old_models_artifact(tmp_path, caplog):
+    code, logged = run_job("score", "--old", "old", "--out", tmp_path / "report", caplog=caplog)
+    assert code == 2 and "nothing to score: give embeddings folders (--embeddings) or a team's files" in logged
+    code, logged = run_job("score", "--old-model", tmp_path / "old", "--old-classes", "cat", "--embeddings",
+                           tmp_path / "e", "--out", tmp_path / "report", caplog=caplog)
+    assert code == 2 and "--old-classes goes with --old: with --old-model the classes are the artifact's" in logged

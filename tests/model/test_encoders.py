@@ -98,6 +98,16 @@ def test_an_onnx_input_of_another_shape_is_refused_naming_the_file(tmp_path):
                              "preprocessing": gray28.model_dump()})
 
 
+def test_an_onnx_file_of_a_fixed_batch_size_or_not_onnx_at_all_is_refused_naming_the_file(tmp_path):
+    torch.onnx.export(_network(), (torch.zeros(1, *RGB32.shape),), tmp_path / "one.onnx", dynamo=True,
+                      external_data=False)
+    with pytest.raises(ArtifactError, match=r"one\.onnx: its batch axis is fixed at 1 .*dynamic batch axis"):
+        _imported(tmp_path, {"kind": "onnx", "file": str(tmp_path / "one.onnx"), "preprocessing": RGB32.model_dump()})
+    (tmp_path / "text.onnx").write_text("not a model")
+    with pytest.raises(ArtifactError, match=r"text\.onnx: not an ONNX file"):
+        _imported(tmp_path, {"kind": "onnx", "file": str(tmp_path / "text.onnx"), "preprocessing": RGB32.model_dump()})
+
+
 def test_a_torchscript_model_that_does_not_take_the_declared_input_is_refused_naming_the_file(tmp_path):
     torch.jit.save(torch.jit.trace(_network(), torch.zeros(2, *RGB32.shape)), tmp_path / "rgb.pt")
     with pytest.raises(ArtifactError, match=r"rgb\.pt: the model does not take the declared input \[N, 1, 28, 28\]"):
@@ -157,7 +167,9 @@ def test_an_imported_classifier_must_have_a_row_per_class(tmp_path):
                                                                   "test": str(train),
                                                                   "classifier": str(tmp_path / "rows.npy")}),
                           CLASSES, tmp_path / "old")
-    with pytest.raises(ArtifactError, match=r"rows\.npy: classifier rows of shape \[2, 4\], expected \[3 classes, 4\]"):
+    (tmp_path / "rows.npy").unlink()  # the artifact holds its own copy
+    with pytest.raises(ArtifactError, match=r"classifier\.npy: classifier rows of shape \[2, 4\], expected \[3 "
+                                            r"classes, 4\]"):
         old_classifier(folder)
     with pytest.raises(ArtifactError, match="known only by its embeddings"):
         load_encoder(folder)
