@@ -285,9 +285,10 @@ class TrainConfig(FitConfig):
                               "(pipeline.train.stream)")
     augment: AugmentConfig | None = Field(None, description="train-time augmentation (with ingest: stream); {} is a "
                                                             "random resized crop and a flip")
-    decode_cpus: float | None = Field(None, ge=0, description="ingest stream: CPUs each decoding task reserves, "
-                                                              "beside the workers' (default 1; 0: they share the "
-                                                              "workers' CPUs, two tasks at once)")
+    decode_cpus: float | None = Field(None, ge=0, description="ingest stream: CPUs the fit reserves for its decoding "
+                                                              "tasks beside the workers', one task per CPU at once "
+                                                              "(default 1; 0: they share the workers' CPUs, two tasks "
+                                                              "at once)")
 
     @model_validator(mode="after")
     def _streamed_only(self) -> "TrainConfig":
@@ -304,12 +305,12 @@ class TrainConfig(FitConfig):
 
     @property
     def reserved_cpus(self) -> float:
-        """Its workers' CPUs and, streamed, a decoding task's (Ray Data runs more when CPUs are free)."""
+        """Its workers' CPUs and, streamed, its decoding tasks' (``pipeline.train.stream.decoding_pool``)."""
         return super().reserved_cpus + (self.decoding_cpus if self.ingest == "stream" else 0)
 
     @property
     def decoding_cpus(self) -> float:
-        """What each decoding task of a streamed fit reserves."""
+        """What a streamed fit reserves for its decoding tasks."""
         return 1.0 if self.decode_cpus is None else self.decode_cpus
 
     @property
@@ -372,8 +373,9 @@ class EmbeddingsSource(Strict):
 
 
 ModelSource = Annotated[TorchScriptSource | OnnxSource | TimmSource | EmbeddingsSource, Field(discriminator="kind")]
-# The members' tags, which pydantic puts in an error's key path (left out of messages: not keys).
-UNION_TAGS = {"torchscript", "onnx", "timm", "embeddings", "trained", "imported"}
+# The tags of each union field's members, which pydantic puts in an error's key path right after
+# the field's name (left out of messages: not keys).
+UNION_TAGS = {"source": {"torchscript", "onnx", "timm", "embeddings"}, "old": {"trained", "imported"}}
 
 
 class ImportedModelConfig(Strict):
@@ -588,7 +590,9 @@ def format_error(source: str, error: ValidationError) -> str:
     """One line per bad key of a pydantic ``error``, each naming ``source`` and the key."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"] if part not in UNION_TAGS) or "<top level>"
+        loc = item["loc"]
+        key = ".".join(str(part) for index, part in enumerate(loc)
+                       if not (index and part in UNION_TAGS.get(loc[index - 1], ()))) or "<top level>"
         if item["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
         elif item["type"] == "missing":
