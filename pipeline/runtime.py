@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TypeVar
 
@@ -58,7 +58,25 @@ def runs_at_once(per_run: dict[str, float], limit: int | None = None) -> int:
 
 def side_by_side(fit: Callable[[T], R], configs: list[T], at_once: int, what: str) -> list[R]:
     """``fit`` of every config, ``at_once`` of them at a time (each fit waits on its own Ray Train
-    run, so threads are enough); results in the order of ``configs``, the first error raised."""
+    run, so threads are enough); results in the order of ``configs``, the first error raised as
+    soon as it happens."""
     logging.getLogger(__name__).info("%d %s, %d at once", len(configs), what, at_once)
     with ThreadPoolExecutor(max_workers=max(1, at_once)) as pool:
-        return list(pool.map(fit, configs))
+        futures = [pool.submit(fit, config) for config in configs]
+        settle(pool, futures)
+        return [future.result() for future in futures]
+
+
+def settle(pool: ThreadPoolExecutor, futures: Iterable[Future], until: Future | None = None) -> None:
+    """Wait until ``until`` is done (None: every one of ``futures``); the first of them to fail
+    cancels what ``pool`` has not started and raises its error at once, not after the others."""
+    pending = set(futures) | ({until} if until is not None else set())
+    while pending and (until is None or until in pending):
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        failed = next((future for future in done if future.exception() is not None), None)
+        if failed is not None:
+            running = sum(future.running() for future in pending)
+            logging.getLogger(__name__).error("%s; the rest not started, waiting for the %d running",
+                                              failed.exception(), running)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise failed.exception()

@@ -26,13 +26,13 @@ from pathlib import Path
 
 from pipeline.compat.methods import Role
 from pipeline.config import CmcConfig, FitConfig, ImportedModelConfig, PipelineConfig, RunContext, TrainConfig
-from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.data.dataset import class_names, read_dataset_info
 from pipeline.data.embeddings import read_embeddings
 from pipeline.data.importers import ensure_dataset
 from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
 from pipeline.model.encoders import import_model
-from pipeline.runtime import runs_at_once, side_by_side
+from pipeline.runtime import runs_at_once, settle, side_by_side
 from pipeline.score.entries import counterpart_pairs
 from pipeline.score.report import roles_of, score_and_report
 from pipeline.train.cross_model import fit_cmc
@@ -91,6 +91,7 @@ def _fit_models(run: _Run, dataset_classes: list[str]) -> dict[str, Path]:
     with ThreadPoolExecutor(max_workers=at_once) as pool:
         old_fit = pool.submit(_old_model, run, dataset_classes)
         fits = {new.name: pool.submit(_fit_new, run, new) for new in cfg.new if not new.needs_old_model}
+        settle(pool, fits.values(), until=old_fit)
         old_dir, old_embeddings = old_fit.result(), None
         for new in (new for new in cfg.new if new.needs_old_model):
             stats = None
@@ -101,6 +102,7 @@ def _fit_models(run: _Run, dataset_classes: list[str]) -> dict[str, Path]:
                 stats = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
             fits[new.name] = pool.submit(_fit_new, run, new, old_dir, stats,
                                          old_embeddings.path if new.reads_old_features else None)
+        settle(pool, fits.values())
         return {cfg.old.name: old_dir, **{new.name: fits[new.name].result() for new in cfg.new}}
 
 
@@ -115,7 +117,7 @@ def _old_model(run: _Run, dataset_classes: list[str]) -> Path:
     """The old model's artifact: trained here, or imported from the team's file or embeddings."""
     old, folder = run.cfg.old, run.out / "models" / run.cfg.old.name
     if isinstance(old, ImportedModelConfig):
-        classes = [dataset_classes[i] for i in class_indices(dataset_classes, old.classes)]
+        classes = class_names(dataset_classes, old.classes)
         return import_model(old, classes, folder)
     return fit_model(old, run.dataset, folder, run.context, run_name=run.run_name(old.name))
 
