@@ -15,14 +15,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.data
 import ray.train
-from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train import DataConfig as RayDataConfig  # not pipeline.config.DataConfig (the dataset's source)
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -81,8 +80,7 @@ def build_trainer(job: FitJob, storage: str, run_name: str, callbacks: list | No
         job.worker,
         train_loop_config=job.loop_config,
         datasets=job.datasets or None,
-        # order kept: with one worker a stream's batches are the same in every rerun of a seed
-        dataset_config=RayDataConfig(execution_options=ExecutionOptions(preserve_order=True)) if job.datasets else None,
+        dataset_config=ordered_ingest() if job.datasets else None,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker},
                                      placement_strategy=cfg.placement_strategy),
@@ -90,6 +88,14 @@ def build_trainer(job: FitJob, storage: str, run_name: str, callbacks: list | No
         run_config=RunConfig(name=run_name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=callbacks),
     )
+
+
+def ordered_ingest() -> RayDataConfig:
+    """Ray Train's default ingest options with the order kept: with one worker, a stream's
+    batches are the same in every rerun of a seed."""
+    options = RayDataConfig.default_ingest_options()
+    options.preserve_order = True
+    return RayDataConfig(execution_options=options)
 
 
 class TrainingStopped(ValueError):
@@ -124,7 +130,7 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
     run = resumable_run(client, context.tracking_uri, context.experiment, job.cfg.name,
                         {**job.tags, "ray_run": f"{storage}/{run_name}"})
     loop_config = {**job.loop_config, "tracking_uri": context.tracking_uri, "mlflow_run_id": run.info.run_id}
-    trainer = build_trainer(FitJob(job.cfg, job.worker, loop_config, job.tags, job.datasets), storage, run_name)
+    trainer = build_trainer(replace(job, loop_config=loop_config), storage, run_name)
     with finished_run(client, run.info.run_id):
         try:
             result = trainer.fit()

@@ -62,7 +62,7 @@ class StreamSpec:
     preprocessing: Preprocessing
     augment: AugmentConfig | None
     old_features: str | None         # the old model's train-split embeddings, joined by id
-    decode_cpus: float = 1.0         # each decoding task's reservation
+    decode_cpus: float = 1.0         # what the fit reserves for its decoding tasks (decoding_pool)
 
     def keeps(self, row_id: str, label: int) -> bool:
         """Whether the model trains on this row (the rule of ``pipeline.data.decode.load_split``)."""
@@ -70,16 +70,17 @@ class StreamSpec:
                 and not in_validation(row_id, self.validation_fraction))
 
 
-def check_decoding_room(workers_cpus: float, decode_cpus: float) -> None:
-    """Refuse a streamed fit whose workers leave its decoding task no CPU: the first batch would
-    never come. Counts the CPUs the cluster has now (not what an autoscaler could add)."""
+def check_decoding_room(reserved_cpus: float, decode_cpus: float) -> None:
+    """Refuse a streamed fit whose workers leave its decoding tasks no CPU (``reserved_cpus``, the
+    workers' and the decoding tasks', more than the cluster has): the first batch would never
+    come. Counts the CPUs the cluster has now (not what an autoscaler could add)."""
     if decode_cpus == 0 or not ray.is_initialized():
         return
     cpus = ray.cluster_resources().get("CPU", 0)
-    if workers_cpus + decode_cpus > cpus:
-        raise ValueError(f"ingest stream: the workers take {workers_cpus:g} CPUs and a decoding task {decode_cpus:g} "
-                         f"(num_workers x cpus_per_worker, decode_cpus), more than the cluster's {cpus:g}; give the "
-                         "workers fewer, or decode_cpus: 0 to share theirs")
+    if reserved_cpus > cpus:
+        raise ValueError(f"ingest stream: the workers and the decoding tasks take {reserved_cpus:g} CPUs "
+                         f"(num_workers x cpus_per_worker + decode_cpus {decode_cpus:g}), more than the cluster's "
+                         f"{cpus:g}; give the workers fewer, or decode_cpus: 0 to share theirs")
 
 
 def selected_rows(spec: StreamSpec) -> int:
@@ -140,16 +141,26 @@ def decode_training_file(files: dict[str, np.ndarray], spec: StreamSpec) -> Iter
 
 def training_stream(spec: StreamSpec) -> ray.data.Dataset:
     """The stream of the training rows of ``spec``: the files in a seeded order that changes each
-    pass, each decoded by a task of ``decode_cpus``."""
+    pass, each decoded by a task of the decoding pool (``decoding_pool``)."""
     files = split_files(spec.dataset, "train")
     # The draw and the decoding share their resources and pool, so that Ray Data fuses them into one task.
-    compute = ray.data.TaskPoolStrategy(size=SHARED_DECODE_TASKS) if spec.decode_cpus == 0 else None
+    compute, task_cpus = decoding_pool(spec.decode_cpus)
     items = ray.data.from_items([{"path": file} for file in files], override_num_blocks=len(files))
     items = items.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=spec.seed, reseed_after_execution=True))
     items = items.with_column("draw", random(seed=spec.seed, reseed_after_execution=True), compute=compute,
-                              num_cpus=spec.decode_cpus)
+                              num_cpus=task_cpus)
     return items.map_batches(decode_training_file, fn_kwargs={"spec": spec}, batch_size=1, batch_format="numpy",
-                             compute=compute, num_cpus=spec.decode_cpus)
+                             compute=compute, num_cpus=task_cpus)
+
+
+def decoding_pool(decode_cpus: float) -> tuple[ray.data.TaskPoolStrategy, float]:
+    """The decoding tasks' pool and each task's CPUs: one task per CPU the fit reserves for them
+    (a fraction of one: one task of it), so that they never take CPUs another fit counted on;
+    reserving none, ``SHARED_DECODE_TASKS`` tasks on the workers' CPUs."""
+    if decode_cpus == 0:
+        return ray.data.TaskPoolStrategy(size=SHARED_DECODE_TASKS), 0.0
+    task_cpus = min(1.0, decode_cpus)
+    return ray.data.TaskPoolStrategy(size=max(1, int(decode_cpus // task_cpus))), task_cpus
 
 
 class _Collate(NumpyBatchCollateFn):

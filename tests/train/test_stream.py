@@ -17,7 +17,7 @@ from pipeline.data.decode import load_split
 from pipeline.data.embeddings import embeddings_table, write_embeddings
 from pipeline.data.importers import ingest
 from pipeline.data.preprocess import model_input
-from pipeline.train.stream import StreamSpec, decode_training_file, selected_rows
+from pipeline.train.stream import SHARED_DECODE_TASKS, StreamSpec, decode_training_file, decoding_pool, selected_rows
 from tests.jobs.helpers import run_job
 
 GRAY = Preprocessing.project("L", 28)
@@ -34,6 +34,14 @@ def _spec(dataset: Path, **changes) -> StreamSpec:
     fields = {"dataset": str(dataset), "labels_kept": [0, 2, 4], "fraction": 0.5, "seed": 3,
               "validation_fraction": 0.1, "preprocessing": GRAY, "augment": None, "old_features": None, **changes}
     return StreamSpec(**fields)
+
+
+@pytest.mark.parametrize(("decode_cpus", "tasks", "task_cpus"), [(0, SHARED_DECODE_TASKS, 0), (1, 1, 1), (2.5, 2, 1),
+                                                                    (0.5, 1, 0.5)])
+def test_decoding_tasks_never_take_more_cpus_than_the_fit_reserves(decode_cpus, tasks, task_cpus):
+    pool, cpus = decoding_pool(decode_cpus)
+    assert (pool.size, cpus) == (tasks, task_cpus)
+    assert decode_cpus == 0 or tasks * cpus <= decode_cpus
 
 
 def _decoded(spec: StreamSpec, draw: float = 0.25) -> dict[str, np.ndarray]:
