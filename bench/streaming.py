@@ -9,8 +9,8 @@ training images) and the same images read at 128 px RGB (a tenth of them: held a
 take 200 kB each). Samples/s is the last epoch's images over its wall time (the worker's
 ``images_per_s``); the memory rows are the worker's peak resident memory (``peak_memory_mb``)
 after one epoch at 128 px RGB on 2.5 % and on 10 % of the images (1,500 and 6,000): a streamed
-worker's should stay flat, a holding one's grows with its shard. Results: ``bench/results/streaming.json`` and its section of
-``docs/performance.md``.
+worker's should stay flat, a holding one's grows with its shard. Results:
+``bench/results/streaming.json`` and its section of ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def run(dataset: Path) -> dict:
     return results
 
 
+def _against_target(ratio: float) -> str:
+    return f" (target {TARGET}: {'met' if ratio >= TARGET else 'not met, the held path stays the default'})"
+
+
 def main() -> None:
     dataset = ensure_dataset(DataConfig(), seed=0)
     results = run(dataset)
@@ -85,7 +89,7 @@ def main() -> None:
     for setting in ("demo 28 px", "128 px RGB"):
         row = results[setting]
         lines.append(f"| {setting} | {row['memory']['images_per_s']:.0f} | {row['stream']['images_per_s']:.0f} | "
-                     f"{row['ratio']:.2f}{' (target 0.9)' if setting == 'demo 28 px' else ''} |")
+                     f"{row['ratio']:.2f}{_against_target(row['ratio']) if setting == 'demo 28 px' else ''} |")
     growth = results["peak_memory_mb"]
     lines += ["", "Worker peak memory (MB) at 128 px RGB as its data grows fourfold (1,500, then 6,000 images):", "",
               "| ingest | 1,500 images | 6,000 images | ratio |", "|---|---|---|---|"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from jobs import cli
 from pipeline.config import ImportedModelConfig, read_yaml, validate
-from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.data.dataset import class_names, read_dataset_info
 from pipeline.model.encoders import import_model
 
 
@@ -17,7 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = validate(ImportedModelConfig, read_yaml(args.config), args.config)
     dataset_classes = read_dataset_info(args.dataset).classes
-    classes = [dataset_classes[i] for i in class_indices(dataset_classes, cfg.classes)]
+    classes = class_names(dataset_classes, cfg.classes)
     print(f"model artifact: {import_model(cfg, classes, args.out)}")
 
 

@@ -78,6 +78,11 @@ def class_indices(dataset_classes: list[str], wanted: str | list[str]) -> list[i
     return sorted(dataset_classes.index(name) for name in wanted)
 
 
+def class_names(dataset_classes: list[str], wanted: str | list[str]) -> list[str]:
+    """A model's classes by name, in the dataset's label order (``class_indices``)."""
+    return [dataset_classes[index] for index in class_indices(dataset_classes, wanted)]
+
+
 def in_fraction(row_id: str, fraction: float, seed: int) -> bool:
     """Whether a row belongs to a seeded ``fraction`` of the data, decided by its id alone so
     that every job (training, statistics) selects the same rows in any order."""

@@ -5,7 +5,8 @@ A dataset stores encoded images at their own size; each model (a project artifac
 TorchScript or ONNX file, a timm network) declares the input it was trained on. Decoding
 (``eval_pixels``) turns an image into that size as uint8 pixels with torchvision's eval
 transform, as timm and most deployed models define it: the shorter side resized to ``resize``,
-then a center crop of ``input_size`` (a square image of the input size passes unchanged); the
+then a center crop of ``input_size`` (an image of the input size passes unchanged unless a
+larger ``resize`` is declared); the
 model's side (``model_input``) scales them to [0, 1] and normalises per
 channel. A project model reads ``(x / 255 - 0.5) / 0.5``, the [-1, 1] range it always trained on.
 At train time ``train_pixels`` draws a random resized crop (and flip, jitter) of each image

@@ -25,7 +25,7 @@ from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.compat.steps import autocast
 from pipeline.config import Preprocessing, RunContext, TrainConfig
-from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.data.dataset import class_indices, class_names, read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.embeddings import open_embeddings, read_embeddings
 from pipeline.data.preprocess import model_input
@@ -56,7 +56,7 @@ def _old_head(old_model_dir: str, stats: OldSpaceStats, cfg: TrainConfig) -> tor
 
 
 def build_objective(cfg: TrainConfig, method: Method, classes: list[str], stats_path: str | None,
-                    old_model_dir: str | None, new_input: Preprocessing | None = None) -> TrainingObjective:
+                    old_model_dir: str | None, new_input: Preprocessing) -> TrainingObjective:
     """``method``'s objective with what it needs: the statistics (checked against the label map),
     the old classifier, the old embedder (run on ``new_input``, the new model's input, which the
     old model must read too); a method that compares the two spaces as they are needs one
@@ -209,7 +209,8 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     (``pipeline.train.validation``); ``old_features`` is the old model's embeddings of the
     training split, which the forward manner and LCE's point-wise term (``compat.target_pull``) read by id."""
     info = read_dataset_info(dataset)
-    classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
+    labels_kept = class_indices(info.classes, cfg.classes)
+    classes = [info.classes[i] for i in labels_kept]
     cfg = _with_pretrained_file_resolved(cfg)
     preprocessing = model_input_of(cfg.model, info.mode, info.image_size)
     old_dim = None
@@ -222,8 +223,8 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
         check_old_features(old_features, cfg, old_model, dataset)
     stream = None
     if cfg.ingest == "stream":
-        check_decoding_room(cfg.num_workers * cfg.cpus_per_worker, cfg.decoding_cpus)
-        stream = StreamSpec(str(dataset), class_indices(info.classes, cfg.classes), cfg.data_fraction, cfg.seed,
+        check_decoding_room(cfg.reserved_cpus, cfg.decoding_cpus)
+        stream = StreamSpec(str(dataset), labels_kept, cfg.data_fraction, cfg.seed,
                             cfg.validation_fraction, preprocessing, cfg.augment,
                             str(Path(old_features).resolve()) if cfg.reads_old_features else None, cfg.decoding_cpus)
     inputs = {"dataset": str(dataset), "old_dim": old_dim, "input": preprocessing.model_dump(),
@@ -245,7 +246,7 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, c
     under the same ``run_name`` continues the run)."""
     dataset, artifact_dir = Path(dataset).resolve(), Path(artifact_dir).resolve()
     info = read_dataset_info(dataset)
-    classes = [info.classes[i] for i in class_indices(info.classes, cfg.classes)]
+    classes = class_names(info.classes, cfg.classes)
     job = training_job(cfg, dataset, old_model, stats, parent=parent, old_features=old_features)
 
     def write(result: ray.train.Result, run_id: str) -> Path:

@@ -7,13 +7,15 @@ import torch
 from pipeline.compat.losses import DimensionMismatch
 from pipeline.compat.statistics import StatisticsMismatch, compute_old_space_stats
 from pipeline.compat.steps import autocast, autocast_dtype, optimizer_step
-from pipeline.config import ModelConfig, TrainConfig
+from pipeline.config import ModelConfig, Preprocessing, TrainConfig
 from pipeline.model.artifacts import write_artifact, write_initial_model
 from pipeline.model.card import ModelCard
 from pipeline.model.networks import EmbeddingModel
 from pipeline.train.driver import storage_location
 from pipeline.train.loop import passes_per_epoch
 from pipeline.train.training import build_objective, check_old_features, init_seed
+
+INPUT = Preprocessing.project("L", 28)  # the new model's input, which only L2's old forward pass reads
 
 
 def test_small_datasets_pass_several_times_per_epoch():
@@ -42,18 +44,19 @@ def _stats_file(tmp_path, classes, dim=8):
 def test_statistics_of_other_classes_are_refused_before_training(tmp_path, old_model):
     cfg = TrainConfig(name="lce", method="lce_direct", model=ModelConfig(embedding_dim=8))
     with pytest.raises(StatisticsMismatch, match=r"stats.npz: classes do not match.*missing \['c'\]"):
-        build_objective(cfg, cfg.method_spec, ["a", "b", "c"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+        build_objective(cfg, cfg.method_spec, ["a", "b", "c"], _stats_file(tmp_path, ["a", "b"]), str(old_model), INPUT)
 
 
 def test_bct_with_another_dimension_names_both(tmp_path, old_model):
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=16))
     with pytest.raises(DimensionMismatch, match="dimension 16 differs from old dimension 8"):
-        build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+        build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model), INPUT)
 
 
 def test_bct_objective_uses_the_old_classifier(tmp_path, old_model):
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=8))
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
+                                str(old_model), INPUT)
     assert objective.old_head.weight.shape == (2, 8) and not objective.old_head.weight.requires_grad
 
 
@@ -62,7 +65,8 @@ def test_backward_manner_accepts_another_dimension_and_saves_its_transform(tmp_p
     from pipeline.model.transformations import build_transforms
 
     cfg = TrainConfig(name="lce", method="lce_backward", model=ModelConfig(embedding_dim=16))
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
+                                str(old_model), INPUT)
     assert objective.centers.shape == (2, 8)
     transforms = build_transforms(cfg.method_spec.trains, 16, 8, cfg.transform)
     model = EmbeddingModel(cfg.model, 1, 2, transforms)
@@ -102,7 +106,7 @@ def test_bf16_autocast_step_trains_and_keeps_float32_weights():
     model = EmbeddingModel(cfg.model, 1, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b", "c"], None, None)
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b", "c"], None, None, INPUT)
     images, labels = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
     before = model.head.weight.detach().clone()
     with autocast(autocast_dtype(cfg.precision, torch.device("cpu")), torch.device("cpu")):
@@ -128,7 +132,8 @@ def test_one_training_step_changes_every_transformations_weights(method, tmp_pat
     transforms = build_transforms(cfg.method_spec.trains, 8, 8, cfg.transform)
     model = EmbeddingModel(cfg.model, 1, 2, transforms)
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), 0.01, 0.0, total_steps=10)
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model))
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
+                                str(old_model), INPUT)
     images, labels = torch.randn(8, 1, 28, 28), torch.tensor([0, 1] * 4)
     before = {name: p.detach().clone() for name, p in model.transforms.named_parameters()}
     features, logits = model(images, labels)
@@ -177,13 +182,13 @@ def test_bct_against_a_model_known_by_its_embeddings_uses_class_means_for_every_
 
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=8))
     stats = _stats_file(tmp_path, ["a", "b"])
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], stats, str(embeddings_only))
+    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], stats, str(embeddings_only), INPUT)
     torch.testing.assert_close(objective.old_head.weight, torch.as_tensor(OldSpaceStats.load(stats).feature_means,
                                                                            dtype=torch.float32))
     wide = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=16))
     with pytest.raises(DimensionMismatch, match=r"model 'bct' against statistics .*stats\.npz: new feature dimension "
                                                 r"16 differs from old dimension 8"):
-        build_objective(wide, wide.method_spec, ["a", "b"], stats, str(embeddings_only))
+        build_objective(wide, wide.method_spec, ["a", "b"], stats, str(embeddings_only), INPUT)
 
 
 def test_l2_is_refused_for_a_model_known_only_by_its_embeddings_saying_why(tmp_path, embeddings_only):
@@ -192,4 +197,4 @@ def test_l2_is_refused_for_a_model_known_only_by_its_embeddings_saying_why(tmp_p
     cfg = TrainConfig(name="l2", method="l2", model=ModelConfig(embedding_dim=8))
     with pytest.raises(ArtifactError, match="method l2 runs the old model on every training batch, and this old model "
                                             "is known only by its embeddings; LCE and BCT need only its embeddings"):
-        build_objective(cfg, cfg.method_spec, ["a", "b"], None, str(embeddings_only))
+        build_objective(cfg, cfg.method_spec, ["a", "b"], None, str(embeddings_only), INPUT)
