@@ -1,7 +1,12 @@
-"""How many training runs the pipeline starts side by side, against a real local Ray cluster."""
+"""How many training runs the pipeline starts side by side, against a real local Ray cluster, and
+how a failed one ends the others."""
+
+import time
+
+import pytest
 
 from pipeline.config import TrainConfig
-from pipeline.runtime import runs_at_once
+from pipeline.runtime import runs_at_once, side_by_side
 from pipeline.train.driver import run_resources
 
 
@@ -29,3 +34,19 @@ def test_the_dashboard_listens_on_127_0_0_1_only(ray_cluster):
     port = urlsplit(f"http://{ray_cluster._private.worker._global_node.webui_url}").port
     listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
     assert listening == {"127.0.0.1"}
+
+
+def test_a_failed_fit_raises_at_once_and_the_fits_not_started_never_start():
+    started = []
+
+    def fit(name: str) -> str:
+        started.append(name)
+        if name == "bad":
+            raise ValueError("bad fit")
+        time.sleep(0.3)
+        return name
+
+    with pytest.raises(ValueError, match="bad fit"):
+        side_by_side(fit, ["slow", "bad", "next", "last"], 2, "fits")
+    assert "last" not in started  # queued behind the failure: cancelled (before, it ran and only then raised)
+    assert side_by_side(fit, ["a", "b", "c"], 2, "fits") == ["a", "b", "c"]
