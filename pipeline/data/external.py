@@ -52,10 +52,10 @@ def _checked_schema(file: Path) -> pa.Schema:
 def external_dim(path: str | Path) -> int:
     """The embedding length of a team's set (its first non-null embedding), its files' schemas checked."""
     files = embeddings_files(path)
-    for file in files:
-        kind = _checked_schema(file).field("embedding").type
-        if pa.types.is_fixed_size_list(kind):
-            return kind.list_size
+    kinds = [_checked_schema(file).field("embedding").type for file in files]
+    fixed = next((kind for kind in kinds if pa.types.is_fixed_size_list(kind)), None)
+    if fixed is not None:
+        return fixed.list_size
     for file in files:
         for batch in pq.ParquetFile(file).iter_batches(batch_size=1024, columns=["embedding"]):
             embedding = batch.column("embedding").drop_null()

@@ -159,8 +159,7 @@ def decoding_pool(decode_cpus: float) -> tuple[ray.data.TaskPoolStrategy, float]
     reserving none, ``SHARED_DECODE_TASKS`` tasks on the workers' CPUs."""
     if decode_cpus == 0:
         return ray.data.TaskPoolStrategy(size=SHARED_DECODE_TASKS), 0.0
-    task_cpus = min(1.0, decode_cpus)
-    return ray.data.TaskPoolStrategy(size=max(1, int(decode_cpus // task_cpus))), task_cpus
+    return ray.data.TaskPoolStrategy(size=max(1, int(decode_cpus))), min(1.0, decode_cpus)
 
 
 class _Collate(NumpyBatchCollateFn):
