@@ -2,6 +2,8 @@
 
 Arguments become the library's configs whole (``EncodeConfig``, ``ScoreConfig``, ``RunContext``),
 checked by the same schemas as a YAML file: a bad value is one line naming the option's key.
+A job imports the library after parsing its arguments, so that ``--help`` answers without
+loading torch, Ray or MLflow (``tests/jobs/test_cli.py`` checks it).
 """
 
 from __future__ import annotations

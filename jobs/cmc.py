@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from jobs import cli
 from pipeline.config import load_cmc_config
-from pipeline.runtime import init_ray
-from pipeline.train.cross_model import fit_cmc
 
 
 def main() -> None:
@@ -20,6 +18,9 @@ def main() -> None:
     cli.add_ray_arg(parser)
     cli.add_tracking_args(parser, storage=True)
     args = parser.parse_args()
+    from pipeline.runtime import init_ray
+    from pipeline.train.cross_model import fit_cmc
+
     cfg, options = load_cmc_config(args.config), cli.encode_options(args)
     init_ray(args.ray_address)
     artifact = fit_cmc(cfg, args.old_model, args.new_model, args.dataset, args.out, cli.run_context(args),

@@ -5,8 +5,6 @@ Run again on the same --out, it encodes only the input files not done yet (a kil
 from __future__ import annotations
 
 from jobs import cli
-from pipeline.encode.split import encode_split
-from pipeline.runtime import init_ray
 
 
 def main() -> None:
@@ -16,6 +14,9 @@ def main() -> None:
     cli.add_encode_args(parser)
     cli.add_ray_arg(parser)
     args = parser.parse_args()
+    from pipeline.encode.split import encode_split
+    from pipeline.runtime import init_ray
+
     options = cli.encode_options(args)
     init_ray(args.ray_address)
     print(f"embeddings: {encode_split(args.model, args.dataset, args.split, args.out, options)}")

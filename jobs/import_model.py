@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from jobs import cli
 from pipeline.config import ImportedModelConfig, read_yaml, validate
-from pipeline.data.dataset import class_names, read_dataset_info
-from pipeline.model.encoders import import_model
 
 
 def main() -> None:
@@ -15,6 +13,9 @@ def main() -> None:
                             config="YAML of pipeline.config.ImportedModelConfig (name, source, classes)",
                             out="artifact folder to write")
     args = parser.parse_args()
+    from pipeline.data.dataset import class_names, read_dataset_info
+    from pipeline.model.encoders import import_model
+
     cfg = validate(ImportedModelConfig, read_yaml(args.config), args.config)
     dataset_classes = read_dataset_info(args.dataset).classes
     classes = class_names(dataset_classes, cfg.classes)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from jobs import cli
-from pipeline.data.importers import ingest
 
 
 def main() -> None:
@@ -17,6 +16,8 @@ def main() -> None:
     parser.add_argument("--rows-per-file", type=int, default=10_000, help="rows per Parquet part file")
     cli.add_bad_rows_arg(parser)
     args = parser.parse_args()
+    from pipeline.data.importers import ingest
+
     info = ingest(args.source, args.out, args.test_fraction, args.seed, args.image_size, args.rows_per_file,
                   args.on_bad_rows)
     print(f"dataset written to {args.out}: {len(info.classes)} classes, rows {info.rows}, "

@@ -7,8 +7,6 @@ import argparse
 
 from jobs import cli
 from pipeline.config import load_lineage_config
-from pipeline.lineage.chain import run_lineage
-from pipeline.runtime import init_ray
 
 
 def main() -> None:
@@ -16,6 +14,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/lineage.yaml")
     cli.add_ray_arg(parser)
     args = parser.parse_args()
+    from pipeline.lineage.chain import run_lineage
+    from pipeline.runtime import init_ray
+
     cfg = load_lineage_config(args.config)
     init_ray(args.ray_address or cfg.ray_address)
     report = run_lineage(cfg)

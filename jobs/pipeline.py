@@ -6,8 +6,6 @@ import argparse
 
 from jobs import cli
 from pipeline.config import data_overrides, load_pipeline_config
-from pipeline.flows.experiment import run_pipeline
-from pipeline.runtime import init_ray
 
 
 def main() -> None:
@@ -17,6 +15,9 @@ def main() -> None:
                         help="your own images: an ImageFolder tree or a folder of idx .gz files")
     cli.add_ray_arg(parser)
     args = parser.parse_args()
+    from pipeline.flows.experiment import run_pipeline
+    from pipeline.runtime import init_ray
+
     cfg = load_pipeline_config(args.config, data_overrides(args.data) if args.data else None)
     init_ray(args.ray_address or cfg.ray_address)
     result = run_pipeline(cfg)

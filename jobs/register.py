@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from jobs import cli
-from pipeline.lineage.registry import register_model
 
 
 def main() -> None:
@@ -13,6 +12,8 @@ def main() -> None:
     parser.add_argument("--parent-version", default=None, help="the version this model was made compatible with")
     cli.add_tracking_args(parser)
     args = parser.parse_args()
+    from pipeline.lineage.registry import register_model
+
     version = register_model(args.tracking_uri, args.registered_model, args.model, args.parent_version, args.experiment)
     print(f"{args.registered_model} version {version.version} (parent {version.parent or 'none'})")
 

@@ -5,8 +5,6 @@ new model, logged to MLflow as one run with a nested run per model pair."""
 from __future__ import annotations
 
 from jobs import cli
-from pipeline.lineage.report import report_registered_lineage
-from pipeline.runtime import init_ray
 
 
 def main() -> None:
@@ -24,6 +22,9 @@ def main() -> None:
     cli.add_ray_arg(parser)
     cli.add_tracking_args(parser)
     args = parser.parse_args()
+    from pipeline.lineage.report import report_registered_lineage
+    from pipeline.runtime import init_ray
+
     if args.backfill_steps < 1:
         raise ValueError(f"--backfill-steps must be at least 1 (got {args.backfill_steps})")
     score, encode = cli.score_options(args, split=args.split), cli.encode_options(args)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from jobs import cli
 from pipeline.config import data_overrides
-from pipeline.flows.scenarios import plan, run_scenario, write_results
 
 
 def main() -> None:
@@ -25,6 +24,8 @@ def main() -> None:
                              "scenario from its finished run and leave out those not run yet")
     cli.add_ray_arg(parser)
     args = parser.parse_args()
+    from pipeline.flows.scenarios import plan, run_scenario, write_results
+
     paths = [Path(p) for p in args.scenarios] if args.scenarios else sorted(Path("configs/scenarios").glob("*.yaml"))
     if not paths:
         raise FileNotFoundError("no scenario configs given and none in configs/scenarios")

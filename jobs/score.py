@@ -12,9 +12,6 @@ from pathlib import Path
 
 from jobs import cli
 from pipeline.config import ScoreConfig
-from pipeline.encode.mapped import entries_from_files
-from pipeline.score.entries import MatrixRoles
-from pipeline.score.report import roles_of, score_and_report
 
 
 def main() -> None:
@@ -40,6 +37,10 @@ def main() -> None:
     cli.add_search_args(parser)
     cli.add_tracking_args(parser)
     args = parser.parse_args()
+    from pipeline.encode.mapped import entries_from_files
+    from pipeline.score.entries import MatrixRoles
+    from pipeline.score.report import roles_of, score_and_report
+
     options = cli.score_options(args, topk=args.topk, split=args.split)
     external = cli.external_sets(args.external, args.classes)
     if (args.old_model is None) == (args.old is None):

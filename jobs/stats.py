@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from jobs import cli
 from pipeline.config import load_train_config
-from pipeline.runtime import init_ray
-from pipeline.train.inputs import stats_for_model, train_split_embeddings
 
 
 def main() -> None:
@@ -16,6 +14,9 @@ def main() -> None:
     cli.add_encode_args(parser)
     cli.add_ray_arg(parser)
     args = parser.parse_args()
+    from pipeline.runtime import init_ray
+    from pipeline.train.inputs import stats_for_model, train_split_embeddings
+
     cfg, options = load_train_config(args.config), cli.encode_options(args)
     init_ray(args.ray_address)
     embeddings = train_split_embeddings(args.old_model, args.dataset, args.embeddings, options)

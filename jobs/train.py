@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from jobs import cli
 from pipeline.config import load_train_config
-from pipeline.runtime import init_ray
-from pipeline.train.training import fit_model
 
 
 def main() -> None:
@@ -21,6 +19,9 @@ def main() -> None:
     cli.add_ray_arg(parser)
     cli.add_tracking_args(parser, storage=True)
     args = parser.parse_args()
+    from pipeline.runtime import init_ray
+    from pipeline.train.training import fit_model
+
     cfg = load_train_config(args.config)
     init_ray(args.ray_address)
     artifact = fit_model(cfg, args.dataset, args.out, cli.run_context(args), old_model=args.old_model, stats=args.stats,

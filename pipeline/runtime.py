@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TypeVar
 
-import ray
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +20,24 @@ T, R = TypeVar("T"), TypeVar("R")
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def in_terminal() -> bool:
+    """Whether stderr is a terminal: progress bars there, plain log lines in files and CI logs."""
+    return sys.stderr.isatty()
+
+
+def progress(items: Sequence[T], what: str) -> Iterator[T]:
+    """``items`` one by one, with a progress bar named ``what`` when stderr is a terminal (log
+    lines printed meanwhile go above the bar); elsewhere just the items."""
+    if not in_terminal():
+        yield from items
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        yield from tqdm(items, desc=what, total=len(items))
 
 
 def cluster_runtime_env() -> dict:
@@ -34,6 +52,8 @@ def init_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` with the project's runtime environment, or the one in
     ``RAY_ADDRESS`` (set by ``ray job submit``, whose job declared it already), else start a
     local one with this machine's cores."""
+    import ray  # here, not at the top: a job's --help answers without loading Ray
+
     if ray.is_initialized():
         return
     if address:
@@ -51,6 +71,8 @@ def init_ray(address: str | None = None) -> None:
 def runs_at_once(per_run: dict[str, float], limit: int | None = None) -> int:
     """How many runs that each need ``per_run`` resources (``{"CPU": 2, "GPU": 1}``) the cluster
     holds side by side, at most ``limit`` and at least 1 (which then waits for its resources)."""
+    import ray
+
     available = ray.cluster_resources()
     fits = min((int(available.get(key, 0) // need) for key, need in per_run.items() if need > 0), default=1)
     return max(1, min(fits, limit) if limit else fits)

@@ -22,6 +22,21 @@ def test_every_job_has_help(capsys, monkeypatch):
         assert f"python -m jobs.{job}" in capsys.readouterr().out, job
 
 
+HEAVY = {"torch", "ray", "mlflow", "faiss", "pandas", "pyarrow", "timm", "onnxruntime"}
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_help_answers_without_importing_heavy_libraries(job):
+    """``--help`` of a fresh ``python -m jobs.<job>`` process imports none of the libraries that
+    make a job's start slow (what it imports, not how long it takes: this machine's speed varies)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", f"jobs.{job}", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not imported & HEAVY, sorted(imported & HEAVY)
+
+
 def test_bad_config_exits_2_naming_the_key(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("old: {name: old, epochz: 1}\nnew: [{name: lce}]\n")
