@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from pipeline import runtime
 from pipeline.config import TrainConfig
 from pipeline.runtime import runs_at_once, side_by_side
 from pipeline.train.driver import run_resources
@@ -50,3 +51,10 @@ def test_a_failed_fit_raises_at_once_and_the_fits_not_started_never_start():
         side_by_side(fit, ["slow", "bad", "next", "last"], 2, "fits")
     assert "last" not in started  # queued behind the failure: cancelled (before, it ran and only then raised)
     assert side_by_side(fit, ["a", "b", "c"], 2, "fits") == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_yields_every_item_with_a_bar_only_in_a_terminal(terminal, monkeypatch, capsys):
+    monkeypatch.setattr(runtime, "in_terminal", lambda: terminal)
+    assert list(runtime.progress(range(5), "score: pairs")) == [0, 1, 2, 3, 4]
+    assert ("score: pairs" in capsys.readouterr().err) == terminal

@@ -35,6 +35,7 @@ from pipeline.data.embeddings import META_KEY, embeddings_table, write_embedding
 from pipeline.data.external import external_split
 from pipeline.model.card import EncoderCard, ImportedCard, read_encoder_card
 from pipeline.model.encoders import load_encoder
+from pipeline.runtime import in_terminal
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "_COMPLETE.json"  # written last: what was encoded, by which model, what was skipped
@@ -165,7 +166,9 @@ def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, preprocessi
               options: EncodeConfig, use_gpu: bool) -> ray.data.Dataset:
     """The Ray Data pipeline over ``files``: decoding tasks feeding the model actors."""
     # Rows keep the files' order, so that each file's rows come back together and in order.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = context.enable_progress_bars and in_terminal()  # bars in a terminal only
     # One decoding task per input file (Ray Data's Parquet reader packs small files into one
     # 128 MiB task): reading, encoding and writing overlap, and actors share the files.
     items = ray.data.from_items([{"path": str(file)} for file in files], override_num_blocks=len(files))

@@ -18,6 +18,7 @@ from pipeline.compat.statistics import OldSpaceStats
 from pipeline.lineage.metrics import LineageModel
 from pipeline.lineage.registry import STATS_FILE
 from pipeline.model.card import read_model_card
+from pipeline.runtime import progress
 from pipeline.score.criteria import CRITERION_METRICS, beats
 from pipeline.score.matrix import Gallery
 from pipeline.score.retrieval import in_memory, normalize, score_queries, summarize
@@ -53,7 +54,7 @@ def backfill_curve(parent_gallery: np.ndarray, new_gallery: np.ndarray, order: n
         raise ValueError(f"parent and new gallery differ in shape: {parent_gallery.shape} vs {new_gallery.shape}")
     parent, new = normalize(parent_gallery), normalize(new_gallery)
     rows = []
-    for step in range(steps + 1):
+    for step in progress(range(steps + 1), "report: backfill shares"):
         share = step / steps
         mixed = parent.copy()
         chosen = order[: int(round(share * len(order)))]

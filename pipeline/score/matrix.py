@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline.atomic import write_atomic, write_text_atomic
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
+from pipeline.runtime import progress
 from pipeline.score.criteria import CRITERION_METRICS, beats, cell, pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.retrieval import ranking_metrics, recall_at_k, search, summarize
@@ -150,7 +151,7 @@ def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = Matrix
     scoring = {"topk": list(options.topk), "index": options.index.model_dump(), "full_ranking": options.full_ranking,
                "seen_labels": seen_labels}
     rows, queries, started = [], {}, time.perf_counter()
-    for number, (q, g) in enumerate(pairs, start=1):
+    for number, (q, g) in progress(list(enumerate(pairs, start=1)), "score: pairs"):
         key = {"query": _identity(sets.sets[q]), "gallery": _identity(sets.sets[g]), **scoring}
         saved = pair_dir / f"{q}__{g}.json" if pair_dir else None
         saved_values = pair_dir / f"{q}__{g}.queries.npz" if pair_dir else None
