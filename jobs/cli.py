@@ -130,11 +130,14 @@ def external_sets(specs: list[str], classes: str | None) -> list["EmbeddingSet"]
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a job's main; a known input error becomes one line on stderr and exit code 2."""
+    """Run a job's main; a known input error, or a folder another job is writing, becomes one
+    line on stderr and exit code 2."""
+    from pipeline.atomic import FolderInUse
+
     setup_logging()
     Path("outputs").mkdir(exist_ok=True)
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FolderInUse) as error:
         logging.getLogger("jobs").error("%s", error)
         sys.exit(2)

@@ -88,8 +88,8 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
 
     Input files whose part is already in ``out_dir`` (same model, same input file, same policy)
     are not encoded again: a finished encoding is reused (its folder left untouched), an
-    interrupted one completed. Callers on one folder take turns (``one_writer``): the second,
-    in another thread or process, waits and then finds the folder complete.
+    interrupted one completed. Threads of one job on one folder take turns (``one_writer``): the
+    second waits and then finds the folder complete; another job writing it is refused.
     ``options.on_bad_rows`` is ``pipeline.data.bad_rows``'s policy.
 
     ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
@@ -114,7 +114,7 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
         raise DataError(f"{Path(dataset_root) / split}: no rows to encode (its Parquet files are empty)")
     out_dir = Path(out_dir)
     parts = {file.name: out_dir / part_name(index) for index, file in enumerate(inputs)}
-    with one_writer(out_dir):  # a second caller on this folder waits, then finds it complete
+    with one_writer(out_dir):  # a second thread on this folder waits, then finds it complete
         finished = {file.name for file in inputs
                     if _finished_part(parts[file.name], card.id, file, options.on_bad_rows)}
         todo = [file for file in inputs if file.name not in finished]

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline.atomic import write_atomic, write_text_atomic  # noqa: E402
+from pipeline.atomic import one_writer, write_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import RunContext, ScoreConfig  # noqa: E402
 from pipeline.model.card import read_encoder_card  # noqa: E402
 from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
@@ -161,6 +161,12 @@ def score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, option
     the printed matrix. Each pair's row is kept in ``out_dir/pairs``, so that a rerun after a
     kill scores only the pairs not done yet."""
     out_dir = Path(out_dir)
+    with one_writer(out_dir):  # another job writing this report is refused, naming it
+        return _score_and_report(entries, roles, options, out_dir, context, pairs)
+
+
+def _score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, options: ScoreConfig, out_dir: Path,
+                      context: RunContext, pairs: list[tuple[str, str]] | None) -> str:
     table = score_all_pairs(entries, roles, options, pairs, pair_dir=out_dir / "pairs")
     order = list(entries)
     shown = tuple(metric for metric in CRITERION_METRICS if metric in table.columns)  # no mAP without the full ranking

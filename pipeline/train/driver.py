@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train import DataConfig as RayDataConfig  # not pipeline.config.DataConfig (the dataset's source)
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from pipeline.atomic import one_writer
 from pipeline.compat.steps import NonFiniteLoss
 from pipeline.config import SCHEDULING_FIELDS, FitConfig, RunContext
 from pipeline.model.card import read_card
@@ -69,6 +71,12 @@ def storage_location(storage_path: str | Path) -> str:
     absolute (every node must see it: on a cluster, shared storage)."""
     text = str(storage_path)
     return text if "://" in text else str(Path(text).resolve())
+
+
+def run_lock(storage: str, run_name: str) -> AbstractContextManager:
+    """One job at a time per Ray Train run: the writer lock of its folder on a local or NFS
+    storage (``one_writer``); none on object storage, which has no locks."""
+    return nullcontext() if "://" in storage else one_writer(Path(storage) / run_name)
 
 
 def build_trainer(job: FitJob, storage: str, run_name: str, callbacks: list | None = None) -> TorchTrainer:
@@ -121,7 +129,8 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
     ``run_name`` names the Ray Train run under the context's storage (default: the config's name);
     fitting again under the same name continues that run from its last checkpoint, and its MLflow
     run if that never finished (a driver that died), so no reported epoch is lost. Workers that
-    die are replaced up to ``max_failures`` times, resuming from the last checkpoint.
+    die are replaced up to ``max_failures`` times, resuming from the last checkpoint. A second
+    job fitting the same run at once is refused (``run_lock``).
     """
     from mlflow.tracking import MlflowClient
 
@@ -131,7 +140,7 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
                         {**job.tags, "ray_run": f"{storage}/{run_name}"})
     loop_config = {**job.loop_config, "tracking_uri": context.tracking_uri, "mlflow_run_id": run.info.run_id}
     trainer = build_trainer(replace(job, loop_config=loop_config), storage, run_name)
-    with finished_run(client, run.info.run_id):
+    with run_lock(storage, run_name), finished_run(client, run.info.run_id):
         try:
             result = trainer.fit()
         except ray.train.WorkerGroupError as error:

@@ -156,6 +156,7 @@ def test_killed_driver_rerun_continues_the_run(cluster, dataset, tmp_path):
 
     rerun = subprocess.run(command, cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"pid {process.pid}, started" in rerun.stderr and "which no longer runs" in rerun.stderr  # its run lock
     metrics = read_card(tmp_path / "models" / "killed-driver").metrics
     assert metrics["epoch"] == 2 and metrics["resumed_from_epoch"] >= 1
     runs, steps = _epoch_history(tmp_path, "killed-driver")

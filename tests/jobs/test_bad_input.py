@@ -304,11 +304,40 @@ def test_killed_score_resumes_to_the_same_report(tmp_path, ray_cluster, caplog):
 
     code, log = run_job("score", *options, "--out", interrupted, caplog=caplog)
     assert code == 0 and log.count("scored before") == len(done_before)
+    assert re.search(rf"taking over the lock left by host \S+, pid {job.pid}, started ", log)  # the killed job's
     assert {p.name: p.stat().st_mtime_ns for p in (interrupted / "pairs").glob("*.json") if p.name in done_before} \
         == done_before
     assert pq.read_table(interrupted / "report.parquet").equals(pq.read_table(tmp_path / "whole" / "report.parquet"))
     assert (interrupted / "report.csv").read_text() == (tmp_path / "whole" / "report.csv").read_text()
     assert not list(interrupted.rglob(".*"))
+
+
+HOLD_LOCK = """
+import sys, time
+from pipeline.atomic import one_writer
+with one_writer(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_second_job_on_a_report_folder_is_refused_naming_the_holder(tmp_path, caplog):
+    sets = [synthetic_embeddings(tmp_path / name, name, 100, 8, seed) for seed, name in enumerate(("old", "a"))]
+    out = tmp_path / "report"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        code, log = run_job("score", "--embeddings", *sets, "--old", "old", "--out", out,
+                            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", caplog=caplog)
+        assert code == 2
+        assert re.search(rf"{out} is being written by another job \(host {re.escape(os.uname().nodename)}, "
+                         rf"pid {holder.pid}, started 20\d\d-\d\d-\d\dT[\d:]+\+00:00 ", log), log
+        assert not out.exists()  # nothing written
+    finally:
+        holder.communicate("")
+    assert run_job("score", "--embeddings", *sets, "--old", "old", "--out", out,
+                   "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", caplog=caplog)[0] == 0
 
 
 # ---------------------------------------------------------------- training faults
