@@ -75,6 +75,7 @@ bench: env
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
 # cannot share the machine with the other tests' local one.
 test: env data
+	@bash scripts/ensure_chromium.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 

@@ -129,6 +129,15 @@ def external_sets(specs: list[str], classes: str | None) -> list["EmbeddingSet"]
     return sets
 
 
+def mlflow_ui_lines(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
+    """How to open the results: ``mlflow ui`` for a local store, then the model-training view's page."""
+    from pipeline.tracking import experiment_id, ui_link
+
+    server = tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    start = "" if tracking_uri.startswith("http") else f"mlflow ui --backend-store-uri {tracking_uri}, then open "
+    return f"MLflow:  {start}{ui_link(server, experiment_id(tracking_uri, experiment), run_id)}"
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a job's main; a known input error, or a folder another job is writing, becomes one
     line on stderr and exit code 2."""

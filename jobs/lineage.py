@@ -22,7 +22,7 @@ def main() -> None:
     report = run_lineage(cfg)
     print(report.summary_text)
     print(f"report:  {report.report_dir}")
-    print(f"MLflow:  mlflow ui --backend-store-uri {cfg.tracking_uri()}  (run {report.run_id})")
+    print(cli.mlflow_ui_lines(cfg.tracking_uri(), cfg.mlflow.experiment, report.run_id))
 
 
 if __name__ == "__main__":

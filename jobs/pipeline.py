@@ -24,7 +24,7 @@ def main() -> None:
     print("\n" + result.matrix_text)
     print(f"\npipeline finished in {result.seconds:.0f} s")
     print(f"report:  {result.report_dir} (report.csv, report.parquet, heatmap.png)")
-    print(f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri}")
+    print(cli.mlflow_ui_lines(result.tracking_uri, cfg.mlflow.experiment))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from pipeline.data.importers import ensure_dataset
 from pipeline.model.artifacts import load_model
 from pipeline.model.card import CARD_FILE, read_model_card
 from pipeline.runtime import init_ray, runs_at_once, side_by_side
-from pipeline.tracking import experiment_id, finished_run
+from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run
 from pipeline.train.driver import build_trainer, run_resources
 from pipeline.train.inputs import stats_for_model, train_split_embeddings
 from pipeline.train.training import fit_model, training_job
@@ -186,7 +186,9 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
     tracking_uri = cfg.tracking_uri()
     client = MlflowClient(tracking_uri)
     parent = client.create_run(experiment_id(tracking_uri, cfg.mlflow.experiment), run_name=f"sweep {cfg.name}",
-                               tags={"kind": "sweep", "algorithm": cfg.search.algorithm})
+                               tags={"kind": "sweep", "algorithm": cfg.search.algorithm,
+                                     DESCRIPTION_TAG: f"Ray Tune sweep {cfg.name} ({cfg.search.algorithm}): its trials "
+                                                      f"are the nested runs, the winner in this run's tags"})
     per_trial = run_resources(template)
     per_trial["CPU"] += DRIVER_CPUS
     at_once = cfg.search.max_concurrent_trials or runs_at_once(per_trial)

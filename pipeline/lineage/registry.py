@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.model.card import CARD_FILE, ModelCard, read_card, read_model_card
 from pipeline.names import check_name
-from pipeline.tracking import experiment_id
+from pipeline.tracking import DESCRIPTION_TAG, experiment_id
 
 log = logging.getLogger(__name__)
 ARTIFACT_PATH = "model"
@@ -46,7 +46,8 @@ def _training_run(client: MlflowClient, card: ModelCard, experiment: str, tracki
         except MlflowException:
             log.info("registry: training run %s of %s is not in this store; logging to a new run", run_id, card.id)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register {card.name}",
-                            tags={"kind": "register"})
+                            tags={"kind": "register", DESCRIPTION_TAG: f"Holds {card.name}'s artifact for the model "
+                                                                       f"registry (its training run is in another store)"})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

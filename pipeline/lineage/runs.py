@@ -17,7 +17,7 @@ from pipeline.lineage.files import backfill_areas
 from pipeline.lineage.metrics import Verdict
 from pipeline.score.criteria import CRITERION_METRICS
 from pipeline.score.report import cell_metrics, log_metrics, pair_compatible, row_metrics
-from pipeline.tracking import experiment_id, finished_run, metric_key
+from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run, metric_key
 
 
 def log_lineage_report(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
@@ -26,7 +26,9 @@ def log_lineage_report(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.
     client = MlflowClient(tracking_uri)
     experiment_key = experiment_id(tracking_uri, experiment)
     parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}",
-                               tags={"kind": "lineage-report"})
+                               tags={"kind": "lineage-report",
+                                     DESCRIPTION_TAG: f"Lineage report of {' -> '.join(order)}: matrix, AC/AM, backfill "
+                                                      f"curves and each version's verdict (summary.md)"})
     run_id = parent.info.run_id
     with finished_run(client, run_id):
         _log_runs(client, run_id, experiment_key, table, summary, backfill, verdicts, gains, files, params)
@@ -53,7 +55,9 @@ def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.
         client.set_tag(run_id, f"verdict_route/{v.model}", v.route)
     for row in table.to_dict("records"):
         pair = client.create_run(experiment_key, run_name=f"{row['query_model']} -> {row['gallery_model']}",
-                                 tags={"mlflow.parentRunId": run_id, "kind": "model-pair"})
+                                 tags={"mlflow.parentRunId": run_id, "kind": "model-pair",
+                                       DESCRIPTION_TAG: f"{row['query_model']}'s queries searched in "
+                                                        f"{row['gallery_model']}'s gallery"})
         with finished_run(client, pair.info.run_id):
             client.log_batch(pair.info.run_id, params=[Param("query_model", row["query_model"]),
                                                        Param("gallery_model", row["gallery_model"]),

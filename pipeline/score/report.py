@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH  # noqa: E402
 
 from pipeline.atomic import one_writer, write_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import RunContext, ScoreConfig  # noqa: E402
@@ -24,7 +25,7 @@ from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
 from pipeline.score.matrix import matrix, score_all_pairs  # noqa: E402
 from pipeline.score.uncertainty import format_difference  # noqa: E402
-from pipeline.tracking import experiment_id, metric_key  # noqa: E402
+from pipeline.tracking import DESCRIPTION_TAG, experiment_id, log_dataset, metric_key  # noqa: E402
 
 log = logging.getLogger(__name__)
 ENTRIES_FILE = "entries.json"
@@ -110,6 +111,29 @@ def cell_metrics(table: pd.DataFrame) -> dict[str, float]:
             for row in table.to_dict("records") for column, value in row_metrics(row).items()}
 
 
+def matrix_markdown(table: pd.DataFrame, order: list[str], metric: str) -> str:
+    """The matrix of one metric as a Markdown table, in percent (rows: query model)."""
+    values = matrix(table, metric, order) * 100
+    lines = [f"| {metric} (%): query \\ gallery | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+    lines += [f"| **{query}** | " + " | ".join("" if pd.isna(v) else f"{v:.1f}" for v in values.loc[query]) + " |"
+              for query in order]
+    return "\n".join(lines)
+
+
+def report_description(table: pd.DataFrame, order: list[str], run_id: str) -> str:
+    """The compatibility run's Description in the MLflow UI: a one-line summary, the heat map (the
+    run's own artifact, served by the tracking server) and the matrix of each metric."""
+    judged = [c for c in map(pair_compatible, table.to_dict("records")) if c is not None]
+    summary = (f"Compatibility of {len(order)} models ({', '.join(order)}): {sum(judged)} of {len(judged)} "
+               f"cross-model pairs meet the criterion (verdicts in the tags and verdicts.md).")
+    shown = [m for m in CRITERION_METRICS if m in table.columns]
+    tables = "\n\n".join(matrix_markdown(table, order, m) for m in shown)
+    text = f"{summary}\n\n![heat map](get-artifact?path=heatmap.png&run_uuid={run_id})\n\n{tables}\n"
+    if len(text) > MAX_TAG_VAL_LENGTH:  # MLflow's limit on a tag: the matrix stays in matrix.txt
+        text = f"{summary}\n\n![heat map](get-artifact?path=heatmap.png&run_uuid={run_id})\n\nThe matrix: matrix.txt.\n"
+    return text
+
+
 def pair_compatible(row: dict) -> bool | None:
     """The criterion of one report row on every criterion metric scored (top-1, and mAP with the
     full ranking); None on the diagonal or where the reference was not scored."""
@@ -134,6 +158,10 @@ def log_report(table: pd.DataFrame, order: list[str], files: list[Path], trackin
     run_id = run.info.run_id
     log_metrics(client, run_id, cell_metrics(table))
     client.log_batch(run_id, params=[Param("models", ",".join(order))])
+    client.set_tag(run_id, DESCRIPTION_TAG, report_description(table, order, run_id))
+    for name in order:  # each model's scored set: the Dataset column of the runs table
+        folder = table.loc[table["query_model"] == name, "query_embeddings"].iloc[0]
+        log_dataset(client, run_id, folder, f"{name} embeddings", "scoring")
     tags = []
     for row in table.to_dict("records"):
         compatible = pair_compatible(row)

@@ -32,6 +32,7 @@ from pipeline.data.embeddings import EmbeddingSet
 from pipeline.model.artifacts import build_cmc_transforms, new_model_id, write_artifact
 from pipeline.model.card import CmcCard, EncoderCard, ModelCard, ModelRef, read_encoder_card
 from pipeline.names import check_name
+from pipeline.tracking import DESCRIPTION_TAG
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
 from pipeline.train.inputs import train_split_embeddings, training_rows
@@ -122,7 +123,10 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
     hashed = {**inputs["paths"], "old_id": cards[0].id, "new_id": cards[1].id}
     loop_config = {"config": cfg, "method": cfg.method_spec, **inputs["paths"], "config_hash": config_hash(cfg, hashed)}
     job = FitJob(cfg, cmc_worker, loop_config,
-                 {"kind": "cmc", "method": cfg.method, "old_model": cards[0].name, "new_model": cards[1].name})
+                 {"kind": "cmc", "method": cfg.method, "old_model": cards[0].name, "new_model": cards[1].name,
+                  DESCRIPTION_TAG: f"Fits {cfg.method}'s transformations between {cards[0].name} (old) and "
+                                   f"{cards[1].name} (new) on {inputs['rows']} images of {dataset.name}"},
+                 dataset=str(dataset))
     log.info("cmc %s: %s between %s and %s on %d images", cfg.name, cfg.method, cards[0].name, cards[1].name,
              inputs["rows"])
 

@@ -31,7 +31,7 @@ from pipeline.atomic import one_writer
 from pipeline.compat.steps import NonFiniteLoss
 from pipeline.config import SCHEDULING_FIELDS, FitConfig, RunContext
 from pipeline.model.card import read_card
-from pipeline.tracking import finished_run, resumable_run
+from pipeline.tracking import finished_run, log_dataset, resumable_run
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class FitJob:
     # Ray Data streams split among the workers (ray.train.get_dataset_shard), each built when the
     # worker group starts (a callable: a restarted group gets a fresh stream)
     datasets: dict[str, Callable[[], ray.data.Dataset]] = field(default_factory=dict)
+    dataset: str | None = None  # the dataset folder the fit reads: the MLflow run's training input
 
 
 def config_hash(config: FitConfig, inputs: dict[str, Any]) -> str:
@@ -139,6 +140,8 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
     run = resumable_run(client, context.tracking_uri, context.experiment, job.cfg.name,
                         {**job.tags, "ray_run": f"{storage}/{run_name}"})
     loop_config = {**job.loop_config, "tracking_uri": context.tracking_uri, "mlflow_run_id": run.info.run_id}
+    if job.dataset:  # a resumed run's input is logged again, which MLflow keeps once
+        log_dataset(client, run.info.run_id, job.dataset, Path(job.dataset).name, "training")
     trainer = build_trainer(replace(job, loop_config=loop_config), storage, run_name)
     with run_lock(storage, run_name), finished_run(client, run.info.run_id):
         try:

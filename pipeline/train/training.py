@@ -35,6 +35,7 @@ from pipeline.model.encoders import old_classifier, old_forward_module
 from pipeline.model.heads import build_head
 from pipeline.model.networks import EmbeddingModel, model_input_of
 from pipeline.model.transformations import build_transforms
+from pipeline.tracking import DESCRIPTION_TAG
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
 from pipeline.train.loop import Worker, WorkerFit, run_epochs, start_worker
@@ -235,8 +236,12 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     # The method itself travels to the workers with the config; its name is what the hash holds.
     loop_config = {"config": cfg, "method": method, "validation": validation, **inputs,
                    "config_hash": config_hash(cfg, inputs)}
-    return FitJob(cfg, train_worker, loop_config, {"kind": "train", "method": cfg.method, "parent_model": parent or ""},
-                  datasets={STREAM: lambda: training_stream(stream)} if stream else {})
+    against = f", compatible with {parent}" if parent else ""
+    description = (f"Trains {cfg.name} with {cfg.method}{against}: {cfg.model.architecture}, "
+                   f"{cfg.model.embedding_dim}-d, {cfg.epochs} epochs on {len(classes)} classes of {Path(dataset).name}")
+    return FitJob(cfg, train_worker, loop_config, {"kind": "train", "method": cfg.method, "parent_model": parent or "",
+                                                   DESCRIPTION_TAG: description},
+                  datasets={STREAM: lambda: training_stream(stream)} if stream else {}, dataset=str(dataset))
 
 
 def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, context: RunContext, *,
