@@ -139,14 +139,14 @@ def mlflow_ui_lines(tracking_uri: str, experiment: str, run_id: str | None = Non
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a job's main; a known input error, or a folder another job is writing, becomes one
-    line on stderr and exit code 2."""
-    from pipeline.atomic import FolderInUse
+    """Run a job's main; a known input error, a folder another job is writing or a tracking
+    server that does not answer becomes one line on stderr and exit code 2."""
+    from pipeline.errors import FolderInUse, TrackingUnreachable
 
     setup_logging()
     Path("outputs").mkdir(exist_ok=True)
     try:
         main()
-    except (ValueError, FileNotFoundError, FolderInUse) as error:
+    except (ValueError, FileNotFoundError, FolderInUse, TrackingUnreachable) as error:
         logging.getLogger("jobs").error("%s", error)
         sys.exit(2)

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.errors import FolderInUse
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -45,10 +47,6 @@ def write_table_atomic(table: "pa.Table", path: str | Path) -> None:
     import pyarrow.parquet as pq  # here: the jobs' error handling imports this module before --help
 
     write_atomic(path, lambda temporary: pq.write_table(table, temporary))
-
-
-class FolderInUse(RuntimeError):
-    """Another process holds a folder's writer lock: the message names it (host, pid, start)."""
 
 
 _THREAD_LOCKS: dict[Path, threading.Lock] = {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -14,6 +16,8 @@ from typing import Any
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+
+from pipeline.errors import TrackingUnreachable
 
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 # MLflow 3 opens an experiment on the view its kind names; without it, on the GenAI overview.
@@ -80,23 +84,52 @@ def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class EpochLogger:
-    """A training worker's MLflow logging into the run its driver opened (rank 0 only)."""
+    """A training worker's MLflow logging into the run its driver opened (rank 0 only).
 
-    def __init__(self, tracking_uri: str, run_id: str | None, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+    An epoch the tracking server does not take (down, unreachable) is kept in ``pending``, which
+    each checkpoint carries: it goes with the next epoch that reaches the server, or with a rerun
+    that resumes the checkpoint. A call gives up after about ten seconds, not MLflow's minutes of
+    retries, so that training goes on meanwhile."""
 
-        self.run_id = run_id
+    def __init__(self, tracking_uri: str, run_id: str | None, params: dict[str, Any],
+                 pending: list[dict[str, Any]] | None = None) -> None:
+        self.tracking_uri, self.run_id, self.params = tracking_uri, run_id, params
+        self.pending = list(pending or [])  # [{"epoch", "time", "metrics"}], oldest first
         self.client = MlflowClient(tracking_uri) if run_id else None
-        if self.client:
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        for variable, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),
+                                ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")):
+            os.environ.setdefault(variable, value)  # this worker process's MLflow calls only
+        self._params_logged = False
+        self.flush()
 
     def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
-        from mlflow.entities import Metric
+        self.pending.append({"epoch": epoch, "time": int(time.time() * 1000),
+                             "metrics": {key: float(value) for key, value in metrics.items() if key != "epoch"}})
+        self.flush()
 
-        if self.client:
-            now = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, epoch)
-                                                        for key, value in metrics.items() if key != "epoch"])
+    def flush(self) -> bool:
+        """Send the params (once) and every pending epoch, oldest first; whether all went."""
+        from mlflow.entities import Metric, Param
+
+        if not self.client:
+            self.pending.clear()
+            return True
+        try:
+            if not self._params_logged:
+                self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in self.params.items()])
+                self._params_logged = True
+            while self.pending:
+                entry = self.pending[0]
+                self.client.log_batch(self.run_id, metrics=[Metric(key, value, entry["time"], entry["epoch"])
+                                                            for key, value in entry["metrics"].items()])
+                self.pending.pop(0)
+        except Exception as error:  # MlflowException, requests' connection errors: whatever the server is doing
+            epochs = [entry["epoch"] for entry in self.pending]
+            logging.getLogger(__name__).warning(
+                "MLflow at %s did not take the metrics of epochs %s (%s): kept, with the checkpoint, for later",
+                self.tracking_uri, epochs, type(error).__name__)
+            return False
+        return True
 
 
 def resumable_run(client: MlflowClient, tracking_uri: str, experiment: str, run_name: str,
@@ -112,11 +145,43 @@ def resumable_run(client: MlflowClient, tracking_uri: str, experiment: str, run_
     return client.create_run(experiment_key, run_name=run_name, tags=tags)
 
 
+def server_answers(tracking_uri: str) -> bool:
+    """Whether the tracking server at ``tracking_uri`` answers its health check (a local store: always)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=5):
+            return True
+    except OSError:
+        return False
+
+
 @contextmanager
-def finished_run(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """Mark ``run_id`` FINISHED when the block completes, FAILED when it raises (then re-raise)."""
+def reaching(tracking_uri: str, kept: str) -> Iterator[None]:
+    """MLflow calls of the block, when the server answers (asked first: MLflow's own retries of a
+    call wait minutes); when it does not, before or during the block, one ``TrackingUnreachable``
+    naming ``tracking_uri`` and ``kept`` (what stays for a rerun)."""
+    if not server_answers(tracking_uri):
+        raise TrackingUnreachable(f"MLflow at {tracking_uri} does not answer; {kept}")
     try:
         yield
+    except Exception as error:
+        if server_answers(tracking_uri):
+            raise
+        raise TrackingUnreachable(f"MLflow at {tracking_uri} does not answer ({type(error).__name__}); {kept}") \
+            from None
+
+
+@contextmanager
+def finished_run(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Mark ``run_id`` FINISHED when the block completes, FAILED when it raises (then re-raise);
+    left RUNNING when the server does not answer, so that a rerun continues it."""
+    try:
+        yield
+    except TrackingUnreachable:
+        raise
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise

@@ -1,8 +1,8 @@
 """Ray Train checkpoints of a training loop: one file per epoch, resumable only under its config.
 
 The state holds the trained module, optimizer, scheduler, gradient scaler (mixed precision),
-torch RNG (CPU and CUDA), the epoch and the hash of the config it was trained under; resuming
-under another config is refused rather than mixed.
+torch RNG (CPU and CUDA), the epoch, the hash of the config it was trained under (resuming under
+another config is refused rather than mixed) and the epochs' metrics MLflow has not taken yet.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def resume(module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, config_digest: str,
-           what: str, device: torch.device | str = "cpu", scaler: torch.amp.GradScaler | None = None) -> int:
-    """Load the run's last checkpoint into the given objects; the epoch to start from (0 when fresh)."""
+           what: str, device: torch.device | str = "cpu",
+           scaler: torch.amp.GradScaler | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Load the run's last checkpoint into the given objects; the epoch to start from (0 when
+    fresh) and the metrics of earlier epochs that MLflow did not take (``EpochLogger.pending``)."""
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
-        return 0
+        return 0, []
     with checkpoint.as_directory() as folder:
         path = Path(folder) / CHECKPOINT_FILE
         try:
@@ -43,19 +45,20 @@ def resume(module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
         scaler.load_state_dict(state["scaler"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_rng"].cpu())
-    return state["epoch"] + 1
+    return state["epoch"] + 1, state.get("unlogged", [])
 
 
 def report_epoch(metrics: dict[str, float], epoch: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: Any, config_digest: str, with_checkpoint: bool = True,
-                 scaler: torch.amp.GradScaler | None = None) -> None:
-    """``ray.train.report`` of one epoch; the worker that saves (rank 0) attaches the checkpoint."""
+                 scaler: torch.amp.GradScaler | None = None, unlogged: list[dict[str, Any]] | None = None) -> None:
+    """``ray.train.report`` of one epoch; the worker that saves (rank 0) attaches the checkpoint,
+    which carries ``unlogged``, the epochs' metrics MLflow has not taken yet."""
     if not with_checkpoint:
         ray.train.report(metrics)
         return
     state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else {}, "epoch": epoch,
-             "rng": torch.get_rng_state(), "config_hash": config_digest}
+             "rng": torch.get_rng_state(), "config_hash": config_digest, "unlogged": unlogged or []}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state()
     with tempfile.TemporaryDirectory() as folder:

@@ -31,7 +31,7 @@ from pipeline.atomic import one_writer
 from pipeline.compat.steps import NonFiniteLoss
 from pipeline.config import SCHEDULING_FIELDS, FitConfig, RunContext
 from pipeline.model.card import read_card
-from pipeline.tracking import finished_run, log_dataset, resumable_run
+from pipeline.tracking import finished_run, log_dataset, reaching, resumable_run
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,12 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
 
     storage, run_name = storage_location(context.storage_path), run_name or job.cfg.name
     client = MlflowClient(context.tracking_uri)
-    run = resumable_run(client, context.tracking_uri, context.experiment, job.cfg.name,
-                        {**job.tags, "ray_run": f"{storage}/{run_name}"})
+    with reaching(context.tracking_uri, "nothing was trained: run again once it is back"):
+        run = resumable_run(client, context.tracking_uri, context.experiment, job.cfg.name,
+                            {**job.tags, "ray_run": f"{storage}/{run_name}"})
+        if job.dataset:  # a resumed run's input is logged again, which MLflow keeps once
+            log_dataset(client, run.info.run_id, job.dataset, Path(job.dataset).name, "training")
     loop_config = {**job.loop_config, "tracking_uri": context.tracking_uri, "mlflow_run_id": run.info.run_id}
-    if job.dataset:  # a resumed run's input is logged again, which MLflow keeps once
-        log_dataset(client, run.info.run_id, job.dataset, Path(job.dataset).name, "training")
     trainer = build_trainer(replace(job, loop_config=loop_config), storage, run_name)
     with run_lock(storage, run_name), finished_run(client, run.info.run_id):
         try:
@@ -149,7 +150,10 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
         except ray.train.WorkerGroupError as error:
             raise stopped_training(error, f"{storage}/{run_name}") from None
         folder = write(result, run.info.run_id)
-        client.log_artifacts(run.info.run_id, str(folder), artifact_path=artifact_path)
-        client.set_tag(run.info.run_id, "model_id", read_card(folder).id)
+        with reaching(context.tracking_uri, f"the fit finished and its checkpoint is kept in {storage}/{run_name}: "
+                                            "the same command, once the server is back, logs the epochs it missed "
+                                            "and the artifact"):
+            client.log_artifacts(run.info.run_id, str(folder), artifact_path=artifact_path)
+            client.set_tag(run.info.run_id, "model_id", read_card(folder).id)
     log.info("fit %s: artifact written to %s", job.cfg.name, folder)
     return folder

@@ -5,7 +5,8 @@ then epochs of seeded shuffled batches (of the rows the worker holds, or of its 
 ``pipeline.train.stream``), each step through ``pipeline.compat.steps.optimizer_step``
 (a NaN or infinite loss stops the run before any weight changes). Every worker reports once per
 epoch; rank 0 alone validates, logs to MLflow (before the checkpoint: a death in between logs
-an epoch twice, never loses it) and saves the checkpoint.
+an epoch twice, never loses it; what a tracking server that is down did not take rides in the
+checkpoint until it is back) and saves the checkpoint.
 """
 
 from __future__ import annotations
@@ -121,12 +122,12 @@ def run_epochs(fit: WorkerFit, cfg: FitConfig, worker: Worker, loop_config: dict
                                                   cfg.epochs * steps)
     scaler = torch.amp.GradScaler(worker.device.type) if worker.precision == torch.float16 else None
     digest = loop_config["config_hash"]
-    start_epoch = resume(fit.module, optimizer, scheduler, digest, fit.what, worker.device, scaler)
+    start_epoch, unlogged = resume(fit.module, optimizer, scheduler, digest, fit.what, worker.device, scaler)
     lead = worker.rank == 0
     if start_epoch and lead:
         log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, start_epoch - 1)
     tracker = (EpochLogger(loop_config.get("tracking_uri"), loop_config.get("mlflow_run_id"),
-                           {**flat_params(cfg.model_dump()), "passes_per_epoch": passes}) if lead else None)
+                           {**flat_params(cfg.model_dump()), "passes_per_epoch": passes}, unlogged) if lead else None)
     for epoch in range(start_epoch, cfg.epochs):
         fit.prepared.train()
         totals: dict[str, float] = {}
@@ -146,4 +147,5 @@ def run_epochs(fit: WorkerFit, cfg: FitConfig, worker: Worker, loop_config: dict
             metrics.update(fit.validate())
         if tracker:  # before the checkpoint: a death in between logs this epoch twice, never loses it
             tracker.log_epoch(metrics, epoch)
-        report_epoch(metrics, epoch, fit.module, optimizer, scheduler, digest, with_checkpoint=lead, scaler=scaler)
+        report_epoch(metrics, epoch, fit.module, optimizer, scheduler, digest, with_checkpoint=lead, scaler=scaler,
+                     unlogged=tracker.pending if tracker else None)

@@ -29,6 +29,7 @@ from pipeline.data.embeddings import embeddings_table, read_embeddings, write_em
 from pipeline.data.importers import ingest, read_idx
 from tests.conftest import FASHION_MNIST, write_idx
 from tests.jobs.helpers import run_job, untrained_model
+from tests.mlflow_server import MlflowServer
 from tuning.space import load_sweep_config
 
 
@@ -366,6 +367,72 @@ def test_non_finite_loss_stops_naming_step_and_batch_and_keeps_the_last_good_che
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     code, log = run_job("train", *command, caplog=caplog)
     assert code == 2 and f"model 'boom': cannot resume from {checkpoint}" in log
+
+
+def _epochs_logged(server: str, name: str) -> tuple[list, set[int]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name("outage")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == name] if experiment else []
+    return runs, {m.step for r in runs for m in client.get_metric_history(r.info.run_id, "train_loss")}
+
+
+def test_epochs_the_tracking_server_missed_go_with_the_first_epoch_after_it_is_back(tmp_path, caplog):
+    """What a training worker's logger does while the server is down for one epoch, then back."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import EpochLogger, experiment_id
+
+    server = MlflowServer(tmp_path / "mlflow").start()
+    client = MlflowClient(server.url)
+    run = client.create_run(experiment_id(server.url, "outage"), run_name="outage")
+    logger = EpochLogger(server.url, run.info.run_id, {"lr": 0.1})
+    logger.log_epoch({"train_loss": 3.0}, 0)
+    server.kill()
+    logger.log_epoch({"train_loss": 2.0}, 1)
+    assert [entry["epoch"] for entry in logger.pending] == [1] and "did not take the metrics of epochs [1]" in caplog.text
+    server.start()
+    logger.log_epoch({"train_loss": 1.0}, 2)
+    assert logger.pending == []
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 3.0), (1, 2.0), (2, 1.0)]
+    assert client.get_run(run.info.run_id).data.params == {"lr": "0.1"}
+    server.kill()
+
+
+@pytest.mark.ray
+def test_mlflow_server_down_mid_training_ends_the_job_in_one_line_and_a_rerun_logs_every_epoch(
+        tmp_path, small_dataset, ray_cluster, caplog):
+    """The tracking server is killed once the first epoch reached it and stays down: training goes
+    on, the job ends after its last checkpoint with one line naming the server; started again,
+    the same command logs the epochs it missed into the same MLflow run."""
+    server = MlflowServer(tmp_path / "mlflow").start()
+    config = tmp_path / "outage.yaml"
+    config.write_text("name: outage\nmethod: independent\nepochs: 3\nbatch_size: 64\nmin_steps: 60\n"
+                      "cpus_per_worker: 1\nmodel: {embedding_dim: 16}\n")
+    command = ["--config", config, "--dataset", small_dataset, "--out", tmp_path / "artifact", "--storage-path",
+               tmp_path / "ray", "--tracking-uri", server.url, "--experiment", "outage"]
+    job = subprocess.Popen([sys.executable, "-m", "jobs.train", *map(str, command)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address})
+    deadline = time.monotonic() + 240
+    while not _epochs_logged(server.url, "outage")[1]:
+        assert job.poll() is None and time.monotonic() < deadline, "no epoch reached MLflow"
+        time.sleep(0.5)
+    server.kill()
+    _, stderr = job.communicate(timeout=300)
+    errors = [line for line in stderr.splitlines() if " ERROR jobs: " in line]
+    assert job.returncode == 2 and len(errors) == 1, stderr[-3000:]
+    assert f"MLflow at {server.url} does not answer" in errors[0] and "checkpoint is kept in" in errors[0]
+    assert "did not take the metrics of epochs" in stderr  # the worker kept them, and trained on
+
+    server.start()
+    code, log = run_job("train", *command, caplog=caplog)
+    assert code == 0, log[-3000:]
+    runs, steps = _epochs_logged(server.url, "outage")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and steps == {0, 1, 2}
+    server.kill()
 
 
 def train_lce_against(folder: Path, dataset: Path, stats_classes: list[str], old_dim: int,

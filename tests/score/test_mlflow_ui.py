@@ -7,12 +7,8 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,32 +16,16 @@ from mlflow.tracking import MlflowClient
 from pipeline.tracking import DESCRIPTION_TAG, EXPERIMENT_KIND, ui_link
 from tests.jobs.helpers import run_job
 from tests.jobs.test_bad_input import synthetic_embeddings
+from tests.mlflow_server import MlflowServer
 
 CHROMIUM = shutil.which("chromium")
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                               "--artifacts-destination", str(folder / "artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server.url
+    server.kill()
 
 
 def rendered_text(url: str) -> tuple[str, str]:
