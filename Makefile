@@ -7,7 +7,7 @@ DATA ?=
 CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test results sweep lineage bench env data clean
+.PHONY: demo test test-slow results sweep lineage bench env data clean
 
 env: $(VENV)/.installed
 
@@ -73,11 +73,16 @@ bench: env
 	$(PY) -m bench.streaming
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
-# cannot share the machine with the other tests' local one.
+# cannot share the machine with the other tests' local one. The tests marked slow (a sweep, a
+# streamed rerun, two multi-node ones) run in `make test-slow`, to keep `make test` within 20 min.
 test: env data
 	@bash scripts/ensure_chromium.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "cluster and not slow" $(PYTEST_ARGS)
+
+test-slow: env data
+	$(PY) -m pytest -m "slow and not cluster" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "slow and cluster" $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs data .pytest_cache

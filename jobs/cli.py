@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config import EncodeConfig, IndexConfig, RunContext, ScoreConfig, validate
 from pipeline.data.bad_rows import POLICIES
 from pipeline.names import check_name
-from pipeline.runtime import setup_logging
+from pipeline.runtime import setup_logging, stop_on_sigterm
 
 if TYPE_CHECKING:
     from pipeline.data.embeddings import EmbeddingSet
@@ -140,13 +140,22 @@ def mlflow_ui_lines(tracking_uri: str, experiment: str, run_id: str | None = Non
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a job's main; a known input error, a folder another job is writing or a tracking
-    server that does not answer becomes one line on stderr and exit code 2."""
-    from pipeline.errors import FolderInUse, TrackingUnreachable
+    server that does not answer becomes one line on stderr and exit code 2. SIGTERM (preemption,
+    ``ray job stop``) stops it as ``Preempted``: its writes remove their temporary files, its
+    locks are released, its MLflow run stays open, and the same command continues (exit 143)."""
+    from pipeline.errors import FolderInUse, TrackingUnreachable, preempted
 
     setup_logging()
     Path("outputs").mkdir(exist_ok=True)
+    stop_on_sigterm()
     try:
         main()
-    except (ValueError, FileNotFoundError, FolderInUse, TrackingUnreachable) as error:
+    except (ValueError, FileNotFoundError, FolderInUse, TrackingUnreachable, OSError) as error:
         logging.getLogger("jobs").error("%s", error)
         sys.exit(2)
+    except BaseException as error:
+        if not preempted(error):
+            raise
+        logging.getLogger("jobs").error("stopped by SIGTERM: nothing half-written is left; run the same command to "
+                                        "continue")
+        sys.exit(143)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +23,42 @@ T, R = TypeVar("T"), TypeVar("R")
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+_STOP_ON_SIGTERM = False  # whether a job asked for it (stop_on_sigterm)
+
+
+_EXIT_ON_SIGTERM = threading.Event()  # set while a Ray Train fit runs (exit_on_sigterm)
+
+
+def _preempted(signum: int, _frame: object) -> None:
+    from pipeline.errors import Preempted
+
+    if _EXIT_ON_SIGTERM.is_set():
+        logging.getLogger("jobs").error("stopped by SIGTERM during a fit: its last checkpoint and MLflow run stay; "
+                                        "run the same command to continue")
+        os._exit(143)
+    raise Preempted(signal.Signals(signum).name)
+
+
+@contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM ends the process at once (exit 143) instead of unwinding: a
+    Ray Train fit stopped by an exception aborts its run, which a rerun then starts again from
+    epoch 0, while one whose driver is gone resumes from its last checkpoint (as after SIGKILL)."""
+    _EXIT_ON_SIGTERM.set()
+    try:
+        yield
+    finally:
+        _EXIT_ON_SIGTERM.clear()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises ``Preempted`` in the main thread (``jobs.cli.run_main`` says what it means);
+    set again after ``ray.init``, which puts in its own handler (``sys.exit``, then an abort)."""
+    global _STOP_ON_SIGTERM
+    _STOP_ON_SIGTERM = True
+    signal.signal(signal.SIGTERM, _preempted)
 
 
 def in_terminal() -> bool:
@@ -65,6 +104,8 @@ def init_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleanup queries.
     ray.init(address=address, runtime_env=runtime_env)
+    if _STOP_ON_SIGTERM:
+        stop_on_sigterm()
     logging.getLogger(__name__).info("ray: %s", ray.cluster_resources())
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import TrackingUnreachable
+from pipeline.errors import TrackingUnreachable, preempted
 
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 # MLflow 3 opens an experiment on the view its kind names; without it, on the GenAI overview.
@@ -177,12 +177,12 @@ def reaching(tracking_uri: str, kept: str) -> Iterator[None]:
 @contextmanager
 def finished_run(client: MlflowClient, run_id: str) -> Iterator[None]:
     """Mark ``run_id`` FINISHED when the block completes, FAILED when it raises (then re-raise);
-    left RUNNING when the server does not answer, so that a rerun continues it."""
+    left RUNNING when the server does not answer or the job was stopped (SIGTERM), so that a rerun
+    continues it."""
     try:
         yield
-    except TrackingUnreachable:
-        raise
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+    except BaseException as error:
+        if not isinstance(error, TrackingUnreachable) and not preempted(error):  # else: to be continued
+            client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id)

@@ -31,6 +31,7 @@ from pipeline.atomic import one_writer
 from pipeline.compat.steps import NonFiniteLoss
 from pipeline.config import SCHEDULING_FIELDS, FitConfig, RunContext
 from pipeline.model.card import read_card
+from pipeline.runtime import exit_on_sigterm
 from pipeline.tracking import finished_run, log_dataset, reaching, resumable_run
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
     trainer = build_trainer(replace(job, loop_config=loop_config), storage, run_name)
     with run_lock(storage, run_name), finished_run(client, run.info.run_id):
         try:
-            result = trainer.fit()
+            with exit_on_sigterm():
+                result = trainer.fit()
         except ray.train.WorkerGroupError as error:
             raise stopped_training(error, f"{storage}/{run_name}") from None
         folder = write(result, run.info.run_id)

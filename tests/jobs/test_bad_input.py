@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -220,14 +221,15 @@ def start_job(job: str, *args, ray_address: str) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ray_address})
 
 
-def kill_when(process: subprocess.Popen, appeared: Path, timeout: float = 120) -> None:
-    """SIGKILL ``process`` as soon as ``appeared`` exists."""
+def kill_when(process: subprocess.Popen, appeared: Path, timeout: float = 120,
+              signal_number: int = signal.SIGKILL) -> None:
+    """``signal_number`` (SIGKILL: a crash; SIGTERM: preemption) to ``process`` as soon as ``appeared`` exists."""
     deadline = time.monotonic() + timeout
     while not appeared.exists():
         assert process.poll() is None, f"the job ended (code {process.returncode}) before {appeared} appeared"
         assert time.monotonic() < deadline, f"{appeared} did not appear in {timeout} s"
         time.sleep(0.005)
-    process.kill()
+    process.send_signal(signal_number)
     process.wait()
 
 
@@ -290,7 +292,10 @@ def synthetic_embeddings(folder: Path, name: str, rows: int, dim: int, seed: int
 
 
 @pytest.mark.ray
-def test_killed_score_resumes_to_the_same_report(tmp_path, ray_cluster, caplog):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "preempted"])
+def test_killed_score_resumes_to_the_same_report(tmp_path, ray_cluster, caplog, stop):
+    """SIGKILL (a crash) leaves at most hidden temporary files and a lock record, which the rerun
+    removes and takes over; SIGTERM (preemption, ``ray job stop``) leaves neither."""
     sets = [synthetic_embeddings(tmp_path / name, name, 3000, 64, seed) for seed, name in enumerate(("old", "a", "b"))]
     untrained_model(tmp_path / "old_model", [f"c{i}" for i in range(5)], name="old")
     options = ["--embeddings", *sets, "--old-model", tmp_path / "old_model",
@@ -299,18 +304,43 @@ def test_killed_score_resumes_to_the_same_report(tmp_path, ray_cluster, caplog):
 
     interrupted = tmp_path / "interrupted"
     job = start_job("score", *options, "--out", interrupted, ray_address=ray_cluster.get_runtime_context().gcs_address)
-    kill_when(job, interrupted / "pairs" / "old__a.json")
+    kill_when(job, interrupted / "pairs" / "old__a.json", signal_number=stop)
     done_before = {path.name: path.stat().st_mtime_ns for path in (interrupted / "pairs").glob("*.json")}
     assert 2 <= len(done_before) < 9 and not (interrupted / "report.parquet").exists()
+    if stop == signal.SIGTERM:
+        assert job.returncode == 143 and not list(interrupted.rglob(".*"))  # nothing temporary left
+        assert (tmp_path / ".interrupted.lock").read_text() == ""  # the lock released, its record cleared
 
     code, log = run_job("score", *options, "--out", interrupted, caplog=caplog)
     assert code == 0 and log.count("scored before") == len(done_before)
-    assert re.search(rf"taking over the lock left by host \S+, pid {job.pid}, started ", log)  # the killed job's
+    took_over = re.search(rf"taking over the lock left by host \S+, pid {job.pid}, started ", log)
+    assert bool(took_over) == (stop == signal.SIGKILL)  # only a killed job leaves its lock record
     assert {p.name: p.stat().st_mtime_ns for p in (interrupted / "pairs").glob("*.json") if p.name in done_before} \
         == done_before
     assert pq.read_table(interrupted / "report.parquet").equals(pq.read_table(tmp_path / "whole" / "report.parquet"))
     assert (interrupted / "report.csv").read_text() == (tmp_path / "whole" / "report.csv").read_text()
     assert not list(interrupted.rglob(".*"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs (a disk that fills) needs root")
+def test_a_disk_that_fills_while_scoring_is_one_line_and_leaves_nothing_a_rerun_would_trust(tmp_path, caplog):
+    sets = [synthetic_embeddings(tmp_path / name, name, 3000, 64, seed) for seed, name in enumerate(("old", "a"))]
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)], check=True)
+    try:
+        options = ["--embeddings", *sets, "--old", "old", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+        code, log = run_job("score", *options, "--out", disk / "report", caplog=caplog)
+        assert code == 2 and "No space left on device" in log, log[-2000:]
+        assert not list(disk.rglob(".*.tmp-*")) and not (disk / "report" / "report.parquet").exists()
+        for saved in (disk / "report" / "pairs").glob("*.json"):  # a pair's row is there only with its values
+            assert saved.with_suffix(".queries.npz").is_file()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        assert run_job("score", *options, "--out", disk / "report", caplog=caplog)[0] == 0
+        assert run_job("score", *options, "--out", tmp_path / "whole", caplog=caplog)[0] == 0
+        assert pq.read_table(disk / "report" / "report.parquet").equals(pq.read_table(tmp_path / "whole" / "report.parquet"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 HOLD_LOCK = """
@@ -409,7 +439,7 @@ def test_mlflow_server_down_mid_training_ends_the_job_in_one_line_and_a_rerun_lo
     the same command logs the epochs it missed into the same MLflow run."""
     server = MlflowServer(tmp_path / "mlflow").start()
     config = tmp_path / "outage.yaml"
-    config.write_text("name: outage\nmethod: independent\nepochs: 3\nbatch_size: 64\nmin_steps: 60\n"
+    config.write_text("name: outage\nmethod: independent\nepochs: 3\nbatch_size: 64\nmin_steps: 120\n"
                       "cpus_per_worker: 1\nmodel: {embedding_dim: 16}\n")
     command = ["--config", config, "--dataset", small_dataset, "--out", tmp_path / "artifact", "--storage-path",
                tmp_path / "ray", "--tracking-uri", server.url, "--experiment", "outage"]

@@ -84,6 +84,7 @@ def test_the_old_features_join_by_id(dataset, tmp_path):
     np.testing.assert_array_equal(streamed["old_features"], vectors[[position[i] for i in streamed["id"]]])
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_streamed_fit_is_the_same_in_every_rerun_of_its_seed(tmp_path, dataset, ray_cluster, caplog):
     config = tmp_path / "new.yaml"

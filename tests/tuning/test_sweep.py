@@ -147,6 +147,7 @@ search: {{algorithm: {algorithm}, num_samples: {samples}, seed: 0}}
 """
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_tiny_sweep_records_crashed_trials_and_leaves_nothing_reserved(ray_cluster, fashion_subset, tmp_path, caplog):
     from tuning.sweep import run_sweep
