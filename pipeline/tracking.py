@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import TrackingUnreachable, preempted
 
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
-# MLflow 3 opens an experiment on the view its kind names; without it, on the GenAI overview.
+# The experiment's kind for MLflow's own use; MLflow 3.17's UI picks its view by the link (ui_link).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 DESCRIPTION_TAG = "mlflow.note.content"  # the run page's Description (Markdown)
 
@@ -107,13 +107,13 @@ class EpochLogger:
                              "metrics": {key: float(value) for key, value in metrics.items() if key != "epoch"}})
         self.flush()
 
-    def flush(self) -> bool:
-        """Send the params (once) and every pending epoch, oldest first; whether all went."""
+    def flush(self) -> None:
+        """Send the params (once) and every pending epoch, oldest first; what does not go stays pending."""
         from mlflow.entities import Metric, Param
 
         if not self.client:
             self.pending.clear()
-            return True
+            return
         try:
             if not self._params_logged:
                 self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in self.params.items()])
@@ -128,8 +128,6 @@ class EpochLogger:
             logging.getLogger(__name__).warning(
                 "MLflow at %s did not take the metrics of epochs %s (%s): kept, with the checkpoint, for later",
                 self.tracking_uri, epochs, type(error).__name__)
-            return False
-        return True
 
 
 def resumable_run(client: MlflowClient, tracking_uri: str, experiment: str, run_name: str,

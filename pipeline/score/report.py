@@ -128,10 +128,9 @@ def report_description(table: pd.DataFrame, order: list[str], run_id: str) -> st
                f"cross-model pairs meet the criterion (verdicts in the tags and verdicts.md).")
     shown = [m for m in CRITERION_METRICS if m in table.columns]
     tables = "\n\n".join(matrix_markdown(table, order, m) for m in shown)
-    text = f"{summary}\n\n![heat map](get-artifact?path=heatmap.png&run_uuid={run_id})\n\n{tables}\n"
-    if len(text) > MAX_TAG_VAL_LENGTH:  # MLflow's limit on a tag: the matrix stays in matrix.txt
-        text = f"{summary}\n\n![heat map](get-artifact?path=heatmap.png&run_uuid={run_id})\n\nThe matrix: matrix.txt.\n"
-    return text
+    head = f"{summary}\n\n![heat map](get-artifact?path=heatmap.png&run_uuid={run_id})\n\n"
+    text = f"{head}{tables}\n"
+    return text if len(text) <= MAX_TAG_VAL_LENGTH else f"{head}The matrix: matrix.txt.\n"  # MLflow's tag limit
 
 
 def pair_compatible(row: dict) -> bool | None:
