@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.importers import read_idx
+from pipeline.data.importers import ingest, read_idx
 
 FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
@@ -32,6 +32,19 @@ def fashion_subset(tmp_path_factory) -> Path:
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", read_idx(FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz")[:count])
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", read_idx(FASHION_MNIST / f"{prefix}-labels-idx1-ubyte.gz")[:count])
     return folder
+
+
+@pytest.fixture(scope="session")
+def gallery_dataset(tmp_path_factory) -> Path:
+    """3,000 real Fashion-MNIST test images in 10 files of 300 (and 100 training rows)."""
+    folder = tmp_path_factory.mktemp("gallery")
+    (folder / "idx").mkdir()
+    for prefix, count in (("train", 100), ("t10k", 3000)):
+        for kind, rank in (("images", 3), ("labels", 1)):
+            name = f"{prefix}-{kind}-idx{rank}-ubyte.gz"
+            write_idx(folder / "idx" / name, read_idx(FASHION_MNIST / name)[:count])
+    ingest(folder / "idx", folder / "dataset", rows_per_file=300)
+    return folder / "dataset"
 
 
 def _remove_stale_bootstrap_file() -> None:

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -36,3 +38,14 @@ def untrained_model(folder: Path, classes: list[str], name: str = "m", dim: int 
     torch.manual_seed(seed)
     return write_initial_model(folder, name, ModelConfig(architecture="small_cnn", embedding_dim=dim), classes,
                                model_id=f"{name}-{seed}")
+
+
+def folder_state(folder: Path) -> dict[str, tuple[pa.Table, dict]]:
+    """Every file of ``folder``: Parquet as (table, metadata), others as text."""
+    state = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".parquet":
+            state[path.name] = (pq.read_table(path), pq.read_schema(path).metadata)
+        elif path.is_file():
+            state[path.name] = path.read_text()
+    return state

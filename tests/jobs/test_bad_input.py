@@ -27,9 +27,9 @@ from pipeline.compat.statistics import compute_old_space_stats
 from pipeline.config import ConfigError, load_lineage_config, load_pipeline_config
 from pipeline.data.dataset import DATASET_SCHEMA
 from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
-from pipeline.data.importers import ingest, read_idx
-from tests.conftest import FASHION_MNIST, write_idx
-from tests.jobs.helpers import run_job, untrained_model
+from pipeline.data.importers import ingest
+from tests.conftest import write_idx
+from tests.jobs.helpers import folder_state, run_job, untrained_model
 from tests.mlflow_server import MlflowServer
 from tuning.space import load_sweep_config
 
@@ -231,30 +231,6 @@ def kill_when(process: subprocess.Popen, appeared: Path, timeout: float = 120,
         time.sleep(0.005)
     process.send_signal(signal_number)
     process.wait()
-
-
-def folder_state(folder: Path) -> dict[str, tuple[pa.Table, dict]]:
-    """Every file of ``folder``: Parquet as (table, metadata), others as text."""
-    state = {}
-    for path in sorted(folder.iterdir()):
-        if path.suffix == ".parquet":
-            state[path.name] = (pq.read_table(path), pq.read_schema(path).metadata)
-        elif path.is_file():
-            state[path.name] = path.read_text()
-    return state
-
-
-@pytest.fixture(scope="module")
-def gallery_dataset(tmp_path_factory) -> Path:
-    """3,000 real Fashion-MNIST test images in 10 files of 300 (and 100 training rows)."""
-    folder = tmp_path_factory.mktemp("gallery")
-    (folder / "idx").mkdir()
-    for prefix, count in (("train", 100), ("t10k", 3000)):
-        for kind, rank in (("images", 3), ("labels", 1)):
-            name = f"{prefix}-{kind}-idx{rank}-ubyte.gz"
-            write_idx(folder / "idx" / name, read_idx(FASHION_MNIST / name)[:count])
-    ingest(folder / "idx", folder / "dataset", rows_per_file=300)
-    return folder / "dataset"
 
 
 @pytest.mark.ray
