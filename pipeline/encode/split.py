@@ -6,12 +6,13 @@ whose actors each hold the model once (``BatchEncoder``: any ``pipeline.model.en
 encoder, a project artifact, TorchScript, ONNX or timm); the driver only receives the
 embeddings. A model known only by its embeddings is not run: its team's set of the split is
 converted to this project's contract (``pipeline.data.external``) under the same folder rules.
-Decoding in tasks of its own
-overlaps the actors' start-up (a process importing torch: seconds) and their inference, and on
-a GPU node keeps the CPUs' work off the GPU actor. Each input file becomes one output part file
-(written to a temporary name, then renamed) whose metadata names its source, so that a job
-killed midway and run again encodes only the files not done yet and ends with the same files as
-a run that was never interrupted. No process holds more than a few files' images.
+Decoding in tasks of its own overlaps the actors' start-up (a process importing torch: seconds)
+and their inference, and on a GPU node keeps the CPUs' work off the GPU actor (CPU actors
+reserving a whole decoding task's CPUs decode their files themselves instead: ``FileEncoder``).
+Each input file becomes one output part file (written to a temporary name, then renamed) whose
+metadata names its source, so that a job killed midway and run again encodes only the files not
+done yet and ends with the same files as a run that was never interrupted. No process holds
+more than a few files' images.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,20 @@ class BatchEncoder:
                 "path": batch["path"]}
 
 
+class FileEncoder(BatchEncoder):
+    """Ray Data callable class of the actors that decode their files themselves (CPU actors that
+    reserve what a decoding task would: ``decodes_itself``): one input file's path in, its rows'
+    embeddings out, ``decode_file``'s batches one after the other."""
+
+    def __init__(self, model_dir: str, threads: int, decoding: dict) -> None:
+        super().__init__(model_dir, threads)
+        self.decoding = decoding  # decode_file's keyword arguments
+
+    def __call__(self, files: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for batch in decode_file(files, **self.decoding):
+            yield super().__call__(batch)
+
+
 def part_name(index: int) -> str:
     """The output part of the ``index``-th input file (in sorted order)."""
     return f"part-{index:05d}.parquet"
@@ -93,11 +109,10 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     ``options.on_bad_rows`` is ``pipeline.data.bad_rows``'s policy.
 
     ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
-    decoding tasks, which reserve ``DECODE_CPUS`` each. A CPU actor reserving exactly as much
-    as a decoding task makes Ray Data fuse the decoding into the actor (same resources), where
-    it no longer overlaps the actor's start-up or inference (at 1e5 images, 0.85 of the plain
-    loop's rate against 1.0 apart, ``bench/ray_data.py``); hence the default of half a CPU.
-    GPU actors never fuse.
+    decoding tasks, which reserve ``DECODE_CPUS`` each. CPU actors reserving exactly as much as
+    a decoding task decode their files themselves (``decodes_itself``), where decoding no longer
+    overlaps the actor's start-up or inference (at 1e5 images, 0.85 of the plain loop's rate
+    against 1.0 apart, ``bench/ray_data.py``); hence the default of half a CPU.
     """
     card = read_encoder_card(model_dir)
     if isinstance(card, ImportedCard) and isinstance(card.source, EmbeddingsSource):
@@ -164,7 +179,8 @@ def _already_complete(out_dir: Path, card: EncoderCard, dataset_root: str | Path
 
 def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, preprocessing: Preprocessing,
               options: EncodeConfig, use_gpu: bool) -> ray.data.Dataset:
-    """The Ray Data pipeline over ``files``: decoding tasks feeding the model actors."""
+    """The Ray Data pipeline over ``files``: decoding tasks feeding the model actors, or actors
+    that decode their files themselves (``decodes_itself``)."""
     # Rows keep the files' order, so that each file's rows come back together and in order.
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
@@ -172,26 +188,31 @@ def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, preprocessi
     # One decoding task per input file (Ray Data's Parquet reader packs small files into one
     # 128 MiB task): reading, encoding and writing overlap, and actors share the files.
     items = ray.data.from_items([{"path": str(file)} for file in files], override_num_blocks=len(files))
-    decoded = items.map_batches(decode_file, fn_kwargs={"info": info, "preprocessing": preprocessing,
-                                                        "rows_per_batch": options.batch_size},
-                                batch_size=1, batch_format="numpy", num_cpus=DECODE_CPUS)
-    return decoded.map_batches(
-        BatchEncoder,
-        fn_constructor_kwargs={"model_dir": str(model_dir.resolve()), "threads": options.threads_per_actor},
-        compute=ray.data.ActorPoolStrategy(size=options.num_actors),
-        batch_size=options.batch_size,
-        batch_format="numpy",
-        num_cpus=options.cpus_per_actor,
-        num_gpus=1 if use_gpu else 0,
-    )
+    decoding = {"info": info, "preprocessing": preprocessing, "rows_per_batch": options.batch_size}
+    encoder = {"model_dir": str(model_dir.resolve()), "threads": options.threads_per_actor}
+    actors = {"compute": ray.data.ActorPoolStrategy(size=options.num_actors), "batch_format": "numpy",
+              "num_cpus": options.cpus_per_actor, "num_gpus": 1 if use_gpu else 0}
+    if decodes_itself(options.cpus_per_actor, use_gpu):
+        # One file a call. A decoding stage of the actors' resources would be fused into them by
+        # Ray Data, which then hands each call batch_size input rows: that many files, all on one actor.
+        return items.map_batches(FileEncoder, fn_constructor_kwargs={**encoder, "decoding": decoding}, batch_size=1,
+                                 **actors)
+    decoded = items.map_batches(decode_file, fn_kwargs=decoding, batch_size=1, batch_format="numpy",
+                                num_cpus=DECODE_CPUS)
+    return decoded.map_batches(BatchEncoder, fn_constructor_kwargs=encoder, batch_size=options.batch_size, **actors)
+
+
+def decodes_itself(cpus_per_actor: float, use_gpu: bool) -> bool:
+    """Whether the actors decode their files themselves (``FileEncoder``): CPU actors reserving
+    what a decoding task would, whose decoding tasks would wait for CPUs the actors hold."""
+    return not use_gpu and cpus_per_actor == DECODE_CPUS
 
 
 def _check_layout(num_actors: int, cpus_per_actor: float, use_gpu: bool) -> None:
-    """Refuse actors that leave no CPU for a decoding task, which would then wait for ever. CPU
-    actors reserving exactly ``DECODE_CPUS`` decode themselves (Ray Data fuses stages of equal
-    resources) and need nothing more. Counts the CPUs the cluster has now (not what an
-    autoscaler could add)."""
-    if not use_gpu and cpus_per_actor == DECODE_CPUS:
+    """Refuse actors that leave no CPU for a decoding task, which would then wait for ever; actors
+    that decode themselves (``decodes_itself``) need nothing more. Counts the CPUs the cluster has
+    now (not what an autoscaler could add)."""
+    if decodes_itself(cpus_per_actor, use_gpu):
         return
     cpus = ray.cluster_resources().get("CPU", 0)
     if num_actors * cpus_per_actor + DECODE_CPUS > cpus:
