@@ -36,8 +36,12 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(temporary)
         os.replace(temporary, path)
-    except BaseException:  # a failed or stopped write (a full disk, SIGTERM) leaves nothing behind
+    except BaseException as error:  # a failed or stopped write (a full disk, SIGTERM) leaves nothing behind
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # pyarrow's, for one, name no file
+            named = OSError(f"cannot write {path}: {error}")
+            named.errno = error.errno
+            raise named from error
         raise
 
 

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +208,7 @@ def test_encode_actors_leaving_no_cpu_for_decoding_are_refused_fused_ones_run(tm
     assert code == 2 and ("encode: 3 actors x 0.5 CPUs (num_actors x cpus_per_actor) leave less than the 1 CPU a "
                           "decoding task needs: the cluster has 2 CPUs now") in log
     assert not (tmp_path / "out").exists()
-    # actors of exactly one CPU decode themselves (Ray Data fuses the stages): every CPU may go to them
+    # actors of exactly one CPU decode their files themselves: every CPU may go to them
     code, _ = run_job("encode", "--model", model, "--dataset", small_dataset, "--out", tmp_path / "out",
                       "--num-actors", 2, "--cpus-per-actor", 1, "--threads-per-actor", 1, caplog=caplog)
     assert code == 0 and json.loads((tmp_path / "out" / "_COMPLETE.json").read_text())["rows"] == 400
@@ -298,25 +300,61 @@ def test_killed_score_resumes_to_the_same_report(tmp_path, ray_cluster, caplog, 
     assert not list(interrupted.rglob(".*"))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs (a disk that fills) needs root")
+needs_root_to_mount = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs (a disk that fills) "
+                                                                    "needs root")
+
+
+@contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Callable[[], None]]:
+    """A tmpfs of ``size`` mounted at ``folder``, and a function that grows it (the user frees space)."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@needs_root_to_mount
 def test_a_disk_that_fills_while_scoring_is_one_line_and_leaves_nothing_a_rerun_would_trust(tmp_path, caplog):
     sets = [synthetic_embeddings(tmp_path / name, name, 3000, 64, seed) for seed, name in enumerate(("old", "a"))]
     disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)], check=True)
-    try:
+    with small_disk(disk, "160k") as grow:
         options = ["--embeddings", *sets, "--old", "old", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
         code, log = run_job("score", *options, "--out", disk / "report", caplog=caplog)
-        assert code == 2 and "No space left on device" in log, log[-2000:]
+        full = rf"cannot write {re.escape(str(disk / 'report'))}/\S+: .*No space left on device"
+        assert code == 2 and re.search(full, log), log[-2000:]
         assert not list(disk.rglob(".*.tmp-*")) and not (disk / "report" / "report.parquet").exists()
         for saved in (disk / "report" / "pairs").glob("*.json"):  # a pair's row is there only with its values
             assert saved.with_suffix(".queries.npz").is_file()
-        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        grow()
         assert run_job("score", *options, "--out", disk / "report", caplog=caplog)[0] == 0
         assert run_job("score", *options, "--out", tmp_path / "whole", caplog=caplog)[0] == 0
         assert pq.read_table(disk / "report" / "report.parquet").equals(pq.read_table(tmp_path / "whole" / "report.parquet"))
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
+
+
+@needs_root_to_mount
+@pytest.mark.ray
+def test_a_disk_that_fills_while_encoding_is_one_line_and_leaves_nothing_a_rerun_would_trust(tmp_path, gallery_dataset,
+                                                                                            ray_cluster, caplog):
+    """Parts are written whole or not at all: the rerun, once there is room, keeps the parts
+    written before the disk filled and ends with the files of an encoding that never failed."""
+    classes = json.loads((gallery_dataset / "classes.json").read_text())
+    model = untrained_model(tmp_path / "model", classes, dim=64)
+    options = ["--model", model, "--dataset", gallery_dataset, "--batch-size", 100, "--threads-per-actor", 1]
+    out = tmp_path / "disk" / "embeddings"
+    with small_disk(out.parent, "300k") as grow:
+        code, log = run_job("encode", *options, "--out", out, caplog=caplog)
+        full = rf"cannot write {re.escape(str(out))}/part-\d+\.parquet: .*No space left on device"
+        assert code == 2 and re.search(full, log), log[-2000:]
+        written = sorted(out.glob("part-*.parquet"))
+        assert 0 < len(written) < 10 and not (out / "_COMPLETE.json").exists()
+        assert not list(out.parent.rglob(".*.tmp-*"))
+        grow()
+        code, log = run_job("encode", *options, "--out", out, caplog=caplog)
+        assert code == 0 and f"{len(written)} of 10 input files already encoded" in log
+        assert run_job("encode", *options, "--out", tmp_path / "whole", caplog=caplog)[0] == 0
+        assert folder_state(out) == folder_state(tmp_path / "whole")
 
 
 HOLD_LOCK = """
