@@ -8,7 +8,7 @@ files, decode the PNGs (``pipeline.data.decode``), run the embedder and write th
 The plain loop runs with 2 torch threads, before and after the Ray runs (its figure is the
 mean). Ray Data runs three layouts: 1 actor of 2 threads (the job's default), 2 actors of 1
 thread (how it scales with actors on this machine's cores), and 1 actor reserving 1 CPU, which
-Ray Data fuses with the decoding tasks (what the default avoids). Each layout runs in two rounds
+decodes its files itself (what the default avoids). Each layout runs in two rounds
 on a freshly started Ray: the first encoding, as a ``jobs.encode`` job meets it (every worker
 process starts and imports its libraries), then two more in the same job (worker processes for
 decoding reused; actors always start anew), as the pipeline encodes one model after another.
@@ -114,7 +114,7 @@ def flops_per_image(model_dir: Path, dataset: Path) -> float:
 
 LAYOUTS = [{"actors": 1, "threads_per_actor": 2, "cpus_per_actor": 0.5, "decoding": "tasks"},
            {"actors": 2, "threads_per_actor": 1, "cpus_per_actor": 0.5, "decoding": "tasks"},
-           {"actors": 1, "threads_per_actor": 2, "cpus_per_actor": 1.0, "decoding": "fused into the actor"}]
+           {"actors": 1, "threads_per_actor": 2, "cpus_per_actor": 1.0, "decoding": "in the actor"}]
 ROUNDS = 2
 
 
