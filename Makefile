@@ -74,7 +74,8 @@ bench: env
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
 # cannot share the machine with the other tests' local one. The tests marked slow (a sweep, a
-# streamed rerun, two multi-node ones) run in `make test-slow`, to keep `make test` within 20 min.
+# streamed rerun, multi-node ones that a faster test shows in part) run in `make test-slow`, to
+# keep `make test` within 20 min.
 test: env data
 	@bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -m "not cluster and not slow" $(PYTEST_ARGS)

@@ -33,11 +33,13 @@ def run_job(job: str, *args, caplog: pytest.LogCaptureFixture) -> tuple[int, str
     return code, caplog.text
 
 
-def untrained_model(folder: Path, classes: list[str], name: str = "m", dim: int = 16, seed: int = 0) -> Path:
-    """A model artifact with initial weights: enough to encode, and deterministic."""
+def untrained_model(folder: Path, classes: list[str], name: str = "m", dim: int = 16, seed: int = 0,
+                    image_size: int = 28) -> Path:
+    """A model artifact with initial weights, reading grey images of ``image_size`` px: enough to
+    encode, and deterministic."""
     torch.manual_seed(seed)
     return write_initial_model(folder, name, ModelConfig(architecture="small_cnn", embedding_dim=dim), classes,
-                               model_id=f"{name}-{seed}")
+                               image_size=image_size, model_id=f"{name}-{seed}")
 
 
 def folder_state(folder: Path) -> dict[str, tuple[pa.Table, dict]]:

@@ -236,7 +236,10 @@ def kill_when(process: subprocess.Popen, appeared: Path, timeout: float = 120,
 
 
 @pytest.mark.ray
-def test_killed_encode_resumes_to_the_same_output(tmp_path, gallery_dataset, ray_cluster, caplog):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "preempted"])
+def test_killed_encode_resumes_to_the_same_output(tmp_path, gallery_dataset, ray_cluster, caplog, stop):
+    """SIGKILL (a crash) leaves at most hidden temporary files and a lock record, which the rerun
+    removes and takes over; SIGTERM (preemption, ``ray job stop``) leaves neither."""
     classes = json.loads((gallery_dataset / "classes.json").read_text())
     model = untrained_model(tmp_path / "model", classes, dim=64)
     options = ["--model", model, "--dataset", gallery_dataset, "--batch-size", 100, "--threads-per-actor", 1]
@@ -244,12 +247,17 @@ def test_killed_encode_resumes_to_the_same_output(tmp_path, gallery_dataset, ray
 
     interrupted = tmp_path / "interrupted"
     job = start_job("encode", *options, "--out", interrupted, ray_address=ray_cluster.get_runtime_context().gcs_address)
-    kill_when(job, interrupted / "part-00001.parquet")
+    kill_when(job, interrupted / "part-00001.parquet", signal_number=stop)
     done_before = {path.name: path.stat().st_mtime_ns for path in interrupted.glob("part-*.parquet")}
     assert 2 <= len(done_before) < 10 and not (interrupted / "_COMPLETE.json").exists()
+    if stop == signal.SIGTERM:
+        assert job.returncode == 143 and not list(interrupted.glob(".*"))  # nothing temporary left
+        assert (tmp_path / ".interrupted.lock").read_text() == ""  # the lock released, its record cleared
 
     code, log = run_job("encode", *options, "--out", interrupted, caplog=caplog)
     assert code == 0 and f"{len(done_before)} of 10 input files already encoded" in log
+    took_over = re.search(rf"taking over the lock left by host \S+, pid {job.pid}, started ", log)
+    assert bool(took_over) == (stop == signal.SIGKILL)  # only a killed job leaves its lock record
     assert {name: interrupted.joinpath(name).stat().st_mtime_ns for name in done_before} == done_before  # not redone
     assert not list(interrupted.glob(".*"))  # no temporary file left
     whole, resumed = folder_state(tmp_path / "whole"), folder_state(interrupted)
