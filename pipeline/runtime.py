@@ -28,13 +28,14 @@ def setup_logging() -> None:
 _STOP_ON_SIGTERM = False  # whether a job asked for it (stop_on_sigterm)
 
 
-_EXIT_ON_SIGTERM = threading.Event()  # set while a Ray Train fit runs (exit_on_sigterm)
+_fits_running = 0  # Ray Train fits running now, side by side or not (exit_on_sigterm)
+_FITS_RUNNING_GUARD = threading.Lock()
 
 
 def _preempted(signum: int, _frame: object) -> None:
     from pipeline.errors import Preempted
 
-    if _EXIT_ON_SIGTERM.is_set():
+    if _fits_running:
         logging.getLogger("jobs").error("stopped by SIGTERM during a fit: its last checkpoint and MLflow run stay; "
                                         "run the same command to continue")
         os._exit(143)
@@ -45,12 +46,16 @@ def _preempted(signum: int, _frame: object) -> None:
 def exit_on_sigterm() -> Iterator[None]:
     """While the block runs, SIGTERM ends the process at once (exit 143) instead of unwinding: a
     Ray Train fit stopped by an exception aborts its run, which a rerun then starts again from
-    epoch 0, while one whose driver is gone resumes from its last checkpoint (as after SIGKILL)."""
-    _EXIT_ON_SIGTERM.set()
+    epoch 0, while one whose driver is gone resumes from its last checkpoint (as after SIGKILL).
+    Fits side by side count: the process exits so while any of them runs."""
+    global _fits_running
+    with _FITS_RUNNING_GUARD:
+        _fits_running += 1
     try:
         yield
     finally:
-        _EXIT_ON_SIGTERM.clear()
+        with _FITS_RUNNING_GUARD:
+            _fits_running -= 1
 
 
 def stop_on_sigterm() -> None:

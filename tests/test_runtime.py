@@ -1,6 +1,8 @@
 """How many training runs the pipeline starts side by side, against a real local Ray cluster, and
 how a failed one ends the others."""
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -58,3 +60,29 @@ def test_progress_yields_every_item_with_a_bar_only_in_a_terminal(terminal, monk
     monkeypatch.setattr(runtime, "in_terminal", lambda: terminal)
     assert list(runtime.progress(range(5), "score: pairs")) == [0, 1, 2, 3, 4]
     assert ("score: pairs" in capsys.readouterr().err) == terminal
+
+
+SIGTERM_AFTER_ONE_OF_TWO_FITS_ENDED = """
+import os, signal, threading
+from pipeline.runtime import exit_on_sigterm, stop_on_sigterm
+stop_on_sigterm()
+entered, first_may_end, second_may_end = threading.Barrier(3), threading.Event(), threading.Event()
+def fit(may_end):
+    with exit_on_sigterm():
+        entered.wait()
+        may_end.wait()
+first = threading.Thread(target=fit, args=(first_may_end,))
+second = threading.Thread(target=fit, args=(second_may_end,), daemon=True)
+first.start(); second.start(); entered.wait()
+first_may_end.set(); first.join()
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_sigterm_ends_the_process_at_once_while_any_of_two_fits_side_by_side_still_runs():
+    """The first fit to end must not turn SIGTERM back into unwinding (which aborts the Ray Train
+    run still going, so that its rerun starts from epoch 0): exit 143, no traceback."""
+    ended = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_ONE_OF_TWO_FITS_ENDED], capture_output=True, text=True,
+                           timeout=60, cwd=runtime.PROJECT_ROOT)
+    assert ended.returncode == 143 and "Traceback" not in ended.stderr, ended.stderr
+    assert "stopped by SIGTERM during a fit" in ended.stderr
