@@ -142,7 +142,9 @@ def run_main(main: Callable[[], None]) -> None:
     """Run a job's main; a known input error, a folder another job is writing or a tracking
     server that does not answer becomes one line on stderr and exit code 2. SIGTERM (preemption,
     ``ray job stop``) stops it as ``Preempted``: its writes remove their temporary files, its
-    locks are released, its MLflow run stays open, and the same command continues (exit 143)."""
+    locks are released, its MLflow run stays open, and the same command continues (exit 143).
+    During a Ray Train fit it ends the process at once instead (``pipeline.runtime.exit_on_sigterm``),
+    leaving its lock's record for the rerun to take over."""
     from pipeline.errors import FolderInUse, TrackingUnreachable, preempted
 
     setup_logging()

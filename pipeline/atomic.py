@@ -38,10 +38,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
         os.replace(temporary, path)
     except BaseException as error:  # a failed or stopped write (a full disk, SIGTERM) leaves nothing behind
         temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename is None:  # pyarrow's, for one, name no file
-            named = OSError(f"cannot write {path}: {error}")
-            named.errno = error.errno
-            raise named from error
+        if isinstance(error, OSError) and error.filename in (None, str(temporary)):  # pyarrow's name none
+            # the errno form makes the same subclass (ENOSPC: OSError, ENOENT: FileNotFoundError)
+            named = f"cannot write {path}: {error.strerror or error}"
+            raise (OSError(error.errno, named) if error.errno else OSError(named)) from error
         raise
 
 

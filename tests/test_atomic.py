@@ -1,13 +1,18 @@
 """Atomic writes and the folder writer lock: threads of one process take turns, temporary names
 are never shared, and a lock a killed process left is taken over."""
 
+import errno
 import logging
+import re
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pyarrow as pa
+import pytest
 
 from pipeline.atomic import one_writer, write_atomic
 from tests.jobs.test_bad_input import HOLD_LOCK
@@ -57,3 +62,18 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_log_line(tmp_path,
     with one_writer(tmp_path / "out"):  # released cleanly last time: nothing to take over
         pass
     assert caplog.text == ""
+
+
+def test_a_write_that_fails_without_naming_a_file_is_named_and_leaves_nothing(tmp_path):
+    """pyarrow's ENOSPC (here from /dev/full, a disk always full) names no file: the error names
+    the file being written and keeps its errno and type; the temporary file is gone."""
+    def write(temporary: Path) -> None:
+        temporary.write_text("partial")
+        with pa.OSFile("/dev/full", "wb") as full:
+            full.write(b"x" * 2**20)
+
+    with pytest.raises(OSError, match=rf"cannot write {re.escape(str(tmp_path / 'part.parquet'))}: .*No space left "
+                                      r"on device") as raised:
+        write_atomic(tmp_path / "part.parquet", write)
+    assert type(raised.value) is OSError and raised.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
