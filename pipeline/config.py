@@ -403,8 +403,8 @@ class EncodeConfig(Strict):
     batch_size: int = Field(512, gt=0)
     num_actors: int = Field(1, gt=0)
     cpus_per_actor: float = Field(0.5, gt=0, description="CPUs each actor reserves; on CPUs exactly 1 (what a "
-                                  "decoding task reserves) makes the actors decode their files themselves, which is "
-                                  "slower (pipeline.encode.split.encode_split)")
+                                  "decoding task reserves) makes the actors decode their files themselves, which "
+                                  "then overlaps none of their inference (pipeline.encode.split.encode_split)")
     threads_per_actor: int = Field(2, gt=0, description="torch threads in each actor")
     use_gpu: bool | None = Field(None, description="None: one GPU per actor when the cluster has GPUs at the start; "
                                  "true asks for them (an autoscaler then adds GPU nodes)")

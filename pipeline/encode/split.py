@@ -62,18 +62,19 @@ class BatchEncoder:
                 "path": batch["path"]}
 
 
-class FileEncoder(BatchEncoder):
+class FileEncoder:
     """Ray Data callable class of the actors that decode their files themselves (CPU actors that
     reserve what a decoding task would: ``decodes_itself``): one input file's path in, its rows'
-    embeddings out, ``decode_file``'s batches one after the other."""
+    embeddings out, ``decode_file``'s batches of ``rows_per_batch`` one after the other."""
 
-    def __init__(self, model_dir: str, threads: int, decoding: dict) -> None:
-        super().__init__(model_dir, threads)
-        self.decoding = decoding  # decode_file's keyword arguments
+    def __init__(self, model_dir: str, threads: int, info: DatasetInfo, preprocessing: Preprocessing,
+                 rows_per_batch: int) -> None:
+        self.encode = BatchEncoder(model_dir, threads)
+        self.info, self.preprocessing, self.rows_per_batch = info, preprocessing, rows_per_batch
 
     def __call__(self, files: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for batch in decode_file(files, **self.decoding):
-            yield super().__call__(batch)
+        for batch in decode_file(files, self.info, self.preprocessing, self.rows_per_batch):
+            yield self.encode(batch)
 
 
 def part_name(index: int) -> str:
@@ -111,8 +112,9 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
     ``threads_per_actor`` may exceed ``cpus_per_actor``: the actors share the cores with the
     decoding tasks, which reserve ``DECODE_CPUS`` each. CPU actors reserving exactly as much as
     a decoding task decode their files themselves (``decodes_itself``), where decoding no longer
-    overlaps the actor's start-up or inference (at 1e5 images, 0.85 of the plain loop's rate
-    against 1.0 apart, ``bench/ray_data.py``); hence the default of half a CPU.
+    overlaps the actor's start-up or inference (at 1e5 images with one actor, 0.85 of the plain
+    loop's rate against 1.0 apart, ``bench/ray_data.py`` before 4e868da); hence the default of
+    half a CPU.
     """
     card = read_encoder_card(model_dir)
     if isinstance(card, ImportedCard) and isinstance(card.source, EmbeddingsSource):
@@ -146,7 +148,7 @@ def encode_split(model_dir: str | Path, dataset_root: str | Path, split: str, ou
             log.info("encode %s/%s: %d of %d input files already encoded in %s, skipped", card.name, split,
                      len(finished), len(inputs), out_dir)
         if todo:
-            embedded = _embedded(Path(model_dir), todo, info, card.preprocessing, options, use_gpu)
+            embedded = embedding_stream(Path(model_dir), todo, info, card.preprocessing, options, use_gpu)
             _write_parts(embedded, {file.name: file for file in todo}, parts, card, info, options.on_bad_rows)
         return _complete(parts, card, dataset_root, split, out_dir)
 
@@ -177,7 +179,7 @@ def _already_complete(out_dir: Path, card: EncoderCard, dataset_root: str | Path
         (card.id, str(Path(dataset_root).resolve()), split)
 
 
-def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, preprocessing: Preprocessing,
+def embedding_stream(model_dir: Path, files: list[Path], info: DatasetInfo, preprocessing: Preprocessing,
               options: EncodeConfig, use_gpu: bool) -> ray.data.Dataset:
     """The Ray Data pipeline over ``files``: decoding tasks feeding the model actors, or actors
     that decode their files themselves (``decodes_itself``)."""
@@ -195,8 +197,7 @@ def _embedded(model_dir: Path, files: list[Path], info: DatasetInfo, preprocessi
     if decodes_itself(options.cpus_per_actor, use_gpu):
         # One file a call. A decoding stage of the actors' resources would be fused into them by
         # Ray Data, which then hands each call batch_size input rows: that many files, all on one actor.
-        return items.map_batches(FileEncoder, fn_constructor_kwargs={**encoder, "decoding": decoding}, batch_size=1,
-                                 **actors)
+        return items.map_batches(FileEncoder, fn_constructor_kwargs={**encoder, **decoding}, batch_size=1, **actors)
     decoded = items.map_batches(decode_file, fn_kwargs=decoding, batch_size=1, batch_format="numpy",
                                 num_cpus=DECODE_CPUS)
     return decoded.map_batches(BatchEncoder, fn_constructor_kwargs=encoder, batch_size=options.batch_size, **actors)

@@ -1,4 +1,4 @@
-"""encode_split on a real Ray cluster: callers that share an output folder."""
+"""encode_split on a real Ray cluster: callers that share an output folder, and how its actors take the files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pipeline.config import EncodeConfig
 from pipeline.data.dataset import read_dataset_info, split_files
 from pipeline.data.embeddings import read_embeddings
 from pipeline.data.importers import ingest
-from pipeline.encode.split import COMPLETE_MARKER, _embedded, encode_split
+from pipeline.encode.split import COMPLETE_MARKER, embedding_stream, encode_split
 from pipeline.model.card import read_encoder_card
 from tests.jobs.helpers import untrained_model
 
@@ -56,17 +56,16 @@ def test_two_callers_on_one_folder_encode_it_once_and_a_complete_folder_is_left_
 
 @pytest.mark.ray
 @pytest.mark.parametrize("cpus_per_actor", [0.5, 1.0], ids=["decoding-tasks", "actors-decode"])
-def test_each_call_of_an_actor_encodes_one_file_so_that_the_actors_share_them(tmp_path, dataset, ray_cluster,
-                                                                              cpus_per_actor):
+def test_each_call_of_an_actor_encodes_one_file(tmp_path, dataset, ray_cluster, cpus_per_actor):
     """Actors that decode their files themselves got them all in one call before (Ray Data fused
-    the decoding stage into them and bundled batch_size files for each call): one actor did the
-    work. Each output block now holds one file's rows, in the files' order."""
+    the decoding stage into them and bundled batch_size files for each call), so that one actor
+    did all the work. Each output block now holds one file's rows, in the files' order."""
     classes = json.loads((dataset / "classes.json").read_text())
     model = untrained_model(tmp_path / "model", classes)
     files = [Path(file) for file in split_files(dataset, "train")]
     options = OPTIONS.model_copy(update={"num_actors": 2, "cpus_per_actor": cpus_per_actor})
-    embedded = _embedded(model, files, read_dataset_info(dataset), read_encoder_card(model).preprocessing, options,
-                         use_gpu=False)
+    embedded = embedding_stream(model, files, read_dataset_info(dataset), read_encoder_card(model).preprocessing,
+                                options, use_gpu=False)
     blocks = [list(dict.fromkeys(batch["path"])) for batch in embedded.iter_batches(batch_size=None)]
     assert [paths for paths in blocks if len(paths) > 1] == []
     assert list(dict.fromkeys(path for paths in blocks for path in paths)) == [str(file) for file in files]

@@ -201,7 +201,7 @@ def test_encode_empty_split_is_an_error(tmp_path, small_dataset, ray_cluster, ca
 
 
 @pytest.mark.ray
-def test_encode_actors_leaving_no_cpu_for_decoding_are_refused_fused_ones_run(tmp_path, small_dataset, ray_cluster, caplog):
+def test_encode_actors_leaving_no_cpu_for_decoding_are_refused_self_decoding_ones_run(tmp_path, small_dataset, ray_cluster, caplog):
     model = untrained_model(tmp_path / "model", json.loads((small_dataset / "classes.json").read_text()))
     code, log = run_job("encode", "--model", model, "--dataset", small_dataset, "--out", tmp_path / "out",
                         "--num-actors", 3, "--cpus-per-actor", 0.5, caplog=caplog)
