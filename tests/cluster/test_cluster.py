@@ -1,7 +1,8 @@
 """Production training on a real multi-node Ray cluster started with `ray start` on this machine.
 
-Two Ray nodes (a head and a worker node, one CPU each) run the jobs as users run them: as CLI
-processes joining the cluster, or through `ray job submit`. These tests own their cluster, so
+Ray nodes of one CPU each (a head and a second node; a third joins for the tests that lose a
+node) run the jobs as users run them: as CLI processes joining the cluster, or through `ray job
+submit`. These tests own their cluster, so
 they run in a pytest session of their own (`pytest -m cluster`, which `make test` runs after the
 other tests): two Ray instances on one machine at once are not supported.
 """
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -118,7 +120,7 @@ def _lose_node_hosting(title: str) -> int:
         grown = doomed | {pid for pid, (parent, _) in processes.items() if parent in doomed}
         added, doomed = grown != doomed, grown
     doomed |= {pid for pid, (_, command) in processes.items() if re.search(rf"{re.escape(temp_dir)}(/|\s|$)", command)}
-    for pid in doomed:
+    for pid in sorted(doomed, key=lambda pid: pid != raylet):  # the raylet first: the node goes, not a worker
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return len(doomed)
@@ -140,11 +142,16 @@ def _train_config(folder: Path, name: str, **overrides) -> Path:
     return path
 
 
-def _train_command(config: Path, dataset: Path, work: Path) -> list[str]:
-    name = config.stem
-    return [sys.executable, "-m", "jobs.train", "--config", str(config), "--dataset", str(dataset),
-            "--out", str(work / "models" / name), "--storage-path", str(work / "ray"), "--ray-address", ADDRESS,
+def _train_job(config: Path, dataset: Path, work: Path) -> list[str]:
+    """``jobs.train`` and its arguments, as ``python -m`` or ``ray job submit`` takes them."""
+    return ["jobs.train", "--config", str(config), "--dataset", str(dataset),
+            "--out", str(work / "models" / config.stem), "--storage-path", str(work / "ray"),
             "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--experiment", "cluster"]
+
+
+def _train_command(config: Path, dataset: Path, work: Path) -> list[str]:
+    """The training job as a process that joins the cluster."""
+    return [sys.executable, "-m", *_train_job(config, dataset, work), "--ray-address", ADDRESS]
 
 
 def _committed_checkpoints(run_dir: Path) -> list:
@@ -157,12 +164,18 @@ def _committed_checkpoints(run_dir: Path) -> list:
         return []
 
 
-def _wait_for_checkpoint(work: Path, name: str, process: subprocess.Popen, timeout: float = 240) -> None:
+def _wait_until(done: Callable[[], bool], what: str, process: subprocess.Popen | None = None,
+                timeout: float = 240) -> None:
+    """Poll ``done`` until it holds; fail if ``process`` ended first or ``timeout`` seconds passed."""
     deadline = time.monotonic() + timeout
-    while not _committed_checkpoints(work / "ray" / name):
-        assert process.poll() is None, f"training ended before its first checkpoint:\n{process.communicate()[0]}"
-        assert time.monotonic() < deadline, "no checkpoint within the time limit"
-        time.sleep(0.2)
+    while not done():
+        assert process is None or process.poll() is None, f"the job ended before {what}:\n{process.communicate()[0]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def _wait_for_checkpoint(work: Path, name: str, process: subprocess.Popen | None = None) -> None:
+    _wait_until(lambda: bool(_committed_checkpoints(work / "ray" / name)), "first registered checkpoint", process)
 
 
 def _epoch_history(work: Path, name: str) -> tuple[list[mlflow.entities.Run], set[int]]:
@@ -296,13 +309,15 @@ def _job_options(submission_id: str) -> list[str]:
     return ["--address", DASHBOARD, "--submission-id", submission_id, "--runtime-env", "configs/runtime_env.yaml"]
 
 
-def _submit(cluster: dict, submission_id: str, *job: str) -> None:
-    """`ray job submit` as the README shows it; it waits for the job and exits 0 once it SUCCEEDED."""
+def _submit(cluster: dict, submission_id: str, *job: str) -> str:
+    """`ray job submit` as the README shows it; it waits for the job and exits 0 once it
+    SUCCEEDED. Returns what it printed (the job's output among it)."""
     submitted = subprocess.run(
         [RAY, "job", "submit", *_job_options(submission_id), "--", "python", "-m", *job],
         cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=300)
     assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-4000:]
     assert f"Job '{submission_id}' succeeded" in submitted.stdout + submitted.stderr
+    return submitted.stdout + submitted.stderr
 
 
 def test_ray_job_submit_runs_train_encode_and_score(cluster, dataset, tmp_path):
@@ -321,26 +336,23 @@ def test_ray_job_submit_runs_train_encode_and_score(cluster, dataset, tmp_path):
 
 def test_ray_job_stop_leaves_a_run_the_next_submission_continues(cluster, dataset, tmp_path):
     """``ray job stop`` sends the job's processes SIGTERM (then SIGKILL after 3 s): the driver ends
-    at once, and the same job submitted again continues the Ray Train run and its MLflow run."""
-    config = _train_config(tmp_path, "stopped")
-    job = [arg for arg in _train_command(config, dataset, tmp_path)[2:] if arg != "--ray-address" and arg != ADDRESS]
-    submitted = subprocess.run(
-        [RAY, "job", "submit", "--no-wait", *_job_options(f"stopped-{tmp_path.name}"), "--", "python", "-m", *job],
-        cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=120)
+    at once, and the same job submitted again continues the Ray Train run and its MLflow run,
+    taking over the run lock's record that the driver left."""
+    job, submission = _train_job(_train_config(tmp_path, "stopped"), dataset, tmp_path), f"stopped-{tmp_path.name}"
+    submitted = subprocess.run([RAY, "job", "submit", "--no-wait", *_job_options(submission), "--", "python", "-m",
+                                *job], cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    deadline = time.monotonic() + 240
-    while not _committed_checkpoints(tmp_path / "ray" / "stopped"):
-        assert time.monotonic() < deadline, "no checkpoint within the time limit"
-        time.sleep(0.2)
-    stop = subprocess.run([RAY, "job", "stop", "--address", DASHBOARD, f"stopped-{tmp_path.name}"], cwd=ROOT,
-                          env=cluster, capture_output=True, text=True, timeout=120)
+    _wait_for_checkpoint(tmp_path, "stopped")
+    stop = subprocess.run([RAY, "job", "stop", "--address", DASHBOARD, submission], cwd=ROOT, env=cluster,
+                          capture_output=True, text=True, timeout=120)
     assert stop.returncode == 0 and "stopped" in stop.stdout + stop.stderr, stop.stdout + stop.stderr
-    logs = subprocess.run([RAY, "job", "logs", "--address", DASHBOARD, f"stopped-{tmp_path.name}"], cwd=ROOT,
-                          env=cluster, capture_output=True, text=True, timeout=60).stdout
+    logs = subprocess.run([RAY, "job", "logs", "--address", DASHBOARD, submission], cwd=ROOT, env=cluster,
+                          capture_output=True, text=True, timeout=60).stdout
     assert "stopped by SIGTERM during a fit" in logs, logs[-3000:]
     assert not (tmp_path / "models" / "stopped" / "card.json").exists()
 
-    _submit(cluster, f"stopped-again-{tmp_path.name}", *job)
+    output = _submit(cluster, f"{submission}-again", *job)
+    assert "which no longer runs" in output  # the run lock's record, taken over with a log line
     metrics = read_card(tmp_path / "models" / "stopped").metrics
     assert metrics["epoch"] == 2 and metrics["resumed_from_epoch"] >= 1
     runs, steps = _epoch_history(tmp_path, "stopped")
@@ -391,14 +403,11 @@ def test_a_node_lost_mid_encode_finishes_with_the_output_of_an_uninterrupted_run
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(encode(interrupted), cwd=ROOT, env=cluster, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while not (interrupted / "part-00001.parquet").exists():
-        assert process.poll() is None, f"the encode ended before its second part:\n{process.communicate()[0]}"
-        assert time.monotonic() < deadline, "no second part within the time limit"
-        time.sleep(0.005)
+    _wait_until((interrupted / "part-00001.parquet").exists, "second part", process)
     assert _lose_node_hosting("MapWorker") > 1
     written = len(list(interrupted.glob("part-*.parquet")))
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output[-5000:]
     assert written < 10, "the node was lost after the last part: not mid-encode"
+    assert "MapWorker(MapBatches(FileEncoder)).submit failed" in output and "will be retried" in output, output
     assert folder_state(interrupted) == folder_state(tmp_path / "whole")
