@@ -83,7 +83,7 @@ def encode_options(args: argparse.Namespace) -> EncodeConfig:
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
-    """How ``ScoreConfig`` searches: the index and the full ranking, with its defaults."""
+    """How ``ScoreConfig`` searches (the index, the full ranking) and judges negative flips, with its defaults."""
     score, index = ScoreConfig(), IndexConfig()
     parser.add_argument("--index", choices=["flat", "ivf"], default=index.kind,
                         help="flat: exact search (default); ivf: inverted lists, for galleries past what flat serves "
@@ -94,12 +94,15 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
                         help="skip mAP and mAP@R over the full ranking (top-k only, for very large galleries)")
     parser.add_argument("--query-chunk", type=int, default=score.query_chunk,
                         help=ScoreConfig.model_fields["query_chunk"].description)
+    parser.add_argument("--max-flip-rate", type=float, default=score.max_flip_rate,
+                        help=ScoreConfig.model_fields["max_flip_rate"].description)
 
 
 def score_options(args: argparse.Namespace, **fields: Any) -> ScoreConfig:
     """The ``ScoreConfig`` of ``add_search_args``' options and ``fields`` (split, topk)."""
     raw = {"index": {"kind": args.index, "nlist": args.nlist, "nprobe": args.nprobe},
-           "full_ranking": not args.no_full_ranking, "query_chunk": args.query_chunk, **fields}
+           "full_ranking": not args.no_full_ranking, "query_chunk": args.query_chunk,
+           "max_flip_rate": args.max_flip_rate, **fields}
     return validate(ScoreConfig, raw, COMMAND_LINE)
 
 

@@ -438,6 +438,10 @@ class ScoreConfig(Strict):
     bootstrap_resamples: int = Field(1000, ge=0, description="resamples of the queries for each criterion cell's "
                                                              "paired interval (pipeline.score.uncertainty); 0: none")
     interval_level: float = Field(0.95, gt=0, lt=1, description="the criterion intervals' confidence level")
+    max_flip_rate: float | None = Field(None, ge=0, le=1, description="a pair meets the verdict only when at most "
+                                        "this share of its queries flips negatively (a top-1 hit under the old "
+                                        "model, a miss under the pair: pipeline.score.flips); None: flips are "
+                                        "reported, not judged")
 
 
 class MlflowConfig(Strict):

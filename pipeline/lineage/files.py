@@ -52,15 +52,17 @@ def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.D
                       order: list[str]) -> str:
     lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Verdicts", "",
              "| model | parent | verdict | route | top-1 | parent top-1 | difference [interval] | mAP "
-             "| parent mAP | difference [interval] |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| parent mAP | difference [interval] | negative flips |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
         numbers = " | ".join(f"{_value(v.numbers, m)} | {_value(v.numbers, f'parent_{m}')} | "
                              f"{_difference(v.numbers, m)}" for m in ("top1", "map"))
-        lines.append(f"| {v.model} | {v.parent} | **{v.statement}** | {v.route} | {numbers} |")
+        lines.append(f"| {v.model} | {v.parent} | **{v.statement}** | {v.route} | {numbers} | "
+                     f"{_value(v.numbers, 'negative_flip_rate')} |")
     lines += ["", "Differences in points of %, with their paired bootstrap interval over the test queries (the "
               "report's score.interval_level); a verdict within noise: that interval holds 0, so another draw of "
-              "queries could reverse it."]
+              "queries could reverse it. Negative flips: the share of the queries whose top-1 is right under the "
+              "parent's own pair and wrong on the route (at most score.max_flip_rate where one is set)."]
     lines += ["", "Share of the gallery to re-encode before the new model's queries beat the parent's own "
               "numbers on every metric (from the backfill curves; - when no share does):", ""]
     for v in verdicts:

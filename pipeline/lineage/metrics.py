@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.score.criteria import CRITERION_METRICS, beats
+from pipeline.score.criteria import CRITERION_METRICS, beats, flips_allowed
 from pipeline.score.uncertainty import WITHIN_NOISE
 
 NO_BACKFILL, FORWARD, BACKFILL = "ship, no backfill", "ship, forward transformation on the gallery", "backfill needed"
@@ -59,8 +59,9 @@ def verdict(model: str, parent: str, cell: Callable[[str, str], dict[str, float]
     """Decide for ``model`` against its ``parent``'s gallery from the scored cells
     (``cell(query, gallery)``, None when not scored): the direct route or the model's T21 queries
     beat the parent on every verdict metric scored (top-1, and mAP when the full ranking was
-    scored) -> no backfill; else the model's queries against the parent gallery mapped by its
-    T12 do -> forward transformation; else backfill."""
+    scored), with negative flips within ``score.max_flip_rate`` where one is set -> no backfill;
+    else the model's queries against the parent gallery mapped by its T12 do -> forward
+    transformation; else backfill."""
     reference = cell(parent, parent)
     if reference is None:
         raise ValueError(f"the parent {parent!r} was not scored against itself")
@@ -72,7 +73,8 @@ def verdict(model: str, parent: str, cell: Callable[[str, str], dict[str, float]
     judged = [m for m in CRITERION_METRICS if m in reference]  # mAP only when the full ranking was scored
     for query, gallery, decision in routes:
         metrics = cell(query, gallery)
-        if metrics is not None and all(beats(metrics[m], reference[m]) for m in judged):
+        if (metrics is not None and all(beats(metrics[m], reference[m]) for m in judged)
+                and flips_allowed(metrics)):
             return _decided(model, parent, decision, f"{query} -> {gallery}", metrics, reference, judged)
     direct = cell(model, parent) or {m: float("nan") for m in judged}
     return _decided(model, parent, BACKFILL, f"{model} -> {parent}", direct, reference, judged)
@@ -85,7 +87,8 @@ def _decided(model: str, parent: str, decision: str, route: str, metrics: dict, 
     bounds = {f"delta_{m}{end}": metrics[f"delta_{m}{end}"] for m in judged for end in ("_low", "_high")
               if f"delta_{m}{end}" in metrics}
     noisy = tuple(m for m in judged if metrics.get(f"verdict_{m}") == WITHIN_NOISE)
-    numbers = {**{m: metrics[m] for m in judged}, **{f"parent_{m}": reference[m] for m in judged}, **bounds}
+    flips = {key: metrics[key] for key in ("negative_flip_rate",) if key in metrics and not np.isnan(metrics[key])}
+    numbers = {**{m: metrics[m] for m in judged}, **{f"parent_{m}": reference[m] for m in judged}, **bounds, **flips}
     return Verdict(model, parent, decision, route, numbers, noisy)
 
 

@@ -6,7 +6,8 @@ written once for the report, the scenario tables, the lineage, validation and th
   reference new model (the independently trained one; in a lineage the new model itself). It is
   undefined (NaN; "-" in Markdown) unless the reference beats the old model: with no upgrade
   there is nothing to gain, and a span of the other sign would flip the gain's sign;
-- a cell: one metric of one (query model, gallery model) row of a report table.
+- a cell: one metric of one (query model, gallery model) row of a report table;
+- where ``score.max_flip_rate`` is set, a pair passes only with its negative flips within it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def update_gain(new_old: float, old_old: float, reference: float) -> float:
     if not beats(reference, old_old):
         return math.nan
     return (new_old - old_old) / (reference - old_old)
+
+
+def flips_allowed(row: dict) -> bool:
+    """Whether a report row's negative flips are within ``score.max_flip_rate``: True where none
+    is set or the row's flips were not counted (``pipeline.score.flips``)."""
+    within = row.get("flips_within_limit")
+    return within is None or pd.isna(within) or bool(within)
 
 
 def pair_row(table: pd.DataFrame, query: str, gallery: str) -> dict | None:

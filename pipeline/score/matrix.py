@@ -23,6 +23,7 @@ from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.runtime import progress
 from pipeline.score.criteria import CRITERION_METRICS, beats, cell, pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
+from pipeline.score.flips import flip_rate, flips_of_pair
 from pipeline.score.retrieval import ranking_metrics, recall_at_k, search, summarize
 from pipeline.score.uncertainty import PER_QUERY_KEYS, aligned, paired_interval
 
@@ -138,12 +139,28 @@ class _QuerySets:
         return self.loaded.get(name, self.sets[name])
 
 
+@dataclass(frozen=True)
+class ScoredPairs:
+    """The report table and what its per-pair columns were computed from."""
+
+    table: pd.DataFrame
+    queries: dict[tuple[str, str], QueryValues]  # each pair's per-query values
+    flips: dict[tuple[str, str], np.ndarray]     # each judged pair's per-query negative flips (``pair_flips``)
+
+
 def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = MatrixRoles(),
                     options: ScoreConfig = ScoreConfig(), pairs: list[tuple[str, str]] | None = None,
                     pair_dir: Path | None = None) -> pd.DataFrame:
+    """The report table of ``score_pairs``."""
+    return score_pairs(entries, roles, options, pairs, pair_dir).table
+
+
+def score_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = MatrixRoles(),
+                options: ScoreConfig = ScoreConfig(), pairs: list[tuple[str, str]] | None = None,
+                pair_dir: Path | None = None) -> ScoredPairs:
     """The report table over ``pairs`` of ``entries`` (default: every ordered pair of one
-    dimension), with the criteria of ``roles``. With ``pair_dir``, each pair's row is saved there
-    as it is scored and reused by a later call on the same inputs."""
+    dimension), with the criteria of ``roles`` and each pair's negative flips. With ``pair_dir``,
+    each pair's row is saved there as it is scored and reused by a later call on the same inputs."""
     pairs = _checked_pairs(entries, roles, options, pairs)
     sets = _QuerySets(entries)
     classes = next(iter(entries.values())).embeddings.classes
@@ -174,8 +191,9 @@ def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = Matrix
                  metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
     references = {name: entry.reference for name, entry in entries.items()}
     table = add_criteria(pd.DataFrame(rows), roles.independent, roles.old, references)
-    return add_intervals(table, queries, references, seen_labels, options.bootstrap_resamples,
-                         options.interval_level)
+    table = add_intervals(table, queries, references, seen_labels, options.bootstrap_resamples, options.interval_level)
+    flips = pair_flips(queries, references, roles.old)
+    return ScoredPairs(add_flips(table, flips, queries, seen_labels, options.max_flip_rate), queries, flips)
 
 
 def _identity(embeddings: Gallery) -> dict:
@@ -259,6 +277,75 @@ def add_intervals(table: pd.DataFrame, queries: dict[tuple[str, str], QueryValue
         table[column] = pd.Series(values, dtype="string" if column.startswith("verdict_") else "float64",
                                   index=table.index)
     return table
+
+
+def flip_reference(query: str, gallery: str, references: dict[str, str], old: str | None) -> str | None:
+    """The model whose own pair a pair's negative flips are counted against: the gallery's
+    reference (what the gallery's users get today: the old model for an old gallery, mapped or
+    not); for a model's own pair, the old model (a full backfill's flips). None: not judged."""
+    reference = old if query == gallery else references.get(gallery, gallery)
+    return None if reference is None or (query, gallery) == (reference, reference) else reference
+
+
+def pair_flips(queries: dict[tuple[str, str], QueryValues], references: dict[str, str],
+               old: str | None) -> dict[tuple[str, str], np.ndarray]:
+    """Each pair's per-query negative flips (``pipeline.score.flips``) against its
+    ``flip_reference``'s pair, in the pair's query order; pairs whose reference was not scored,
+    or on other query images (a warning), are left out."""
+    flips = {}
+    for (q, g), values in queries.items():
+        r = flip_reference(q, g, references, old)
+        if r is None or (r, r) not in queries or "top1" not in values.values:
+            continue
+        reference = queries[r, r]
+        if set(values.ids.tolist()) != set(reference.ids.tolist()):
+            log.warning("score: %s -> %s and %s -> %s were scored on different query images; no negative flips "
+                        "for that pair", q, g, r, r)
+            continue
+        flips[q, g] = flips_of_pair(values.ids, values.values["top1"], reference.ids, reference.values["top1"],
+                                    f"{q} -> {g}")
+    return flips
+
+
+def add_flips(table: pd.DataFrame, flips: dict[tuple[str, str], np.ndarray],
+              queries: dict[tuple[str, str], QueryValues], seen_labels: list[int] | None,
+              max_rate: float | None = None) -> pd.DataFrame:
+    """``negative_flip_rate`` of each pair in ``flips``, overall and per query subset, and with a
+    ``max_rate`` whether it is at most that (``flips_within_limit``); empty elsewhere."""
+    if not flips:
+        return table
+    columns: dict[str, list] = {}
+    for position, row in enumerate(table.itertuples()):
+        pair = row.query_model, row.gallery_model
+        if pair not in flips:
+            continue
+        masks = {"": None}
+        if seen_labels is not None:
+            seen = np.isin(queries[pair].labels, seen_labels)
+            masks.update({"_seen": seen, "_unseen": ~seen})
+        for suffix, mask in masks.items():
+            columns.setdefault(f"negative_flip_rate{suffix}", [np.nan] * len(table))[position] = \
+                flip_rate(flips[pair], mask)
+    table = table.copy()
+    for column, values in columns.items():
+        table[column] = values
+    if max_rate is not None:
+        table["flips_within_limit"] = pd.array([None if np.isnan(rate) else bool(rate <= max_rate)
+                                                for rate in table["negative_flip_rate"]], dtype="boolean")
+    return table
+
+
+def flips_per_class(scored: ScoredPairs, classes: list[str]) -> pd.DataFrame:
+    """One row per judged pair and class: its queries of that class, how many flip, and the rate."""
+    rows = []
+    for (q, g), flips in scored.flips.items():
+        labels = scored.queries[q, g].labels
+        for label, name in enumerate(classes):
+            mask = labels == label
+            rows.append({"query_model": q, "gallery_model": g, "class": name, "queries": int(mask.sum()),
+                         "negative_flips": int(flips[mask].sum()), "negative_flip_rate": flip_rate(flips, mask)})
+    return pd.DataFrame(rows, columns=["query_model", "gallery_model", "class", "queries", "negative_flips",
+                                       "negative_flip_rate"])
 
 
 def matrix(table: pd.DataFrame, metric: str, order: list[str]) -> pd.DataFrame:

@@ -21,15 +21,16 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH  # noqa: E402
 from pipeline.atomic import one_writer, write_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import RunContext, ScoreConfig  # noqa: E402
 from pipeline.model.card import read_encoder_card  # noqa: E402
-from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
+from pipeline.score.criteria import CRITERION_METRICS, flips_allowed  # noqa: E402
 from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
-from pipeline.score.matrix import matrix, score_all_pairs  # noqa: E402
+from pipeline.score.matrix import flips_per_class, matrix, score_pairs  # noqa: E402
 from pipeline.score.uncertainty import format_difference  # noqa: E402
 from pipeline.tracking import DESCRIPTION_TAG, experiment_id, log_dataset, metric_key  # noqa: E402
 
 log = logging.getLogger(__name__)
 ENTRIES_FILE = "entries.json"
 VERDICTS_FILE = "verdicts.md"
+FLIPS_PER_CLASS_FILE = "flips_per_class.csv"
 
 
 def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
@@ -41,9 +42,11 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def _matrix_panel(figure: plt.Figure, axis: plt.Axes, values: np.ndarray, order: list[str], title: str) -> None:
-    """One matrix as a colour grid with its numbers printed in the cells (values in %)."""
-    image = axis.imshow(values, cmap="viridis", vmin=0, vmax=100)
+def _matrix_panel(figure: plt.Figure, axis: plt.Axes, values: np.ndarray, order: list[str], title: str,
+                  top: float = 100) -> None:
+    """One matrix as a colour grid with its numbers printed in the cells (values in %, the colours
+    from 0 to ``top``)."""
+    image = axis.imshow(values, cmap="viridis", vmin=0, vmax=top)
     axis.set_xticks(range(len(order)), order, rotation=30, ha="right")
     axis.set_yticks(range(len(order)), order)
     axis.set_xlabel("gallery model")
@@ -52,18 +55,20 @@ def _matrix_panel(figure: plt.Figure, axis: plt.Axes, values: np.ndarray, order:
     for i in range(len(order)):
         for j in range(len(order)):
             axis.text(j, i, "-" if np.isnan(values[i, j]) else f"{values[i, j]:.1f}", ha="center", va="center",
-                      color="white" if values[i, j] < 60 else "black", fontsize=9)
+                      color="white" if values[i, j] < 0.6 * top else "black", fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.046)
 
 
 def heatmap(table: pd.DataFrame, order: list[str], path: str | Path,
-            metrics: tuple[str, ...] = CRITERION_METRICS, titles: dict[str, str] | None = None) -> Path:
-    """One panel per metric: rows = query model, columns = gallery model, values in the cells."""
+            metrics: tuple[str, ...] = CRITERION_METRICS, titles: dict[str, str] | None = None,
+            top: float = 100) -> Path:
+    """One panel per metric: rows = query model, columns = gallery model, values in the cells (%,
+    coloured from 0 to ``top``)."""
     size = 2.5 + 0.9 * len(order)
     figure, axes = plt.subplots(1, len(metrics), figsize=(size * len(metrics), size - 0.8), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         _matrix_panel(figure, axis, matrix(table, metric, order).to_numpy() * 100, order,
-                      (titles or {}).get(metric, f"{metric} (%)"))
+                      (titles or {}).get(metric, f"{metric} (%)"), top)
     figure.tight_layout()
     write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     plt.close(figure)
@@ -84,7 +89,8 @@ def format_matrix(table: pd.DataFrame, order: list[str], metric: str) -> str:
 def row_metrics(row: dict) -> dict[str, float]:
     """The metric columns of one report row (NaN left out)."""
     return {column: float(value) for column, value in row.items()
-            if column.startswith(("top", "map", "update_gain", "ivf_", "delta_")) and isinstance(value, float)
+            if column.startswith(("top", "map", "update_gain", "ivf_", "delta_", "negative_flip_rate"))
+            and isinstance(value, float)
             and not math.isnan(value)}
 
 
@@ -102,6 +108,25 @@ def verdicts_markdown(table: pd.DataFrame, level: float) -> str:
             difference = format_difference(*(row[f"delta_{name}{end}"] for end in ("", "_low", "_high")))
             lines.append(f"| {row['query_model']} | {row['gallery_model']} | {name} | {difference} | "
                          f"{row[f'verdict_{name}']} |")
+    return "\n".join(lines) + "\n"
+
+
+def flips_markdown(table: pd.DataFrame, max_rate: float | None) -> str:
+    """Each judged pair's negative flip rate (overall and per query subset) as a Markdown table."""
+    subsets = [s for s in ("", "_seen", "_unseen") if f"negative_flip_rate{s}" in table.columns]
+    limit = f"at most {100 * max_rate:.2f} % allowed" if max_rate is not None else "not judged (score.max_flip_rate)"
+    lines = ["Negative flips: queries whose top-1 is right under the gallery's reference pair (what the gallery's "
+             "users get today: its model's own pair, the old model's for an old gallery; for a model's own pair, the "
+             f"old model's) and wrong under the pair, in % of the queries; {limit}.",
+             "", "| query | gallery | " + " | ".join(f"flips{s or ' (all)'}" for s in subsets) + " |",
+             "|---|---|" + "---|" * len(subsets)]
+    for row in table.to_dict("records"):
+        if pd.isna(row["negative_flip_rate"]):
+            continue
+        rates = " | ".join("-" if pd.isna(rate) else f"{100 * rate:.2f}"
+                           for rate in (row[f"negative_flip_rate{s}"] for s in subsets))
+        over = " (over the limit)" if row.get("flips_within_limit") is False else ""
+        lines.append(f"| {row['query_model']} | {row['gallery_model']} | {rates}{over} |")
     return "\n".join(lines) + "\n"
 
 
@@ -135,11 +160,12 @@ def report_description(table: pd.DataFrame, order: list[str], run_id: str) -> st
 
 def pair_compatible(row: dict) -> bool | None:
     """The criterion of one report row on every criterion metric scored (top-1, and mAP with the
-    full ranking); None on the diagonal or where the reference was not scored."""
+    full ranking), and its negative flips within ``score.max_flip_rate`` where one is set; None
+    on the diagonal or where the reference was not scored."""
     verdicts = [row[f"compatible_{m}"] for m in CRITERION_METRICS if f"compatible_{m}" in row]
     if row["query_model"] == row["gallery_model"] or not verdicts or any(pd.isna(v) for v in verdicts):
         return None
-    return all(bool(v) for v in verdicts)
+    return all(bool(v) for v in verdicts) and flips_allowed(row)
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -194,14 +220,24 @@ def score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, option
 
 def _score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, options: ScoreConfig, out_dir: Path,
                       context: RunContext, pairs: list[tuple[str, str]] | None) -> str:
-    table = score_all_pairs(entries, roles, options, pairs, pair_dir=out_dir / "pairs")
-    order = list(entries)
+    scored = score_pairs(entries, roles, options, pairs, pair_dir=out_dir / "pairs")
+    table, order = scored.table, list(entries)
     shown = tuple(metric for metric in CRITERION_METRICS if metric in table.columns)  # no mAP without the full ranking
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, out_dir / "heatmap.png", shown)]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
     documents = [("matrix.txt", text + "\n"), (ENTRIES_FILE, json.dumps(describe(entries), indent=1))]
+    verdicts = ""
     if any(column.startswith("verdict_") for column in table.columns):
         verdicts = verdicts_markdown(table, options.interval_level)
+    if scored.flips:
+        verdicts += ("\n" if verdicts else "") + flips_markdown(table, options.max_flip_rate)
+        per_class = flips_per_class(scored, next(iter(entries.values())).embeddings.classes)
+        write_atomic(out_dir / FLIPS_PER_CLASS_FILE, lambda temporary: per_class.to_csv(temporary, index=False))
+        worst = max(10.0, 100 * float(table["negative_flip_rate"].max()))
+        files += [out_dir / FLIPS_PER_CLASS_FILE,
+                  heatmap(table, order, out_dir / "flips.png", ("negative_flip_rate",),
+                          {"negative_flip_rate": "negative flips (% of queries)"}, top=worst)]
+    if verdicts:
         documents.append((VERDICTS_FILE, verdicts))
         text += "\n\n" + verdicts
     for name, content in documents:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tests.jobs.helpers import run_job
 
@@ -31,13 +33,27 @@ def test_external_sets_are_scored_with_the_old_model_named_and_its_classes_given
     (tmp_path / "classes.json").write_text(json.dumps(CLASSES))
     code, logged = run_job("score", "--external", f"old={tmp_path / 'old.parquet'}", f"new={tmp_path / 'new.parquet'}",
                            "--classes", tmp_path / "classes.json", "--old", "old", "--old-classes", "cat", "dog",
-                           "--out", tmp_path / "report", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           caplog=caplog)
+                           "--max-flip-rate", 0.5, "--out", tmp_path / "report",
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", caplog=caplog)
     assert code == 0, logged
     report = pd.read_parquet(tmp_path / "report" / "report.parquet").set_index(["query_model", "gallery_model"])
     assert set(report.index) == {("old", "old"), ("old", "new"), ("new", "old"), ("new", "new")}
     assert {"top1_seen", "top1_unseen"} <= set(report.columns)  # seen: cat and dog, unseen: fox
     assert report.loc[("new", "old"), "num_queries"] == 300
+
+    # negative flips: in the report, per class, in verdicts.md, as a heat map and in the MLflow run
+    rate = report.loc[("new", "old"), "negative_flip_rate"]
+    assert 0 <= rate <= 0.5 and bool(report.loc[("new", "old"), "flips_within_limit"])
+    per_class = pd.read_csv(tmp_path / "report" / "flips_per_class.csv")
+    new_old = per_class[(per_class.query_model == "new") & (per_class.gallery_model == "old")]
+    assert new_old["class"].tolist() == CLASSES and new_old["queries"].sum() == 300
+    assert new_old["negative_flips"].sum() == round(rate * 300)
+    assert f"| new | old | {100 * rate:.2f} |" in (tmp_path / "report" / "verdicts.md").read_text()
+    assert (tmp_path / "report" / "flips.png").stat().st_size > 0
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("compat-embed").experiment_id])[0]
+    assert run.data.metrics["negative_flip_rate/new/old"] == pytest.approx(rate)
+    assert {"flips.png", "flips_per_class.csv"} <= {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
 
 
 def test_an_external_label_outside_the_label_map_is_refused_naming_the_file_and_row(tmp_path, caplog):
