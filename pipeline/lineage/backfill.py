@@ -1,9 +1,11 @@
 """Backfill of a lineage's galleries (design notes, section 3): the metric of the new model's
 queries against a gallery of which a growing share has been re-encoded with the new model, the
 rest still holding the parent's vectors. It starts at ``C[i][p]`` and ends at ``C[i][i]``; its area
-(trapezoid rule over the share) says what a partial backfill buys. Two orders: random, and
+(trapezoid rule over the share) says what a partial backfill buys. The orders: random;
 stratified (``stratified_order``: rounds over the class each item's parent vector is nearest to,
-with the parent-space centers of the new model's statistics, so no gallery label is used)."""
+with the parent-space centers of the new model's statistics, so no gallery label is used);
+predicted from the parent vectors alone by a regression fitted on the training split, and the
+oracle's, which reads the new vectors and labels (``pipeline.lineage.orders``)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.compat.statistics import OldSpaceStats
+from pipeline.data.embeddings import EmbeddingSet
 from pipeline.lineage.metrics import LineageModel
+from pipeline.lineage.orders import class_centers, fit_benefit_predictor, oracle_order, predicted_order
 from pipeline.lineage.registry import STATS_FILE
 from pipeline.model.card import read_model_card
 from pipeline.runtime import progress
@@ -74,13 +78,22 @@ def share_to_reach(curve: pd.DataFrame, target: dict[str, float]) -> float:
     return float(curve["share"].to_numpy()[passing][0]) if passing.any() else float("nan")
 
 
-def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int,
-                   full_ranking: bool) -> pd.DataFrame:
-    """The child's queries against its parent's gallery re-encoded in random and in stratified order."""
+def share_for_gain(curve: pd.DataFrame, metrics: list[str], fraction: float = 0.95) -> float:
+    """The smallest re-encoded share at which every metric has come ``fraction`` of the way from
+    the curve's start (new/old) to its end (new/new)."""
+    reached = np.logical_and.reduce([curve[m].to_numpy() >= curve[m].iloc[0] + fraction * (curve[m].iloc[-1] -
+                                                                                          curve[m].iloc[0])
+                                     for m in metrics])
+    return float(curve["share"].to_numpy()[reached][0])
+
+
+def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int, full_ranking: bool,
+                   training: dict[str, Gallery] | None = None) -> pd.DataFrame:
+    """The child's queries against its parent's gallery re-encoded in each order: random,
+    stratified (with the child's statistics), predicted (with both models' ``training`` sets) and
+    the oracle's (it reads the new vectors and the labels, which a backfill cannot)."""
     query, parent = sets[child.name].load(), sets[child.parent].load()
-    if not np.array_equal(query.ids, parent.ids):
-        raise ValueError(f"{child.name} and {child.parent} embeddings hold different images or orders "
-                         f"({query.path}, {parent.path})")
+    _same_images(query, parent)
 
     def score(mixed: np.ndarray) -> dict[str, float]:
         per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
@@ -91,9 +104,23 @@ def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, ste
     centers = _parent_centers(child, parent.dim)
     if centers is not None:
         orders["stratified"] = stratified_order(parent.vectors, centers, seed)
+    classes = len(parent.classes)
+    if training is not None:
+        parent_train, child_train = training[child.parent].load(), training[child.name].load()
+        _same_images(child_train, parent_train)
+        predictor = fit_benefit_predictor(parent_train.vectors, child_train.vectors, parent_train.labels, classes)
+        orders["predicted"] = predicted_order(predictor, parent.vectors)
+    orders["oracle"] = oracle_order(parent.vectors, query.vectors, parent.labels,
+                                  class_centers(query.vectors, query.labels, classes))
     curves = [backfill_curve(parent.vectors, query.vectors, order, score, steps).assign(model=child.name, order=name)
               for name, order in orders.items()]
     return pd.concat(curves, ignore_index=True)
+
+
+def _same_images(child: EmbeddingSet, parent: EmbeddingSet) -> None:
+    if not np.array_equal(child.ids, parent.ids):
+        raise ValueError(f"{child.model_name} and {parent.model_name} embeddings hold different images or orders "
+                         f"({child.path}, {parent.path})")
 
 
 def _parent_centers(child: LineageModel, parent_dim: int) -> np.ndarray | None:

@@ -35,7 +35,7 @@ from pipeline.config import EncodeConfig, RunContext, ScoreConfig
 from pipeline.data.embeddings import open_embeddings
 from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
-from pipeline.lineage.backfill import child_backfill, share_to_reach
+from pipeline.lineage.backfill import child_backfill, share_for_gain, share_to_reach
 from pipeline.lineage.files import write_report_files
 from pipeline.lineage.metrics import LineageModel, Verdict, lower_triangle_summary, verdict
 from pipeline.lineage.registry import download_version, registered_chain
@@ -100,6 +100,9 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
     report_dir.mkdir(parents=True, exist_ok=True)
     sets: dict[str, Gallery] = {m.name: open_embeddings(_encoded(m, dataset, split, out_dir, encode))
                                 for m in models}
+    # the predicted backfill order learns on the training split, never on the gallery it orders
+    training = ({m.name: open_embeddings(_encoded(m, dataset, "train", out_dir, encode)) for m in models}
+                if split == "test" else None)
     for child in models[1:]:
         if sets[child.name].dim != sets[child.parent].dim:
             raise ValueError(f"{child.name} ({sets[child.name].dim}-d) and its parent {child.parent} "
@@ -123,10 +126,12 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
         for m in scored:
             gains[metric_key("update_gain", m, child.name)] = update_gain(
                 cell(child.name, child.parent)[m], cell(child.parent, child.parent)[m], cell(child.name, child.name)[m])
-        curves = child_backfill(child, sets, seed, backfill_steps, score.full_ranking)
+        curves = child_backfill(child, sets, seed, backfill_steps, score.full_ranking, training)
         parent_own = {m: cell(child.parent, child.parent)[m] for m in scored}
         needed = {f"share_to_beat_parent/{name}": share_to_reach(curve, parent_own)
                   for name, curve in curves.groupby("order", sort=False)}
+        needed |= {f"share_for_95pct_gain/{name}": share_for_gain(curve, scored)
+                   for name, curve in curves.groupby("order", sort=False)}
         verdicts.append(replace(decided, numbers={**decided.numbers, **needed}))
         backfills.append(curves)
     backfill = pd.concat(backfills, ignore_index=True)

@@ -48,7 +48,7 @@ def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.
             metrics[metric_key("backfill_area", m, area["model"], area["order"])] = area[f"area_{m}"]
     for v in verdicts:
         metrics.update({metric_key(key, v.model): value for key, value in v.numbers.items()
-                        if key.startswith("share_to_beat_parent/") and not np.isnan(value)})
+                        if key.startswith(("share_to_beat_parent/", "share_for_95pct_gain/")) and not np.isnan(value)})
     log_metrics(client, run_id, metrics)
     for v in verdicts:
         client.set_tag(run_id, f"verdict/{v.model}", v.statement)

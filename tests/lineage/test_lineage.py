@@ -214,7 +214,7 @@ def test_lineage_matrix_ac_am_and_backfill_match_brute_force(lineage_report):
     # the forward-trained v3 adds v2's gallery through its T12, judged against v2/v2
     assert ("v3", "v2.t12.v3") in table.index
     backfill = pd.read_csv(report.report_dir / "backfill.csv")
-    assert set(backfill.order) == {"random", "stratified"}
+    assert set(backfill.order) == {"random", "stratified", "predicted", "oracle"}
     for (model, _), curve in backfill.groupby(["model", "order"]):
         parent = {"v2": "v1", "v3": "v2"}[model]
         for metric in ("top1", "map"):
@@ -228,6 +228,10 @@ def test_lineage_matrix_ac_am_and_backfill_match_brute_force(lineage_report):
         assert v.within_noise == tuple(m for m in ("top1", "map")
                                        if table.loc[(query, gallery), f"verdict_{m}"] == "within noise")
         assert f"**{v.statement}**" in (report.report_dir / "summary.md").read_text()
+    for v in report.verdicts:  # each order's share for 95 % of the gain: one of the curve's shares
+        shares = {key: value for key, value in v.numbers.items() if key.startswith("share_for_95pct_gain/")}
+        assert set(shares) == {f"share_for_95pct_gain/{o}" for o in ("random", "stratified", "predicted", "oracle")}
+        assert all(value in {0.0, 0.25, 0.5, 0.75, 1.0} for value in shares.values())
     assert (report.report_dir / "heatmap_top1.png").stat().st_size > 5_000
 
 

@@ -1,0 +1,75 @@
+"""The backfill orders of a finished lineage (``make lineage``), over several seeds of the orders:
+each order's backfill-curve areas (mean over the seeds) and how much of the gap between the
+random order and the oracle the predicted order closes. Prints a Markdown table.
+
+    PYTHONPATH=. .venv/bin/python scripts/backfill_orders.py --config configs/lineage.yaml --seeds 0 1 2
+
+It reads the lineage's test embeddings and encodes the training split with each model where that
+is not done yet (``outputs/lineage/embeddings/<model>/train``, as ``make lineage`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import load_lineage_config
+from pipeline.data.embeddings import open_embeddings
+from pipeline.encode.split import encode_split
+from pipeline.lineage.backfill import child_backfill, curve_area, share_for_gain
+from pipeline.lineage.metrics import LineageModel
+from pipeline.runtime import init_ray, setup_logging
+from pipeline.score.criteria import CRITERION_METRICS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/lineage.yaml", help="the lineage's config (its models)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    setup_logging()
+    init_ray()
+    config = load_lineage_config(args.config)
+    root = Path(config.output_dir)
+    names = [model.name for model in config.models]
+    models = [LineageModel(name, root / "models" / name, names[i - 1] if i else None) for i, name in enumerate(names)]
+
+    def embeddings(model: LineageModel, split: str):
+        return open_embeddings(encode_split(model.folder, config.data.root, split,
+                                            root / "embeddings" / model.name / split, config.encode))
+
+    sets = {m.name: embeddings(m, "test") for m in models}
+    training = {m.name: embeddings(m, "train") for m in models}
+    rows = []
+    for child in models[1:]:
+        for seed in args.seeds:
+            curves = child_backfill(child, sets, seed, config.backfill_steps, full_ranking=True, training=training)
+            for order, curve in curves.groupby("order", sort=False):
+                rows.append({"model": child.name, "order": order, "seed": seed,
+                             **{f"area_{m}": curve_area(curve, m) for m in CRITERION_METRICS},
+                             "share_for_95pct_gain": share_for_gain(curve, list(CRITERION_METRICS))})
+    table = pd.DataFrame(rows)
+    print(markdown(table))
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """Per model and order: mean (and spread) over the seeds; per model, the predicted order's
+    share of the gap between random and the oracle."""
+    lines = ["| model | order | area top-1 | area mAP | share for 95 % of the gain |", "|---|---|---|---|---|"]
+    for (model, order), runs in table.groupby(["model", "order"], sort=False):
+        cells = [f"{runs[f'area_{m}'].mean():.4f} (sd {runs[f'area_{m}'].std(ddof=0):.4f})" for m in CRITERION_METRICS]
+        lines.append(f"| {model} | {order} | {' | '.join(cells)} | {runs['share_for_95pct_gain'].mean():.2f} |")
+    lines += ["", "| model | metric | gap closed by the predicted order: (predicted - random) / (oracle - random) |",
+              "|---|---|---|"]
+    for model, runs in table.groupby("model", sort=False):
+        mean = runs.groupby("order")[[f"area_{m}" for m in CRITERION_METRICS]].mean()
+        for m in CRITERION_METRICS:
+            random, predicted, oracle = (mean.loc[o, f"area_{m}"] for o in ("random", "predicted", "oracle"))
+            lines.append(f"| {model} | {m} | {(predicted - random) / (oracle - random):.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
