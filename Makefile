@@ -71,6 +71,7 @@ bench: env
 	$(PY) -m bench.ray_data
 	$(PY) -m bench.scoring
 	$(PY) -m bench.streaming
+	$(PY) -m bench.ivfpq_scale
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
 # cannot share the machine with the other tests' local one. The tests marked slow (a sweep, a
