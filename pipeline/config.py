@@ -439,9 +439,15 @@ class ScoreConfig(Strict):
                                                              "paired interval (pipeline.score.uncertainty); 0: none")
     interval_level: float = Field(0.95, gt=0, lt=1, description="the criterion intervals' confidence level")
     max_flip_rate: float | None = Field(None, ge=0, le=1, description="a pair meets the verdict only when at most "
-                                        "this share of its queries flips negatively (a top-1 hit under the old "
-                                        "model, a miss under the pair: pipeline.score.flips); None: flips are "
-                                        "reported, not judged")
+                                        "this share of its queries flips negatively (a top-1 hit under its "
+                                        "gallery's reference pair, old/old for an old gallery, a miss under the "
+                                        "pair: pipeline.score.flips); None: flips are reported, not judged")
+
+    @model_validator(mode="after")
+    def _flips_need_top1(self) -> "ScoreConfig":
+        if self.max_flip_rate is not None and 1 not in self.topk:
+            raise ValueError(f"max_flip_rate: negative flips are counted at top-1, which topk {self.topk} leaves out")
+        return self
 
 
 class MlflowConfig(Strict):

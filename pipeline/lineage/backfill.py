@@ -80,11 +80,13 @@ def share_to_reach(curve: pd.DataFrame, target: dict[str, float]) -> float:
 
 def share_for_gain(curve: pd.DataFrame, metrics: list[str], fraction: float = 0.95) -> float:
     """The smallest re-encoded share at which every metric has come ``fraction`` of the way from
-    the curve's start (new/old) to its end (new/new)."""
-    reached = np.logical_and.reduce([curve[m].to_numpy() >= curve[m].iloc[0] + fraction * (curve[m].iloc[-1] -
-                                                                                          curve[m].iloc[0])
-                                     for m in metrics])
-    return float(curve["share"].to_numpy()[reached][0])
+    the curve's start (new/old) to its end (new/new); NaN when a metric gains nothing from start
+    to end (no gain to reach) or a value is missing."""
+    start, end = curve[metrics].iloc[0].to_numpy(), curve[metrics].iloc[-1].to_numpy()
+    if not metrics or not np.all(end > start):
+        return float("nan")
+    reached = np.all(curve[metrics].to_numpy() >= start + fraction * (end - start), axis=1)
+    return float(curve["share"].to_numpy()[reached][0]) if reached.any() else float("nan")
 
 
 def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int, full_ranking: bool,

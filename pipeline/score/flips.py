@@ -17,7 +17,7 @@ from pipeline.score.uncertainty import aligned
 
 
 def negative_flips(hits: np.ndarray, reference_hits: np.ndarray) -> np.ndarray:
-    """Per query: a top-1 hit under the reference (``(old, old)``) and a miss under the pair."""
+    """Per query: a top-1 hit under the reference pair and a miss under the pair."""
     return (np.asarray(reference_hits) == 1) & (np.asarray(hits) == 0)
 
 

@@ -63,3 +63,6 @@ def test_the_share_for_95_percent_of_the_gain_is_the_first_that_reaches_it_on_ev
     assert share_for_gain(curve, ["map"]) == 0.5     # 0.40 + 0.95 x 0.20 = 0.59
     assert share_for_gain(curve, ["top1"]) == 0.75   # 0.50 + 0.95 x 0.20 = 0.69
     assert share_for_gain(curve, ["top1", "map"]) == 0.75
+    flat = curve.assign(map=0.40)  # no gain on one metric: no share to name, not 0
+    assert np.isnan(share_for_gain(flat, ["top1", "map"])) and share_for_gain(flat, ["top1"]) == 0.75
+    assert np.isnan(share_for_gain(curve.assign(top1=np.nan), ["top1"]))

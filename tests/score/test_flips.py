@@ -68,7 +68,12 @@ def test_flip_rates_equal_a_brute_force_count_overall_per_subset_and_per_class()
             assert counted["queries"] == (new.labels == label).sum()
             assert counted["negative_flips"] == flips[new.labels == label].sum()
     assert np.isnan(table.loc[("old", "old"), "negative_flip_rate"])  # the reference itself
-    assert table.loc[("old", "new"), "negative_flip_rate"] >= 0  # the new gallery's users had the new model's own
+    # old queries on the new gallery: against new -> new, what that gallery's users get
+    own = dict(zip(new.ids, reference(new.vectors, new.labels, new.vectors, new.labels, new.ids, new.ids,
+                                      topk=(1,))["top1"]))
+    hits = reference(old.vectors, old.labels, new.vectors, new.labels, old.ids, new.ids, topk=(1,))["top1"]
+    expected = np.mean([own[i] == 1 and hit == 0 for i, hit in zip(old.ids, hits)])
+    assert table.loc[("old", "new"), "negative_flip_rate"] == pytest.approx(expected) and expected > 0
     assert "flips_within_limit" not in table.columns  # reported, not judged, without a limit
 
 
@@ -79,10 +84,16 @@ def test_a_flip_limit_fails_a_pair_that_meets_the_criterion():
     rate = score_pairs(entries, MatrixRoles(old="old"), options).table.set_index(
         ["query_model", "gallery_model"]).loc[("new", "old"), "negative_flip_rate"]
     for limit, allowed in ((rate, True), (rate - 1e-9, False)):
-        table = score_pairs(entries, MatrixRoles(old="old"), options.model_copy(update={"max_flip_rate": limit})).table
+        limited = ScoreConfig(topk=[1], bootstrap_resamples=0, max_flip_rate=limit)
+        table = score_pairs(entries, MatrixRoles(old="old"), limited).table
         row = table[(table.query_model == "new") & (table.gallery_model == "old")].iloc[0].to_dict()
         assert row["compatible_top1"] is True and row["flips_within_limit"] == allowed
         assert pair_compatible(row) == allowed
+
+
+def test_a_flip_limit_needs_top1():
+    with pytest.raises(ValueError, match=r"max_flip_rate: negative flips are counted at top-1, which topk \[5\]"):
+        ScoreConfig(topk=[5], max_flip_rate=0.1)
 
 
 def test_a_lineage_route_over_the_flip_limit_is_no_route():
