@@ -118,15 +118,16 @@ def flips_markdown(table: pd.DataFrame, max_rate: float | None) -> str:
     lines = ["Negative flips: queries whose top-1 is right under the gallery's reference pair (what the gallery's "
              "users get today: its model's own pair, the old model's for an old gallery; for a model's own pair, the "
              f"old model's) and wrong under the pair, in % of the queries; {limit}.",
-             "", "| query | gallery | " + " | ".join(f"flips{s or ' (all)'}" for s in subsets) + " |",
-             "|---|---|" + "---|" * len(subsets)]
+             "", "| query | gallery | " + " | ".join(f"flips{s or ' (all)'}" for s in subsets)
+             + " | within the limit |",
+             "|---|---|" + "---|" * (len(subsets) + 1)]
     for row in table.to_dict("records"):
         if pd.isna(row["negative_flip_rate"]):
             continue
         rates = " | ".join("-" if pd.isna(rate) else f"{100 * rate:.2f}"
                            for rate in (row[f"negative_flip_rate{s}"] for s in subsets))
-        over = " (over the limit)" if row.get("flips_within_limit") is False else ""
-        lines.append(f"| {row['query_model']} | {row['gallery_model']} | {rates}{over} |")
+        within = "-" if max_rate is None else ("yes" if flips_allowed(row) else "**no**")
+        lines.append(f"| {row['query_model']} | {row['gallery_model']} | {rates} | {within} |")
     return "\n".join(lines) + "\n"
 
 
