@@ -85,7 +85,27 @@ def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.D
               "| model | order | area top-1 | area mAP |", "|---|---|---|---|"]
     lines += [f"| {a['model']} | {a['order']} | {_value(a, 'area_top1')} | {_value(a, 'area_map')} |"
               for a in backfill_areas(backfill)]
+    lines += ["", *recommended_orders(backfill, verdicts)]
     return "\n".join(lines) + "\n"
+
+
+def recommended_orders(backfill: pd.DataFrame, verdicts: list[Verdict]) -> list[str]:
+    """Per model, the order to re-encode its parent's gallery in: the largest area (mAP where
+    scored, else top-1) among the orders a backfill can follow (not the oracle's, which reads the
+    new vectors), with its share for 95 % of the gain."""
+    shares = {v.model: v.numbers for v in verdicts}
+    lines = []
+    for model, areas in pd.DataFrame(backfill_areas(backfill)).groupby("model", sort=False):
+        metric = "area_map" if "area_map" in areas.columns else "area_top1"
+        usable = areas[areas.order != "oracle"]
+        best = usable.loc[usable[metric].idxmax()]
+        share = shares.get(model, {}).get(f"share_for_95pct_gain/{best.order}", float("nan"))
+        reach = f"{share:.0%} of the gallery re-encoded gives 95 % of the gain" if share == share else \
+            "no share gives 95 % of the gain on every metric"
+        lines.append(f"- {model}: re-encode {model}'s parent gallery in the **{best.order}** order (the largest "
+                     f"{metric.removeprefix('area_')} area, {best[metric]:.4f}, of the orders a backfill can follow); "
+                     f"{reach}.")
+    return lines
 
 
 def _shares(numbers: dict, prefix: str) -> str:

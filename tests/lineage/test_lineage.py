@@ -231,7 +231,9 @@ def test_lineage_matrix_ac_am_and_backfill_match_brute_force(lineage_report):
     for v in report.verdicts:  # each order's share for 95 % of the gain: one of the curve's shares
         shares = {key: value for key, value in v.numbers.items() if key.startswith("share_for_95pct_gain/")}
         assert set(shares) == {f"share_for_95pct_gain/{o}" for o in ("random", "stratified", "predicted", "oracle")}
-        assert all(value in {0.0, 0.25, 0.5, 0.75, 1.0} for value in shares.values())
+        assert all(value in {0.0, 0.25, 0.5, 0.75, 1.0} or np.isnan(value) for value in shares.values())
+        assert f"- {v.model}: re-encode {v.model}'s parent gallery in the **" in (report.report_dir / "summary.md"
+                                                                                  ).read_text()
     assert (report.report_dir / "heatmap_top1.png").stat().st_size > 5_000
 
 

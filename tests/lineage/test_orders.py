@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.lineage.backfill import random_order, share_for_gain, stratified_order
+from pipeline.lineage.files import recommended_orders
+from pipeline.lineage.metrics import Verdict
 from pipeline.lineage.orders import (
     benefit,
     class_centers,
@@ -66,3 +68,16 @@ def test_the_share_for_95_percent_of_the_gain_is_the_first_that_reaches_it_on_ev
     flat = curve.assign(map=0.40)  # no gain on one metric: no share to name, not 0
     assert np.isnan(share_for_gain(flat, ["top1", "map"])) and share_for_gain(flat, ["top1"]) == 0.75
     assert np.isnan(share_for_gain(curve.assign(top1=np.nan), ["top1"]))
+
+
+def test_the_summary_recommends_the_largest_area_among_the_orders_a_backfill_can_follow():
+    def curve(order: str, map_values: list[float]) -> pd.DataFrame:
+        return pd.DataFrame({"share": [0, 0.5, 1.0], "top1": [0.5, 0.6, 0.7], "map": map_values, "model": "v2",
+                             "order": order})
+
+    backfill = pd.concat([curve("random", [0.4, 0.5, 0.6]), curve("predicted", [0.4, 0.58, 0.6]),
+                          curve("oracle", [0.4, 0.6, 0.6])], ignore_index=True)
+    verdict = Verdict("v2", "v1", "backfill needed", "v2 -> v1", {"share_for_95pct_gain/predicted": 0.5})
+    [line] = recommended_orders(backfill, [verdict])
+    assert "in the **predicted** order (the largest map area, 0.5400" in line  # the oracle's 0.55 is not followable
+    assert "50% of the gallery re-encoded gives 95 % of the gain" in line
