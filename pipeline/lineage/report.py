@@ -103,6 +103,9 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
     # the predicted backfill order learns on the training split, never on the gallery it orders
     training = ({m.name: open_embeddings(_encoded(m, dataset, "train", out_dir, encode)) for m in models}
                 if split == "test" else None)
+    if training is None:
+        log.warning("lineage: the %s split is both the gallery and where a predicted order would learn; the "
+                    "backfill curves leave the predicted order out", split)
     for child in models[1:]:
         if sets[child.name].dim != sets[child.parent].dim:
             raise ValueError(f"{child.name} ({sets[child.name].dim}-d) and its parent {child.parent} "
