@@ -62,6 +62,16 @@ def score_pair(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | N
     return pair_scores(query, gallery, seen_labels, options, shard_rows)[0]
 
 
+def query_subsets(labels: np.ndarray, seen_labels: list[int] | None) -> dict[str, np.ndarray]:
+    """Column suffix -> mask of the queries: all of them (``""``) and, where the old model's
+    classes are known, those it saw (``"_seen"``) and those it did not (``"_unseen"``)."""
+    subsets = {"": np.ones(len(labels), bool)}
+    if seen_labels is not None:
+        seen = np.isin(labels, seen_labels)
+        subsets.update({"_seen": seen, "_unseen": ~seen})
+    return subsets
+
+
 def pair_scores(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | None,
                 options: ScoreConfig = ScoreConfig(),
                 shard_rows: int = 100_000) -> tuple[dict[str, float], QueryValues]:
@@ -79,11 +89,9 @@ def pair_scores(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | 
         sample = slice(0, RECALL_QUERIES)
         exact = search(query.vectors[sample], query.ids[sample], shards, max(topk))
         row["ivf_recall_at_k"] = recall_at_k(neighbours, exact)
-    if seen_labels is not None:
-        seen = np.isin(query.labels, seen_labels)
-        for subset, mask in (("seen", seen), ("unseen", ~seen)):
-            if mask.any():
-                row.update({f"{name}_{subset}": value for name, value in summarize(per_query, mask).items()})
+    for suffix, mask in query_subsets(query.labels, seen_labels).items():
+        if suffix and mask.any():
+            row.update({f"{name}{suffix}": value for name, value in summarize(per_query, mask).items()})
     values = {metric: per_query[key] for metric, key in PER_QUERY_KEYS.items() if key in per_query}
     return row, QueryValues(np.asarray(query.ids), np.asarray(query.labels), values)
 
@@ -240,9 +248,7 @@ def add_intervals(table: pd.DataFrame, queries: dict[tuple[str, str], QueryValue
     within noise; ``pipeline.score.uncertainty``). No columns when ``resamples`` is 0."""
     if resamples == 0:
         return table
-    subsets = {"": None}
-    if seen_labels is not None:
-        subsets.update({"_seen": True, "_unseen": False})
+    suffixes = list(query_subsets(np.zeros(0, int), seen_labels))  # the query subsets' column suffixes
     columns: dict[str, list] = {}
     for position, row in enumerate(table.itertuples()):
         q, g = row.query_model, row.gallery_model
@@ -254,14 +260,12 @@ def add_intervals(table: pd.DataFrame, queries: dict[tuple[str, str], QueryValue
             judged = False
         if judged:
             pair, reference = queries[q, g], queries[r, r]
-            seen_queries = np.isin(pair.labels, seen_labels) if seen_labels is not None else None
-            masks = {suffix: np.ones(len(pair.ids), bool) if seen is None else seen_queries == seen
-                     for suffix, seen in subsets.items()}
+            masks = query_subsets(pair.labels, seen_labels)
         for metric in (m for m in CRITERION_METRICS if m in PER_QUERY_KEYS and m in table.columns):
             judged_metric = judged and metric in pair.values
             if judged_metric:  # the reference's values in the pair's query order, once per metric
                 base = aligned(pair.ids, reference.ids, reference.values[metric], f"{q} -> {g}")
-            for suffix in subsets:
+            for suffix in suffixes:
                 name = f"{metric}{suffix}"
                 interval = None
                 if judged_metric and masks[suffix].any():
@@ -298,12 +302,11 @@ def pair_flips(queries: dict[tuple[str, str], QueryValues], references: dict[str
         if r is None or (r, r) not in queries or "top1" not in values.values:
             continue
         reference = queries[r, r]
-        if set(values.ids.tolist()) != set(reference.ids.tolist()):
-            log.warning("score: %s -> %s and %s -> %s were scored on different query images; no negative flips "
-                        "for that pair", q, g, r, r)
-            continue
-        flips[q, g] = flips_of_pair(values.ids, values.values["top1"], reference.ids, reference.values["top1"],
-                                    f"{q} -> {g}")
+        try:
+            flips[q, g] = flips_of_pair(values.ids, values.values["top1"], reference.ids, reference.values["top1"],
+                                        f"{q} -> {g}")
+        except ValueError as error:  # scored on other query images than its reference
+            log.warning("score: %s; no negative flips for that pair", error)
     return flips
 
 
@@ -319,11 +322,7 @@ def add_flips(table: pd.DataFrame, flips: dict[tuple[str, str], np.ndarray],
         pair = row.query_model, row.gallery_model
         if pair not in flips:
             continue
-        masks = {"": None}
-        if seen_labels is not None:
-            seen = np.isin(queries[pair].labels, seen_labels)
-            masks.update({"_seen": seen, "_unseen": ~seen})
-        for suffix, mask in masks.items():
+        for suffix, mask in query_subsets(queries[pair].labels, seen_labels).items():
             columns.setdefault(f"negative_flip_rate{suffix}", [np.nan] * len(table))[position] = \
                 flip_rate(flips[pair], mask)
     table = table.copy()
