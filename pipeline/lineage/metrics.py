@@ -87,7 +87,8 @@ def _decided(model: str, parent: str, decision: str, route: str, metrics: dict, 
     bounds = {f"delta_{m}{end}": metrics[f"delta_{m}{end}"] for m in judged for end in ("_low", "_high")
               if f"delta_{m}{end}" in metrics}
     noisy = tuple(m for m in judged if metrics.get(f"verdict_{m}") == WITHIN_NOISE)
-    flips = {key: metrics[key] for key in ("negative_flip_rate",) if key in metrics and not np.isnan(metrics[key])}
+    rate = metrics.get("negative_flip_rate", np.nan)
+    flips = {} if np.isnan(rate) else {"negative_flip_rate": rate}
     numbers = {**{m: metrics[m] for m in judged}, **{f"parent_{m}": reference[m] for m in judged}, **bounds, **flips}
     return Verdict(model, parent, decision, route, numbers, noisy)
 

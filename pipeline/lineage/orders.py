@@ -52,33 +52,34 @@ def oracle_order(parent_vectors: np.ndarray, new_vectors: np.ndarray, labels: np
     return np.argsort(-benefit(parent_vectors, new_vectors, labels, query_centers), kind="stable")
 
 
+def parent_features(parent_vectors: np.ndarray, parent_centers: np.ndarray) -> np.ndarray:
+    """What the predictor reads of a parent vector: the unit vector, its cosines to the
+    parent-space class centers, the gap between the two highest, and a constant."""
+    unit = normalize(parent_vectors)
+    similarities = unit @ normalize(parent_centers).T
+    top = np.sort(similarities, axis=1)[:, -2:]
+    return np.hstack([unit, similarities, top[:, 1:] - top[:, :1], np.ones((len(unit), 1))])
+
+
 @dataclass(frozen=True)
 class BenefitPredictor:
-    """Ridge regression of ``benefit`` on features of a parent vector: the vector itself, its
-    cosines to the parent-space class centers, and the gap between the two highest."""
+    """Ridge regression of ``benefit`` on ``parent_features``."""
 
     parent_centers: np.ndarray  # [C, d] the parent's class centers on the training split
-    weights: np.ndarray         # [F] over ``features``
-
-    def features(self, parent_vectors: np.ndarray) -> np.ndarray:
-        unit = normalize(parent_vectors)
-        similarities = unit @ normalize(self.parent_centers).T
-        top = np.sort(similarities, axis=1)[:, -2:]
-        return np.hstack([unit, similarities, top[:, 1:] - top[:, :1], np.ones((len(unit), 1))])
+    weights: np.ndarray         # [F] over ``parent_features``
 
     def predict(self, parent_vectors: np.ndarray) -> np.ndarray:
-        return self.features(parent_vectors) @ self.weights
+        return parent_features(parent_vectors, self.parent_centers) @ self.weights
 
 
 def fit_benefit_predictor(parent_vectors: np.ndarray, new_vectors: np.ndarray, labels: np.ndarray,
                           num_classes: int, ridge: float = 1.0) -> BenefitPredictor:
     """The ``BenefitPredictor`` of a training split that both models encoded (same rows)."""
-    query_centers = class_centers(new_vectors, labels, num_classes)
-    unfitted = BenefitPredictor(class_centers(parent_vectors, labels, num_classes), np.zeros(0))
-    features = unfitted.features(parent_vectors)
-    target = benefit(parent_vectors, new_vectors, labels, query_centers)
+    parent_centers = class_centers(parent_vectors, labels, num_classes)
+    features = parent_features(parent_vectors, parent_centers)
+    target = benefit(parent_vectors, new_vectors, labels, class_centers(new_vectors, labels, num_classes))
     gram = features.T @ features + ridge * np.eye(features.shape[1])
-    return BenefitPredictor(unfitted.parent_centers, np.linalg.solve(gram, features.T @ target))
+    return BenefitPredictor(parent_centers, np.linalg.solve(gram, features.T @ target))
 
 
 def predicted_order(predictor: BenefitPredictor, parent_vectors: np.ndarray) -> np.ndarray:
