@@ -188,14 +188,7 @@ def _epoch_history(work: Path, name: str) -> tuple[list[mlflow.entities.Run], se
 
 def _train_worker_pids() -> list[int]:
     """Processes of Ray Train workers on this machine (Ray titles them ``ray::RayTrainWorker...``)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"RayTrainWorker" in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:  # the process ended meanwhile
-            continue
-    return sorted(pids)
+    return sorted(pid for pid, (_, command) in _processes().items() if "RayTrainWorker" in command)
 
 
 @pytest.mark.slow  # a lost node (test_a_node_lost_mid_epoch_...) kills a worker process too
