@@ -4,8 +4,9 @@ random order and the oracle the predicted order closes. Prints a Markdown table.
 
     PYTHONPATH=. .venv/bin/python scripts/backfill_orders.py --config configs/lineage.yaml --seeds 0 1 2
 
-It reads the lineage's test embeddings and encodes the training split with each model where that
-is not done yet (``outputs/lineage/embeddings/<model>/train``, as ``make lineage`` does).
+It encodes the test and training splits with each trained model where that is not done yet, in
+the lineage report's layout under the config's output folder (``embeddings/<model>/<split>``;
+``make lineage`` writes the training splits of the parents there).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import pandas as pd
 
 from pipeline.config import load_lineage_config
 from pipeline.data.embeddings import open_embeddings
-from pipeline.encode.split import encode_split
 from pipeline.lineage.backfill import child_backfill, curve_area, share_for_gain
 from pipeline.lineage.metrics import LineageModel
+from pipeline.lineage.report import lineage_embeddings
 from pipeline.runtime import init_ray, setup_logging
 from pipeline.score.criteria import CRITERION_METRICS
 
@@ -36,12 +37,8 @@ def main() -> None:
     names = [model.name for model in config.models]
     models = [LineageModel(name, root / "models" / name, names[i - 1] if i else None) for i, name in enumerate(names)]
 
-    def embeddings(model: LineageModel, split: str):
-        return open_embeddings(encode_split(model.folder, config.data.root, split,
-                                            root / "embeddings" / model.name / split, config.encode))
-
-    sets = {m.name: embeddings(m, "test") for m in models}
-    training = {m.name: embeddings(m, "train") for m in models}
+    sets, training = ({m.name: open_embeddings(lineage_embeddings(m, config.data.root, split, root, config.encode))
+                       for m in models} for split in ("test", "train"))
     rows = []
     for child in models[1:]:
         for seed in args.seeds:

@@ -60,7 +60,8 @@ class LineageReport:
     summary_text: str
 
 
-def _encoded(model: LineageModel, dataset: Path, split: str, out_dir: Path, encode: EncodeConfig) -> Path:
+def lineage_embeddings(model: LineageModel, dataset: str | Path, split: str, out_dir: Path,
+                       encode: EncodeConfig) -> Path:
     """``model``'s embeddings of ``split`` (``encode_split`` reuses those already written)."""
     return encode_split(model.folder, dataset, split, out_dir / "embeddings" / model.name / split, encode)
 
@@ -98,10 +99,10 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
     dataset, out_dir, split = Path(dataset).resolve(), Path(out_dir), score.split
     report_dir = out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    sets: dict[str, Gallery] = {m.name: open_embeddings(_encoded(m, dataset, split, out_dir, encode))
+    sets: dict[str, Gallery] = {m.name: open_embeddings(lineage_embeddings(m, dataset, split, out_dir, encode))
                                 for m in models}
     # the predicted backfill order learns on the training split, never on the gallery it orders
-    training = ({m.name: open_embeddings(_encoded(m, dataset, "train", out_dir, encode)) for m in models}
+    training = ({m.name: open_embeddings(lineage_embeddings(m, dataset, "train", out_dir, encode)) for m in models}
                 if split == "test" else None)
     if training is None:
         log.warning("lineage: the %s split is both the gallery and where a predicted order would learn; the "
