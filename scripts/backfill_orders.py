@@ -18,11 +18,13 @@ import pandas as pd
 
 from pipeline.config import load_lineage_config
 from pipeline.data.embeddings import open_embeddings
-from pipeline.lineage.backfill import child_backfill, curve_area, share_for_gain
+from pipeline.lineage.backfill import backfill_orders, child_backfill, curve_area, share_for_gain
 from pipeline.lineage.metrics import LineageModel
 from pipeline.lineage.report import lineage_embeddings
 from pipeline.runtime import init_ray, setup_logging
 from pipeline.score.criteria import CRITERION_METRICS
+
+SEEDED = ("random", "stratified")  # the orders that a seed changes
 
 
 def main() -> None:
@@ -41,9 +43,14 @@ def main() -> None:
                        for m in models} for split in ("test", "train"))
     rows = []
     for child in models[1:]:
+        unseeded: dict[str, pd.DataFrame] = {}  # the predicted and oracle orders: scored once
         for seed in args.seeds:
-            curves = child_backfill(child, sets, seed, config.backfill_steps, full_ranking=True, training=training)
-            for order, curve in curves.groupby("order", sort=False):
+            orders = backfill_orders(child, sets, seed, training)
+            scored = {name: order for name, order in orders.items() if name in SEEDED or name not in unseeded}
+            curves = dict(list(child_backfill(child, sets, scored, config.backfill_steps, full_ranking=True)
+                               .groupby("order", sort=False)))
+            unseeded |= {order: curve for order, curve in curves.items() if order not in SEEDED}
+            for order, curve in {**curves, **unseeded}.items():
                 rows.append({"model": child.name, "order": order, "seed": seed,
                              **{f"area_{m}": curve_area(curve, m) for m in CRITERION_METRICS},
                              "share_for_95pct_gain": share_for_gain(curve, list(CRITERION_METRICS))})

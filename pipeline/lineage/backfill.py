@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.compat.statistics import OldSpaceStats
+from pipeline.config import MixedIndexConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.lineage.metrics import LineageModel
 from pipeline.lineage.orders import class_centers, fit_benefit_predictor, oracle_order, predicted_order
@@ -24,6 +25,7 @@ from pipeline.lineage.registry import STATS_FILE
 from pipeline.model.card import read_model_card
 from pipeline.runtime import progress
 from pipeline.score.criteria import CRITERION_METRICS, beats
+from pipeline.score.indexes import mixed_index_table
 from pipeline.score.matrix import Gallery
 from pipeline.score.retrieval import in_memory, normalize, score_queries, summarize
 
@@ -89,19 +91,13 @@ def share_for_gain(curve: pd.DataFrame, metrics: list[str], fraction: float = 0.
     return float(curve["share"].to_numpy()[reached][0]) if reached.any() else float("nan")
 
 
-def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, steps: int, full_ranking: bool,
-                   training: dict[str, Gallery] | None = None) -> pd.DataFrame:
-    """The child's queries against its parent's gallery re-encoded in each order: random,
-    stratified (with the child's statistics), predicted (with both models' ``training`` sets) and
-    the oracle's (it reads the new vectors and the labels, which a backfill cannot)."""
+def backfill_orders(child: LineageModel, sets: dict[str, Gallery], seed: int,
+                    training: dict[str, Gallery] | None = None) -> dict[str, np.ndarray]:
+    """The orders to re-encode the child's parent gallery in: random, stratified (with the child's
+    statistics), predicted (with both models' ``training`` sets) and the oracle's (it reads the new
+    vectors and the labels, which a backfill cannot)."""
     query, parent = sets[child.name].load(), sets[child.parent].load()
     _same_images(query, parent)
-
-    def score(mixed: np.ndarray) -> dict[str, float]:
-        per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
-                                  len(mixed), topk=(1,), full_ranking=full_ranking)
-        return {m: v for m, v in summarize(per_query).items() if m in CRITERION_METRICS}
-
     orders = {"random": random_order(len(parent.ids), seed)}
     centers = _parent_centers(child, parent.dim)
     if centers is not None:
@@ -114,9 +110,33 @@ def child_backfill(child: LineageModel, sets: dict[str, Gallery], seed: int, ste
         orders["predicted"] = predicted_order(predictor, parent.vectors)
     orders["oracle"] = oracle_order(parent.vectors, query.vectors, parent.labels,
                                   class_centers(query.vectors, query.labels, classes))
+    return orders
+
+
+def child_backfill(child: LineageModel, sets: dict[str, Gallery], orders: dict[str, np.ndarray], steps: int,
+                   full_ranking: bool) -> pd.DataFrame:
+    """The child's queries against its parent's gallery re-encoded in each of ``orders``."""
+    query, parent = sets[child.name].load(), sets[child.parent].load()
+    _same_images(query, parent)
+
+    def score(mixed: np.ndarray) -> dict[str, float]:
+        per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
+                                  len(mixed), topk=(1,), full_ranking=full_ranking)
+        return {m: v for m, v in summarize(per_query).items() if m in CRITERION_METRICS}
+
     curves = [backfill_curve(parent.vectors, query.vectors, order, score, steps).assign(model=child.name, order=name)
               for name, order in orders.items()]
     return pd.concat(curves, ignore_index=True)
+
+
+def child_indexes(child: LineageModel, sets: dict[str, Gallery], order: np.ndarray,
+                  config: MixedIndexConfig) -> pd.DataFrame:
+    """The child's queries against its parent's gallery re-encoded in ``order``, on each approximate
+    index of ``config`` at each share (``pipeline.score.indexes``); a query's own image left out."""
+    query, parent = sets[child.name].load(), sets[child.parent].load()
+    _same_images(query, parent)
+    return mixed_index_table(parent.vectors, query.vectors, order, parent.labels, query.vectors, query.labels,
+                             np.arange(len(query)), config).assign(model=child.name)
 
 
 def _same_images(child: EmbeddingSet, parent: EmbeddingSet) -> None:

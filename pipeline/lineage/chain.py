@@ -40,4 +40,5 @@ def run_lineage(cfg: LineageConfig) -> LineageReport:
         parent = (model, folder, version.version)
         versions.append(version.version)
     return report_registered_lineage(context, cfg.registered_model, versions, dataset, out / "registry",
-                                     encode=cfg.encode, score=cfg.score, backfill_steps=cfg.backfill_steps)
+                                     encode=cfg.encode, score=cfg.score, backfill_steps=cfg.backfill_steps,
+                                     indexes=cfg.indexes)

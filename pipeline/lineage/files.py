@@ -1,5 +1,6 @@
 """The lineage report's files under ``<out>/report/``: the pair table, ``lineage.csv`` (AC, AM),
-``backfill.csv``, ``verdicts.json``, one heat map per metric, ``backfill.png`` and ``summary.md``."""
+``backfill.csv``, ``verdicts.json``, one heat map per metric, ``backfill.png``, the approximate
+indexes on the mixed gallery (``indexes.csv``, ``indexes.png``) and ``summary.md``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.lineage.backfill import curve_area  # noqa: E402
-from pipeline.lineage.metrics import LineageModel, Verdict  # noqa: E402
+from pipeline.lineage.metrics import Verdict  # noqa: E402
 from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
+from pipeline.score.indexes import index_advice, index_summary  # noqa: E402
 from pipeline.score.matrix import matrix  # noqa: E402
 from pipeline.score.report import heatmap, write_tables  # noqa: E402
 from pipeline.score.uncertainty import format_difference  # noqa: E402
@@ -48,8 +50,50 @@ def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def _indexes_plot(indexes: pd.DataFrame, min_recall: float, path: Path) -> Path:
+    """Per model, recall@k of each index (and training) against the re-encoded share."""
+    models = list(dict.fromkeys(indexes.model))
+    figure, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        rows = indexes[indexes.model == model]
+        for (kind, trained_on), curve in rows.groupby(["index", "trained_on"], sort=False):
+            label = kind if trained_on == "-" else f"{kind}, trained on {trained_on}"
+            axis.plot(curve.share * 100, curve.recall_at_k, marker="o", label=label)
+        axis.axhline(min_recall, color="grey", linestyle="--", linewidth=1)
+        axis.set_xlabel(f"gallery re-encoded in the {rows.order.iloc[0]} order (%)")
+        axis.set_ylabel(f"recall@{rows.k.iloc[0]} against flat search")
+        axis.set_title(f"{model} queries: approximate indexes")
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _indexes_markdown(indexes: pd.DataFrame, min_recall: float) -> list[str]:
+    if indexes.empty:
+        return []
+    lines = ["", "## Approximate indexes while the backfill runs", "",
+             "Each model's queries against its parent's gallery re-encoded in the recommended order, at each share: "
+             "recall@k against flat search on the same mixed gallery (worst over the shares), latency of one query "
+             "(slowest p99 over the shares) and the index's size on the whole re-encoded gallery (indexes.csv "
+             "has every share, with top-1, mAP@k and build times). Indexes that learn from vectors are trained "
+             "either once on the parent's vectors (the index serving before the upgrade, receiving the re-encoded "
+             "vectors) or again on the mixed gallery at each share.", "",
+             "| model | index | trained on | worst recall@k | holds | slowest p99 (ms) | MiB |", "|---|---|---|---|---|---|---|"]
+    advice = []
+    for model, rows in indexes.groupby("model", sort=False):
+        summary = index_summary(rows, min_recall)
+        lines += [f"| {model} | {r.factory} | {r.trained_on} | {r.worst_recall:.3f} | "
+                  f"{'yes' if r.holds_recall else '**no**'} | {r.slowest_p99_ms:.3f} | {r.bytes / 2**20:.2f} |"
+                  for r in summary.itertuples()]
+        advice.append(f"- {model}: {index_advice(summary, min_recall)}.")
+    return lines + ["", f"Which index settings hold recall (recall@k >= {min_recall:.2f} at every share):", "", *advice]
+
+
 def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
-                      order: list[str]) -> str:
+                      order: list[str], indexes: pd.DataFrame, min_recall: float) -> str:
     lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Verdicts", "",
              "| model | parent | verdict | route | top-1 | parent top-1 | difference [interval] | mAP "
              "| parent mAP | difference [interval] | negative flips |",
@@ -86,25 +130,31 @@ def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.D
     lines += [f"| {a['model']} | {a['order']} | {_value(a, 'area_top1')} | {_value(a, 'area_map')} |"
               for a in backfill_areas(backfill)]
     lines += ["", *recommended_orders(backfill, verdicts)]
+    lines += _indexes_markdown(indexes, min_recall)
     return "\n".join(lines) + "\n"
 
 
+def recommended_order(backfill: pd.DataFrame, model: str) -> tuple[str, str, float]:
+    """The order to re-encode ``model``'s parent gallery in: the largest area (mAP where scored,
+    else top-1) among the orders a backfill can follow (not the oracle's, which reads the new
+    vectors); with that metric and its area."""
+    areas = pd.DataFrame(backfill_areas(backfill[backfill.model == model]))
+    metric = "area_map" if "area_map" in areas.columns else "area_top1"
+    best = areas[areas.order != "oracle"].sort_values(metric, ascending=False, kind="stable").iloc[0]
+    return str(best.order), metric.removeprefix("area_"), float(best[metric])
+
+
 def recommended_orders(backfill: pd.DataFrame, verdicts: list[Verdict]) -> list[str]:
-    """Per model, the order to re-encode its parent's gallery in: the largest area (mAP where
-    scored, else top-1) among the orders a backfill can follow (not the oracle's, which reads the
-    new vectors), with its share for 95 % of the gain."""
+    """Per model, the ``recommended_order`` with its share for 95 % of the gain."""
     shares = {v.model: v.numbers for v in verdicts}
     lines = []
-    for model, areas in pd.DataFrame(backfill_areas(backfill)).groupby("model", sort=False):
-        metric = "area_map" if "area_map" in areas.columns else "area_top1"
-        usable = areas[areas.order != "oracle"]
-        best = usable.loc[usable[metric].idxmax()]
-        share = shares.get(model, {}).get(f"share_for_95pct_gain/{best.order}", float("nan"))
+    for model in dict.fromkeys(backfill.model):
+        order, metric, area = recommended_order(backfill, model)
+        share = shares.get(model, {}).get(f"share_for_95pct_gain/{order}", float("nan"))
         reach = f"{share:.0%} of the gallery re-encoded gives 95 % of the gain" if share == share else \
             "no share gives 95 % of the gain on every metric"
-        lines.append(f"- {model}: re-encode {model}'s parent gallery in the **{best.order}** order (the largest "
-                     f"{metric.removeprefix('area_')} area, {best[metric]:.4f}, of the orders a backfill can follow); "
-                     f"{reach}.")
+        lines.append(f"- {model}: re-encode {model}'s parent gallery in the **{order}** order (the largest "
+                     f"{metric} area, {area:.4f}, of the orders a backfill can follow); {reach}.")
     return lines
 
 
@@ -127,9 +177,9 @@ def _value(numbers: dict, key: str) -> str:
 
 
 def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
-                 order: list[str], report_dir: Path, models: list[LineageModel]) -> list[Path]:
+                 order: list[str], report_dir: Path, indexes: pd.DataFrame, min_recall: float) -> list[Path]:
     files = list(write_tables(table, report_dir).values())
-    for name, frame in (("lineage.csv", summary), ("backfill.csv", backfill)):
+    for name, frame in (("lineage.csv", summary), ("backfill.csv", backfill), ("indexes.csv", indexes)):
         frame.to_csv(report_dir / name, index=False)
         files.append(report_dir / name)
     (report_dir / "verdicts.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=1))
@@ -139,6 +189,9 @@ def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.
         files.append(heatmap(table, order, report_dir / f"heatmap_{metric}.png", metrics=(metric,),
                              titles={metric: f"{metric} (%): AC {ac:.2f}, AM {am * 100:.1f}"}))
     files.append(_backfill_plot(backfill, report_dir / "backfill.png"))
-    (report_dir / "summary.md").write_text(_summary_markdown(table, summary, backfill, verdicts, order))
+    if not indexes.empty:
+        files.append(_indexes_plot(indexes, min_recall, report_dir / "indexes.png"))
+    (report_dir / "summary.md").write_text(_summary_markdown(table, summary, backfill, verdicts, order, indexes,
+                                                             min_recall))
     files.append(report_dir / "summary.md")
     return files

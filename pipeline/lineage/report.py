@@ -11,7 +11,8 @@ Files under ``out_dir``:
     report/backfill.csv           backfill curves: model, order, share, metrics
     report/verdicts.json          one verdict per new model, with the numbers behind it
     report/heatmap_<metric>.png   the N x N matrix per metric, numbers in the cells
-    report/backfill.png, report/summary.md
+    report/indexes.csv            approximate indexes on the gallery mixed in the recommended order
+    report/backfill.png, report/indexes.png, report/summary.md
 
 MLflow: one run per report (params: registered model, versions, split, index), every cell as a
 metric ``<metric>/<query>/<gallery>``, AC/AM, gains and backfill areas as metrics, verdicts as
@@ -31,12 +32,12 @@ from typing import Any
 import pandas as pd
 
 from pipeline.compat.methods import t12_entry, t21_entry
-from pipeline.config import EncodeConfig, RunContext, ScoreConfig
+from pipeline.config import EncodeConfig, MixedIndexConfig, RunContext, ScoreConfig
 from pipeline.data.embeddings import open_embeddings
 from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
-from pipeline.lineage.backfill import child_backfill, share_for_gain, share_to_reach
-from pipeline.lineage.files import write_report_files
+from pipeline.lineage.backfill import backfill_orders, child_backfill, child_indexes, share_for_gain, share_to_reach
+from pipeline.lineage.files import recommended_order, write_report_files
 from pipeline.lineage.metrics import LineageModel, Verdict, lower_triangle_summary, verdict
 from pipeline.lineage.registry import download_version, registered_chain
 from pipeline.lineage.runs import log_lineage_report
@@ -92,7 +93,8 @@ def _pairs(models: list[LineageModel], entries: dict[str, MatrixEntry]) -> list[
 
 def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir: str | Path, context: RunContext, *,
                        registered_model: str = "", encode: EncodeConfig = EncodeConfig(),
-                       score: ScoreConfig = ScoreConfig(), backfill_steps: int = 10, seed: int = 0) -> LineageReport:
+                       score: ScoreConfig = ScoreConfig(), backfill_steps: int = 10,
+                       indexes: MixedIndexConfig = MixedIndexConfig(), seed: int = 0) -> LineageReport:
     """Encode, score every pair, compute the lineage metrics, write the report and log it."""
     if len(models) < 2:
         raise ValueError(f"a lineage report needs at least two models, got {[m.name for m in models]}")
@@ -121,7 +123,7 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
         matrix(table, m, order).to_numpy())))} for m in metrics])
 
     cell = partial(pair_row, table)
-    verdicts, gains, backfills = [], {}, []
+    verdicts, gains, backfills, index_tables = [], {}, [], []
     scored = [m for m in CRITERION_METRICS if m in table.columns]
     for child in models[1:]:
         t21, t12 = t21_entry(child.name), t12_entry(child.parent, child.name)
@@ -130,7 +132,11 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
         for m in scored:
             gains[metric_key("update_gain", m, child.name)] = update_gain(
                 cell(child.name, child.parent)[m], cell(child.parent, child.parent)[m], cell(child.name, child.name)[m])
-        curves = child_backfill(child, sets, seed, backfill_steps, score.full_ranking, training)
+        orders = backfill_orders(child, sets, seed, training)
+        curves = child_backfill(child, sets, orders, backfill_steps, score.full_ranking)
+        if indexes.steps:
+            chosen, _, _ = recommended_order(curves, child.name)
+            index_tables.append(child_indexes(child, sets, orders[chosen], indexes).assign(order=chosen))
         parent_own = {m: cell(child.parent, child.parent)[m] for m in scored}
         needed = {f"share_to_beat_parent/{name}": share_to_reach(curve, parent_own)
                   for name, curve in curves.groupby("order", sort=False)}
@@ -139,9 +145,11 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
         verdicts.append(replace(decided, numbers={**decided.numbers, **needed}))
         backfills.append(curves)
     backfill = pd.concat(backfills, ignore_index=True)
-    files = write_report_files(table, summary, backfill, verdicts, order, report_dir, models)
+    index_table = pd.concat(index_tables, ignore_index=True) if index_tables else pd.DataFrame()
+    files = write_report_files(table, summary, backfill, verdicts, order, report_dir, index_table, indexes.min_recall)
     text = (report_dir / "summary.md").read_text()
-    run_id = log_lineage_report(table, summary, backfill, verdicts, gains, files, order, context.tracking_uri,
+    run_id = log_lineage_report(table, summary, backfill, verdicts, gains, index_table, files, order,
+                                context.tracking_uri,
                             context.experiment, {"registered_model": registered_model, "models": ",".join(order),
                                                  "split": split, "index": score.index.kind,
                                                  "full_ranking": str(score.full_ranking)})

@@ -21,8 +21,8 @@ from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run, metr
 
 
 def log_lineage_report(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
-                   gains: dict[str, float], files: list[Path], order: list[str], tracking_uri: str, experiment: str,
-                   params: dict[str, str]) -> str:
+                   gains: dict[str, float], indexes: pd.DataFrame, files: list[Path], order: list[str],
+                   tracking_uri: str, experiment: str, params: dict[str, str]) -> str:
     client = MlflowClient(tracking_uri)
     experiment_key = experiment_id(tracking_uri, experiment)
     parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}",
@@ -31,13 +31,13 @@ def log_lineage_report(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.
                                                       f"curves and each version's verdict (summary.md)"})
     run_id = parent.info.run_id
     with finished_run(client, run_id):
-        _log_runs(client, run_id, experiment_key, table, summary, backfill, verdicts, gains, files, params)
+        _log_runs(client, run_id, experiment_key, table, summary, backfill, verdicts, gains, indexes, files, params)
     return run_id
 
 
 def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.DataFrame, summary: pd.DataFrame,
-                    backfill: pd.DataFrame, verdicts: list[Verdict], gains: dict[str, float], files: list[Path],
-                    params: dict[str, str]) -> None:
+                    backfill: pd.DataFrame, verdicts: list[Verdict], gains: dict[str, float], indexes: pd.DataFrame,
+                    files: list[Path], params: dict[str, str]) -> None:
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     metrics = cell_metrics(table)
     metrics.update({f"{kind}_{r.metric}": float(getattr(r, kind)) for r in summary.itertuples() for kind in ("AC", "AM")
@@ -50,6 +50,9 @@ def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.
         metrics.update({metric_key(key, v.model): value for key, value in v.numbers.items()
                         if key.startswith(("share_to_beat_parent/", "share_for_95pct_gain/")) and not np.isnan(value)})
     log_metrics(client, run_id, metrics)
+    for share, rows in (indexes.groupby("share") if len(indexes) else ()):  # a curve per index, step: % re-encoded
+        log_metrics(client, run_id, {metric_key("index_recall_at_k", r.model, r.index, r.trained_on): r.recall_at_k
+                                     for r in rows.itertuples()}, step=int(round(share * 100)))
     for v in verdicts:
         client.set_tag(run_id, f"verdict/{v.model}", v.statement)
         client.set_tag(run_id, f"verdict_route/{v.model}", v.route)

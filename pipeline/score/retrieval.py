@@ -118,7 +118,7 @@ def search(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: i
         heap.add_result(distances, np.where(found >= 0, found + shard.offset, -1))
         labels.append(np.asarray(shard.labels, dtype=np.int64))
     heap.finalize()
-    return _with_labels(heap.I, np.concatenate(labels) if labels else np.zeros(0, np.int64))
+    return with_labels(heap.I, np.concatenate(labels) if labels else np.zeros(0, np.int64))
 
 
 def _check_offset(shard: Shard, previous: list[np.ndarray]) -> None:
@@ -127,7 +127,7 @@ def _check_offset(shard: Shard, previous: list[np.ndarray]) -> None:
         raise ValueError(f"gallery shard at offset {shard.offset} does not follow the previous rows (expected {expected})")
 
 
-def _with_labels(positions: np.ndarray, gallery_labels: np.ndarray) -> Neighbours:
+def with_labels(positions: np.ndarray, gallery_labels: np.ndarray) -> Neighbours:
     positions = np.asarray(positions, dtype=np.int64)
     labels = gallery_labels[np.clip(positions, 0, None)] if len(gallery_labels) else np.zeros_like(positions)
     return Neighbours(positions, labels, positions >= 0)
@@ -138,7 +138,7 @@ def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
     every shard added, ``nprobe`` lists probed. The index holds the gallery's vectors."""
     size = sum(len(shard.labels) for shard in shards())
     if size == 0:
-        return _with_labels(np.full((len(query), k), -1), np.zeros(0, np.int64))
+        return with_labels(np.full((len(query), k), -1), np.zeros(0, np.int64))
     nlist = spec.nlist or max(1, int(4 * np.sqrt(size)))
     if nlist > size:
         raise ValueError(f"IVF with {nlist} lists needs at least {nlist} gallery vectors, got {size}")
@@ -154,10 +154,16 @@ def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
         rows = _own_rows(queries, len(query), shard)
         own[rows >= 0] = rows[rows >= 0] + shard.offset
         labels.append(np.asarray(shard.labels, dtype=np.int64))
+    return with_labels(search_without_own(index, query, own, k), np.concatenate(labels))
+
+
+def search_without_own(index: faiss.Index, query: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` nearest positions of an index holding the whole gallery, each query's own image
+    (``own``: its gallery position, -1 for none) left out; -1 where there are fewer."""
     distances, found = index.search(query, k + 1)
     _drop_own(distances, found, own)
     order = np.argsort(found < 0, axis=1, kind="stable")[:, :k]  # results in rank order, dropped ones last
-    return _with_labels(np.take_along_axis(found, order, axis=1), np.concatenate(labels))
+    return np.take_along_axis(found, order, axis=1)
 
 
 def recall_at_k(found: Neighbours, exact: Neighbours) -> float:
@@ -207,7 +213,7 @@ def _chunk_precisions(query: np.ndarray, query_labels: np.ndarray, own: np.ndarr
     return _precisions(scores, relevant)
 
 
-def _own_positions(query_ids: np.ndarray | None, count: int, shards: Shards) -> np.ndarray:
+def own_positions(query_ids: np.ndarray | None, count: int, shards: Shards) -> np.ndarray:
     """For each of ``count`` queries, the gallery position of its own image (same id), or -1."""
     own, queries = np.full(count, -1, dtype=np.int64), _query_index(query_ids)
     if queries is not None:
@@ -231,7 +237,7 @@ def average_precisions(query: np.ndarray, query_labels: np.ndarray, query_ids: n
     this process may use; the GEMMs and the sorts release the GIL)."""
     threads = threads or cpu_count()
     query, query_labels = normalize(query), np.asarray(query_labels)
-    own = _own_positions(query_ids, len(query), shards)
+    own = own_positions(query_ids, len(query), shards)
     rows = max(1, min(chunk, budget_bytes // max(1, 17 * gallery_size * threads)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         parts = list(pool.map(lambda start: _chunk_precisions(

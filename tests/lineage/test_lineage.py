@@ -18,6 +18,7 @@ import pytest
 from pipeline.config import LineageConfig, load_lineage_config
 from pipeline.data.embeddings import embeddings_table, open_embeddings, read_embeddings, write_embeddings
 from pipeline.lineage.backfill import backfill_curve, curve_area, share_to_reach, stratified_order
+from pipeline.lineage.files import recommended_order
 from pipeline.lineage.metrics import BACKFILL, FORWARD, NO_BACKFILL, lower_triangle_summary, verdict
 from pipeline.score.criteria import update_gain
 from pipeline.score.retrieval import in_memory, per_query_metrics, score_queries, summarize
@@ -180,6 +181,7 @@ def lineage_report(tmp_path_factory, fashion_subset, ray_cluster, mlflow_server)
         "data": {"source": str(fashion_subset), "root": str(out / "dataset")},
         "mlflow": {"tracking_uri": mlflow_server, "experiment": "lineage-test"},
         "encode": {"batch_size": 128, "threads_per_actor": 1}, "backfill_steps": 4,
+        "indexes": {"steps": 2, "latency_queries": 20},
         "models": [
             {"name": "v1", "method": "independent", "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress"],
              "epochs": 1, "batch_size": 64, "cpus_per_worker": 1},
@@ -235,6 +237,15 @@ def test_lineage_matrix_ac_am_and_backfill_match_brute_force(lineage_report):
         assert f"- {v.model}: re-encode {v.model}'s parent gallery in the **" in (report.report_dir / "summary.md"
                                                                                   ).read_text()
     assert (report.report_dir / "heatmap_top1.png").stat().st_size > 5_000
+    indexes = pd.read_csv(report.report_dir / "indexes.csv")  # the gallery mixed in the recommended order
+    for model, rows in indexes.groupby("model"):
+        parent = {"v2": "v1", "v3": "v2"}[model]
+        flat = rows[rows["index"] == "flat"].set_index("share")
+        assert flat.loc[0.0, "top1"] == pytest.approx(table.loc[(model, parent), "top1"])
+        assert flat.loc[1.0, "top1"] == pytest.approx(table.loc[(model, model), "top1"])
+        assert len(rows) == 3 * 6 and set(rows.order) == {recommended_order(backfill, model)[0]}
+    assert "Which index settings hold recall (recall@k >= 0.95 at every share):" in (report.report_dir /
+                                                                                    "summary.md").read_text()
 
 
 @pytest.mark.ray
@@ -249,6 +260,9 @@ def test_mlflow_server_holds_the_report_run_its_pairs_and_the_registry(lineage_r
     assert metrics["top1/v2/v1"] == pytest.approx(report.table.set_index(["query_model", "gallery_model"]).loc[("v2", "v1"), "top1"])
     assert {"AC_top1", "AM_top1", "AC_map", "AM_map"} <= set(metrics)
     assert any(key.startswith("backfill_area/top1/v2/") for key in metrics)
+    history = _get(url, "/api/2.0/mlflow/metrics/get-history", run_id=report.run_id,
+                   metric_key="index_recall_at_k/v2/ivf-pq/parent")["metrics"]
+    assert sorted(m["step"] for m in history) == [0, 50, 100]  # the recall curve over the re-encoded %
 
     experiment = run["info"]["experiment_id"]
     children = _post(url, "/api/2.0/mlflow/runs/search", {
@@ -260,7 +274,8 @@ def test_mlflow_server_holds_the_report_run_its_pairs_and_the_registry(lineage_r
     assert {p["transform"] for p in params_of} >= {"none", "T12 of v3 (old -> new)"}
 
     artifacts = {f["path"] for f in _get(url, "/api/2.0/mlflow/artifacts/list", run_id=report.run_id)["files"]}
-    assert {"heatmap_top1.png", "heatmap_map.png", "backfill.png", "summary.md", "report.csv", "verdicts.json"} <= artifacts
+    assert {"heatmap_top1.png", "heatmap_map.png", "backfill.png", "summary.md", "report.csv", "verdicts.json",
+            "indexes.csv", "indexes.png"} <= artifacts
 
     versions = _get(url, "/api/2.0/mlflow/model-versions/search", filter="name='tiny-lineage'")["model_versions"]
     parents = {v["version"]: {t["key"]: t["value"] for t in v.get("tags", [])}.get("parent_version", "") for v in versions}
