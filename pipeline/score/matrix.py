@@ -1,8 +1,8 @@
 """The compatibility report: every (query model, gallery model) pair scored into one table.
 
-One row per pair with the paths of the two embedding sets it used, every metric over all
-queries and per query subset (``_seen``: classes the old model was trained on, ``_unseen``:
-the others), the compatibility criterion ``M(q, g) > M(g, g)`` (strict) for every pair of two
+One row per pair with the ids of the models and the paths of the two embedding sets it used,
+every metric over all queries and per query subset (``_seen``: classes the old model was trained
+on, ``_unseen``: the others), the compatibility criterion ``M(q, g) > M(g, g)`` (strict) for every pair of two
 models, and the update gain against the independent model when one is named.
 """
 
@@ -198,10 +198,20 @@ def score_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = MatrixRole
         log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
                  metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
     references = {name: entry.reference for name, entry in entries.items()}
-    table = add_criteria(pd.DataFrame(rows), roles.independent, roles.old, references)
+    table = _with_model_ids(pd.DataFrame(rows), {name: found.model_id for name, found in sets.sets.items()})
+    table = add_criteria(table, roles.independent, roles.old, references)
     table = add_intervals(table, queries, references, seen_labels, options.bootstrap_resamples, options.interval_level)
     flips = pair_flips(queries, references, roles.old)
     return ScoredPairs(add_flips(table, flips, queries, seen_labels, options.max_flip_rate), queries, flips)
+
+
+def _with_model_ids(table: pd.DataFrame, model_ids: dict[str, str]) -> pd.DataFrame:
+    """``query_model_id`` and ``gallery_model_id`` after the names: the model cards' ids that wrote
+    each set, by which the compatibility guard (``pipeline.index.guard``) finds a pair."""
+    table = table.copy()
+    table.insert(2, "query_model_id", table.query_model.map(model_ids))
+    table.insert(3, "gallery_model_id", table.gallery_model.map(model_ids))
+    return table
 
 
 def _identity(embeddings: Gallery) -> dict:
