@@ -17,11 +17,14 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["train", "test"],
                             help="the split that is both query and gallery set")
     parser.add_argument("--backfill-steps", type=int, default=10, help="points of each backfill curve after 0")
+    parser.add_argument("--index-steps", type=int, default=4,
+                        help="shares after 0 at which approximate indexes are measured on the mixed gallery; 0: none")
     cli.add_search_args(parser)
     cli.add_encode_args(parser)
     cli.add_ray_arg(parser)
     cli.add_tracking_args(parser)
     args = parser.parse_args()
+    from pipeline.config import MixedIndexConfig
     from pipeline.lineage.report import report_registered_lineage
     from pipeline.runtime import init_ray
 
@@ -30,7 +33,8 @@ def main() -> None:
     score, encode = cli.score_options(args, split=args.split), cli.encode_options(args)
     init_ray(args.ray_address)
     report = report_registered_lineage(cli.run_context(args), args.registered_model, args.versions, args.dataset,
-                                       args.out, encode=encode, score=score, backfill_steps=args.backfill_steps)
+                                       args.out, encode=encode, score=score, backfill_steps=args.backfill_steps,
+                                       indexes=MixedIndexConfig(steps=args.index_steps))
     print(report.summary_text)
     print(f"report: {report.report_dir}\nMLflow run: {report.run_id} ({args.tracking_uri})")
 
