@@ -1,0 +1,100 @@
+"""The compatibility guard: vectors of two models meet in one index only where a report says so.
+
+Adding a model's vectors to an index that holds another model's, or searching it with another
+model's queries, mixes two embedding spaces; after a model change that is how a search service
+silently degrades. The guard asks for the compatibility report (``report.parquet`` of
+``jobs.score`` or of a lineage report: one row per (query model, gallery model) pair, with the
+models' ids) and allows the pair only where its row meets the criterion (``pair_compatible``:
+every criterion metric above the gallery model's own, and negative flips within the report's
+limit). The pair is the model whose vectors arrive (queries, or re-encoded gallery items: the
+new model's queries will search them beside the old ones) against each model the index holds.
+An explicit override (a reason) lets a refused pair through, logged and recorded in the index.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.score.criteria import CRITERION_METRICS, flips_allowed
+from pipeline.score.report import pair_compatible
+
+log = logging.getLogger(__name__)
+REPORT_FILE = "report.parquet"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the sets it wrote record it: its card's id and its name."""
+
+    id: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+
+class IncompatibleModels(ValueError):
+    """Two models' vectors refused in one index."""
+
+
+def read_report(path: str | Path) -> pd.DataFrame:
+    """The pair table of a report folder (its ``report.parquet``) or file, with model ids."""
+    path = Path(path)
+    file = path / REPORT_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no compatibility report ({REPORT_FILE} of jobs.score or jobs.lineage)")
+    table = pd.read_parquet(file)
+    if not {"query_model_id", "gallery_model_id"} <= set(table.columns):
+        raise ValueError(f"{file}: the report has no model ids (written before the guard existed): score the pair "
+                         "again with jobs.score")
+    return table.assign(report=str(file))
+
+
+def refusal(query: ModelRef, gallery: ModelRef, reports: list[pd.DataFrame]) -> str | None:
+    """Why ``query``'s vectors may not meet ``gallery``'s, or None where a report allows it."""
+    if query.id == gallery.id:
+        return None
+    if not reports:
+        return "no compatibility report was given"
+    reasons = []
+    for table in reports:
+        rows = table[(table.query_model_id == query.id) & (table.gallery_model_id == gallery.id)]
+        if rows.empty:
+            reasons.append(f"{table.report.iloc[0]} has no row for {query.name}'s queries on {gallery.name}'s gallery")
+            continue
+        row = rows.iloc[0].to_dict()
+        if pair_compatible(row):
+            return None
+        failed = [m for m in CRITERION_METRICS if f"compatible_{m}" in row
+                  and not (pd.notna(row[f"compatible_{m}"]) and bool(row[f"compatible_{m}"]))]
+        flips = [] if flips_allowed(row) else [f"negative flips {row['negative_flip_rate']:.4f} over the limit"]
+        reasons.append(f"{row['report']} says {query.name} -> {gallery.name} is not compatible "
+                       f"({', '.join([*(f'{m} not above {gallery.name}/{gallery.name}' for m in failed), *flips])})")
+    return "; ".join(reasons)
+
+
+def guard(action: str, arriving: ModelRef, held: list[ModelRef], reports: list[pd.DataFrame], where: str,
+          override: str | None = None) -> list[dict]:
+    """Refuse ``action`` (an ``IncompatibleModels`` naming both models and where the reports are)
+    unless every model of ``held`` may meet ``arriving``; with an ``override`` (its reason), log
+    each refused pair and return it as a record for the index's history."""
+    refused = [(model, why) for model in held if (why := refusal(arriving, model, reports)) is not None]
+    if not refused:
+        return []
+    if override:
+        records = []
+        for model, why in refused:
+            log.warning("guard: %s: %s: %s's vectors meet %s's although %s (override: %s)", where, action,
+                        arriving, model, why, override)
+            records.append({"action": action, "arriving": arriving.id, "held": model.id, "refusal": why,
+                            "override": override})
+        return records
+    lines = [f"{where}: refused to {action}: {arriving}'s vectors would meet {model}'s, and {why}"
+             for model, why in refused]
+    raise IncompatibleModels("\n".join(lines) + "\nScore the pair (python -m jobs.score --embeddings <both sets> "
+                             "--old <the held model's name> --out <report folder>) and pass --report <report folder>, "
+                             "or pass --override '<reason>' to do it anyway (logged in the index's history).")

@@ -1,0 +1,165 @@
+"""A gallery index on disk that records which model wrote each vector, behind the guard.
+
+A folder holds ``index.faiss`` (faiss, inner product on unit vectors; its ids are the rows of
+the items table), ``items.parquet`` (per row: the item's ``id``, ``label`` and the ``model_id``
+whose vector the index holds for it) and ``index.json`` (the factory string, dimension, label
+map, search settings, the models' names, and a history of every change with the reports or
+overrides that allowed it). Adding an embeddings set replaces the vectors of the items it holds
+(a backfill step) and appends the others; adding another model's vectors and searching with
+another model's queries pass through ``pipeline.index.guard``. Each file is replaced atomically,
+``index.json`` last, with the row count the other two must have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from pipeline.atomic import write_atomic, write_table_atomic, write_text_atomic
+from pipeline.config import MixedIndexConfig
+from pipeline.data.embeddings import EmbeddingSet, positions
+from pipeline.index.guard import ModelRef, guard
+from pipeline.score.indexes import factory_string
+from pipeline.score.retrieval import unit32
+
+INDEX_FILE, ITEMS_FILE, META_FILE = "index.faiss", "items.parquet", "index.json"
+KINDS = ("flat", "ivf-flat", "ivf-pq")  # the kinds whose vectors can be replaced (HNSW cannot remove one)
+
+
+@dataclass
+class GalleryIndex:
+    folder: Path
+    index: faiss.Index
+    items: pd.DataFrame  # id, label, model_id: one row per faiss id
+    meta: dict
+
+    @property
+    def held(self) -> list[ModelRef]:
+        """The models whose vectors the index holds, in the order they arrived."""
+        present = set(self.items.model_id)
+        return [ModelRef(model_id, name) for model_id, name in self.meta["models"].items() if model_id in present]
+
+    def save(self) -> None:
+        import pyarrow as pa
+
+        self.meta["rows"] = len(self.items)
+        write_atomic(self.folder / INDEX_FILE, lambda temporary: faiss.write_index(self.index, str(temporary)))
+        write_table_atomic(pa.Table.from_pandas(self.items, preserve_index=False), self.folder / ITEMS_FILE)
+        write_text_atomic(self.folder / META_FILE, json.dumps(self.meta, indent=1))
+
+
+def _model(embeddings: EmbeddingSet) -> ModelRef:
+    return ModelRef(embeddings.model_id, embeddings.model_name)
+
+
+def create_index(embeddings: EmbeddingSet, folder: str | Path, kind: str,
+                 config: MixedIndexConfig = MixedIndexConfig()) -> GalleryIndex:
+    """An index of ``kind`` trained on and holding ``embeddings`` (the gallery as it is served)."""
+    if kind not in KINDS:
+        raise ValueError(f"index kind {kind!r}: one of {KINDS} (their vectors can be replaced by a backfill)")
+    folder = Path(folder)
+    if (folder / META_FILE).exists():
+        raise FileExistsError(f"{folder}: an index is already there ({META_FILE}); add to it, or choose another folder")
+    vectors = unit32(embeddings.vectors)
+    factory = factory_string(config, kind, embeddings.dim, len(embeddings))
+    index = faiss.index_factory(embeddings.dim, f"IDMap2,{factory}" if kind == "flat" else factory,
+                                faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    items = pd.DataFrame({"id": embeddings.ids.astype(str), "label": embeddings.labels,
+                          "model_id": embeddings.model_id})
+    meta = {"factory": factory, "kind": kind, "dim": embeddings.dim, "classes": embeddings.classes,
+            "nprobe": config.nprobe, "trained_on": embeddings.model_id,
+            "models": {embeddings.model_id: embeddings.model_name},
+            "history": [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": "create", "model": embeddings.model_id,
+                         "set": embeddings.path, "rows": len(items)}]}
+    built = GalleryIndex(folder, index, items, meta)
+    folder.mkdir(parents=True, exist_ok=True)
+    built.save()
+    return built
+
+
+def open_index(folder: str | Path) -> GalleryIndex:
+    """The index in ``folder``, its three files checked to agree."""
+    folder = Path(folder)
+    if not (folder / META_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: no gallery index ({META_FILE}); create one with jobs.index build")
+    meta = json.loads((folder / META_FILE).read_text())
+    index, items = faiss.read_index(str(folder / INDEX_FILE)), pd.read_parquet(folder / ITEMS_FILE)
+    if not index.ntotal == len(items) == meta["rows"]:
+        raise ValueError(f"{folder}: {INDEX_FILE} holds {index.ntotal} vectors, {ITEMS_FILE} {len(items)} items, "
+                         f"{META_FILE} says {meta['rows']}: a write was cut short; build the index again")
+    if meta["kind"] != "flat":
+        faiss.extract_index_ivf(index).nprobe = meta["nprobe"]
+    return GalleryIndex(folder, index, items, meta)
+
+
+def _check_set(gallery: GalleryIndex, embeddings: EmbeddingSet) -> None:
+    if embeddings.dim != gallery.meta["dim"]:
+        raise ValueError(f"{embeddings.path}: {embeddings.dim}-d vectors, the index {gallery.folder} holds "
+                         f"{gallery.meta['dim']}-d ones")
+    if embeddings.classes != gallery.meta["classes"]:
+        raise ValueError(f"{embeddings.path}: encoded from a dataset with another label map than the index "
+                         f"{gallery.folder}'s")
+
+
+def add_vectors(gallery: GalleryIndex, embeddings: EmbeddingSet, ids: list[str] | None = None,
+                reports: list[pd.DataFrame] = (), override: str | None = None) -> dict:
+    """Put ``embeddings``' vectors of ``ids`` (default: all) into the index: items it holds get
+    the new vector (a backfill step), others are appended. Guarded (``pipeline.index.guard``):
+    the arriving model against every model the index holds. Returns the history record."""
+    _check_set(gallery, embeddings)
+    arriving = _model(embeddings)
+    overrides = guard("add vectors to the index", arriving, gallery.held, list(reports), str(gallery.folder), override)
+    ids = embeddings.ids if ids is None else np.asarray(ids, dtype=object)
+    rows = positions(embeddings.ids, ids, embeddings.path)
+    vectors, labels = unit32(embeddings.vectors[rows]), embeddings.labels[rows]
+    where = pd.Index(gallery.items.id).get_indexer(np.asarray(ids, dtype=str))
+    held = where >= 0
+    if (gallery.items.label.to_numpy()[where[held]] != labels[held]).any():
+        first = int(np.flatnonzero(gallery.items.label.to_numpy()[where[held]] != labels[held])[0])
+        raise ValueError(f"{embeddings.path}: item {ids[held][first]!r} has label {labels[held][first]}, the index "
+                         f"{gallery.folder} holds it with label {gallery.items.label.iloc[where[held][first]]}")
+    new_rows = np.arange(len(gallery.items), len(gallery.items) + int((~held).sum()), dtype=np.int64)
+    faiss_ids = np.concatenate([where[held], new_rows]).astype(np.int64)
+    if held.any():
+        gallery.index.remove_ids(faiss_ids[: held.sum()])
+    gallery.index.add_with_ids(np.concatenate([vectors[held], vectors[~held]]), faiss_ids)
+    items = pd.concat([gallery.items, pd.DataFrame({"id": np.asarray(ids[~held], dtype=str), "label": labels[~held],
+                                                    "model_id": arriving.id})], ignore_index=True)
+    items.loc[where[held], "model_id"] = arriving.id
+    gallery.items = items
+    gallery.meta["models"][arriving.id] = arriving.name
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": "add", "model": arriving.id,
+              "set": embeddings.path, "replaced": int(held.sum()), "appended": int((~held).sum()),
+              "reports": sorted({str(t.report.iloc[0]) for t in reports}), "overrides": overrides}
+    gallery.meta["history"].append(record)
+    gallery.save()
+    return record
+
+
+def search_index(gallery: GalleryIndex, queries: EmbeddingSet, k: int, reports: list[pd.DataFrame] = (),
+                 override: str | None = None) -> pd.DataFrame:
+    """The ``k`` nearest items of each query: one row per (query, rank) with the item's id, its
+    score and the model that wrote its vector. Guarded: the queries' model against every model
+    the index holds."""
+    _check_set(gallery, queries)
+    overrides = guard("search the index", _model(queries), gallery.held, list(reports), str(gallery.folder), override)
+    if overrides:
+        gallery.meta["history"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": "search",
+                                        "model": queries.model_id, "set": queries.path, "overrides": overrides})
+        write_text_atomic(gallery.folder / META_FILE, json.dumps(gallery.meta, indent=1))
+    scores, found = gallery.index.search(unit32(queries.vectors), k)
+    rank = np.tile(np.arange(1, k + 1), len(queries))
+    hits = found.reshape(-1)
+    valid = hits >= 0
+    items = gallery.items.iloc[hits[valid]]
+    return pd.DataFrame({"query_id": np.repeat(queries.ids.astype(str), k)[valid], "rank": rank[valid],
+                         "id": items.id.to_numpy(), "score": scores.reshape(-1)[valid],
+                         "model_id": items.model_id.to_numpy()})
