@@ -35,13 +35,15 @@ def main() -> None:
     parser.add_argument("--split", default=defaults.split,
                         help="the split the embeddings encode (names the mapped sets' folders)")
     cli.add_search_args(parser)
+    parser.add_argument("--in-ray", action="store_true", help=ScoreConfig.model_fields["in_ray"].description)
+    cli.add_ray_arg(parser)
     cli.add_tracking_args(parser)
     args = parser.parse_args()
     from pipeline.encode.mapped import entries_from_files
     from pipeline.score.entries import MatrixRoles
     from pipeline.score.report import roles_of, score_and_report
 
-    options = cli.score_options(args, topk=args.topk, split=args.split)
+    options = cli.score_options(args, topk=args.topk, split=args.split, in_ray=args.in_ray)
     external = cli.external_sets(args.external, args.classes)
     if (args.old_model is None) == (args.old is None):
         raise ValueError("name the old model by its artifact (--old-model) or by its set's name (--old), one of them")
@@ -59,6 +61,10 @@ def main() -> None:
     if roles.old_classes is not None and set(roles.old_classes) - set(known):
         raise ValueError(f"--old-classes {sorted(set(roles.old_classes) - set(known))} are not classes of the sets "
                          f"scored ({known})")
+    if options.in_ray:
+        from pipeline.runtime import init_ray
+
+        init_ray(args.ray_address)
     print(score_and_report(entries, roles, options, args.out, cli.run_context(args)))
 
 

@@ -459,6 +459,9 @@ class ScoreConfig(Strict):
     bootstrap_resamples: int = Field(1000, ge=0, description="resamples of the queries for each criterion cell's "
                                                              "paired interval (pipeline.score.uncertainty); 0: none")
     interval_level: float = Field(0.95, gt=0, lt=1, description="the criterion intervals' confidence level")
+    in_ray: bool = Field(False, description="score the pairs in Ray tasks across the cluster's nodes (one per GPU "
+                         "of a GPU node, per CPU of another; pipeline.score_on_ray), merged into the same report as "
+                         "one process makes; the embeddings folders must be on storage every node sees")
     max_flip_rate: float | None = Field(None, ge=0, le=1, description="a pair meets the verdict only when at most "
                                         "this share of its queries flips negatively (a top-1 hit under its "
                                         "gallery's reference pair, old/old for an old gallery, a miss under the "

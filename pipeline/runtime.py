@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,9 +71,10 @@ def in_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(items: Sequence[T], what: str) -> Iterator[T]:
-    """``items`` one by one, with a progress bar named ``what`` when stderr is a terminal (log
-    lines printed meanwhile go above the bar); elsewhere just the items."""
+def progress(items: Iterable[T], what: str, total: int | None = None) -> Iterator[T]:
+    """``items`` one by one, with a progress bar named ``what`` (of ``total`` steps, default
+    ``len(items)``) when stderr is a terminal (log lines printed meanwhile go above the bar);
+    elsewhere just the items."""
     if not in_terminal():
         yield from items
         return
@@ -81,7 +82,7 @@ def progress(items: Sequence[T], what: str) -> Iterator[T]:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with logging_redirect_tqdm():
-        yield from tqdm(items, desc=what, total=len(items))
+        yield from tqdm(items, desc=what, total=len(items) if total is None else total)
 
 
 def cluster_runtime_env() -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,28 +176,32 @@ def score_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = MatrixRole
     seen_labels = [classes.index(c) for c in roles.old_classes] if roles.old_classes is not None else None
     scoring = {"topk": list(options.topk), "index": options.index.model_dump(), "full_ranking": options.full_ranking,
                "seen_labels": seen_labels}
-    rows, queries, started = [], {}, time.perf_counter()
-    for number, (q, g) in progress(list(enumerate(pairs, start=1)), "score: pairs"):
+    rows, queries, todo, started = {}, {}, {}, time.perf_counter()
+    for q, g in pairs:
         key = {"query": _identity(sets.sets[q]), "gallery": _identity(sets.sets[g]), **scoring}
         saved = pair_dir / f"{q}__{g}.json" if pair_dir else None
         saved_values = pair_dir / f"{q}__{g}.queries.npz" if pair_dir else None
         if (saved and saved.is_file() and saved_values.is_file()
                 and (done := json.loads(saved.read_text()))["key"] == key
                 and (stored := QueryValues.load(saved_values))[1] == key):
-            rows.append(done["row"])
-            queries[q, g] = stored[0]
-            log.info("score: pair %d/%d %s -> %s scored before (%s)", number, len(pairs), q, g, saved)
-            continue
-        metrics, queries[q, g] = pair_scores(sets.query(q), sets.gallery(g), seen_labels, options)
+            rows[q, g], queries[q, g] = done["row"], stored[0]
+            log.info("score: pair %s -> %s scored before (%s)", q, g, saved)
+        else:
+            todo[q, g] = key, saved, saved_values
+    scored = _scored(list(todo), sets, seen_labels, options)
+    for number, ((q, g), metrics, values, where) in enumerate(progress(scored, "score: pairs", len(todo)), 1):
+        key, saved, saved_values = todo[q, g]
         used = [label for label in (entries[q].transform, entries[g].transform) if label != "none"]
-        rows.append({"query_model": q, "gallery_model": g, "transform": "; ".join(dict.fromkeys(used)) or "none",
-                     "query_embeddings": sets.sets[q].path, "gallery_embeddings": sets.sets[g].path,
-                     "num_queries": len(sets.sets[q]), "num_gallery": len(sets.sets[g]), **metrics})
+        rows[q, g] = {"query_model": q, "gallery_model": g, "transform": "; ".join(dict.fromkeys(used)) or "none",
+                      "query_embeddings": sets.sets[q].path, "gallery_embeddings": sets.sets[g].path,
+                      "num_queries": len(sets.sets[q]), "num_gallery": len(sets.sets[g]), **metrics}
+        queries[q, g] = values
         if saved:  # the values first: a row saved without them is scored again
-            queries[q, g].save(saved_values, key)
-            write_text_atomic(saved, json.dumps({"key": key, "row": rows[-1]}, default=float))
-        log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f (%.1f s)", number, len(pairs), q, g,
-                 metrics["top1"], metrics.get("map", float("nan")), time.perf_counter() - started)
+            values.save(saved_values, key)
+            write_text_atomic(saved, json.dumps({"key": key, "row": rows[q, g]}, default=float))
+        log.info("score: pair %d/%d %s -> %s top1 %.4f map %.4f on %s (%.1f s)", number, len(todo), q, g,
+                 metrics["top1"], metrics.get("map", float("nan")), where, time.perf_counter() - started)
+    rows, queries = [rows[pair] for pair in pairs], {pair: queries[pair] for pair in pairs}
     references = {name: entry.reference for name, entry in entries.items()}
     table = _with_model_ids(pd.DataFrame(rows), {name: found.model_id for name, found in sets.sets.items()})
     table = add_criteria(table, roles.independent, roles.old, references)
@@ -212,6 +217,21 @@ def _with_model_ids(table: pd.DataFrame, model_ids: dict[str, str]) -> pd.DataFr
     table.insert(2, "query_model_id", table.query_model.map(model_ids))
     table.insert(3, "gallery_model_id", table.gallery_model.map(model_ids))
     return table
+
+
+def _scored(pairs: list[tuple[str, str]], sets: _QuerySets, seen_labels: list[int] | None,
+            options: ScoreConfig) -> Iterator[tuple[tuple[str, str], dict, QueryValues, str]]:
+    """Each pair's metrics and per-query values, and where they were computed: in Ray tasks
+    across the cluster with ``options.in_ray`` (``pipeline.score_on_ray``, in the order they
+    finish), else one after the other in this process."""
+    if options.in_ray:
+        from pipeline.score_on_ray import score_in_ray  # here: this package imports no Ray
+
+        yield from ((pair, row, values, f"node {node}") for pair, row, values, node in
+                    score_in_ray(pairs, sets.sets, seen_labels, options))
+        return
+    for q, g in pairs:
+        yield (q, g), *pair_scores(sets.query(q), sets.gallery(g), seen_labels, options), "this process"
 
 
 def _identity(embeddings: Gallery) -> dict:

@@ -25,18 +25,24 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from pipeline.config import ModelConfig
 from pipeline.data.decode import load_split
+from pipeline.data.embeddings import open_embeddings
 from pipeline.data.importers import ingest
 from pipeline.model.artifacts import load_model, write_initial_model
 from pipeline.model.card import read_card
+from pipeline.score.entries import MatrixEntry, MatrixRoles
+from pipeline.score.matrix import score_all_pairs
+from pipeline.score.report import write_tables
 from pipeline.score.retrieval import per_query_metrics, summarize
 from tests.conftest import FAST_POLLING
-from tests.jobs.helpers import folder_state, untrained_model
+from tests.jobs.helpers import folder_state, synthetic_sets, untrained_model
+from tests.score.test_on_ray import same_report
 
 pytestmark = pytest.mark.cluster
 
@@ -325,6 +331,21 @@ def test_ray_job_submit_runs_train_encode_and_score(cluster, dataset, tmp_path):
             "--out", str(report), *tracking)
     assert (model / "card.json").is_file()
     assert (report / "report.csv").is_file()
+
+
+def test_scoring_spreads_its_pairs_over_both_nodes_into_the_report_of_one_process(cluster, tmp_path):
+    classes = ["a", "b", "c", "d"]
+    sets = synthetic_sets(tmp_path / "sets", 300, classes)
+    names = ("old", "new", "rotated")
+    output = _submit(cluster, f"score-{tmp_path.name}", "jobs.score", "--embeddings",
+                     *(str(sets["test", name]) for name in names), "--old", "old", "--old-classes", "a", "b",
+                     "--in-ray", "--out", str(tmp_path / "report"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(set(re.findall(r"on node ([0-9a-f]{56})", output))) == 2, output[-4000:]  # both nodes scored pairs
+    entries = {name: MatrixEntry.plain(name, open_embeddings(sets["test", name]), "old") for name in names}
+    alone = score_all_pairs(entries, MatrixRoles(old="old", old_classes=["a", "b"]))  # in this process, no Ray
+    write_tables(alone, tmp_path / "alone")
+    same_report(pd.read_parquet(tmp_path / "report" / "report.parquet"),
+                pd.read_parquet(tmp_path / "alone" / "report.parquet"))
 
 
 def test_ray_job_stop_leaves_a_run_the_next_submission_continues(cluster, dataset, tmp_path):

@@ -18,7 +18,7 @@ from pipeline.index.store import add_vectors, create_index, open_index, search_i
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import score_all_pairs
 from pipeline.score.report import write_tables
-from tests.jobs.helpers import run_job
+from tests.jobs.helpers import run_job, synthetic_sets
 
 CLASSES = ["a", "b", "c", "d"]
 SIZE = 300
@@ -26,24 +26,7 @@ SIZE = 300
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    """An old model; a new one near its space (compatible); a rotated one (not); a training split
-    encoded by old and new; all written as embeddings sets."""
-    folder = tmp_path_factory.mktemp("sets")
-    rng = np.random.default_rng(0)
-    written = {}
-    for split, size in (("test", SIZE), ("train", 400)):
-        labels = rng.integers(0, len(CLASSES), size)
-        centers = np.random.default_rng(1).normal(size=(len(CLASSES), 16))
-        old = centers[labels] + 1.2 * rng.normal(size=(size, 16))
-        vectors = {"old": old, "new": centers[labels] + 0.6 * rng.normal(size=(size, 16))}
-        vectors["rotated"] = vectors["new"] @ np.linalg.qr(rng.normal(size=(16, 16)))[0]
-        ids = [f"{split}-{i:04d}" for i in range(size)]
-        for name, values in vectors.items():
-            path = folder / split / name
-            write_embeddings(path / "part-00000.parquet",
-                             embeddings_table(ids, labels, values, f"{name}-card", name, CLASSES))
-            written[split, name] = path
-    return written
+    return synthetic_sets(tmp_path_factory.mktemp("sets"), SIZE, CLASSES)
 
 
 @pytest.fixture(scope="module")

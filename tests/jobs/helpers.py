@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from jobs.cli import run_main
 from pipeline.config import ModelConfig
+from pipeline.data.embeddings import embeddings_table, write_embeddings
 from pipeline.model.artifacts import write_initial_model
 
 
@@ -51,3 +53,24 @@ def folder_state(folder: Path) -> dict[str, tuple[pa.Table, dict]]:
         elif path.is_file():
             state[path.name] = path.read_text()
     return state
+
+
+def synthetic_sets(folder: Path, size: int, classes: list[str], seed: int = 0) -> dict[tuple[str, str], Path]:
+    """Embeddings sets of (split, model), 16-d, of the splits test (``size`` rows) and train (400):
+    ``old``; ``new``, near the same class centers, tighter (compatible with old); ``rotated``, new
+    turned by a random rotation (not)."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, rows in (("test", size), ("train", 400)):
+        labels = rng.integers(0, len(classes), rows)
+        centers = np.random.default_rng(seed + 1).normal(size=(len(classes), 16))
+        vectors = {"old": centers[labels] + 1.2 * rng.normal(size=(rows, 16)),
+                   "new": centers[labels] + 0.6 * rng.normal(size=(rows, 16))}
+        vectors["rotated"] = vectors["new"] @ np.linalg.qr(rng.normal(size=(16, 16)))[0]
+        ids = [f"{split}-{i:04d}" for i in range(rows)]
+        for name, values in vectors.items():
+            path = folder / split / name
+            write_embeddings(path / "part-00000.parquet",
+                             embeddings_table(ids, labels, values, f"{name}-card", name, classes))
+            written[split, name] = path
+    return written
