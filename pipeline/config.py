@@ -449,6 +449,8 @@ class ScoreConfig(Strict):
     topk: list[PositiveInt] = Field([1, 5], min_length=1, description="k of the top-k accuracies; at most the "
                                     "gallery's size (checked when scoring)")
     query_chunk: int = Field(1024, gt=0, description="queries per full-ranking chunk (at most)")
+    threads: int = Field(0, ge=0, description="threads of one pair's full ranking; 0: every CPU this process may "
+                                              "use (a pair's Ray task sets its own CPUs)")
     index: IndexConfig = IndexConfig()
     full_ranking: bool = Field(True, description="mAP and mAP@R over the full ranking; false: top-k only, for "
                                                  "very large galleries")

@@ -4,9 +4,10 @@
 Each pair is one task running ``pair_scores`` where it lands; the driver keeps the rows and
 per-query values and folds them exactly as one process does (criteria, intervals, flips), so the
 report is the same. Tasks are spread over the alive nodes' slots: a GPU node runs one task per
-GPU (``num_gpus=1``: faiss searches on that GPU where the node's environment has GPU faiss,
-requirements-gpu.txt), a CPU node one per CPU (``num_cpus=1``); each slot holds at most one task
-at a time, placed on its node by a soft node affinity (a task whose node is lost runs elsewhere).
+GPU (and a CPU: ``num_gpus=1``, faiss searches on that GPU where the node's environment has GPU
+faiss, requirements-gpu.txt), a CPU node one per CPU; each slot holds at most one task at a
+time, placed on its node by a soft node affinity (a task whose node is lost runs elsewhere), and
+a task's full ranking runs on the CPUs Ray assigned it, not on every core of its node.
 Sets on disk travel as their paths (every node must see them: shared storage, as Ray Train's);
 sets in memory travel once through the object store.
 """
@@ -41,7 +42,8 @@ def slots() -> list[Slot]:
             continue
         resources = node.get("Resources", {})
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-        per_node.append([Slot(node["NodeID"], True)] * gpus if gpus else [Slot(node["NodeID"], False)] * cpus)
+        node_id = node["NodeID"]
+        per_node.append([Slot(node_id, True)] * min(gpus, cpus) if gpus else [Slot(node_id, False)] * cpus)
     interleaved = [slot for round_ in zip(*_padded(per_node)) for slot in round_ if slot is not None]
     if not interleaved:
         raise RuntimeError(f"the Ray cluster has no alive node with a CPU or GPU to score on: {ray.nodes()}")
@@ -57,7 +59,8 @@ def _padded(lists: list[list]) -> list[list]:
 def _score_pair(query: Gallery, gallery: Gallery, seen_labels: list[int] | None,
                 options: ScoreConfig) -> tuple[dict, QueryValues, str]:
     loaded = query if isinstance(query, EmbeddingSet) else query.load()
-    row, values = pair_scores(loaded, gallery, seen_labels, options)
+    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    row, values = pair_scores(loaded, gallery, seen_labels, options.model_copy(update={"threads": cpus}))
     return row, values, ray.get_runtime_context().get_node_id()
 
 
@@ -70,8 +73,7 @@ def score_in_ray(pairs: list[tuple[str, str]], sets: dict[str, Gallery], seen_la
         while waiting and free:
             slot, (q, g) = free.pop(0), waiting.pop(0)
             strategy = NodeAffinitySchedulingStrategy(slot.node_id, soft=True)
-            task = _score_pair.options(num_cpus=0 if slot.gpu else 1, num_gpus=1 if slot.gpu else 0,
-                                       scheduling_strategy=strategy)
+            task = _score_pair.options(num_cpus=1, num_gpus=1 if slot.gpu else 0, scheduling_strategy=strategy)
             running[task.remote(shared[q], shared[g], seen_labels, options)] = (slot, (q, g))
         [done], _ = ray.wait(list(running), num_returns=1)
         slot, pair = running.pop(done)

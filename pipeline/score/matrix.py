@@ -84,7 +84,7 @@ def pair_scores(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | 
     shards = lambda: gallery.shards(shard_rows)  # noqa: E731
     neighbours = search(query.vectors, query.ids, shards, max(topk), index)
     per_query = ranking_metrics(neighbours, query.vectors, query.labels, query.ids, shards, len(gallery), topk,
-                                options.query_chunk, options.full_ranking)
+                                options.query_chunk, options.full_ranking, options.threads or None)
     row = summarize(per_query)
     if index.kind != "flat":
         sample = slice(0, RECALL_QUERIES)

@@ -250,11 +250,13 @@ def average_precisions(query: np.ndarray, query_labels: np.ndarray, query_ids: n
 
 def ranking_metrics(neighbours: Neighbours, query: np.ndarray, query_labels: np.ndarray,
                     query_ids: np.ndarray | None, shards: Shards, gallery_size: int, topk: tuple[int, ...] = (1, 5),
-                    chunk: int = 1024, full_ranking: bool = True) -> dict[str, np.ndarray]:
-    """Per-query ``top{k}`` from a search's ``neighbours`` and, with ``full_ranking``, ``ap`` and ``ap_at_r``."""
+                    chunk: int = 1024, full_ranking: bool = True, threads: int | None = None) -> dict[str, np.ndarray]:
+    """Per-query ``top{k}`` from a search's ``neighbours`` and, with ``full_ranking``, ``ap`` and
+    ``ap_at_r`` (on ``threads`` threads, ``average_precisions``)."""
     out = topk_hits(neighbours, query_labels, topk)
     if full_ranking:
-        out["ap"], out["ap_at_r"] = average_precisions(query, query_labels, query_ids, shards, gallery_size, chunk)
+        out["ap"], out["ap_at_r"] = average_precisions(query, query_labels, query_ids, shards, gallery_size, chunk,
+                                                       threads)
     return out
 
 
