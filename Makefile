@@ -72,6 +72,7 @@ bench: env
 	$(PY) -m bench.scoring
 	$(PY) -m bench.streaming
 	$(PY) -m bench.ivfpq_scale
+	$(PY) -m bench.scoring_nodes
 
 # Two pytest sessions: the multi-node tests start their own Ray cluster (`ray start`), which
 # cannot share the machine with the other tests' local one. The tests marked slow (a sweep, a
