@@ -461,6 +461,8 @@ class ScoreConfig(Strict):
     bootstrap_resamples: int = Field(1000, ge=0, description="resamples of the queries for each criterion cell's "
                                                              "paired interval (pipeline.score.uncertainty); 0: none")
     interval_level: float = Field(0.95, gt=0, lt=1, description="the criterion intervals' confidence level")
+    split_rows: int = Field(1_000_000, gt=0, description="with in_ray: a pair whose gallery on disk has more rows "
+                            "is scored in tasks of whole part files of about this many rows, merged exactly")
     in_ray: bool = Field(False, description="score the pairs in Ray tasks across the cluster's nodes (one per GPU "
                          "of a GPU node, per CPU of another; pipeline.score_on_ray), merged into the same report as "
                          "one process makes; the embeddings folders must be on storage every node sees")

@@ -15,14 +15,29 @@ sets in memory travel once through the object store.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import ScoreConfig
-from pipeline.data.embeddings import EmbeddingSet
-from pipeline.score.matrix import Gallery, QueryValues, pair_scores
+from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, Shard
+from pipeline.score.matrix import Gallery, QueryValues, check_comparable, pair_scores, pair_summary
+from pipeline.score.retrieval import (
+    Neighbours,
+    counts_at_least,
+    normalize,
+    own_positions,
+    precisions_of_parts,
+    query_index,
+    relevant_scores,
+    shard_neighbours,
+    topk_hits,
+    unit32,
+)
 
 
 @dataclass(frozen=True)
@@ -66,9 +81,14 @@ def _score_pair(query: Gallery, gallery: Gallery, seen_labels: list[int] | None,
 
 def score_in_ray(pairs: list[tuple[str, str]], sets: dict[str, Gallery], seen_labels: list[int] | None,
                  options: ScoreConfig) -> Iterator[tuple[tuple[str, str], dict, QueryValues, str]]:
-    """Each pair's row, per-query values and the node that scored it, as the tasks finish."""
+    """Each pair's row, per-query values and the node that scored it, as the tasks finish; a
+    pair whose gallery is split (``gallery_groups``) first, in tasks of its gallery's groups."""
+    split = [(q, g) for q, g in pairs if len(gallery_groups(sets[g], options)) > 1]
+    for q, g in split:
+        row, values, nodes = _score_split_pair(sets[q], sets[g], seen_labels, options)
+        yield (q, g), row, values, f"{len(nodes)} nodes ({', '.join(sorted(nodes))})"
     shared = {name: ray.put(found) if isinstance(found, EmbeddingSet) else found for name, found in sets.items()}
-    free, waiting, running = slots(), list(pairs), {}
+    free, waiting, running = slots(), [pair for pair in pairs if pair not in split], {}
     while waiting or running:
         while waiting and free:
             slot, (q, g) = free.pop(0), waiting.pop(0)
@@ -80,3 +100,98 @@ def score_in_ray(pairs: list[tuple[str, str]], sets: dict[str, Gallery], seen_la
         free.append(slot)
         row, values, node = ray.get(done)
         yield pair, row, values, node
+
+
+@dataclass(frozen=True)
+class GalleryGroup:
+    """Consecutive whole part files of a gallery, and the gallery position of their first row."""
+
+    files: EmbeddingFiles
+    offset: int
+
+    def shards(self) -> Iterator[Shard]:
+        for shard in self.files.shards():
+            yield replace(shard, offset=self.offset + shard.offset)
+
+
+def gallery_groups(gallery: Gallery, options: ScoreConfig) -> list[GalleryGroup]:
+    """The groups a pair's gallery is scored in: whole part files of about ``options.split_rows``
+    rows for a gallery on disk searched flat; one group otherwise."""
+    if not isinstance(gallery, EmbeddingFiles) or options.index.kind != "flat" or len(gallery) <= options.split_rows:
+        return [GalleryGroup(gallery, 0)]
+    groups, files, rows, offset = [], [], 0, 0
+    for file in gallery.files:
+        count = pq.ParquetFile(file).metadata.num_rows
+        if files and rows + count > options.split_rows:
+            groups.append(GalleryGroup(replace(gallery, files=files, num_rows=rows), offset))
+            files, offset, rows = [], offset + rows, 0
+        files, rows = [*files, file], rows + count
+    return [*groups, GalleryGroup(replace(gallery, files=files, num_rows=rows), offset)]
+
+
+@ray.remote(max_retries=2)
+def _group_part(query: EmbeddingSet, group: GalleryGroup, k: int, full_ranking: bool):
+    """One group's top-k per query (scores, gallery positions, their labels) and, for the full
+    ranking, each query's relevant scores in the group."""
+    unit, queries, exact = unit32(query.vectors), query_index(query.ids), normalize(query.vectors)
+    own = own_positions(query.ids, len(query), group.shards)
+    heap, labels, relevant = faiss.ResultHeap(len(query), k, keep_max=True), [], [[] for _ in range(len(query))]
+    for shard in group.shards():
+        labels.append(np.asarray(shard.labels, dtype=np.int64))
+        if not len(shard.labels):
+            continue
+        heap.add_result(*shard_neighbours(unit, queries, shard, k))
+        if full_ranking:
+            for row, scores in enumerate(relevant_scores(exact, query.labels, own, shard)):
+                relevant[row].append(scores)
+    heap.finalize()
+    positions = np.asarray(heap.I, dtype=np.int64)
+    found = np.concatenate(labels)[np.clip(positions - group.offset, 0, None)] if labels else positions
+    return heap.D, positions, np.where(positions >= 0, found, -1), \
+        [np.concatenate(parts) if parts else np.zeros(0) for parts in relevant], ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(max_retries=2)
+def _group_counts(query: EmbeddingSet, group: GalleryGroup, thresholds: list[np.ndarray]) -> list[np.ndarray]:
+    """Per query, how many of the group's items score at least each threshold."""
+    exact, own = normalize(query.vectors), own_positions(query.ids, len(query), group.shards)
+    total = [np.zeros(len(wanted), dtype=np.int64) for wanted in thresholds]
+    for shard in group.shards():
+        for row, counted in enumerate(counts_at_least(exact, own, shard, thresholds)):
+            total[row] += counted
+    return total
+
+
+def _score_split_pair(query: Gallery, gallery: EmbeddingFiles, seen_labels: list[int] | None,
+                      options: ScoreConfig) -> tuple[dict, QueryValues, set[str]]:
+    """One pair scored in tasks of its gallery's groups, spread over the nodes: the groups' top-k
+    merged into one per query (``faiss.ResultHeap``) and the full ranking's AP from each group's
+    relevant scores and their positions counted in every group (``precisions_of_parts``)."""
+    check_comparable(query, gallery)
+    loaded = query if isinstance(query, EmbeddingSet) else query.load()
+    shared, groups, k = ray.put(loaded), gallery_groups(gallery, options), max(options.topk)
+    spread = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
+    parts = ray.get([_group_part.options(**spread).remote(shared, group, k, options.full_ranking) for group in groups])
+    heap = faiss.ResultHeap(len(loaded), k, keep_max=True)
+    for distances, positions, _, _, _ in parts:
+        heap.add_result(distances, positions)
+    heap.finalize()
+    positions = np.asarray(heap.I, dtype=np.int64)
+    neighbours = Neighbours(positions, _labels_at(positions, [(part[1], part[2]) for part in parts]), positions >= 0)
+    per_query = topk_hits(neighbours, loaded.labels, tuple(options.topk))
+    if options.full_ranking:
+        relevant = [np.sort(np.concatenate([part[3][row] for part in parts])) for row in range(len(loaded))]
+        wanted = ray.put(relevant)
+        counts = ray.get([_group_counts.options(**spread).remote(shared, group, wanted) for group in groups])
+        positions_of = [sum(count[row] for count in counts) for row in range(len(loaded))]
+        per_query["ap"], per_query["ap_at_r"] = precisions_of_parts(relevant, positions_of)
+    row, values = pair_summary(per_query, loaded, seen_labels)
+    return row, values, {part[4] for part in parts}
+
+
+def _labels_at(positions: np.ndarray, found: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The gallery labels at ``positions``, from the groups' (positions, labels) of their top-k."""
+    known, labels = (np.concatenate([part.ravel() for part in parts]) for parts in zip(*found))
+    order = np.argsort(known, kind="stable")
+    at = np.clip(np.searchsorted(known[order], positions), 0, len(known) - 1)
+    return np.where(positions >= 0, labels[order][at], -1)

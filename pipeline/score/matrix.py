@@ -79,17 +79,25 @@ def pair_scores(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | 
     """All metrics of one pair, overall and per query subset, and its per-query criterion values;
     the gallery read ``shard_rows`` at a time. With an IVF index, ``ivf_recall_at_k``: its top-k
     against flat search's, on the first ``RECALL_QUERIES`` queries."""
-    _check_comparable(query, gallery)
+    check_comparable(query, gallery)
     topk, index = tuple(options.topk), options.index
     shards = lambda: gallery.shards(shard_rows)  # noqa: E731
     neighbours = search(query.vectors, query.ids, shards, max(topk), index)
     per_query = ranking_metrics(neighbours, query.vectors, query.labels, query.ids, shards, len(gallery), topk,
                                 options.query_chunk, options.full_ranking, options.threads or None)
-    row = summarize(per_query)
+    extra = {}
     if index.kind != "flat":
         sample = slice(0, RECALL_QUERIES)
         exact = search(query.vectors[sample], query.ids[sample], shards, max(topk))
-        row["ivf_recall_at_k"] = recall_at_k(neighbours, exact)
+        extra["ivf_recall_at_k"] = recall_at_k(neighbours, exact)
+    return pair_summary(per_query, query, seen_labels, extra)
+
+
+def pair_summary(per_query: dict[str, np.ndarray], query: EmbeddingSet, seen_labels: list[int] | None,
+                 extra: dict[str, float] | None = None) -> tuple[dict[str, float], QueryValues]:
+    """A pair's row from its per-query metrics: the means overall, ``extra``, the means per query
+    subset; and its per-query criterion values."""
+    row = {**summarize(per_query), **(extra or {})}
     for suffix, mask in query_subsets(query.labels, seen_labels).items():
         if suffix and mask.any():
             row.update({f"{name}{suffix}": value for name, value in summarize(per_query, mask).items()})
@@ -97,7 +105,7 @@ def pair_scores(query: EmbeddingSet, gallery: Gallery, seen_labels: list[int] | 
     return row, QueryValues(np.asarray(query.ids), np.asarray(query.labels), values)
 
 
-def _check_comparable(query: Gallery, gallery: Gallery) -> None:
+def check_comparable(query: Gallery, gallery: Gallery) -> None:
     """Two sets of one label map and one dimension, or an error naming both files."""
     if query.classes != gallery.classes:
         only_query = [c for c in query.classes if c not in gallery.classes]

@@ -81,7 +81,7 @@ def flat_ip_index(gallery: np.ndarray, k: int = 1) -> faiss.Index:
     return index
 
 
-def _query_index(query_ids: np.ndarray | None) -> pd.Index | None:
+def query_index(query_ids: np.ndarray | None) -> pd.Index | None:
     return None if query_ids is None else pd.Index(query_ids)
 
 
@@ -107,18 +107,24 @@ def search(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: i
     query = unit32(query)
     if index.kind == "ivf":
         return _search_ivf(query, query_ids, shards, k, index)
-    heap, labels, queries = faiss.ResultHeap(len(query), k, keep_max=True), [], _query_index(query_ids)
+    heap, labels, queries = faiss.ResultHeap(len(query), k, keep_max=True), [], query_index(query_ids)
     for shard in shards():
         _check_offset(shard, labels)
-        if not len(shard.labels):
-            continue
-        depth = min(k + 1, len(shard.labels))
-        distances, found = flat_ip_index(unit32(shard.vectors), depth).search(query, depth)
-        _drop_own(distances, found, _own_rows(queries, len(query), shard))
-        heap.add_result(distances, np.where(found >= 0, found + shard.offset, -1))
+        if len(shard.labels):
+            heap.add_result(*shard_neighbours(query, queries, shard, k))
         labels.append(np.asarray(shard.labels, dtype=np.int64))
     heap.finalize()
     return with_labels(heap.I, np.concatenate(labels) if labels else np.zeros(0, np.int64))
+
+
+def shard_neighbours(query: np.ndarray, queries: pd.Index | None, shard: Shard, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One non-empty shard's nearest items of each query (unit float32 rows; ``queries``: their
+    ids), own images left out: scores and gallery positions (-1: none), k + 1 deep at most, to
+    merge with the other shards' (``faiss.ResultHeap``)."""
+    depth = min(k + 1, len(shard.labels))
+    distances, found = flat_ip_index(unit32(shard.vectors), depth).search(query, depth)
+    _drop_own(distances, found, _own_rows(queries, len(query), shard))
+    return distances, np.where(found >= 0, found + shard.offset, -1)
 
 
 def _check_offset(shard: Shard, previous: list[np.ndarray]) -> None:
@@ -147,7 +153,7 @@ def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards,
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(query.shape[1]), query.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
     index.train(sample if len(sample) >= nlist else np.concatenate([unit32(s.vectors) for s in shards()]))
     index.nprobe = min(spec.nprobe, nlist)
-    labels, own, queries = [], np.full(len(query), -1, dtype=np.int64), _query_index(query_ids)
+    labels, own, queries = [], np.full(len(query), -1, dtype=np.int64), query_index(query_ids)
     for shard in shards():
         _check_offset(shard, labels)
         index.add(unit32(shard.vectors))
@@ -197,6 +203,65 @@ def _precisions(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, n
     return ap, ap_at_r
 
 
+def relevant_scores(query: np.ndarray, query_labels: np.ndarray, own: np.ndarray, shard: Shard,
+                    budget_bytes: int = SCORE_BUDGET_BYTES) -> list[np.ndarray]:
+    """Per query (unit float64 rows), the sorted scores of the shard's items of its label, its own
+    image (``own``: gallery positions, -1 none) left out: one shard's part of the full ranking.
+    Queries go by chunks whose scores stay within ``budget_bytes``."""
+    found = []
+    for rows in _query_chunks(len(query), len(shard.labels), budget_bytes):
+        scores, relevant = _shard_scores(query[rows], np.asarray(query_labels)[rows], own[rows], shard)
+        found += [np.sort(row[mask]) for row, mask in zip(scores, relevant)]
+    return found
+
+
+def counts_at_least(query: np.ndarray, own: np.ndarray, shard: Shard, thresholds: list[np.ndarray],
+                    budget_bytes: int = SCORE_BUDGET_BYTES) -> list[np.ndarray]:
+    """Per query, how many of the shard's items (own image left out) score at least each of its
+    ``thresholds``: the positions of the relevant items in the shard's part of the ranking."""
+    counts = []
+    for rows in _query_chunks(len(query), len(shard.labels), budget_bytes):
+        scores, _ = _shard_scores(query[rows], np.full(rows.stop - rows.start, -1), own[rows], shard)
+        ascending = np.sort(scores, axis=1)
+        counts += [scores.shape[1] - np.searchsorted(row, wanted, side="left")
+                   for row, wanted in zip(ascending, thresholds[rows])]
+    return counts
+
+
+def _query_chunks(queries: int, shard_rows: int, budget_bytes: int) -> list[slice]:
+    """Consecutive query ranges whose scores, sorted copy and mask (17 bytes an item) fit the budget."""
+    rows = max(1, budget_bytes // max(1, 17 * shard_rows))
+    return [slice(start, min(start + rows, queries)) for start in range(0, queries, rows)]
+
+
+def precisions_of_parts(relevant: list[np.ndarray], positions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """AP and AP@R per query from its relevant items' sorted scores over the whole gallery and
+    their positions (items scoring at least as high), as ``_precisions`` computes them from the
+    full score matrix (the same tie rule): shards' parts merged exactly."""
+    ap, ap_at_r = np.full(len(relevant), np.nan), np.full(len(relevant), np.nan)
+    for row, (scores, position) in enumerate(zip(relevant, positions)):
+        count = len(scores)
+        if count == 0:
+            continue
+        precision = (count - np.searchsorted(scores, scores, side="left")) / position
+        ap[row] = precision.mean()
+        ap_at_r[row] = precision[position <= count].sum() / count
+    return ap, ap_at_r
+
+
+def _shard_scores(query: np.ndarray, query_labels: np.ndarray, own: np.ndarray,
+                  shard: Shard) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 scores of the queries against one shard and the same-label mask, own images
+    at -inf and not relevant."""
+    scores = query @ normalize(shard.vectors).T
+    relevant = np.asarray(shard.labels)[None, :] == np.asarray(query_labels)[:, None]
+    local = own - shard.offset
+    mine = np.flatnonzero((local >= 0) & (local < len(shard.labels)))
+    scores[mine, local[mine]] = -np.inf
+    relevant[mine, local[mine]] = False
+    return scores, relevant
+
+
 def _chunk_precisions(query: np.ndarray, query_labels: np.ndarray, own: np.ndarray, shards: Shards,
                       size: int) -> tuple[np.ndarray, np.ndarray]:
     """One chunk of queries scored against every shard, then its AP and AP@R; ``own`` holds each
@@ -205,17 +270,13 @@ def _chunk_precisions(query: np.ndarray, query_labels: np.ndarray, own: np.ndarr
     relevant = np.zeros((len(query), size), dtype=bool)
     for shard in shards():
         columns = slice(shard.offset, shard.offset + len(shard.labels))
-        scores[:, columns] = query @ normalize(shard.vectors).T
-        relevant[:, columns] = np.asarray(shard.labels)[None, :] == query_labels[:, None]
-    mine = np.flatnonzero(own >= 0)
-    scores[mine, own[mine]] = -np.inf
-    relevant[mine, own[mine]] = False
+        scores[:, columns], relevant[:, columns] = _shard_scores(query, query_labels, own, shard)
     return _precisions(scores, relevant)
 
 
 def own_positions(query_ids: np.ndarray | None, count: int, shards: Shards) -> np.ndarray:
     """For each of ``count`` queries, the gallery position of its own image (same id), or -1."""
-    own, queries = np.full(count, -1, dtype=np.int64), _query_index(query_ids)
+    own, queries = np.full(count, -1, dtype=np.int64), query_index(query_ids)
     if queries is not None:
         for shard in shards():
             rows = _own_rows(queries, count, shard)

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from pipeline.config import ScoreConfig
-from pipeline.data.embeddings import open_embeddings
+from pipeline.data.embeddings import embeddings_table, open_embeddings, read_embeddings, write_embeddings
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import score_all_pairs
+from pipeline.score_on_ray import gallery_groups
 from tests.jobs.helpers import synthetic_sets
 
 CLASSES = ["a", "b", "c", "d"]
@@ -29,3 +30,20 @@ def test_pairs_scored_in_ray_tasks_make_the_report_of_one_process(ray_cluster, t
     spread = score_all_pairs(entries, roles, ScoreConfig(topk=[1, 5], in_ray=True))
     assert len(alone) == 9 and {"negative_flip_rate", "delta_top1_low", "compatible_map_seen"} <= set(alone.columns)
     same_report(spread, alone)
+
+
+@pytest.mark.ray
+def test_a_pair_split_into_tasks_of_its_gallery_files_scores_as_one_process(ray_cluster, tmp_path):
+    sets = synthetic_sets(tmp_path, 300, CLASSES)
+    whole = read_embeddings(sets["test", "new"])
+    for part, start in enumerate(range(0, 300, 100)):  # the new model's gallery in three part files
+        rows = slice(start, start + 100)
+        write_embeddings(tmp_path / "parts" / f"part-{part:05d}.parquet",
+                         embeddings_table(list(whole.ids[rows]), whole.labels[rows], whole.vectors[rows],
+                                          whole.model_id, whole.model_name, CLASSES))
+    entries = {"old": MatrixEntry.plain("old", open_embeddings(sets["test", "old"]), "old"),
+               "new": MatrixEntry.plain("new", open_embeddings(tmp_path / "parts"), "old")}
+    options = ScoreConfig(topk=[1, 5], in_ray=True, split_rows=120)
+    assert [group.offset for group in gallery_groups(entries["new"].embeddings, options)] == [0, 100, 200]
+    alone = score_all_pairs(entries, MatrixRoles(old="old"), ScoreConfig(topk=[1, 5]))
+    same_report(score_all_pairs(entries, MatrixRoles(old="old"), options), alone)

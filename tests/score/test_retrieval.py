@@ -11,7 +11,19 @@ from pipeline.config import IndexConfig, ScoreConfig
 from pipeline.data.embeddings import Shard
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import add_criteria
-from pipeline.score.retrieval import per_query_metrics, recall_at_k, score_queries, search, summarize
+from pipeline.score.retrieval import (
+    average_precisions,
+    counts_at_least,
+    normalize,
+    own_positions,
+    per_query_metrics,
+    precisions_of_parts,
+    recall_at_k,
+    relevant_scores,
+    score_queries,
+    search,
+    summarize,
+)
 from tests.reference import reference
 
 
@@ -139,3 +151,25 @@ def test_top_k_only_scoring_leaves_map_out_everywhere():
                             ScoreConfig(full_ranking=False))
     assert "map" not in table.columns and "map_at_r" not in table.columns
     assert {"top1", "top5", "compatible_top1", "update_gain_top1", "top1_unseen"} <= set(table.columns)
+
+
+def test_average_precision_from_shards_parts_equals_the_full_ranking():
+    """Each shard's relevant scores and the counts of items scoring at least as high, merged,
+    give the AP and AP@R of the whole ranking, ties and own images included."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, 90)
+    vectors = np.round(rng.normal(size=(90, 6)), 1)  # rounded: tied scores
+    vectors[10] = vectors[11]                         # and identical items
+    ids = np.array([f"g{i}" for i in range(90)], dtype=object)
+    queries, query_labels, query_ids = vectors[:30], labels[:30], ids[:30]
+    shards = [Shard(start, ids[start : start + 30], labels[start : start + 30], vectors[start : start + 30])
+              for start in (0, 30, 60)]
+    ap, ap_at_r = average_precisions(queries, query_labels, query_ids, lambda: shards, 90)
+    unit, own = normalize(queries), own_positions(query_ids, 30, lambda: shards)
+    parts = [relevant_scores(unit, query_labels, own, shard, budget_bytes=17 * 30 * 7) for shard in shards]
+    relevant = [np.sort(np.concatenate([part[row] for part in parts])) for row in range(30)]
+    positions = [sum(counts[row] for counts in (counts_at_least(unit, own, shard, relevant) for shard in shards))
+                 for row in range(30)]
+    merged_ap, merged_at_r = precisions_of_parts(relevant, positions)
+    np.testing.assert_allclose(merged_ap, ap, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(merged_at_r, ap_at_r, rtol=0, atol=1e-12)
