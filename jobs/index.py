@@ -73,22 +73,22 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _order(args: argparse.Namespace) -> None:
+    import numpy as np
     import pandas as pd
 
     from pipeline.atomic import write_text_atomic
     from pipeline.data.embeddings import read_embeddings
-    from pipeline.lineage.orders import fit_benefit_predictor
+    from pipeline.lineage.orders import fit_benefit_predictor, predicted_order
 
     gallery, parent, new = (read_embeddings(path) for path in (args.gallery, args.parent_train, args.new_train))
     if parent.model_id != gallery.model_id:
         raise ValueError(f"{args.parent_train} was written by {parent.model_name}, the gallery {args.gallery} by "
                          f"{gallery.model_name}: the predictor reads the gallery's model's vectors")
     predictor = fit_benefit_predictor(parent.vectors, new.vectors_of(parent.ids), parent.labels, len(parent.classes))
-    benefit = predictor.predict(gallery.vectors)
-    ranked = pd.DataFrame({"id": gallery.ids.astype(str), "predicted_benefit": benefit}).sort_values(
-        "predicted_benefit", ascending=False, kind="stable")
-    write_text_atomic(args.out, ranked.assign(rank=range(1, len(ranked) + 1))[["id", "rank", "predicted_benefit"]]
-                      .to_csv(index=False))
+    order = predicted_order(predictor, gallery.vectors)
+    ranked = pd.DataFrame({"id": gallery.ids[order].astype(str), "rank": np.arange(1, len(order) + 1),
+                           "predicted_benefit": predictor.predict(gallery.vectors)[order]})
+    write_text_atomic(args.out, ranked.to_csv(index=False))
     print(f"order: {args.out} ({len(ranked)} items, {new.model_name}'s benefit predicted from {gallery.model_name}'s "
           "vectors)")
 
@@ -107,10 +107,16 @@ def _add(args: argparse.Namespace) -> None:
 
     if not 0 < args.share <= 1:
         raise ValueError(f"--share {args.share}: a share of the order in (0, 1]")
+    if args.share != 1 and not args.order:
+        raise ValueError(f"--share {args.share} takes the first share of an order: give --order")
     gallery, embeddings = open_index(args.index), read_embeddings(args.embeddings)
     ids = None
     if args.order:
         order = pd.read_csv(args.order, dtype={"id": str})
+        if not {"id", "rank"} <= set(order.columns):
+            raise ValueError(f"{args.order}: an order needs the columns id and rank (jobs.index order), has "
+                             f"{list(order.columns)}")
+        order = order.sort_values("rank", kind="stable")
         ids = order.id.to_numpy()[: int(round(args.share * len(order)))]
         held = gallery.items.set_index("id").model_id.reindex(ids)
         ids = ids[held.to_numpy() != embeddings.model_id]  # a rerun adds only what is not there yet

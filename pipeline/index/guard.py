@@ -6,7 +6,8 @@ silently degrades. The guard asks for the compatibility report (``report.parquet
 ``jobs.score`` or of a lineage report: one row per (query model, gallery model) pair, with the
 models' ids) and allows the pair only where its row meets the criterion (``pair_compatible``:
 every criterion metric above the gallery model's own, and negative flips within the report's
-limit). The pair is the model whose vectors arrive (queries, or re-encoded gallery items: the
+limit); several reports may be given, and one that refuses a pair outweighs one that allows it.
+The pair is the model whose vectors arrive (queries, or re-encoded gallery items: the
 new model's queries will search them beside the old ones) against each model the index holds.
 An explicit override (a reason) lets a refused pair through, logged and recorded in the index.
 """
@@ -55,26 +56,38 @@ def read_report(path: str | Path) -> pd.DataFrame:
 
 
 def refusal(query: ModelRef, gallery: ModelRef, reports: list[pd.DataFrame]) -> str | None:
-    """Why ``query``'s vectors may not meet ``gallery``'s, or None where a report allows it."""
+    """Why ``query``'s vectors may not meet ``gallery``'s, or None: the same model, or a report
+    that scored the pair allows it and none that scored it refuses it."""
     if query.id == gallery.id:
         return None
     if not reports:
         return "no compatibility report was given"
-    reasons = []
+    allowed, missing, refused = False, [], []
     for table in reports:
         rows = table[(table.query_model_id == query.id) & (table.gallery_model_id == gallery.id)]
+        source = table.report.iloc[0]
         if rows.empty:
-            reasons.append(f"{table.report.iloc[0]} has no row for {query.name}'s queries on {gallery.name}'s gallery")
+            missing.append(f"{source} has no row for {query.name}'s queries on {gallery.name}'s gallery")
             continue
+        if len(rows) > 1:
+            raise ValueError(f"{source}: {len(rows)} rows for {query.name}'s queries on {gallery.name}'s gallery "
+                             f"(rows {rows.index.tolist()}): which one judges the pair?")
         row = rows.iloc[0].to_dict()
-        if pair_compatible(row):
-            return None
-        failed = [m for m in CRITERION_METRICS if f"compatible_{m}" in row
-                  and not (pd.notna(row[f"compatible_{m}"]) and bool(row[f"compatible_{m}"]))]
-        flips = [] if flips_allowed(row) else [f"negative flips {row['negative_flip_rate']:.4f} over the limit"]
-        reasons.append(f"{row['report']} says {query.name} -> {gallery.name} is not compatible "
-                       f"({', '.join([*(f'{m} not above {gallery.name}/{gallery.name}' for m in failed), *flips])})")
-    return "; ".join(reasons)
+        verdict = pair_compatible(row)
+        if verdict:
+            allowed = True
+        elif verdict is None:
+            refused.append(f"{source} cannot judge {query.name} -> {gallery.name}: {gallery.name}/{gallery.name} was "
+                           "not scored, or no criterion metric was")
+        else:
+            failed = [f"{m} not above {gallery.name}/{gallery.name}" for m in CRITERION_METRICS
+                      if f"compatible_{m}" in row and not (pd.notna(row[f"compatible_{m}"]) and row[f"compatible_{m}"])]
+            if not flips_allowed(row):
+                failed.append(f"negative flips {row['negative_flip_rate']:.4f} over the limit")
+            refused.append(f"{source} says {query.name} -> {gallery.name} is not compatible ({', '.join(failed)})")
+    if allowed and not refused:
+        return None
+    return "; ".join(refused or missing)
 
 
 def guard(action: str, arriving: ModelRef, held: list[ModelRef], reports: list[pd.DataFrame], where: str,

@@ -1,19 +1,24 @@
 """A gallery index on disk that records which model wrote each vector, behind the guard.
 
-A folder holds ``index.faiss`` (faiss, inner product on unit vectors; its ids are the rows of
-the items table), ``items.parquet`` (per row: the item's ``id``, ``label`` and the ``model_id``
-whose vector the index holds for it) and ``index.json`` (the factory string, dimension, label
-map, search settings, the models' names, and a history of every change with the reports or
-overrides that allowed it). Adding an embeddings set replaces the vectors of the items it holds
-(a backfill step) and appends the others; adding another model's vectors and searching with
-another model's queries pass through ``pipeline.index.guard``. Each file is replaced atomically,
-``index.json`` last, with the row count the other two must have.
+A folder holds ``index.json`` (the factory string, dimension, label map, search settings, the
+models' names, a history of every change with the reports or overrides that allowed it, and the
+generation of the two data files it goes with), ``index-<generation>.faiss`` (faiss, inner
+product on unit vectors; its ids are the rows of the items table) and ``items-<generation>.parquet``
+(per row: the item's ``id``, ``label`` and the ``model_id`` whose vector the index holds for it).
+A change writes the next generation's two files, then replaces ``index.json`` atomically, then
+removes the previous generation: a write cut short at any point leaves the index as it was
+before it (the new files unreferenced). One writer at a time (``pipeline.atomic.one_writer``).
+Adding an embeddings set replaces the vectors of the items it holds (a backfill step) and
+appends the others; adding another model's vectors and searching with another model's queries
+pass through ``pipeline.index.guard``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +26,14 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from pipeline.atomic import write_atomic, write_table_atomic, write_text_atomic
+from pipeline.atomic import one_writer, write_atomic, write_table_atomic, write_text_atomic
 from pipeline.config import MixedIndexConfig
 from pipeline.data.embeddings import EmbeddingSet, positions
 from pipeline.index.guard import ModelRef, guard
 from pipeline.score.indexes import factory_string
 from pipeline.score.retrieval import unit32
 
-INDEX_FILE, ITEMS_FILE, META_FILE = "index.faiss", "items.parquet", "index.json"
+META_FILE = "index.json"
 KINDS = ("flat", "ivf-flat", "ivf-pq")  # the kinds whose vectors can be replaced (HNSW cannot remove one)
 
 
@@ -41,17 +46,34 @@ class GalleryIndex:
 
     @property
     def held(self) -> list[ModelRef]:
-        """The models whose vectors the index holds, in the order they arrived."""
-        present = set(self.items.model_id)
+        """The models whose vectors the index holds, in the order they first arrived."""
+        present = list(dict.fromkeys(self.items.model_id))
+        unnamed = [model_id for model_id in present if model_id not in self.meta["models"]]
+        if unnamed:
+            raise ValueError(f"{self.folder}: items of model ids {unnamed} that {META_FILE} does not name")
         return [ModelRef(model_id, name) for model_id, name in self.meta["models"].items() if model_id in present]
 
     def save(self) -> None:
+        """The next generation's files, then ``index.json`` naming them, then the old ones removed."""
         import pyarrow as pa
 
-        self.meta["rows"] = len(self.items)
-        write_atomic(self.folder / INDEX_FILE, lambda temporary: faiss.write_index(self.index, str(temporary)))
-        write_table_atomic(pa.Table.from_pandas(self.items, preserve_index=False), self.folder / ITEMS_FILE)
+        previous, generation = self.meta.get("generation"), int(self.meta.get("generation", -1)) + 1
+        write_atomic(_index_file(self.folder, generation),
+                     lambda temporary: faiss.write_index(self.index, str(temporary)))
+        write_table_atomic(pa.Table.from_pandas(self.items, preserve_index=False), _items_file(self.folder, generation))
+        self.meta.update(generation=generation, rows=len(self.items))
         write_text_atomic(self.folder / META_FILE, json.dumps(self.meta, indent=1))
+        if previous is not None:
+            for stale in (_index_file(self.folder, previous), _items_file(self.folder, previous)):
+                stale.unlink(missing_ok=True)
+
+
+def _index_file(folder: Path, generation: int) -> Path:
+    return folder / f"index-{generation:06d}.faiss"
+
+
+def _items_file(folder: Path, generation: int) -> Path:
+    return folder / f"items-{generation:06d}.parquet"
 
 
 def _model(embeddings: EmbeddingSet) -> ModelRef:
@@ -72,6 +94,8 @@ def create_index(embeddings: EmbeddingSet, folder: str | Path, kind: str,
                                 faiss.METRIC_INNER_PRODUCT)
     index.train(vectors)
     index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+    if kind != "flat":  # stored with the index, for any reader of its file
+        faiss.extract_index_ivf(index).nprobe = config.nprobe
     items = pd.DataFrame({"id": embeddings.ids.astype(str), "label": embeddings.labels,
                           "model_id": embeddings.model_id})
     meta = {"factory": factory, "kind": kind, "dim": embeddings.dim, "classes": embeddings.classes,
@@ -80,8 +104,9 @@ def create_index(embeddings: EmbeddingSet, folder: str | Path, kind: str,
             "history": [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": "create", "model": embeddings.model_id,
                          "set": embeddings.path, "rows": len(items)}]}
     built = GalleryIndex(folder, index, items, meta)
-    folder.mkdir(parents=True, exist_ok=True)
-    built.save()
+    with one_writer(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        built.save()
     return built
 
 
@@ -91,12 +116,15 @@ def open_index(folder: str | Path) -> GalleryIndex:
     if not (folder / META_FILE).is_file():
         raise FileNotFoundError(f"{folder}: no gallery index ({META_FILE}); create one with jobs.index build")
     meta = json.loads((folder / META_FILE).read_text())
-    index, items = faiss.read_index(str(folder / INDEX_FILE)), pd.read_parquet(folder / ITEMS_FILE)
+    index_file, items_file = _index_file(folder, meta["generation"]), _items_file(folder, meta["generation"])
+    for path in (index_file, items_file):
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: {META_FILE} names {path.name}, which is missing (removed by hand?); "
+                                    "build the index again")
+    index, items = faiss.read_index(str(index_file)), pd.read_parquet(items_file)
     if not index.ntotal == len(items) == meta["rows"]:
-        raise ValueError(f"{folder}: {INDEX_FILE} holds {index.ntotal} vectors, {ITEMS_FILE} {len(items)} items, "
-                         f"{META_FILE} says {meta['rows']}: a write was cut short; build the index again")
-    if meta["kind"] != "flat":
-        faiss.extract_index_ivf(index).nprobe = meta["nprobe"]
+        raise ValueError(f"{folder}: {index_file.name} holds {index.ntotal} vectors, {items_file.name} {len(items)} "
+                         f"items, {META_FILE} says {meta['rows']}; build the index again")
     return GalleryIndex(folder, index, items, meta)
 
 
@@ -113,11 +141,34 @@ def add_vectors(gallery: GalleryIndex, embeddings: EmbeddingSet, ids: list[str] 
                 reports: list[pd.DataFrame] = (), override: str | None = None) -> dict:
     """Put ``embeddings``' vectors of ``ids`` (default: all) into the index: items it holds get
     the new vector (a backfill step), others are appended. Guarded (``pipeline.index.guard``):
-    the arriving model against every model the index holds. Returns the history record."""
+    the arriving model against every model the index holds. Returns the history record (no
+    change, and none recorded, when ``ids`` is empty)."""
     _check_set(gallery, embeddings)
     arriving = _model(embeddings)
-    overrides = guard("add vectors to the index", arriving, gallery.held, list(reports), str(gallery.folder), override)
     ids = embeddings.ids if ids is None else np.asarray(ids, dtype=object)
+    if not len(ids):
+        return {"action": "add", "model": arriving.id, "set": embeddings.path, "replaced": 0, "appended": 0}
+    if not pd.Index(ids).is_unique:
+        raise ValueError(f"{embeddings.path}: the ids to add repeat {pd.Index(ids)[pd.Index(ids).duplicated()][0]!r}")
+    with _writing(gallery):
+        record = _add(gallery, embeddings, arriving, ids, list(reports), override)
+    return record
+
+
+@contextmanager
+def _writing(gallery: GalleryIndex) -> Iterator[None]:
+    """The index's writer lock, with the files on disk still those ``gallery`` was read from."""
+    with one_writer(gallery.folder):
+        on_disk = json.loads((gallery.folder / META_FILE).read_text())["generation"]
+        if on_disk != gallery.meta["generation"]:
+            raise ValueError(f"{gallery.folder}: changed by another writer since it was opened (generation "
+                             f"{gallery.meta['generation']} -> {on_disk}); open it again")
+        yield
+
+
+def _add(gallery: GalleryIndex, embeddings: EmbeddingSet, arriving: ModelRef, ids: np.ndarray,
+         reports: list[pd.DataFrame], override: str | None) -> dict:
+    overrides = guard("add vectors to the index", arriving, gallery.held, reports, str(gallery.folder), override)
     rows = positions(embeddings.ids, ids, embeddings.path)
     vectors, labels = unit32(embeddings.vectors[rows]), embeddings.labels[rows]
     where = pd.Index(gallery.items.id).get_indexer(np.asarray(ids, dtype=str))
@@ -152,9 +203,10 @@ def search_index(gallery: GalleryIndex, queries: EmbeddingSet, k: int, reports: 
     _check_set(gallery, queries)
     overrides = guard("search the index", _model(queries), gallery.held, list(reports), str(gallery.folder), override)
     if overrides:
-        gallery.meta["history"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": "search",
-                                        "model": queries.model_id, "set": queries.path, "overrides": overrides})
-        write_text_atomic(gallery.folder / META_FILE, json.dumps(gallery.meta, indent=1))
+        with _writing(gallery):
+            gallery.meta["history"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "action": "search",
+                                            "model": queries.model_id, "set": queries.path, "overrides": overrides})
+            write_text_atomic(gallery.folder / META_FILE, json.dumps(gallery.meta, indent=1))
     scores, found = gallery.index.search(unit32(queries.vectors), k)
     rank = np.tile(np.arange(1, k + 1), len(queries))
     hits = found.reshape(-1)

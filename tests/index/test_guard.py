@@ -9,6 +9,8 @@ import logging
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ScoreConfig
@@ -122,11 +124,52 @@ def test_bad_sets_and_a_cut_index_are_named(sets, tmp_path):
     with pytest.raises(ValueError, match=f"relabelled: item 'test-0000' has label {other[0]}, the index .* holds it "
                                          f"with label {old.labels[0]}"):
         add_vectors(index, read_embeddings(tmp_path / "relabelled"))
+    with pytest.raises(ValueError, match="the ids to add repeat 'test-0001'"):
+        add_vectors(index, old, ids=["test-0001", "test-0002", "test-0001"])
     meta = json.loads((tmp_path / "index" / "index.json").read_text())
     (tmp_path / "index" / "index.json").write_text(json.dumps({**meta, "rows": SIZE + 1}))
-    with pytest.raises(ValueError, match=f"holds {SIZE} vectors, items.parquet {SIZE} items, index.json says "
-                                         f"{SIZE + 1}: a write was cut short"):
+    with pytest.raises(ValueError, match=f"index-000000.faiss holds {SIZE} vectors, items-000000.parquet {SIZE} "
+                                         f"items, index.json says {SIZE + 1}"):
         open_index(tmp_path / "index")
+    (tmp_path / "index" / "index.json").write_text(json.dumps({**meta, "generation": 7}))
+    with pytest.raises(FileNotFoundError, match="index.json names index-000007.faiss, which is missing"):
+        open_index(tmp_path / "index")
+
+
+def test_a_write_cut_short_leaves_the_index_as_it_was(sets, report, tmp_path):
+    """A backfill step whose process dies after writing the next generation's files, before
+    index.json names them: readers still get the index as it was, and the next step proceeds."""
+    index = create_index(read_embeddings(sets["test", "old"]), tmp_path / "index", "flat")
+    cut = open_index(tmp_path / "index")
+    cut.items = cut.items.assign(model_id="new-card")  # what the dying step had written
+    cut.meta["generation"] += 1
+    pq.write_table(pa.Table.from_pandas(cut.items, preserve_index=False), tmp_path / "index" / "items-000001.parquet")
+    reopened = open_index(tmp_path / "index")
+    assert set(reopened.items.model_id) == {"old-card"} and reopened.meta["generation"] == 0
+    with pytest.raises(IncompatibleModels):  # the old model's index still refuses the new queries
+        search_index(reopened, read_embeddings(sets["test", "new"]), 5)
+    add_vectors(reopened, read_embeddings(sets["test", "new"]), reports=[read_report(report)])
+    assert sorted(path.name for path in (tmp_path / "index").iterdir()) == [
+        "index-000001.faiss", "index.json", "items-000001.parquet"]  # the next step overwrote the leftover
+    with pytest.raises(ValueError, match="changed by another writer since it was opened"):
+        add_vectors(index, read_embeddings(sets["test", "new"]), reports=[read_report(report)])
+
+
+def test_one_refusing_report_outweighs_one_allowing_and_a_pair_scored_twice_is_named(sets, report, tmp_path):
+    index = create_index(read_embeddings(sets["test", "old"]), tmp_path / "index", "flat")
+    allowing = read_report(report)
+    refusing = allowing.assign(report="other.parquet")
+    pair = (refusing.query_model == "new") & (refusing.gallery_model == "old")
+    refusing.loc[pair, "compatible_map"] = False
+    new = read_embeddings(sets["test", "new"])
+    with pytest.raises(IncompatibleModels, match=r"other.parquet says new -> old is not compatible \(map not above"):
+        add_vectors(index, new, reports=[allowing, refusing])
+    twice = pd.concat([allowing, allowing[(allowing.query_model == "new") & (allowing.gallery_model == "old")]])
+    with pytest.raises(ValueError, match="2 rows for new's queries on old's gallery"):
+        add_vectors(index, new, reports=[twice])
+    unjudged = allowing.assign(compatible_top1=None, compatible_map=None)
+    with pytest.raises(IncompatibleModels, match="cannot judge new -> old: old/old was not scored"):
+        add_vectors(index, new, reports=[unjudged])
 
 
 def test_the_index_commands_take_a_gallery_from_its_old_model_to_the_new_one(sets, tmp_path, caplog, capsys):
