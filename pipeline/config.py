@@ -426,7 +426,8 @@ class MixedIndexConfig(Strict):
 
     kinds: list[Literal["flat", "ivf-flat", "ivf-pq", "hnsw"]] = Field(
         ["flat", "ivf-flat", "ivf-pq", "hnsw"], min_length=1, description="flat (exact), IVF<nlist>,Flat, "
-        "IVF<nlist>,PQ<pq_bytes>x8, HNSW<hnsw_neighbours>; [] is refused: leave the table out with steps 0")
+        "IVF<nlist>,PQ<pq_bytes>x8np (no polysemous training), HNSW<hnsw_neighbours>; to leave the table out, "
+        "steps 0")
     k: PositiveInt = Field(10, description="recall@k against flat search on the same mixed gallery, mAP@k")
     nlist: int = Field(0, ge=0, description="IVF lists; 0: about 4 sqrt(gallery), at most gallery/39 (faiss's "
                                             "fewest training points per list)")
@@ -461,8 +462,9 @@ class ScoreConfig(Strict):
     bootstrap_resamples: int = Field(1000, ge=0, description="resamples of the queries for each criterion cell's "
                                                              "paired interval (pipeline.score.uncertainty); 0: none")
     interval_level: float = Field(0.95, gt=0, lt=1, description="the criterion intervals' confidence level")
-    split_rows: int = Field(1_000_000, gt=0, description="with in_ray: a pair whose gallery on disk has more rows "
-                            "is scored in tasks of whole part files of about this many rows, merged exactly")
+    split_rows: int = Field(1_000_000, gt=0, description="with in_ray and flat search: a pair whose gallery on disk "
+                            "has more rows is scored in tasks of whole part files of about this many rows, merged "
+                            "exactly")
     in_ray: bool = Field(False, description="score the pairs in Ray tasks across the cluster's nodes (one per GPU "
                          "of a GPU node, per CPU of another; pipeline.score_on_ray), merged into the same report as "
                          "one process makes; the embeddings folders must be on storage every node sees")

@@ -7,7 +7,9 @@ report is the same. Tasks are spread over the alive nodes' slots: a GPU node run
 GPU (and a CPU: ``num_gpus=1``, faiss searches on that GPU where the node's environment has GPU
 faiss, requirements-gpu.txt), a CPU node one per CPU; each slot holds at most one task at a
 time, placed on its node by a soft node affinity (a task whose node is lost runs elsewhere), and
-a task's full ranking runs on the CPUs Ray assigned it, not on every core of its node.
+a task's full ranking runs on the CPUs Ray assigned it, not on every core of its node. A pair
+whose gallery on disk is larger than ``score.split_rows`` (flat search only) is scored first, on
+its own, in tasks of its gallery's groups of part files spread over the nodes (``_score_split_pair``).
 Sets on disk travel as their paths (every node must see them: shared storage, as Ray Train's);
 sets in memory travel once through the object store.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import zip_longest
 
 import faiss
 import numpy as np
@@ -27,6 +30,7 @@ from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, Shard
 from pipeline.score.matrix import Gallery, QueryValues, check_comparable, pair_scores, pair_summary
 from pipeline.score.retrieval import (
+    SCORE_BUDGET_BYTES,
     Neighbours,
     counts_at_least,
     normalize,
@@ -59,15 +63,10 @@ def slots() -> list[Slot]:
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
         node_id = node["NodeID"]
         per_node.append([Slot(node_id, True)] * min(gpus, cpus) if gpus else [Slot(node_id, False)] * cpus)
-    interleaved = [slot for round_ in zip(*_padded(per_node)) for slot in round_ if slot is not None]
+    interleaved = [slot for round_ in zip_longest(*per_node) for slot in round_ if slot is not None]
     if not interleaved:
         raise RuntimeError(f"the Ray cluster has no alive node with a CPU or GPU to score on: {ray.nodes()}")
     return interleaved
-
-
-def _padded(lists: list[list]) -> list[list]:
-    longest = max((len(items) for items in lists), default=0)
-    return [items + [None] * (longest - len(items)) for items in lists]
 
 
 @ray.remote(max_retries=2)
@@ -130,34 +129,44 @@ def gallery_groups(gallery: Gallery, options: ScoreConfig) -> list[GalleryGroup]
 
 
 @ray.remote(max_retries=2)
-def _group_part(query: EmbeddingSet, group: GalleryGroup, k: int, full_ranking: bool):
-    """One group's top-k per query (scores, gallery positions, their labels) and, for the full
-    ranking, each query's relevant scores in the group."""
-    unit, queries, exact = unit32(query.vectors), query_index(query.ids), normalize(query.vectors)
-    own = own_positions(query.ids, len(query), group.shards)
-    heap, labels, relevant = faiss.ResultHeap(len(query), k, keep_max=True), [], [[] for _ in range(len(query))]
+def _group_neighbours(query: EmbeddingSet, group: GalleryGroup,
+                      k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """One group's top-k per query: scores, gallery positions and their labels; and its node."""
+    unit, queries = unit32(query.vectors), query_index(query.ids)
+    heap, labels = faiss.ResultHeap(len(query), k, keep_max=True), []
     for shard in group.shards():
         labels.append(np.asarray(shard.labels, dtype=np.int64))
-        if not len(shard.labels):
-            continue
-        heap.add_result(*shard_neighbours(unit, queries, shard, k))
-        if full_ranking:
-            for row, scores in enumerate(relevant_scores(exact, query.labels, own, shard)):
-                relevant[row].append(scores)
+        if len(shard.labels):
+            heap.add_result(*shard_neighbours(unit, queries, shard, k))
     heap.finalize()
     positions = np.asarray(heap.I, dtype=np.int64)
     found = np.concatenate(labels)[np.clip(positions - group.offset, 0, None)] if labels else positions
-    return heap.D, positions, np.where(positions >= 0, found, -1), \
-        [np.concatenate(parts) if parts else np.zeros(0) for parts in relevant], ray.get_runtime_context().get_node_id()
+    return heap.D, positions, np.where(positions >= 0, found, -1), ray.get_runtime_context().get_node_id()
+
+
+def _chunk_of(query: EmbeddingSet, rows: slice, group: GalleryGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chunk of queries as unit float64 rows, their labels, their own images' gallery positions."""
+    return (normalize(query.vectors[rows]), query.labels[rows],
+            own_positions(query.ids[rows], rows.stop - rows.start, group.shards))
 
 
 @ray.remote(max_retries=2)
-def _group_counts(query: EmbeddingSet, group: GalleryGroup, thresholds: list[np.ndarray]) -> list[np.ndarray]:
-    """Per query, how many of the group's items score at least each threshold."""
-    exact, own = normalize(query.vectors), own_positions(query.ids, len(query), group.shards)
+def _group_relevant(query: EmbeddingSet, rows: slice, group: GalleryGroup) -> tuple[list[np.ndarray], str]:
+    """For a chunk of queries, the scores of the group's items of each one's label; and its node."""
+    unit, labels, own = _chunk_of(query, rows, group)
+    parts = [relevant_scores(unit, labels, own, shard) for shard in group.shards()]
+    return [np.concatenate([part[row] for part in parts]) for row in range(len(unit))], \
+        ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(max_retries=2)
+def _group_counts(query: EmbeddingSet, rows: slice, group: GalleryGroup,
+                  thresholds: list[np.ndarray]) -> list[np.ndarray]:
+    """For a chunk of queries, how many of the group's items score at least each threshold."""
+    unit, _, own = _chunk_of(query, rows, group)
     total = [np.zeros(len(wanted), dtype=np.int64) for wanted in thresholds]
     for shard in group.shards():
-        for row, counted in enumerate(counts_at_least(exact, own, shard, thresholds)):
+        for row, counted in enumerate(counts_at_least(unit, own, shard, thresholds)):
             total[row] += counted
     return total
 
@@ -165,28 +174,40 @@ def _group_counts(query: EmbeddingSet, group: GalleryGroup, thresholds: list[np.
 def _score_split_pair(query: Gallery, gallery: EmbeddingFiles, seen_labels: list[int] | None,
                       options: ScoreConfig) -> tuple[dict, QueryValues, set[str]]:
     """One pair scored in tasks of its gallery's groups, spread over the nodes: the groups' top-k
-    merged into one per query (``faiss.ResultHeap``) and the full ranking's AP from each group's
-    relevant scores and their positions counted in every group (``precisions_of_parts``)."""
+    merged into one per query (``faiss.ResultHeap``); the full ranking by chunks of queries whose
+    relevant scores stay within ``SCORE_BUDGET_BYTES``: each group's relevant scores, then, on the
+    node that scored them (so that an item's score is the same bits in both rounds), the count of
+    its items at or above every relevant score of the chunk (``precisions_of_parts``)."""
     check_comparable(query, gallery)
     loaded = query if isinstance(query, EmbeddingSet) else query.load()
     shared, groups, k = ray.put(loaded), gallery_groups(gallery, options), max(options.topk)
     spread = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
-    parts = ray.get([_group_part.options(**spread).remote(shared, group, k, options.full_ranking) for group in groups])
+    parts = ray.get([_group_neighbours.options(**spread).remote(shared, group, k) for group in groups])
     heap = faiss.ResultHeap(len(loaded), k, keep_max=True)
-    for distances, positions, _, _, _ in parts:
+    for distances, positions, _, _ in parts:
         heap.add_result(distances, positions)
     heap.finalize()
     positions = np.asarray(heap.I, dtype=np.int64)
     neighbours = Neighbours(positions, _labels_at(positions, [(part[1], part[2]) for part in parts]), positions >= 0)
-    per_query = topk_hits(neighbours, loaded.labels, tuple(options.topk))
+    per_query, nodes = topk_hits(neighbours, loaded.labels, tuple(options.topk)), {part[3] for part in parts}
     if options.full_ranking:
-        relevant = [np.sort(np.concatenate([part[3][row] for part in parts])) for row in range(len(loaded))]
-        wanted = ray.put(relevant)
-        counts = ray.get([_group_counts.options(**spread).remote(shared, group, wanted) for group in groups])
-        positions_of = [sum(count[row] for count in counts) for row in range(len(loaded))]
-        per_query["ap"], per_query["ap_at_r"] = precisions_of_parts(relevant, positions_of)
+        ap, ap_at_r = [], []
+        step = max(1, SCORE_BUDGET_BYTES // (8 * len(gallery)))
+        for rows in (slice(start, min(start + step, len(loaded))) for start in range(0, len(loaded), step)):
+            found = ray.get([_group_relevant.options(**spread).remote(shared, rows, group) for group in groups])
+            relevant = [np.sort(np.concatenate([scores[row] for scores, _ in found]))
+                        for row in range(rows.stop - rows.start)]
+            wanted = ray.put(relevant)
+            counts = ray.get([_group_counts.options(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node, soft=False)).remote(shared, rows, group, wanted) for group, (_, node) in zip(groups, found)])
+            chunk_ap, chunk_at_r = precisions_of_parts(relevant, [sum(count[row] for count in counts)
+                                                                  for row in range(len(relevant))])
+            ap.append(chunk_ap)
+            ap_at_r.append(chunk_at_r)
+            nodes |= {node for _, node in found}
+        per_query["ap"], per_query["ap_at_r"] = np.concatenate(ap), np.concatenate(ap_at_r)
     row, values = pair_summary(per_query, loaded, seen_labels)
-    return row, values, {part[4] for part in parts}
+    return row, values, nodes
 
 
 def _labels_at(positions: np.ndarray, found: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

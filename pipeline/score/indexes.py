@@ -28,15 +28,20 @@ from pipeline.score.retrieval import recall_at_k, search_without_own, topk_hits,
 FACTORY = {"flat": "Flat", "ivf-flat": "IVF{nlist},Flat", "ivf-pq": "IVF{nlist},PQ{pq_bytes}x8np",
            "hnsw": "HNSW{hnsw_neighbours}"}
 TRAINED = ("ivf-flat", "ivf-pq")  # kinds that learn from vectors before any is added
+PQ_CENTROIDS = 256  # 8-bit codes
 # "np": no polysemous training of the PQ codes (10x its training time here, for a Hamming filter no search uses)
 
 
 def factory_string(config: MixedIndexConfig, kind: str, dim: int, size: int) -> str:
     """The faiss factory string of ``kind`` for a gallery of ``size`` vectors of dimension ``dim``."""
     nlist = config.nlist or max(1, min(int(4 * np.sqrt(size)), size // 39))
-    pq_bytes = config.pq_bytes or dim // 2
+    pq_bytes = config.pq_bytes or max(1, dim // 2)
     if kind == "ivf-pq" and dim % pq_bytes:
-        raise ValueError(f"indexes.pq_bytes {pq_bytes} does not divide the embedding dimension {dim}")
+        chosen = "" if config.pq_bytes else " (0: half the dimension)"
+        raise ValueError(f"indexes.pq_bytes {pq_bytes}{chosen} does not divide the embedding dimension {dim}")
+    if kind == "ivf-pq" and size < PQ_CENTROIDS:
+        raise ValueError(f"IVF-PQ learns {PQ_CENTROIDS} centroids per sub-vector: a gallery of {size} vectors is too "
+                         "small for it (leave ivf-pq out of indexes.kinds)")
     if kind in TRAINED and nlist > size:
         raise ValueError(f"indexes.nlist {nlist} is more lists than the gallery's {size} vectors")
     return FACTORY[kind].format(nlist=nlist, pq_bytes=pq_bytes, hnsw_neighbours=config.hnsw_neighbours)

@@ -186,21 +186,13 @@ def topk_hits(neighbours: Neighbours, query_labels: np.ndarray, topk: tuple[int,
 
 
 def _precisions(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Full-ranking AP and AP@R per row of a score matrix (tie rule in the module docstring)."""
-    ap, ap_at_r = np.full(len(scores), np.nan), np.full(len(scores), np.nan)
+    """Full-ranking AP and AP@R per row of a score matrix (tie rule in the module docstring):
+    each relevant item's position is the count of items scoring at least as high."""
     ascending = np.sort(scores, axis=1)
-    for row in range(len(scores)):
-        relevant_scores = np.sort(scores[row, relevant[row]])
-        count = len(relevant_scores)
-        if count == 0:
-            continue
-        # items scoring >= each relevant score: its position at the end of its tie group
-        position = scores.shape[1] - np.searchsorted(ascending[row], relevant_scores, side="left")
-        relevant_above = count - np.searchsorted(relevant_scores, relevant_scores, side="left")
-        precision = relevant_above / position
-        ap[row] = precision.mean()
-        ap_at_r[row] = precision[position <= count].sum() / count
-    return ap, ap_at_r
+    relevant_sorted = [np.sort(row[mask]) for row, mask in zip(scores, relevant)]
+    positions = [scores.shape[1] - np.searchsorted(row, wanted, side="left")
+                 for row, wanted in zip(ascending, relevant_sorted)]
+    return precisions_of_parts(relevant_sorted, positions)
 
 
 def relevant_scores(query: np.ndarray, query_labels: np.ndarray, own: np.ndarray, shard: Shard,
@@ -235,9 +227,10 @@ def _query_chunks(queries: int, shard_rows: int, budget_bytes: int) -> list[slic
 
 
 def precisions_of_parts(relevant: list[np.ndarray], positions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """AP and AP@R per query from its relevant items' sorted scores over the whole gallery and
-    their positions (items scoring at least as high), as ``_precisions`` computes them from the
-    full score matrix (the same tie rule): shards' parts merged exactly."""
+    """AP and AP@R per query (tie rule in the module docstring) from its relevant items' sorted
+    scores over the whole gallery and their positions (the count of items scoring at least as
+    high): from whole score matrices (``_precisions``) and from shards' parts merged exactly
+    (``pipeline.score_on_ray``) alike."""
     ap, ap_at_r = np.full(len(relevant), np.nan), np.full(len(relevant), np.nan)
     for row, (scores, position) in enumerate(zip(relevant, positions)):
         count = len(scores)
