@@ -89,6 +89,10 @@ def measured(env: dict, folder: Path, work: Path, name: str, expected: pd.DataFr
 
 
 def run() -> dict:
+    running = subprocess.run(["pgrep", "-f", "raylet"], capture_output=True, text=True).stdout.split()
+    if running:
+        raise RuntimeError(f"Ray runs on this machine (raylet pids {running}): this benchmark starts its own `ray "
+                           "start` nodes and ends with `ray stop`, which would stop it too; stop it first")
     work = Path(tempfile.mkdtemp(prefix="bench-scoring-nodes-"))
     node_dirs = [tempfile.mkdtemp(prefix="ray-bench-head-"), tempfile.mkdtemp(prefix="ray-bench-node-")]
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
