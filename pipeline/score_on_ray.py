@@ -80,12 +80,13 @@ def _score_pair(query: Gallery, gallery: Gallery, seen_labels: list[int] | None,
 
 def score_in_ray(pairs: list[tuple[str, str]], sets: dict[str, Gallery], seen_labels: list[int] | None,
                  options: ScoreConfig) -> Iterator[tuple[tuple[str, str], dict, QueryValues, str]]:
-    """Each pair's row, per-query values and the node that scored it, as the tasks finish; a
-    pair whose gallery is split (``gallery_groups``) first, in tasks of its gallery's groups."""
+    """Each pair's row, per-query values and where it was scored ("node <id>", or "nodes <ids>"
+    for a pair whose gallery is split by ``gallery_groups``: those first, in tasks of the
+    gallery's groups), the others as their tasks finish."""
     split = [(q, g) for q, g in pairs if len(gallery_groups(sets[g], options)) > 1]
     for q, g in split:
         row, values, nodes = _score_split_pair(sets[q], sets[g], seen_labels, options)
-        yield (q, g), row, values, f"{len(nodes)} nodes ({', '.join(sorted(nodes))})"
+        yield (q, g), row, values, f"nodes {', '.join(sorted(nodes))}"
     shared = {name: ray.put(found) if isinstance(found, EmbeddingSet) else found for name, found in sets.items()}
     free, waiting, running = slots(), [pair for pair in pairs if pair not in split], {}
     while waiting or running:
@@ -98,7 +99,7 @@ def score_in_ray(pairs: list[tuple[str, str]], sets: dict[str, Gallery], seen_la
         slot, pair = running.pop(done)
         free.append(slot)
         row, values, node = ray.get(done)
-        yield pair, row, values, node
+        yield pair, row, values, f"node {node}"
 
 
 @dataclass(frozen=True)

@@ -235,8 +235,7 @@ def _scored(pairs: list[tuple[str, str]], sets: _QuerySets, seen_labels: list[in
     if options.in_ray:
         from pipeline.score_on_ray import score_in_ray  # here: this package imports no Ray
 
-        yield from ((pair, row, values, f"node {node}") for pair, row, values, node in
-                    score_in_ray(pairs, sets.sets, seen_labels, options))
+        yield from score_in_ray(pairs, sets.sets, seen_labels, options)
         return
     for q, g in pairs:
         yield (q, g), *pair_scores(sets.query(q), sets.gallery(g), seen_labels, options), "this process"
