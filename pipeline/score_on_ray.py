@@ -178,7 +178,10 @@ def _score_split_pair(query: Gallery, gallery: EmbeddingFiles, seen_labels: list
     merged into one per query (``faiss.ResultHeap``); the full ranking by chunks of queries whose
     relevant scores stay within ``SCORE_BUDGET_BYTES``: each group's relevant scores, then, on the
     node that scored them (so that an item's score is the same bits in both rounds), the count of
-    its items at or above every relevant score of the chunk (``precisions_of_parts``)."""
+    its items at or above every relevant score of the chunk (``precisions_of_parts``). A node lost
+    between the two rounds fails the pair (its counts are pinned there): the job's rerun scores it
+    again, the pairs scored before kept. Chunks assume every gallery item may be relevant, so a
+    gallery of 1e7 items takes 6 queries a chunk: correct, and slow."""
     check_comparable(query, gallery)
     loaded = query if isinstance(query, EmbeddingSet) else query.load()
     shared, groups, k = ray.put(loaded), gallery_groups(gallery, options), max(options.topk)
@@ -206,7 +209,8 @@ def _score_split_pair(query: Gallery, gallery: EmbeddingFiles, seen_labels: list
             ap.append(chunk_ap)
             ap_at_r.append(chunk_at_r)
             nodes |= {node for _, node in found}
-        per_query["ap"], per_query["ap_at_r"] = np.concatenate(ap), np.concatenate(ap_at_r)
+        per_query["ap"], per_query["ap_at_r"] = (np.concatenate(ap), np.concatenate(ap_at_r)) if ap else (
+            np.array([]), np.array([]))
     row, values = pair_summary(per_query, loaded, seen_labels)
     return row, values, nodes
 

@@ -49,6 +49,8 @@ def read_report(path: str | Path) -> pd.DataFrame:
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no compatibility report ({REPORT_FILE} of jobs.score or jobs.lineage)")
     table = pd.read_parquet(file)
+    if table.empty:
+        raise ValueError(f"{file}: the report has no pair")
     if not {"query_model_id", "gallery_model_id"} <= set(table.columns):
         raise ValueError(f"{file}: the report has no model ids (written before the guard existed): score the pair "
                          "again with jobs.score")

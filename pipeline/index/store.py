@@ -6,8 +6,10 @@ generation of the two data files it goes with), ``index-<generation>.faiss`` (fa
 product on unit vectors; its ids are the rows of the items table) and ``items-<generation>.parquet``
 (per row: the item's ``id``, ``label`` and the ``model_id`` whose vector the index holds for it).
 A change writes the next generation's two files, then replaces ``index.json`` atomically, then
-removes the previous generation: a write cut short at any point leaves the index as it was
-before it (the new files unreferenced). One writer at a time (``pipeline.atomic.one_writer``).
+removes the others: a write cut short at any point leaves the index as it was before it (the new
+files unreferenced, removed by the next change); a reader that meets a generation removed while
+it read takes the new one. One writer at a time (``pipeline.atomic.one_writer``), refused when
+the index changed since it opened it.
 Adding an embeddings set replaces the vectors of the items it holds (a backfill step) and
 appends the others; adding another model's vectors and searching with another model's queries
 pass through ``pipeline.index.guard``.
@@ -57,14 +59,15 @@ class GalleryIndex:
         """The next generation's files, then ``index.json`` naming them, then the old ones removed."""
         import pyarrow as pa
 
-        previous, generation = self.meta.get("generation"), int(self.meta.get("generation", -1)) + 1
+        generation = int(self.meta.get("generation", -1)) + 1
         write_atomic(_index_file(self.folder, generation),
                      lambda temporary: faiss.write_index(self.index, str(temporary)))
         write_table_atomic(pa.Table.from_pandas(self.items, preserve_index=False), _items_file(self.folder, generation))
         self.meta.update(generation=generation, rows=len(self.items))
         write_text_atomic(self.folder / META_FILE, json.dumps(self.meta, indent=1))
-        if previous is not None:
-            for stale in (_index_file(self.folder, previous), _items_file(self.folder, previous)):
+        current = {_index_file(self.folder, generation).name, _items_file(self.folder, generation).name}
+        for stale in [*self.folder.glob("index-*.faiss"), *self.folder.glob("items-*.parquet")]:
+            if stale.name not in current:  # the previous generation, or one a cut write left
                 stale.unlink(missing_ok=True)
 
 
@@ -105,6 +108,9 @@ def create_index(embeddings: EmbeddingSet, folder: str | Path, kind: str,
                          "set": embeddings.path, "rows": len(items)}]}
     built = GalleryIndex(folder, index, items, meta)
     with one_writer(folder):
+        if (folder / META_FILE).exists():  # built by another process meanwhile
+            raise FileExistsError(f"{folder}: an index is already there ({META_FILE}); add to it, or choose another "
+                                  "folder")
         folder.mkdir(parents=True, exist_ok=True)
         built.save()
     return built
@@ -115,13 +121,21 @@ def open_index(folder: str | Path) -> GalleryIndex:
     folder = Path(folder)
     if not (folder / META_FILE).is_file():
         raise FileNotFoundError(f"{folder}: no gallery index ({META_FILE}); create one with jobs.index build")
-    meta = json.loads((folder / META_FILE).read_text())
-    index_file, items_file = _index_file(folder, meta["generation"]), _items_file(folder, meta["generation"])
-    for path in (index_file, items_file):
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder}: {META_FILE} names {path.name}, which is missing (removed by hand?); "
-                                    "build the index again")
-    index, items = faiss.read_index(str(index_file)), pd.read_parquet(items_file)
+    for attempt in range(3):  # a writer may commit the next generation and remove this one meanwhile
+        meta = json.loads((folder / META_FILE).read_text())
+        if "generation" not in meta:
+            raise ValueError(f"{folder}: an index written before its files had generations; build it again")
+        index_file, items_file = _index_file(folder, meta["generation"]), _items_file(folder, meta["generation"])
+        try:
+            index, items = faiss.read_index(str(index_file)), pd.read_parquet(items_file)
+            break
+        except (RuntimeError, OSError):
+            if json.loads((folder / META_FILE).read_text()).get("generation") == meta["generation"]:
+                missing = [path.name for path in (index_file, items_file) if not path.is_file()]
+                raise FileNotFoundError(f"{folder}: {META_FILE} names {', '.join(missing) or index_file.name}, "
+                                        "which is missing or unreadable (removed by hand?); build the index again")
+    else:
+        raise ValueError(f"{folder}: changed by writers three times while being read; try again")
     if not index.ntotal == len(items) == meta["rows"]:
         raise ValueError(f"{folder}: {index_file.name} holds {index.ntotal} vectors, {items_file.name} {len(items)} "
                          f"items, {META_FILE} says {meta['rows']}; build the index again")
@@ -159,10 +173,11 @@ def add_vectors(gallery: GalleryIndex, embeddings: EmbeddingSet, ids: list[str] 
 def _writing(gallery: GalleryIndex) -> Iterator[None]:
     """The index's writer lock, with the files on disk still those ``gallery`` was read from."""
     with one_writer(gallery.folder):
-        on_disk = json.loads((gallery.folder / META_FILE).read_text())["generation"]
-        if on_disk != gallery.meta["generation"]:
+        on_disk = json.loads((gallery.folder / META_FILE).read_text())
+        if on_disk != gallery.meta:  # a commit, or an override recorded by a search
             raise ValueError(f"{gallery.folder}: changed by another writer since it was opened (generation "
-                             f"{gallery.meta['generation']} -> {on_disk}); open it again")
+                             f"{gallery.meta['generation']} -> {on_disk['generation']}, {len(on_disk['history'])} "
+                             "history records); open it again")
         yield
 
 

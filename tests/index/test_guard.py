@@ -132,7 +132,7 @@ def test_bad_sets_and_a_cut_index_are_named(sets, tmp_path):
                                          f"items, index.json says {SIZE + 1}"):
         open_index(tmp_path / "index")
     (tmp_path / "index" / "index.json").write_text(json.dumps({**meta, "generation": 7}))
-    with pytest.raises(FileNotFoundError, match="index.json names index-000007.faiss, which is missing"):
+    with pytest.raises(FileNotFoundError, match="index.json names index-000007.faiss, items-000007.parquet, which is missing"):
         open_index(tmp_path / "index")
 
 
@@ -151,6 +151,10 @@ def test_a_write_cut_short_leaves_the_index_as_it_was(sets, report, tmp_path):
     add_vectors(reopened, read_embeddings(sets["test", "new"]), reports=[read_report(report)])
     assert sorted(path.name for path in (tmp_path / "index").iterdir()) == [
         "index-000001.faiss", "index.json", "items-000001.parquet"]  # the next step overwrote the leftover
+    stale = open_index(tmp_path / "index")
+    search_index(stale, read_embeddings(sets["test", "old"]), 5, override="a one-off comparison")  # recorded
+    with pytest.raises(ValueError, match="changed by another writer since it was opened"):
+        add_vectors(reopened, read_embeddings(sets["test", "new"]), reports=[read_report(report)])
     with pytest.raises(ValueError, match="changed by another writer since it was opened"):
         add_vectors(index, read_embeddings(sets["test", "new"]), reports=[read_report(report)])
 

@@ -33,7 +33,7 @@ def test_pairs_scored_in_ray_tasks_make_the_report_of_one_process(ray_cluster, t
 
 
 @pytest.mark.ray
-def test_a_pair_split_into_tasks_of_its_gallery_files_scores_as_one_process(ray_cluster, tmp_path):
+def test_a_pair_split_into_tasks_of_its_gallery_files_scores_as_one_process(ray_cluster, tmp_path, monkeypatch):
     sets = synthetic_sets(tmp_path, 300, CLASSES)
     whole = read_embeddings(sets["test", "new"])
     for part, start in enumerate(range(0, 300, 100)):  # the new model's gallery in three part files
@@ -46,4 +46,5 @@ def test_a_pair_split_into_tasks_of_its_gallery_files_scores_as_one_process(ray_
     options = ScoreConfig(topk=[1, 5], in_ray=True, split_rows=120)
     assert [group.offset for group in gallery_groups(entries["new"].embeddings, options)] == [0, 100, 200]
     alone = score_all_pairs(entries, MatrixRoles(old="old"), ScoreConfig(topk=[1, 5]))
+    monkeypatch.setattr("pipeline.score_on_ray.SCORE_BUDGET_BYTES", 8 * 300 * 50)  # the ranking in 6 query chunks
     same_report(score_all_pairs(entries, MatrixRoles(old="old"), options), alone)
