@@ -19,7 +19,7 @@ from pipeline.lineage.metrics import Verdict  # noqa: E402
 from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
 from pipeline.score.indexes import index_advice, index_summary  # noqa: E402
 from pipeline.score.matrix import matrix  # noqa: E402
-from pipeline.score.report import heatmap, write_tables  # noqa: E402
+from pipeline.score.report import heatmap, save_figure, write_tables  # noqa: E402
 from pipeline.score.uncertainty import format_difference  # noqa: E402
 
 
@@ -39,15 +39,17 @@ def _backfill_plot(backfill: pd.DataFrame, path: Path) -> Path:
             for order, curve in backfill[backfill.model == model].groupby("order", sort=False):
                 axis.plot(curve.share * 100, curve[metric] * 100, marker="o",
                           label=f"{order} (area {curve_area(curve, metric):.3f})")
-            axis.set_xlabel("gallery re-encoded with the new model (%)")
-            axis.set_ylabel(f"{metric} (%)")
-            axis.set_title(f"{model} queries: backfill")
-            axis.legend(fontsize=8)
-            axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+            _label(axis, "gallery re-encoded with the new model (%)", f"{metric} (%)", f"{model} queries: backfill")
+    return save_figure(figure, path)
+
+
+def _label(axis: plt.Axes, x: str, y: str, title: str) -> None:
+    """A curve panel's axis labels, title, legend and grid."""
+    axis.set_xlabel(x)
+    axis.set_ylabel(y)
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
 
 
 def _indexes_plot(indexes: pd.DataFrame, min_recall: float, path: Path) -> Path:
@@ -60,15 +62,9 @@ def _indexes_plot(indexes: pd.DataFrame, min_recall: float, path: Path) -> Path:
             label = kind if trained_on == "-" else f"{kind}, trained on {trained_on}"
             axis.plot(curve.share * 100, curve.recall_at_k, marker="o", label=label)
         axis.axhline(min_recall, color="grey", linestyle="--", linewidth=1)
-        axis.set_xlabel(f"gallery re-encoded in the {rows.order.iloc[0]} order (%)")
-        axis.set_ylabel(f"recall@{rows.k.iloc[0]} against flat search")
-        axis.set_title(f"{model} queries: approximate indexes")
-        axis.legend(fontsize=8)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+        _label(axis, f"gallery re-encoded in the {rows.order.iloc[0]} order (%)",
+               f"recall@{rows.k.iloc[0]} against flat search", f"{model} queries: approximate indexes")
+    return save_figure(figure, path)
 
 
 def _indexes_markdown(indexes: pd.DataFrame, min_recall: float) -> list[str]:

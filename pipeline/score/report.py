@@ -69,8 +69,13 @@ def heatmap(table: pd.DataFrame, order: list[str], path: str | Path,
     for axis, metric in zip(axes[0], metrics):
         _matrix_panel(figure, axis, matrix(table, metric, order).to_numpy() * 100, order,
                       (titles or {}).get(metric, f"{metric} (%)"), top)
+    return save_figure(figure, path, dpi=120)
+
+
+def save_figure(figure: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """``figure`` laid out and written to ``path`` as PNG through a temporary name, then closed."""
     figure.tight_layout()
-    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=dpi, format="png"))
     plt.close(figure)
     return Path(path)
 
