@@ -25,7 +25,7 @@ from pipeline.lineage.registry import STATS_FILE
 from pipeline.model.card import read_model_card
 from pipeline.runtime import progress
 from pipeline.score.criteria import CRITERION_METRICS, beats
-from pipeline.score.indexes import mixed_index_table
+from pipeline.score.indexes import mixed_gallery, mixed_index_table
 from pipeline.score.matrix import Gallery
 from pipeline.score.retrieval import in_memory, normalize, score_queries, summarize
 
@@ -62,10 +62,7 @@ def backfill_curve(parent_gallery: np.ndarray, new_gallery: np.ndarray, order: n
     rows = []
     for step in progress(range(steps + 1), "report: backfill shares"):
         share = step / steps
-        mixed = parent.copy()
-        chosen = order[: int(round(share * len(order)))]
-        mixed[chosen] = new[chosen]
-        rows.append({"share": share, **score(mixed)})
+        rows.append({"share": share, **score(mixed_gallery(parent, new, order, share))})
     return pd.DataFrame(rows)
 
 

@@ -96,6 +96,15 @@ def average_precision_at_k(positions: np.ndarray, gallery_labels: np.ndarray, qu
         return np.where(denominator > 0, (precision * hits).sum(axis=1) / denominator, np.nan)
 
 
+def mixed_gallery(parent: np.ndarray, new: np.ndarray, order: np.ndarray, share: float) -> np.ndarray:
+    """The gallery once ``share`` of it is re-encoded in ``order``: the new vectors of the first
+    items of the order, the parent's of the others (same images, same rows)."""
+    mixed = parent.copy()
+    chosen = order[: int(round(share * len(order)))]
+    mixed[chosen] = new[chosen]
+    return mixed
+
+
 def mixed_index_table(parent: np.ndarray, new: np.ndarray, order: np.ndarray, gallery_labels: np.ndarray,
                       queries: np.ndarray, query_labels: np.ndarray, own: np.ndarray,
                       config: MixedIndexConfig) -> pd.DataFrame:
@@ -115,9 +124,7 @@ def mixed_index_table(parent: np.ndarray, new: np.ndarray, order: np.ndarray, ga
     rows = []
     for step in progress(range(config.steps + 1), "report: mixed-gallery indexes"):
         share = step / config.steps
-        mixed = parent.copy()
-        chosen = order[: int(round(share * len(order)))]
-        mixed[chosen] = new[chosen]
+        mixed = mixed_gallery(parent, new, order, share)
         exact, _ = filled_index(config, "flat", faiss.IndexFlatIP(mixed.shape[1]), mixed)
         exact_found = with_labels(search_without_own(exact, queries, own, config.k), gallery_labels)
         for kind in config.kinds:
