@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.config import load_lineage_config
 from pipeline.data.embeddings import open_embeddings
-from pipeline.lineage.backfill import backfill_orders, child_backfill, curve_area, share_for_gain
+from pipeline.lineage.backfill import backfill_orders, child_backfill, child_sets, curve_area, share_for_gain
 from pipeline.lineage.metrics import LineageModel
 from pipeline.lineage.report import lineage_embeddings
 from pipeline.runtime import init_ray, setup_logging
@@ -44,10 +44,11 @@ def main() -> None:
     rows = []
     for child in models[1:]:
         unseeded: dict[str, pd.DataFrame] = {}  # the predicted and oracle orders: scored once
+        (query, parent), training_pair = child_sets(child, sets), child_sets(child, training)
         for seed in args.seeds:
-            orders = backfill_orders(child, sets, seed, training)
+            orders = backfill_orders(child, query, parent, seed, training_pair)
             scored = {name: order for name, order in orders.items() if name in SEEDED or name not in unseeded}
-            curves = dict(list(child_backfill(child, sets, scored, config.backfill_steps, full_ranking=True)
+            curves = dict(list(child_backfill(child, query, parent, scored, config.backfill_steps, full_ranking=True)
                                .groupby("order", sort=False)))
             unseeded |= {order: curve for order, curve in curves.items() if order not in SEEDED}
             for order, curve in {**curves, **unseeded}.items():

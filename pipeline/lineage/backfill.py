@@ -88,21 +88,28 @@ def share_for_gain(curve: pd.DataFrame, metrics: list[str], fraction: float = 0.
     return float(curve["share"].to_numpy()[reached][0]) if reached.any() else float("nan")
 
 
-def backfill_orders(child: LineageModel, sets: dict[str, Gallery], seed: int,
-                    training: dict[str, Gallery] | None = None) -> dict[str, np.ndarray]:
-    """The orders to re-encode the child's parent gallery in: random, stratified (with the child's
-    statistics), predicted (with both models' ``training`` sets) and the oracle's (it reads the new
-    vectors and the labels, which a backfill cannot)."""
+def child_sets(child: LineageModel, sets: dict[str, Gallery]) -> tuple[EmbeddingSet, EmbeddingSet]:
+    """The child's set and its parent's in memory, checked to hold the same images in one order."""
     query, parent = sets[child.name].load(), sets[child.parent].load()
-    _same_images(query, parent)
+    if not np.array_equal(query.ids, parent.ids):
+        raise ValueError(f"{query.model_name} and {parent.model_name} embeddings hold different images or orders "
+                         f"({query.path}, {parent.path})")
+    return query, parent
+
+
+def backfill_orders(child: LineageModel, query: EmbeddingSet, parent: EmbeddingSet, seed: int,
+                    training: tuple[EmbeddingSet, EmbeddingSet] | None = None) -> dict[str, np.ndarray]:
+    """The orders to re-encode the child's parent gallery in (``child_sets``' ``query`` and
+    ``parent``): random, stratified (with the child's statistics), predicted (with both models'
+    ``training`` sets, ``child_sets`` of the training split) and the oracle's (it reads the new
+    vectors and the labels, which a backfill cannot)."""
     orders = {"random": random_order(len(parent.ids), seed)}
     centers = _parent_centers(child, parent.dim)
     if centers is not None:
         orders["stratified"] = stratified_order(parent.vectors, centers, seed)
     classes = len(parent.classes)
     if training is not None:
-        parent_train, child_train = training[child.parent].load(), training[child.name].load()
-        _same_images(child_train, parent_train)
+        child_train, parent_train = training
         predictor = fit_benefit_predictor(parent_train.vectors, child_train.vectors, parent_train.labels, classes)
         orders["predicted"] = predicted_order(predictor, parent.vectors)
     orders["oracle"] = oracle_order(parent.vectors, query.vectors, parent.labels,
@@ -110,12 +117,9 @@ def backfill_orders(child: LineageModel, sets: dict[str, Gallery], seed: int,
     return orders
 
 
-def child_backfill(child: LineageModel, sets: dict[str, Gallery], orders: dict[str, np.ndarray], steps: int,
-                   full_ranking: bool) -> pd.DataFrame:
+def child_backfill(child: LineageModel, query: EmbeddingSet, parent: EmbeddingSet, orders: dict[str, np.ndarray],
+                   steps: int, full_ranking: bool) -> pd.DataFrame:
     """The child's queries against its parent's gallery re-encoded in each of ``orders``."""
-    query, parent = sets[child.name].load(), sets[child.parent].load()
-    _same_images(query, parent)
-
     def score(mixed: np.ndarray) -> dict[str, float]:
         per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
                                   len(mixed), topk=(1,), full_ranking=full_ranking)
@@ -126,20 +130,12 @@ def child_backfill(child: LineageModel, sets: dict[str, Gallery], orders: dict[s
     return pd.concat(curves, ignore_index=True)
 
 
-def child_indexes(child: LineageModel, sets: dict[str, Gallery], order: np.ndarray,
+def child_indexes(child: LineageModel, query: EmbeddingSet, parent: EmbeddingSet, order: np.ndarray,
                   config: MixedIndexConfig) -> pd.DataFrame:
     """The child's queries against its parent's gallery re-encoded in ``order``, on each approximate
     index of ``config`` at each share (``pipeline.score.indexes``); a query's own image left out."""
-    query, parent = sets[child.name].load(), sets[child.parent].load()
-    _same_images(query, parent)
     return mixed_index_table(parent.vectors, query.vectors, order, parent.labels, query.vectors, query.labels,
                              np.arange(len(query)), config).assign(model=child.name)
-
-
-def _same_images(child: EmbeddingSet, parent: EmbeddingSet) -> None:
-    if not np.array_equal(child.ids, parent.ids):
-        raise ValueError(f"{child.model_name} and {parent.model_name} embeddings hold different images or orders "
-                         f"({child.path}, {parent.path})")
 
 
 def _parent_centers(child: LineageModel, parent_dim: int) -> np.ndarray | None:

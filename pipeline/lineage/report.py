@@ -36,7 +36,14 @@ from pipeline.config import EncodeConfig, MixedIndexConfig, RunContext, ScoreCon
 from pipeline.data.embeddings import open_embeddings
 from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
-from pipeline.lineage.backfill import backfill_orders, child_backfill, child_indexes, share_for_gain, share_to_reach
+from pipeline.lineage.backfill import (
+    backfill_orders,
+    child_backfill,
+    child_indexes,
+    child_sets,
+    share_for_gain,
+    share_to_reach,
+)
 from pipeline.lineage.files import recommended_order, write_report_files
 from pipeline.lineage.metrics import LineageModel, Verdict, lower_triangle_summary, verdict
 from pipeline.lineage.registry import download_version, registered_chain
@@ -132,11 +139,12 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
         for m in scored:
             gains[metric_key("update_gain", m, child.name)] = update_gain(
                 cell(child.name, child.parent)[m], cell(child.parent, child.parent)[m], cell(child.name, child.name)[m])
-        orders = backfill_orders(child, sets, seed, training)
-        curves = child_backfill(child, sets, orders, backfill_steps, score.full_ranking)
+        query, parent = child_sets(child, sets)
+        orders = backfill_orders(child, query, parent, seed, child_sets(child, training) if training else None)
+        curves = child_backfill(child, query, parent, orders, backfill_steps, score.full_ranking)
         if indexes.steps:
             chosen, _, _ = recommended_order(curves, child.name)
-            index_tables.append(child_indexes(child, sets, orders[chosen], indexes).assign(order=chosen))
+            index_tables.append(child_indexes(child, query, parent, orders[chosen], indexes).assign(order=chosen))
         parent_own = {m: cell(child.parent, child.parent)[m] for m in scored}
         needed = {f"share_to_beat_parent/{name}": share_to_reach(curve, parent_own)
                   for name, curve in curves.groupby("order", sort=False)}
