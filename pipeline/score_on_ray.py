@@ -145,17 +145,16 @@ def _group_neighbours(query: EmbeddingSet, group: GalleryGroup,
     return heap.D, positions, np.where(positions >= 0, found, -1), ray.get_runtime_context().get_node_id()
 
 
-def _chunk_of(query: EmbeddingSet, rows: slice, group: GalleryGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A chunk of queries as unit float64 rows, their labels, their own images' gallery positions."""
-    return (normalize(query.vectors[rows]), query.labels[rows],
-            own_positions(query.ids[rows], rows.stop - rows.start, group.shards))
+def _own_in(query: EmbeddingSet, rows: slice, shard: Shard) -> np.ndarray:
+    """For a chunk of queries, the gallery position of each one's own image in ``shard``, or -1."""
+    return own_positions(query.ids[rows], rows.stop - rows.start, lambda: [shard])
 
 
 @ray.remote(max_retries=2)
 def _group_relevant(query: EmbeddingSet, rows: slice, group: GalleryGroup) -> tuple[list[np.ndarray], str]:
     """For a chunk of queries, the scores of the group's items of each one's label; and its node."""
-    unit, labels, own = _chunk_of(query, rows, group)
-    parts = [relevant_scores(unit, labels, own, shard) for shard in group.shards()]
+    unit, labels = normalize(query.vectors[rows]), query.labels[rows]
+    parts = [relevant_scores(unit, labels, _own_in(query, rows, shard), shard) for shard in group.shards()]
     return [np.concatenate([part[row] for part in parts]) for row in range(len(unit))], \
         ray.get_runtime_context().get_node_id()
 
@@ -164,10 +163,10 @@ def _group_relevant(query: EmbeddingSet, rows: slice, group: GalleryGroup) -> tu
 def _group_counts(query: EmbeddingSet, rows: slice, group: GalleryGroup,
                   thresholds: list[np.ndarray]) -> list[np.ndarray]:
     """For a chunk of queries, how many of the group's items score at least each threshold."""
-    unit, _, own = _chunk_of(query, rows, group)
+    unit = normalize(query.vectors[rows])
     total = [np.zeros(len(wanted), dtype=np.int64) for wanted in thresholds]
     for shard in group.shards():
-        for row, counted in enumerate(counts_at_least(unit, own, shard, thresholds)):
+        for row, counted in enumerate(counts_at_least(unit, _own_in(query, rows, shard), shard, thresholds)):
             total[row] += counted
     return total
 
