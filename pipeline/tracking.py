@@ -9,16 +9,17 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import TrackingUnreachable, preempted
 
+T = TypeVar("T")
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 # The experiment's kind for MLflow's own use; MLflow 3.17's UI picks its view by the link (ui_link).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -37,16 +38,49 @@ def local_artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+def concurrent_writes(write: Callable[[], T], what: str, tries: int = 5) -> T:
+    """``write()``, tried again when it fails because a concurrent writer made the same row first:
+    MLflow's stores look a row up, then insert it, in two steps, so that two fits starting at once
+    on one store (a SQLite file, or a server's database) can both miss it and the second insert
+    fails (``UNIQUE constraint failed``, ``RESOURCE_ALREADY_EXISTS``). ``write`` must then find the
+    row the first writer made (get-or-create, MLflow's deduplicating ``log_inputs``)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, tries + 1):
+        try:
+            return write()
+        except MlflowException as error:
+            if attempt == tries or not _conflict(error):
+                raise
+            logging.getLogger(__name__).info("MLflow: %s met a concurrent writer (%s); trying again", what,
+                                             str(error).splitlines()[0][:120])
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _conflict(error: Exception) -> bool:
+    """Whether an MLflow error is a row another writer inserted first."""
+    text = str(error)
+    return getattr(error, "error_code", "") == "RESOURCE_ALREADY_EXISTS" or any(
+        sign in text for sign in ("UNIQUE constraint failed", "IntegrityError", "duplicate key", "Duplicate entry",
+                                  "already exists"))
+
+
 def experiment_id(tracking_uri: str, name: str) -> str:
-    """The id of experiment ``name``, created when missing; either way of the model-training kind."""
+    """The id of experiment ``name``, created when missing (by whichever of several writers gets
+    there first); either way of the model-training kind."""
     client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        return client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri),
-                                        tags=dict([EXPERIMENT_KIND]))
-    if found.tags.get(EXPERIMENT_KIND[0]) is None:  # created by an earlier version, or by Ray Tune's callback
-        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
-    return found.experiment_id
+
+    def get_or_create() -> str:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            return client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri),
+                                            tags=dict([EXPERIMENT_KIND]))
+        if found.tags.get(EXPERIMENT_KIND[0]) is None:  # created by an earlier version, or by Ray Tune's callback
+            client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        return found.experiment_id
+
+    return concurrent_writes(get_or_create, f"experiment {name!r}")
 
 
 def ui_link(server: str, experiment: str, run_id: str | None = None) -> str:
@@ -60,7 +94,8 @@ def ui_link(server: str, experiment: str, run_id: str | None = None) -> str:
 def log_dataset(client: MlflowClient, run_id: str, folder: str | Path, name: str, context: str) -> None:
     """``folder`` (a dataset or embeddings folder, or one file) as an MLflow input of the run, named ``name``, in
     ``context`` ("training", "scoring"): the runs table's Dataset column. Its digest hashes the
-    folder's file names and sizes, so that a rewritten dataset shows as another one."""
+    folder's file names and sizes, so that a rewritten dataset shows as another one. Runs that
+    log the same dataset at once all get it (``concurrent_writes``)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -69,7 +104,8 @@ def log_dataset(client: MlflowClient, run_id: str, folder: str | Path, name: str
     files = sorted((str(path.relative_to(folder.parent)), path.stat().st_size) for path in paths)
     digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:12]
     dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": folder.as_uri()}))
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+    inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    concurrent_writes(lambda: client.log_inputs(run_id, datasets=inputs), f"dataset input {name!r}")
 
 
 def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
