@@ -5,6 +5,7 @@ new model, logged to MLflow as one run with a nested run per model pair."""
 from __future__ import annotations
 
 from jobs import cli
+from pipeline.config import SELECTION_FRACTION
 
 
 def main() -> None:
@@ -19,6 +20,9 @@ def main() -> None:
     parser.add_argument("--backfill-steps", type=int, default=10, help="points of each backfill curve after 0")
     parser.add_argument("--index-steps", type=int, default=4,
                         help="shares after 0 at which approximate indexes are measured on the mixed gallery; 0: none")
+    parser.add_argument("--selection-fraction", type=float, default=SELECTION_FRACTION,
+                        help="share of the training split on which each model's route and backfill order are chosen "
+                             "before the test split is scored (default: %(default)s)")
     cli.add_search_args(parser)
     cli.add_encode_args(parser)
     cli.add_ray_arg(parser)
@@ -34,7 +38,8 @@ def main() -> None:
     init_ray(args.ray_address)
     report = report_registered_lineage(cli.run_context(args), args.registered_model, args.versions, args.dataset,
                                        args.out, encode=encode, score=score, backfill_steps=args.backfill_steps,
-                                       indexes=MixedIndexConfig(steps=args.index_steps))
+                                       indexes=MixedIndexConfig(steps=args.index_steps),
+                                       selection_fraction=args.selection_fraction)
     print(report.summary_text)
     print(f"report: {report.report_dir}\nMLflow run: {report.run_id} ({args.tracking_uri})")
 

@@ -547,6 +547,9 @@ class PipelineConfig(Strict):
         return output_context(self.mlflow, self.output_dir)
 
 
+SELECTION_FRACTION = 0.1  # the training split's share a lineage report chooses routes and orders on
+
+
 class LineageConfig(Strict):
     """A lineage v1 -> v2 -> ... trained in order, each model after the first made compatible with
     the one before it, registered in the MLflow Model Registry and reported (``jobs.lineage``)."""
@@ -561,6 +564,11 @@ class LineageConfig(Strict):
     score: ScoreConfig = ScoreConfig()
     backfill_steps: int = Field(10, ge=1)
     indexes: MixedIndexConfig = MixedIndexConfig()
+    selection_fraction: float = Field(
+        SELECTION_FRACTION, gt=0, lt=1, description="the share of the training split (its validation rows at this "
+        "fraction: pipeline.data.dataset.in_validation) on which the report chooses each model's route and backfill "
+        "order before it scores the test split; models trained with validation_fraction of the same value never saw "
+        "those rows")
 
     @model_validator(mode="after")
     def _chain(self) -> "LineageConfig":

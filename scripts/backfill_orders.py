@@ -18,7 +18,17 @@ import pandas as pd
 
 from pipeline.config import load_lineage_config
 from pipeline.data.embeddings import open_embeddings
-from pipeline.lineage.backfill import backfill_orders, child_backfill, child_sets, curve_area, share_for_gain
+import numpy as np
+
+from pipeline.lineage.backfill import (
+    backfill_orders,
+    child_backfill,
+    child_sets,
+    curve_area,
+    gap_closed,
+    order_predictor,
+    share_for_gain,
+)
 from pipeline.lineage.metrics import LineageModel
 from pipeline.lineage.report import lineage_embeddings
 from pipeline.runtime import init_ray, setup_logging
@@ -44,12 +54,13 @@ def main() -> None:
     rows = []
     for child in models[1:]:
         unseeded: dict[str, pd.DataFrame] = {}  # the predicted and oracle orders: scored once
-        (query, parent), training_pair = child_sets(child, sets), child_sets(child, training)
+        (query, parent), (child_train, parent_train) = child_sets(child, sets), child_sets(child, training)
+        predictor = order_predictor(child_train, parent_train, np.zeros(len(child_train), dtype=bool))
         for seed in args.seeds:
-            orders = backfill_orders(child, query, parent, seed, training_pair)
+            orders = backfill_orders(child, query, parent, seed, predictor)
             scored = {name: order for name, order in orders.items() if name in SEEDED or name not in unseeded}
-            curves = dict(list(child_backfill(child, query, parent, scored, config.backfill_steps, full_ranking=True)
-                               .groupby("order", sort=False)))
+            curves = dict(list(child_backfill(child, query, parent, scored, config.backfill_steps,
+                                              full_ranking=True)[0].groupby("order", sort=False)))
             unseeded |= {order: curve for order, curve in curves.items() if order not in SEEDED}
             for order, curve in {**curves, **unseeded}.items():
                 rows.append({"model": child.name, "order": order, "seed": seed,
@@ -61,7 +72,8 @@ def main() -> None:
 
 def markdown(table: pd.DataFrame) -> str:
     """Per model and order: mean (and spread) over the seeds; per model, the predicted order's
-    share of the gap between random and the oracle."""
+    share of the gap between random and the oracle (``gap_closed``: undefined where the oracle
+    does not beat random)."""
     lines = ["| model | order | area top-1 | area mAP | share for 95 % of the gain |", "|---|---|---|---|---|"]
     for (model, order), runs in table.groupby(["model", "order"], sort=False):
         cells = [f"{runs[f'area_{m}'].mean():.4f} (sd {runs[f'area_{m}'].std(ddof=0):.4f})" for m in CRITERION_METRICS]
@@ -72,7 +84,10 @@ def markdown(table: pd.DataFrame) -> str:
         mean = runs.groupby("order")[[f"area_{m}" for m in CRITERION_METRICS]].mean()
         for m in CRITERION_METRICS:
             random, predicted, oracle = (mean.loc[o, f"area_{m}"] for o in ("random", "predicted", "oracle"))
-            lines.append(f"| {model} | {m} | {(predicted - random) / (oracle - random):.3f} |")
+            closed = gap_closed(predicted, random, oracle)
+            lines.append(f"| {model} | {m} | " + (f"{closed:.3f} |" if closed == closed else
+                                                  f"undefined: the oracle ({oracle:.4f}) does not beat random "
+                                                  f"({random:.4f}); predicted {predicted:.4f} |"))
     return "\n".join(lines)
 
 

@@ -27,7 +27,9 @@ from pipeline.config import load_train_config
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.model.artifacts import load_model
 from pipeline.model.card import read_model_card
-from pipeline.score.criteria import beats, pair_row
+from pipeline.score.criteria import pair_decision, pair_row, pair_verdict
+from pipeline.score.report import decision_line
+from pipeline.score.uncertainty import MET
 from pipeline.train.validation import References, Validator
 from tuning.space import load_sweep_config
 
@@ -43,14 +45,15 @@ def compatible_route(method: Method, new: str, old: str) -> tuple[str, str]:
 
 def seed_result(table: pd.DataFrame, method: Method, name: str, seed: int) -> dict:
     """One seed's test cell of its compatible route against the old gallery: the metrics, their
-    difference with old/old and its paired interval and verdict, and the criterion."""
+    difference with old/old and its paired interval and verdict, and the decision it supports."""
     query, gallery = compatible_route(method, name, "old")
-    cell, old_old = pair_row(table, query, gallery), pair_row(table, "old", "old")
+    cell = pair_row(table, query, gallery)
     return {"seed": seed, "route": f"{query} -> {gallery}",
             "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),
             **{column: cell[column] for m in ("top1", "map")
                for column in (f"delta_{m}", f"delta_{m}_low", f"delta_{m}_high", f"verdict_{m}")},
-            "meets_criterion": beats(cell["top1"], old_old["top1"]) and beats(cell["map"], old_old["map"])}
+            "decision": str(pair_decision(cell)), "line": decision_line(cell),
+            "meets_criterion": pair_verdict(cell) == MET}
 
 
 def _job(*args: str) -> None:
@@ -126,6 +129,10 @@ def main() -> None:
     args = parser.parse_args()
     result = confirm(args.sweep_dir.resolve(), tuple(args.seeds))
     print(json.dumps(result, indent=1))
+    for seed in result["per_seed"]:  # the decisions last, in the report's words
+        print(f"seed {seed['seed']}: {seed['line']}")
+    print(f"the best config meets the criterion by its interval in every seed: "
+          f"{'yes' if result['meets_criterion_every_seed'] else 'no'}")
 
 
 if __name__ == "__main__":

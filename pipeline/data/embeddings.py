@@ -39,6 +39,10 @@ class EmbeddingSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def load(self) -> "EmbeddingSet":
+        """Itself: a set in memory and ``EmbeddingFiles`` both load into one."""
+        return self
+
     def vectors_of(self, ids: list[str] | np.ndarray) -> np.ndarray:
         """The vectors of ``ids``, in their order (an id the set lacks is an error naming it)."""
         return self.vectors[positions(self.ids, ids, self.path)]

@@ -4,9 +4,10 @@ Adding a model's vectors to an index that holds another model's, or searching it
 model's queries, mixes two embedding spaces; after a model change that is how a search service
 silently degrades. The guard asks for the compatibility report (``report.parquet`` of
 ``jobs.score`` or of a lineage report: one row per (query model, gallery model) pair, with the
-models' ids) and allows the pair only where its row meets the criterion (``pair_compatible``:
-every criterion metric above the gallery model's own, and negative flips within the report's
-limit); several reports may be given, and one that refuses a pair outweighs one that allows it.
+models' ids) and allows the pair only where its row's decision is ship
+(``pipeline.score.criteria.pair_decision``: every criterion metric above the gallery model's own
+by its paired interval, and negative flips within the report's limit); inconclusive and backfill
+refuse it. Several reports may be given, and one that refuses a pair outweighs one that allows it.
 The pair is the model whose vectors arrive (queries, or re-encoded gallery items: the
 new model's queries will search them beside the old ones) against each model the index holds.
 An explicit override (a reason) lets a refused pair through, logged and recorded in the index.
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.score.criteria import CRITERION_METRICS, flips_allowed
-from pipeline.score.report import pair_compatible
+from pipeline.score.criteria import Decision, pair_decision
+from pipeline.score.report import interval_cells
 
 log = logging.getLogger(__name__)
 REPORT_FILE = "report.parquet"
@@ -75,18 +76,18 @@ def refusal(query: ModelRef, gallery: ModelRef, reports: list[pd.DataFrame]) -> 
             raise ValueError(f"{source}: {len(rows)} rows for {query.name}'s queries on {gallery.name}'s gallery "
                              f"(rows {rows.index.tolist()}): which one judges the pair?")
         row = rows.iloc[0].to_dict()
-        verdict = pair_compatible(row)
-        if verdict:
+        decision = pair_decision(row)
+        if decision is Decision.SHIP:
             allowed = True
-        elif verdict is None:
+        elif decision is None:
             refused.append(f"{source} cannot judge {query.name} -> {gallery.name}: {gallery.name}/{gallery.name} was "
-                           "not scored, or no criterion metric was")
+                           "not scored, or the report has no interval (score.bootstrap_resamples 0)")
+        elif decision is Decision.INCONCLUSIVE:
+            refused.append(f"{source} finds {query.name} -> {gallery.name} inconclusive "
+                           f"({'; '.join(interval_cells(row))}): score the pair on more queries, or backfill")
         else:
-            failed = [f"{m} not above {gallery.name}/{gallery.name}" for m in CRITERION_METRICS
-                      if f"compatible_{m}" in row and not (pd.notna(row[f"compatible_{m}"]) and row[f"compatible_{m}"])]
-            if not flips_allowed(row):
-                failed.append(f"negative flips {row['negative_flip_rate']:.4f} over the limit")
-            refused.append(f"{source} says {query.name} -> {gallery.name} is not compatible ({', '.join(failed)})")
+            refused.append(f"{source} says {query.name} -> {gallery.name} needs a backfill "
+                           f"({'; '.join(interval_cells(row))})")
     if allowed and not refused:
         return None
     return "; ".join(refused or missing)

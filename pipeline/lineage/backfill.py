@@ -20,14 +20,15 @@ from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import MixedIndexConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.lineage.metrics import LineageModel
-from pipeline.lineage.orders import class_centers, fit_benefit_predictor, oracle_order, predicted_order
+from pipeline.lineage.orders import BenefitPredictor, class_centers, fit_benefit_predictor, oracle_order, predicted_order
 from pipeline.lineage.registry import STATS_FILE
 from pipeline.model.card import read_model_card
 from pipeline.runtime import progress
 from pipeline.score.criteria import CRITERION_METRICS, beats
 from pipeline.score.indexes import mixed_gallery, mixed_index_table
 from pipeline.score.matrix import Gallery
-from pipeline.score.retrieval import in_memory, normalize, score_queries, summarize
+from pipeline.score.retrieval import in_memory, normalize, score_queries
+from pipeline.score.uncertainty import PER_QUERY_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +50,24 @@ def stratified_order(parent_vectors: np.ndarray, parent_centers: np.ndarray, see
     return np.argsort(pace, kind="stable")
 
 
-Scorer = Callable[[np.ndarray], dict[str, float]]  # a gallery's vectors -> metrics of the fixed queries
+PerQuery = Callable[[np.ndarray], dict[str, np.ndarray]]  # a mixed gallery -> each criterion metric per fixed query
 
 
-def backfill_curve(parent_gallery: np.ndarray, new_gallery: np.ndarray, order: np.ndarray, score: Scorer,
-                   steps: int = 10) -> pd.DataFrame:
-    """Metrics at shares 0, 1/steps, ..., 1 of the gallery re-encoded in ``order``; the two
-    galleries hold the same images in the same row order."""
+def backfill_curve(parent_gallery: np.ndarray, new_gallery: np.ndarray, order: np.ndarray, score: PerQuery,
+                   steps: int = 10) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Metrics at shares 0, 1/steps, ..., 1 of the gallery re-encoded in ``order`` (the means over
+    the queries), and each query's area under its curve per metric (whose mean is the curve's
+    area); the two galleries hold the same images in the same row order."""
     if parent_gallery.shape != new_gallery.shape:
         raise ValueError(f"parent and new gallery differ in shape: {parent_gallery.shape} vs {new_gallery.shape}")
     parent, new = normalize(parent_gallery), normalize(new_gallery)
-    rows = []
-    for step in progress(range(steps + 1), "report: backfill shares"):
-        share = step / steps
-        rows.append({"share": share, **score(mixed_gallery(parent, new, order, share))})
-    return pd.DataFrame(rows)
+    shares = np.arange(steps + 1) / steps
+    per_share = [score(mixed_gallery(parent, new, order, share))
+                 for share in progress(shares, "report: backfill shares")]
+    curve = pd.DataFrame([{"share": share, **{m: float(np.nanmean(values[m])) for m in values}}
+                          for share, values in zip(shares, per_share)])
+    areas = {m: np.trapezoid(np.stack([values[m] for values in per_share]), shares, axis=0) for m in per_share[0]}
+    return curve, areas
 
 
 def curve_area(curve: pd.DataFrame, metric: str) -> float:
@@ -88,6 +92,16 @@ def share_for_gain(curve: pd.DataFrame, metrics: list[str], fraction: float = 0.
     return float(curve["share"].to_numpy()[reached][0]) if reached.any() else float("nan")
 
 
+def gap_closed(predicted: float, random: float, oracle: float) -> float:
+    """The share of the gap from the random order's area to the oracle's that the predicted order
+    closes, ``(predicted - random) / (oracle - random)``; NaN (undefined) unless the oracle's area
+    is above random's: with no gap there is nothing to close, and a gap of the other sign would
+    turn a loss into a gain."""
+    if not oracle > random:
+        return float("nan")
+    return (predicted - random) / (oracle - random)
+
+
 def child_sets(child: LineageModel, sets: dict[str, Gallery]) -> tuple[EmbeddingSet, EmbeddingSet]:
     """The child's set and its parent's in memory, checked to hold the same images in one order."""
     query, parent = sets[child.name].load(), sets[child.parent].load()
@@ -97,37 +111,49 @@ def child_sets(child: LineageModel, sets: dict[str, Gallery]) -> tuple[Embedding
     return query, parent
 
 
+def order_predictor(child_train: EmbeddingSet, parent_train: EmbeddingSet, leave_out: np.ndarray) -> BenefitPredictor:
+    """The predicted order's regression, fitted on the training split's rows not in ``leave_out``
+    (the selection rows its order is judged on), both models' vectors of the same images."""
+    keep = ~leave_out
+    return fit_benefit_predictor(parent_train.vectors[keep], child_train.vectors[keep], parent_train.labels[keep],
+                                 len(parent_train.classes))
+
+
 def backfill_orders(child: LineageModel, query: EmbeddingSet, parent: EmbeddingSet, seed: int,
-                    training: tuple[EmbeddingSet, EmbeddingSet] | None = None) -> dict[str, np.ndarray]:
+                    predictor: BenefitPredictor | None = None, random_draws: int = 1,
+                    oracle: bool = True) -> dict[str, np.ndarray]:
     """The orders to re-encode the child's parent gallery in (``child_sets``' ``query`` and
-    ``parent``): random, stratified (with the child's statistics), predicted (with both models'
-    ``training`` sets, ``child_sets`` of the training split) and the oracle's (it reads the new
-    vectors and the labels, which a backfill cannot)."""
-    orders = {"random": random_order(len(parent.ids), seed)}
+    ``parent``): random (``random``, or ``random-<i>`` for several draws), stratified (with the
+    child's statistics), predicted (with ``predictor``, ``order_predictor``) and, with ``oracle``,
+    the oracle's (it reads the new vectors and the labels, which a backfill cannot)."""
+    draws = {"random": random_order(len(parent.ids), seed)} if random_draws == 1 else {
+        f"random-{i}": random_order(len(parent.ids), seed + i) for i in range(random_draws)}
+    orders = dict(draws)
     centers = _parent_centers(child, parent.dim)
     if centers is not None:
         orders["stratified"] = stratified_order(parent.vectors, centers, seed)
-    classes = len(parent.classes)
-    if training is not None:
-        child_train, parent_train = training
-        predictor = fit_benefit_predictor(parent_train.vectors, child_train.vectors, parent_train.labels, classes)
+    if predictor is not None:
         orders["predicted"] = predicted_order(predictor, parent.vectors)
-    orders["oracle"] = oracle_order(parent.vectors, query.vectors, parent.labels,
-                                  class_centers(query.vectors, query.labels, classes))
+    if oracle:
+        orders["oracle"] = oracle_order(parent.vectors, query.vectors, parent.labels,
+                                        class_centers(query.vectors, query.labels, len(parent.classes)))
     return orders
 
 
 def child_backfill(child: LineageModel, query: EmbeddingSet, parent: EmbeddingSet, orders: dict[str, np.ndarray],
-                   steps: int, full_ranking: bool) -> pd.DataFrame:
-    """The child's queries against its parent's gallery re-encoded in each of ``orders``."""
-    def score(mixed: np.ndarray) -> dict[str, float]:
+                   steps: int, full_ranking: bool) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """The child's queries against its parent's gallery re-encoded in each of ``orders``: the
+    curves, and per order each query's area under its curve per criterion metric."""
+    def score(mixed: np.ndarray) -> dict[str, np.ndarray]:
         per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
                                   len(mixed), topk=(1,), full_ranking=full_ranking)
-        return {m: v for m, v in summarize(per_query).items() if m in CRITERION_METRICS}
+        return {m: per_query[PER_QUERY_KEYS[m]] for m in CRITERION_METRICS if PER_QUERY_KEYS[m] in per_query}
 
-    curves = [backfill_curve(parent.vectors, query.vectors, order, score, steps).assign(model=child.name, order=name)
-              for name, order in orders.items()]
-    return pd.concat(curves, ignore_index=True)
+    curves, areas = [], {}
+    for name, order in orders.items():
+        curve, areas[name] = backfill_curve(parent.vectors, query.vectors, order, score, steps)
+        curves.append(curve.assign(model=child.name, order=name))
+    return pd.concat(curves, ignore_index=True), areas
 
 
 def child_indexes(child: LineageModel, query: EmbeddingSet, parent: EmbeddingSet, order: np.ndarray,

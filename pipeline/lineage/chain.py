@@ -41,4 +41,4 @@ def run_lineage(cfg: LineageConfig) -> LineageReport:
         versions.append(version.version)
     return report_registered_lineage(context, cfg.registered_model, versions, dataset, out / "registry",
                                      encode=cfg.encode, score=cfg.score, backfill_steps=cfg.backfill_steps,
-                                     indexes=cfg.indexes)
+                                     indexes=cfg.indexes, selection_fraction=cfg.selection_fraction)

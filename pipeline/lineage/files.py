@@ -1,5 +1,5 @@
 """The lineage report's files under ``<out>/report/``: the pair table, ``lineage.csv`` (AC, AM),
-``backfill.csv``, ``verdicts.json``, one heat map per metric, ``backfill.png``, the approximate
+``backfill.csv``, ``verdicts.json``, ``verdicts.md`` (each pair's decision and intervals), one heat map per metric, ``backfill.png``, the approximate
 indexes on the mixed gallery (``indexes.csv``, ``indexes.png``) and ``summary.md``."""
 
 from __future__ import annotations
@@ -16,10 +16,19 @@ import pandas as pd  # noqa: E402
 
 from pipeline.lineage.backfill import curve_area  # noqa: E402
 from pipeline.lineage.metrics import Verdict  # noqa: E402
-from pipeline.score.criteria import CRITERION_METRICS  # noqa: E402
+from pipeline.lineage.selection import Candidate  # noqa: E402
+from pipeline.score.criteria import CRITERION_METRICS, Decision, pair_row  # noqa: E402
 from pipeline.score.indexes import index_advice, index_summary  # noqa: E402
 from pipeline.score.matrix import matrix  # noqa: E402
-from pipeline.score.report import heatmap, save_figure, write_tables  # noqa: E402
+from pipeline.score.report import (  # noqa: E402
+    VERDICTS_FILE,
+    decision_line,
+    decisions_markdown,
+    heatmap,
+    save_figure,
+    verdicts_markdown,
+    write_tables,
+)
 from pipeline.score.uncertainty import format_difference  # noqa: E402
 
 
@@ -88,10 +97,9 @@ def _indexes_markdown(indexes: pd.DataFrame, min_recall: float) -> list[str]:
     return lines + ["", f"Which index settings hold recall (recall@k >= {min_recall:.2f} at every share):", "", *advice]
 
 
-def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
-                      order: list[str], indexes: pd.DataFrame, min_recall: float) -> str:
-    lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Verdicts", "",
-             "| model | parent | verdict | route | top-1 | parent top-1 | difference [interval] | mAP "
+def _verdict_rows(verdicts: list[Verdict]) -> list[str]:
+    """The verdicts table: model, parent, decision, the chosen route's numbers and flips."""
+    lines = ["| model | parent | decision | route | top-1 | parent top-1 | difference [interval] | mAP "
              "| parent mAP | difference [interval] | negative flips |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
@@ -99,10 +107,42 @@ def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.D
                              f"{_difference(v.numbers, m)}" for m in ("top1", "map"))
         lines.append(f"| {v.model} | {v.parent} | **{v.statement}** | {v.route} | {numbers} | "
                      f"{_value(v.numbers, 'negative_flip_rate')} |")
-    lines += ["", "Differences in points of %, with their paired bootstrap interval over the test queries (the "
-              "report's score.interval_level); a verdict within noise: that interval holds 0, so another draw of "
-              "queries could reverse it. Negative flips: the share of the queries whose top-1 is right under the "
-              "parent's own pair and wrong on the route (at most score.max_flip_rate where one is set)."]
+    return lines
+
+
+def _routes_markdown(table: pd.DataFrame, verdicts: list[Verdict], routes: dict[str, list[Candidate]]) -> list[str]:
+    """Every route of each new model on the scored split, for reference beside the chosen one."""
+    lines = ["", "Each model's routes on the scored split (the verdict is the chosen route's alone; the others are "
+             "shown, not shopped among):", ""]
+    chosen = {v.model: v.route for v in verdicts}
+    for model, candidates in routes.items():
+        for candidate in candidates:
+            row = pair_row(table, candidate.query, candidate.gallery)
+            if row is None or pd.isna(row.get("decision")):
+                continue
+            mark = " (chosen)" if candidate.pair == chosen.get(model) else ""
+            lines.append(f"- {model}, {candidate.route}{mark}: {decision_line(row)}")
+    return lines
+
+
+def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
+                      order: list[str], indexes: pd.DataFrame, min_recall: float,
+                      routes: dict[str, list[Candidate]]) -> str:
+    lines = ["# Compatibility report", "", f"Lineage: {' -> '.join(order)}", "", "## Decisions", ""]
+    lines += [f"- **{v.model}** (parent {v.parent}): **{v.statement}**, on {v.route}"
+              + (f"; if backfilled, re-encode in the {v.backfill_order} order" if v.decision != Decision.SHIP
+                 or v.forward else "") for v in verdicts]
+    lines += ["", "Ship: every criterion metric of the route above the parent's own by its paired interval over the "
+              "test queries (score.interval_level), negative flips within score.max_flip_rate where one is set; "
+              "inconclusive: an interval holds 0 (another draw of queries could reverse it; more queries, or a "
+              "backfill, settle it); backfill otherwise. The route and the backfill order were chosen on the "
+              "training split's selection rows before the test split was read:", ""]
+    lines += [f"- {v.model}: route {v.route}, {v.chosen}; order {v.backfill_order}, {v.order_chosen}."
+              for v in verdicts]
+    lines += ["", "## Verdicts", "", *_verdict_rows(verdicts), *_routes_markdown(table, verdicts, routes)]
+    lines += ["", "Differences in points of %, with their paired bootstrap interval over the test queries. Negative "
+              "flips: the share of the queries whose top-1 is right under the parent's own pair and wrong on the "
+              "route."]
     lines += ["", "Share of the gallery to re-encode before the new model's queries beat the parent's own "
               "numbers on every metric (from the backfill curves; - when no share does):", ""]
     for v in verdicts:
@@ -123,34 +163,27 @@ def _summary_markdown(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.D
         lines += [f"| {q} | " + " | ".join(f"{grid.loc[q, g]:.4f}" for g in order) + " |" for q in order]
     lines += ["", "## Backfill (area under the curve over the re-encoded share)", "",
               "| model | order | area top-1 | area mAP |", "|---|---|---|---|"]
-    lines += [f"| {a['model']} | {a['order']} | {_value(a, 'area_top1')} | {_value(a, 'area_map')} |"
-              for a in backfill_areas(backfill)]
-    lines += ["", *recommended_orders(backfill, verdicts)]
+    lines += [f"| {a['model']} | {a['order']}{' (recommended)' if _recommended(verdicts, a) else ''} | "
+              f"{_value(a, 'area_top1')} | {_value(a, 'area_map')} |" for a in backfill_areas(backfill)]
+    lines += ["", *recommended_orders(verdicts)]
     lines += _indexes_markdown(indexes, min_recall)
     return "\n".join(lines) + "\n"
 
 
-def recommended_order(backfill: pd.DataFrame, model: str) -> tuple[str, str, float]:
-    """The order to re-encode ``model``'s parent gallery in: the largest area (mAP where scored,
-    else top-1) among the orders a backfill can follow (not the oracle's, which reads the new
-    vectors); with that metric and its area."""
-    areas = pd.DataFrame(backfill_areas(backfill[backfill.model == model]))
-    metric = "area_map" if "area_map" in areas.columns else "area_top1"
-    best = areas[areas.order != "oracle"].sort_values(metric, ascending=False, kind="stable").iloc[0]
-    return str(best.order), metric.removeprefix("area_"), float(best[metric])
+def _recommended(verdicts: list[Verdict], area: dict) -> bool:
+    return any(v.model == area["model"] and v.backfill_order == area["order"] for v in verdicts)
 
 
-def recommended_orders(backfill: pd.DataFrame, verdicts: list[Verdict]) -> list[str]:
-    """Per model, the ``recommended_order`` with its share for 95 % of the gain."""
-    shares = {v.model: v.numbers for v in verdicts}
+def recommended_orders(verdicts: list[Verdict]) -> list[str]:
+    """Per model, the order chosen on the selection rows, with its share for 95 % of the gain on
+    the scored split."""
     lines = []
-    for model in dict.fromkeys(backfill.model):
-        order, metric, area = recommended_order(backfill, model)
-        share = shares.get(model, {}).get(f"share_for_95pct_gain/{order}", float("nan"))
+    for v in verdicts:
+        share = v.numbers.get(f"share_for_95pct_gain/{v.backfill_order}", float("nan"))
         reach = f"{share:.0%} of the gallery re-encoded gives 95 % of the gain" if share == share else \
             "no share gives 95 % of the gain on every metric"
-        lines.append(f"- {model}: re-encode {model}'s parent gallery in the **{order}** order (the largest "
-                     f"{metric} area, {area:.4f}, of the orders a backfill can follow); {reach}.")
+        lines.append(f"- {v.model}: re-encode {v.model}'s parent gallery in the **{v.backfill_order}** order "
+                     f"({v.order_chosen}); on the scored split {reach}.")
     return lines
 
 
@@ -173,13 +206,15 @@ def _value(numbers: dict, key: str) -> str:
 
 
 def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
-                 order: list[str], report_dir: Path, indexes: pd.DataFrame, min_recall: float) -> list[Path]:
+                       order: list[str], report_dir: Path, indexes: pd.DataFrame, min_recall: float,
+                       routes: dict[str, list[Candidate]], level: float) -> list[Path]:
     files = list(write_tables(table, report_dir).values())
     for name, frame in (("lineage.csv", summary), ("backfill.csv", backfill), ("indexes.csv", indexes)):
         frame.to_csv(report_dir / name, index=False)
         files.append(report_dir / name)
     (report_dir / "verdicts.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=1))
-    files.append(report_dir / "verdicts.json")
+    (report_dir / VERDICTS_FILE).write_text(f"{decisions_markdown(table, level)}\n\n{verdicts_markdown(table, level)}")
+    files += [report_dir / "verdicts.json", report_dir / VERDICTS_FILE]
     for metric in summary.metric:
         ac, am = summary.set_index("metric").loc[metric, ["AC", "AM"]]
         files.append(heatmap(table, order, report_dir / f"heatmap_{metric}.png", metrics=(metric,),
@@ -188,6 +223,6 @@ def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.
     if not indexes.empty:
         files.append(_indexes_plot(indexes, min_recall, report_dir / "indexes.png"))
     (report_dir / "summary.md").write_text(_summary_markdown(table, summary, backfill, verdicts, order, indexes,
-                                                             min_recall))
+                                                             min_recall, routes))
     files.append(report_dir / "summary.md")
     return files

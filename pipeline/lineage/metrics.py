@@ -9,8 +9,11 @@
   (a lineage has no independently trained model, so the new model itself is the upper reference;
   ``pipeline.score.criteria.update_gain``, NaN when the new model does not beat its parent);
 - the backfill curve and its orders are ``pipeline.lineage.backfill``'s;
-- a verdict per new model: ship with no backfill, ship with the forward transformation applied
-  to the stored gallery vectors, or backfill needed.
+- a verdict per new model, on the one route chosen before the test split is read
+  (``pipeline.lineage.selection``), in the words of ``pipeline.score.criteria.Decision``: ship (with
+  no backfill, or with the forward transformation applied to the stored gallery vectors) when its
+  intervals meet the criterion, inconclusive when one holds 0 (more queries, or a backfill, settle
+  it), backfill otherwise.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from pipeline.score.criteria import CRITERION_METRICS, beats, flips_allowed
+from pipeline.score.criteria import Decision, beats, judged_metrics, pair_decision
 from pipeline.score.uncertainty import WITHIN_NOISE
 
-NO_BACKFILL, FORWARD, BACKFILL = "ship, no backfill", "ship, forward transformation on the gallery", "backfill needed"
+NO_BACKFILL, FORWARD = "no backfill", "the forward transformation applied to the stored gallery"
 
 
 def lower_triangle_summary(matrix: np.ndarray) -> tuple[float, float]:
@@ -43,54 +47,46 @@ def lower_triangle_summary(matrix: np.ndarray) -> tuple[float, float]:
 class Verdict:
     model: str
     parent: str
-    decision: str
+    decision: Decision
     route: str                     # the pair whose numbers decide: "<query> -> <gallery>"
     numbers: dict[str, float]      # that pair's metrics and the parent's own, per metric
     within_noise: tuple[str, ...] = ()  # metrics whose paired interval on that route holds 0
+    forward: bool = False          # the route searches the parent's gallery mapped by the model's T12
+    chosen: str = ""               # how the route was chosen (``pipeline.lineage.selection``)
+    backfill_order: str = ""       # the order to re-encode the parent's gallery in, where it is backfilled
+    order_chosen: str = ""         # how that order was chosen
 
     @property
     def statement(self) -> str:
-        """The decision, and the metrics on which it rests within the queries' noise."""
-        return self.decision + (f" (within noise on {', '.join(self.within_noise)})" if self.within_noise else "")
+        """The decision in words: ``ship, no backfill``, ``ship, the forward transformation ...``,
+        ``inconclusive (within noise on top1): ...``, ``backfill``."""
+        if self.decision is Decision.SHIP:
+            return f"{Decision.SHIP}, {FORWARD if self.forward else NO_BACKFILL}"
+        if self.decision is Decision.INCONCLUSIVE:
+            return (f"{Decision.INCONCLUSIVE} (within noise on {', '.join(self.within_noise)}): score more queries "
+                    "to settle it, or backfill")
+        return str(self.decision)
 
 
-def verdict(model: str, parent: str, cell: Callable[[str, str], dict[str, float] | None],
-            t21: str | None = None, t12_gallery: str | None = None) -> Verdict:
-    """Decide for ``model`` against its ``parent``'s gallery from the scored cells
-    (``cell(query, gallery)``, None when not scored): the direct route or the model's T21 queries
-    beat the parent on every verdict metric scored (top-1, and mAP when the full ranking was
-    scored), with negative flips within ``score.max_flip_rate`` where one is set -> no backfill;
-    else the model's queries against the parent gallery mapped by its T12 do -> forward
-    transformation; else backfill."""
+def verdict(model: str, parent: str, cell: Callable[[str, str], dict | None], query: str, gallery: str,
+            forward: bool = False, chosen: str = "") -> Verdict:
+    """The decision for ``model`` against its ``parent``'s gallery on the chosen route (``query``
+    -> ``gallery``, a row of the report: ``cell(query, gallery)``, None when not scored), from its
+    paired intervals and negative flips (``pipeline.score.criteria.pair_decision``); backfill when
+    the route was not judged."""
     reference = cell(parent, parent)
     if reference is None:
         raise ValueError(f"the parent {parent!r} was not scored against itself")
-    routes = [(model, parent, NO_BACKFILL)]
-    if t21:
-        routes.append((t21, parent, NO_BACKFILL))
-    if t12_gallery:
-        routes.append((model, t12_gallery, FORWARD))
-    judged = [m for m in CRITERION_METRICS if m in reference]  # mAP only when the full ranking was scored
-    for query, gallery, decision in routes:
-        metrics = cell(query, gallery)
-        if (metrics is not None and all(beats(metrics[m], reference[m]) for m in judged)
-                and flips_allowed(metrics)):
-            return _decided(model, parent, decision, f"{query} -> {gallery}", metrics, reference, judged)
-    direct = cell(model, parent) or {m: float("nan") for m in judged}
-    return _decided(model, parent, BACKFILL, f"{model} -> {parent}", direct, reference, judged)
-
-
-def _decided(model: str, parent: str, decision: str, route: str, metrics: dict, reference: dict[str, float],
-             judged: list[str]) -> Verdict:
-    """The verdict with the deciding pair's numbers, their paired intervals where the report has
-    them (``pipeline.score.uncertainty``), and the metrics whose interval holds 0."""
+    judged = judged_metrics(reference)  # mAP only when the full ranking was scored
+    metrics = cell(query, gallery) or {m: float("nan") for m in judged}
+    decision = pair_decision(metrics) or Decision.BACKFILL
     bounds = {f"delta_{m}{end}": metrics[f"delta_{m}{end}"] for m in judged for end in ("_low", "_high")
               if f"delta_{m}{end}" in metrics}
     noisy = tuple(m for m in judged if metrics.get(f"verdict_{m}") == WITHIN_NOISE)
     rate = metrics.get("negative_flip_rate", np.nan)
-    flips = {} if np.isnan(rate) else {"negative_flip_rate": rate}
+    flips = {} if pd.isna(rate) else {"negative_flip_rate": float(rate)}
     numbers = {**{m: metrics[m] for m in judged}, **{f"parent_{m}": reference[m] for m in judged}, **bounds, **flips}
-    return Verdict(model, parent, decision, route, numbers, noisy)
+    return Verdict(model, parent, decision, f"{query} -> {gallery}", numbers, noisy, forward, chosen)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ Files under ``out_dir``:
     report/report.{parquet,csv}   one row per scored pair (pipeline.score.matrix)
     report/lineage.csv            AC and AM per metric
     report/backfill.csv           backfill curves: model, order, share, metrics
-    report/verdicts.json          one verdict per new model, with the numbers behind it
+    report/verdicts.json          one verdict per new model, with the numbers behind it and how its route
+                                  and backfill order were chosen (pipeline.lineage.selection)
+    report/verdicts.md            each judged pair's decision and intervals
     report/heatmap_<metric>.png   the N x N matrix per metric, numbers in the cells
     report/indexes.csv            approximate indexes on the gallery mixed in the recommended order
     report/backfill.png, report/indexes.png, report/summary.md
@@ -31,8 +33,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.compat.methods import t12_entry, t21_entry
-from pipeline.config import EncodeConfig, MixedIndexConfig, RunContext, ScoreConfig
+from pipeline.compat.methods import Route, method_named, t12_entry, t21_entry
+from pipeline.config import SELECTION_FRACTION, EncodeConfig, MixedIndexConfig, RunContext, ScoreConfig
 from pipeline.data.embeddings import open_embeddings
 from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
@@ -41,13 +43,26 @@ from pipeline.lineage.backfill import (
     child_backfill,
     child_indexes,
     child_sets,
+    order_predictor,
     share_for_gain,
     share_to_reach,
 )
-from pipeline.lineage.files import recommended_order, write_report_files
+from pipeline.lineage.files import write_report_files
 from pipeline.lineage.metrics import LineageModel, Verdict, lower_triangle_summary, verdict
+from pipeline.lineage.orders import BenefitPredictor
 from pipeline.lineage.registry import download_version, registered_chain
 from pipeline.lineage.runs import log_lineage_report
+from pipeline.lineage.selection import (
+    RANDOM_DRAWS,
+    Candidate,
+    OrderChoice,
+    RouteChoice,
+    choose_order,
+    choose_route,
+    default_route,
+    selection_mask,
+    subset,
+)
 from pipeline.model.card import read_model_card
 from pipeline.score.criteria import CRITERION_METRICS, pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
@@ -98,11 +113,80 @@ def _pairs(models: list[LineageModel], entries: dict[str, MatrixEntry]) -> list[
     return [(q, g) for q, g in pairs if entries[q].embeddings.dim == entries[g].embeddings.dim]
 
 
+@dataclass(frozen=True)
+class Choices:
+    """What is chosen for one new model before the scored split is read (``pipeline.lineage.selection``)."""
+
+    route: RouteChoice
+    order: OrderChoice
+    predictor: BenefitPredictor | None  # the predicted order's regression (fitted off the selection rows)
+
+
+def _candidates(child: LineageModel, entries: dict) -> list[Candidate]:
+    """The child's routes against its parent's gallery that the report has entries for."""
+    found = [Candidate(Route.DIRECT, child.name, child.parent)]
+    t21, t12 = t21_entry(child.name), t12_entry(child.parent, child.name)
+    if t21 in entries:
+        found.append(Candidate(Route.T21, t21, child.parent))
+    if t12 in entries:
+        found.append(Candidate(Route.T12, child.name, t12))
+    return found
+
+
+def _chosen_without_selection(models: list[LineageModel], entries: dict, metrics: list[str], why: str
+                              ) -> dict[str, Choices]:
+    """Each child's method's own route and the random order, when there are no selection rows."""
+    choices = {}
+    for child in models[1:]:
+        route = method_named(read_model_card(child.folder).method).judged_route
+        choices[child.name] = Choices(default_route(_candidates(child, entries), route, why),
+                                      OrderChoice("random", metrics[-1], {}, f"random ({why})"), None)
+    return choices
+
+
+def _choose_on_selection(models: list[LineageModel], training: dict[str, Gallery], out_dir: Path,
+                         score: ScoreConfig, steps: int, fraction: float, seed: int) -> dict[str, Choices]:
+    """Each child's route and backfill order, chosen on the selection rows of the training split:
+    its routes scored there against the parent's own pair, the backfill curves of random (several
+    draws), stratified and predicted orders there (the predictor fitted on the other rows)."""
+    loaded = {m.name: training[m.name].load() for m in models}
+    mask = selection_mask(loaded[models[0].name].ids, fraction)
+    rows = int(mask.sum())
+    if rows <= max(score.topk):
+        raise ValueError(f"lineage: {rows} selection rows of the training split at fraction {fraction} (need more "
+                         f"than k = {max(score.topk)}); raise lineage.selection_fraction")
+    chosen = {name: subset(found, mask, "selection rows") for name, found in loaded.items()}
+    entries = _entries(models, chosen, out_dir / "embeddings", "selection")
+    candidates = {child.name: _candidates(child, entries) for child in models[1:]}
+    pairs = list(dict.fromkeys(pair for child in models[1:] for pair in
+                               [(child.parent, child.parent)] + [(c.query, c.gallery) for c in candidates[child.name]]))
+    table = score_all_pairs(entries, MatrixRoles(old_classes=read_model_card(models[0].folder).classes), score,
+                            pairs=pairs)
+    metrics = [m for m in CRITERION_METRICS if m in table.columns]
+    choices = {}
+    for child in models[1:]:
+        route = choose_route(candidates[child.name], {c.pair: pair_row(table, c.query, c.gallery)
+                                                      for c in candidates[child.name]}, rows)
+        query, parent = child_sets(child, chosen)
+        predictor = order_predictor(loaded[child.name], loaded[child.parent], mask)
+        orders = backfill_orders(child, query, parent, seed, predictor, random_draws=RANDOM_DRAWS, oracle=False)
+        _, areas = child_backfill(child, query, parent, orders, steps, score.full_ranking)
+        order = choose_order(areas, [name for name in orders if name.startswith("random-")], metrics,
+                             score.bootstrap_resamples or 1000, score.interval_level)
+        log.info("lineage: %s judged on %s (%s); backfill order %s (%s)", child.name, route.candidate.pair,
+                 route.reason, order.order, order.reason)
+        choices[child.name] = Choices(route, order, predictor)
+    return choices
+
+
 def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir: str | Path, context: RunContext, *,
                        registered_model: str = "", encode: EncodeConfig = EncodeConfig(),
                        score: ScoreConfig = ScoreConfig(), backfill_steps: int = 10,
-                       indexes: MixedIndexConfig = MixedIndexConfig(), seed: int = 0) -> LineageReport:
-    """Encode, score every pair, compute the lineage metrics, write the report and log it."""
+                       indexes: MixedIndexConfig = MixedIndexConfig(), seed: int = 0,
+                       selection_fraction: float = SELECTION_FRACTION) -> LineageReport:
+    """Encode, choose each new model's route and backfill order on the training split's
+    selection rows, score every pair of the scored split, compute the lineage metrics, write the
+    report and log it."""
     if len(models) < 2:
         raise ValueError(f"a lineage report needs at least two models, got {[m.name for m in models]}")
     dataset, out_dir, split = Path(dataset).resolve(), Path(out_dir), score.split
@@ -110,18 +194,21 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
     report_dir.mkdir(parents=True, exist_ok=True)
     sets: dict[str, Gallery] = {m.name: open_embeddings(lineage_embeddings(m, dataset, split, out_dir, encode))
                                 for m in models}
-    # the predicted backfill order learns on the training split, never on the gallery it orders
-    training = ({m.name: open_embeddings(lineage_embeddings(m, dataset, "train", out_dir, encode)) for m in models}
-                if split == "test" else None)
-    if training is None:
-        log.warning("lineage: the %s split is both the gallery and where a predicted order would learn; the "
-                    "backfill curves leave the predicted order out", split)
     for child in models[1:]:
         if sets[child.name].dim != sets[child.parent].dim:
             raise ValueError(f"{child.name} ({sets[child.name].dim}-d) and its parent {child.parent} "
                              f"({sets[child.parent].dim}-d) differ in dimension: a lineage report compares every "
                              "model with its parent directly")
     entries = _entries(models, sets, out_dir / "embeddings", split)
+    scored = [m for m in CRITERION_METRICS if m != "map" or score.full_ranking]  # mAP needs the full ranking
+    if split == "test":  # route and order are chosen on the training split, never on the gallery they are judged on
+        training = {m.name: open_embeddings(lineage_embeddings(m, dataset, "train", out_dir, encode)) for m in models}
+        choices = _choose_on_selection(models, training, out_dir, score, backfill_steps, selection_fraction, seed)
+    else:
+        log.warning("lineage: the %s split is both the gallery and the only split to choose on; each model is judged "
+                    "on its method's own route and the backfill order is random", split)
+        choices = _chosen_without_selection(models, entries, scored,
+                                            f"the scored split is the {split} split: nothing left to choose on")
     order = [m.name for m in models]
     table = score_all_pairs(entries, MatrixRoles(old_classes=read_model_card(models[0].folder).classes), score,
                             pairs=_pairs(models, entries))
@@ -131,30 +218,33 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, out_dir:
 
     cell = partial(pair_row, table)
     verdicts, gains, backfills, index_tables = [], {}, [], []
-    scored = [m for m in CRITERION_METRICS if m in table.columns]
     for child in models[1:]:
-        t21, t12 = t21_entry(child.name), t12_entry(child.parent, child.name)
-        decided = verdict(child.name, child.parent, cell, t21 if t21 in entries else None,
-                          t12 if t12 in entries else None)
+        chosen = choices[child.name]
+        route = chosen.route.candidate
+        decided = verdict(child.name, child.parent, cell, route.query, route.gallery, route.route is Route.T12,
+                          chosen.route.reason)
         for m in scored:
             gains[metric_key("update_gain", m, child.name)] = update_gain(
                 cell(child.name, child.parent)[m], cell(child.parent, child.parent)[m], cell(child.name, child.name)[m])
         query, parent = child_sets(child, sets)
-        orders = backfill_orders(child, query, parent, seed, child_sets(child, training) if training else None)
-        curves = child_backfill(child, query, parent, orders, backfill_steps, score.full_ranking)
+        orders = backfill_orders(child, query, parent, seed, chosen.predictor)
+        curves, _ = child_backfill(child, query, parent, orders, backfill_steps, score.full_ranking)
         if indexes.steps:
-            chosen, _, _ = recommended_order(curves, child.name)
-            index_tables.append(child_indexes(child, query, parent, orders[chosen], indexes).assign(order=chosen))
+            index_tables.append(child_indexes(child, query, parent, orders[chosen.order.order], indexes)
+                                .assign(order=chosen.order.order))
         parent_own = {m: cell(child.parent, child.parent)[m] for m in scored}
         needed = {f"share_to_beat_parent/{name}": share_to_reach(curve, parent_own)
                   for name, curve in curves.groupby("order", sort=False)}
         needed |= {f"share_for_95pct_gain/{name}": share_for_gain(curve, scored)
                    for name, curve in curves.groupby("order", sort=False)}
-        verdicts.append(replace(decided, numbers={**decided.numbers, **needed}))
+        verdicts.append(replace(decided, numbers={**decided.numbers, **needed}, backfill_order=chosen.order.order,
+                                order_chosen=chosen.order.reason))
         backfills.append(curves)
     backfill = pd.concat(backfills, ignore_index=True)
     index_table = pd.concat(index_tables, ignore_index=True) if index_tables else pd.DataFrame()
-    files = write_report_files(table, summary, backfill, verdicts, order, report_dir, index_table, indexes.min_recall)
+    routes = {child.name: _candidates(child, entries) for child in models[1:]}
+    files = write_report_files(table, summary, backfill, verdicts, order, report_dir, index_table, indexes.min_recall,
+                               routes, score.interval_level)
     text = (report_dir / "summary.md").read_text()
     run_id = log_lineage_report(table, summary, backfill, verdicts, gains, index_table, files, order,
                                 context.tracking_uri,

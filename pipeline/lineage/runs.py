@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.lineage.files import backfill_areas
 from pipeline.lineage.metrics import Verdict
 from pipeline.score.criteria import CRITERION_METRICS
-from pipeline.score.report import cell_metrics, log_metrics, pair_compatible, row_metrics
+from pipeline.score.report import cell_metrics, log_metrics, row_metrics
 from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run, metric_key
 
 
@@ -54,6 +54,7 @@ def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.
         log_metrics(client, run_id, {metric_key("index_recall_at_k", r.model, r.index, r.trained_on): r.recall_at_k
                                      for r in rows.itertuples()}, step=int(round(share * 100)))
     for v in verdicts:
+        client.set_tag(run_id, f"decision/{v.model}", str(v.decision))
         client.set_tag(run_id, f"verdict/{v.model}", v.statement)
         client.set_tag(run_id, f"verdict_route/{v.model}", v.route)
     for row in table.to_dict("records"):
@@ -66,8 +67,7 @@ def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.
                                                        Param("gallery_model", row["gallery_model"]),
                                                        Param("transform", row["transform"])])
             log_metrics(client, pair.info.run_id, row_metrics(row))
-            compatible = pair_compatible(row)
-            if compatible is not None:
-                client.set_tag(pair.info.run_id, "compatible", str(compatible).lower())
+            if not pd.isna(row.get("decision")):
+                client.set_tag(pair.info.run_id, "decision", row["decision"])
     for path in files:
         client.log_artifact(run_id, str(path))

@@ -2,8 +2,10 @@
 
 One row per pair with the ids of the models and the paths of the two embedding sets it used,
 every metric over all queries and per query subset (``_seen``: classes the old model was trained
-on, ``_unseen``: the others), the compatibility criterion ``M(q, g) > M(g, g)`` (strict) for every pair of two
-models, and the update gain against the independent model when one is named.
+on, ``_unseen``: the others); for every cross pair whose reference was scored, the difference
+``M(q, g) - M(r, r)`` with its paired interval and verdict per criterion metric and subset, the
+pair's negative flips and its decision (ship, inconclusive, backfill: ``pipeline.score.criteria``);
+and the update gain against the independent model when one is named.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipeline.atomic import write_atomic, write_text_atomic
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.runtime import progress
-from pipeline.score.criteria import CRITERION_METRICS, beats, cell, pair_row, update_gain
+from pipeline.score.criteria import CRITERION_METRICS, cell, pair_decision, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.flips import flip_rate, flips_of_pair
 from pipeline.score.retrieval import ranking_metrics, recall_at_k, search, summarize
@@ -148,8 +150,7 @@ class _QuerySets:
     def query(self, name: str) -> EmbeddingSet:
         if name not in self.loaded:
             self.loaded.clear()
-            found = self.sets[name]
-            self.loaded[name] = found if isinstance(found, EmbeddingSet) else found.load()
+            self.loaded[name] = self.sets[name].load()
         return self.loaded[name]
 
     def gallery(self, name: str) -> Gallery:
@@ -163,6 +164,11 @@ class ScoredPairs:
     table: pd.DataFrame
     queries: dict[tuple[str, str], QueryValues]  # each pair's per-query values
     flips: dict[tuple[str, str], np.ndarray]     # each judged pair's per-query negative flips (``pair_flips``)
+
+
+def pair_values_file(pair_dir: Path, query: str, gallery: str) -> Path:
+    """Where ``score_pairs`` keeps a pair's per-query values (``QueryValues``) under ``pair_dir``."""
+    return Path(pair_dir) / f"{query}__{gallery}.queries.npz"
 
 
 def score_all_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = MatrixRoles(),
@@ -188,7 +194,7 @@ def score_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = MatrixRole
     for q, g in pairs:
         key = {"query": _identity(sets.sets[q]), "gallery": _identity(sets.sets[g]), **scoring}
         saved = pair_dir / f"{q}__{g}.json" if pair_dir else None
-        saved_values = pair_dir / f"{q}__{g}.queries.npz" if pair_dir else None
+        saved_values = pair_values_file(pair_dir, q, g) if pair_dir else None
         if (saved and saved.is_file() and saved_values.is_file()
                 and (done := json.loads(saved.read_text()))["key"] == key
                 and (stored := QueryValues.load(saved_values))[1] == key):
@@ -212,10 +218,13 @@ def score_pairs(entries: dict[str, MatrixEntry], roles: MatrixRoles = MatrixRole
     rows, queries = [rows[pair] for pair in pairs], {pair: queries[pair] for pair in pairs}
     references = {name: entry.reference for name, entry in entries.items()}
     table = _with_model_ids(pd.DataFrame(rows), {name: found.model_id for name, found in sets.sets.items()})
-    table = add_criteria(table, roles.independent, roles.old, references)
+    table["reference_model"] = pd.Series([None if q == g else references.get(g, g) for q, g in pairs],
+                                         dtype="string", index=table.index)  # whose own pair judges a cross pair
+    table = add_update_gains(table, roles.independent, roles.old, references)
     table = add_intervals(table, queries, references, seen_labels, options.bootstrap_resamples, options.interval_level)
     flips = pair_flips(queries, references, roles.old)
-    return ScoredPairs(add_flips(table, flips, queries, seen_labels, options.max_flip_rate), queries, flips)
+    table = add_decisions(add_flips(table, flips, queries, seen_labels, options.max_flip_rate))
+    return ScoredPairs(table, queries, flips)
 
 
 def _with_model_ids(table: pd.DataFrame, model_ids: dict[str, str]) -> pd.DataFrame:
@@ -246,40 +255,38 @@ def _identity(embeddings: Gallery) -> dict:
     return {"path": str(embeddings.path), "model_id": embeddings.model_id, "rows": len(embeddings)}
 
 
-def add_criteria(table: pd.DataFrame, independent: str | None = None, old: str | None = None,
-                 references: dict[str, str] | None = None) -> pd.DataFrame:
-    """Criterion columns for each cross pair and update-gain columns against ``old``.
-
-    ``compatible_<m>`` is the criterion ``M(q, g) > M(r, r)`` with ``r`` the gallery's reference
-    (itself, or the old model for an old gallery mapped by T12; empty on the diagonal and where
-    ``M(r, r)`` was not scored); ``update_gain_<m>`` is ``pipeline.score.criteria.update_gain`` of
-    each query against the old gallery, the independent model the reference.
-    """
+def add_update_gains(table: pd.DataFrame, independent: str | None = None, old: str | None = None,
+                     references: dict[str, str] | None = None) -> pd.DataFrame:
+    """``update_gain_<m>`` of each query against the ``old`` gallery (mapped by T12 or not), the
+    ``independent`` model the reference (``pipeline.score.criteria.update_gain``); no columns
+    without both roles."""
+    if not (independent and old):
+        return table
     references = references or {}
     table = table.copy()
-    metric_columns = [c for c in table.columns if c.startswith(("top", "map"))]
-    for metric in metric_columns:
-        column = []
-        for row in table.itertuples():
-            reference = references.get(row.gallery_model, row.gallery_model)
-            if row.query_model == row.gallery_model or pair_row(table, reference, reference) is None:
-                column.append(None)
-            else:
-                column.append(beats(getattr(row, metric), cell(table, reference, reference, metric)))
-        table[f"compatible_{metric}"] = pd.array(column, dtype="boolean")
-    if independent and old:
-        for metric in (m for m in CRITERION_METRICS if m in table.columns):
-            old_old, reference = cell(table, old, old, metric), cell(table, independent, independent, metric)
-            table[f"update_gain_{metric}"] = [
-                update_gain(getattr(r, metric), old_old, reference)
-                if references.get(r.gallery_model, r.gallery_model) == old and r.query_model != old else np.nan
-                for r in table.itertuples()]
+    for metric in (m for m in CRITERION_METRICS if m in table.columns):
+        old_old, reference = cell(table, old, old, metric), cell(table, independent, independent, metric)
+        table[f"update_gain_{metric}"] = [
+            update_gain(getattr(r, metric), old_old, reference)
+            if references.get(r.gallery_model, r.gallery_model) == old and r.query_model != old else np.nan
+            for r in table.itertuples()]
+    return table
+
+
+def add_decisions(table: pd.DataFrame) -> pd.DataFrame:
+    """``decision``: each judged pair's ``pipeline.score.criteria.Decision`` (ship, inconclusive,
+    backfill) from its intervals and negative flips; empty where it has no interval."""
+    table = table.copy()
+    decisions = [pair_decision(row) for row in table.to_dict("records")]
+    table["decision"] = pd.Series([None if d is None else str(d) for d in decisions], dtype="string",
+                                  index=table.index)
     return table
 
 
 def add_intervals(table: pd.DataFrame, queries: dict[tuple[str, str], QueryValues], references: dict[str, str],
                   seen_labels: list[int] | None, resamples: int = 1000, level: float = 0.95) -> pd.DataFrame:
-    """For each cross pair whose reference ``(r, r)`` was scored (``r`` as in ``add_criteria``) and
+    """For each cross pair whose reference ``(r, r)`` was scored (``r`` the gallery's reference: itself,
+    or the old model for an old gallery mapped by T12) and
     each criterion metric, overall and per query subset: ``delta_<m>`` = ``M(q, g) - M(r, r)``, its
     paired bootstrap interval ``delta_<m>_low`` / ``_high`` and ``verdict_<m>`` (met, not met,
     within noise; ``pipeline.score.uncertainty``). No columns when ``resamples`` is 0."""

@@ -21,7 +21,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH  # noqa: E402
 from pipeline.atomic import one_writer, write_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import RunContext, ScoreConfig  # noqa: E402
 from pipeline.model.card import read_encoder_card  # noqa: E402
-from pipeline.score.criteria import CRITERION_METRICS, flips_allowed  # noqa: E402
+from pipeline.score.criteria import CRITERION_METRICS, Decision, flips_allowed, judged_metrics, pair_decision  # noqa: E402,E501
 from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
 from pipeline.score.matrix import flips_per_class, matrix, score_pairs  # noqa: E402
 from pipeline.score.uncertainty import format_difference  # noqa: E402
@@ -100,8 +100,8 @@ def row_metrics(row: dict) -> dict[str, float]:
 
 
 def verdicts_markdown(table: pd.DataFrame, level: float) -> str:
-    """Each judged cell of the criterion as a Markdown table: the pair, the metric and query subset,
-    ``M(q, g) - M(r, r)`` in points with its paired bootstrap interval, and the verdict."""
+    """Each judged cell of the criterion as a Markdown table: the pair, the metric and query
+    subset, ``M(q, g) - M(r, r)`` in points with its paired bootstrap interval, and the verdict."""
     judged = [column.removeprefix("verdict_") for column in table.columns if column.startswith("verdict_")]
     lines = [f"Criterion cells: M(query, gallery) - M(reference, reference) in points of %, with its "
              f"{level:.0%} paired bootstrap interval over the queries (pipeline.score.uncertainty).", "",
@@ -114,6 +114,44 @@ def verdicts_markdown(table: pd.DataFrame, level: float) -> str:
             lines.append(f"| {row['query_model']} | {row['gallery_model']} | {name} | {difference} | "
                          f"{row[f'verdict_{name}']} |")
     return "\n".join(lines) + "\n"
+
+
+def decided_rows(table: pd.DataFrame, old: str | None = None) -> list[dict]:
+    """The report rows with a decision in table order, those judged against ``old``'s own pair
+    (its gallery, mapped by T12 or not: the upgrade's decisions) first."""
+    rows = [row for row in table.to_dict("records") if "decision" in row and not pd.isna(row["decision"])]
+    return sorted(rows, key=lambda row: row.get("reference_model") != old)
+
+
+SUBSET_NAMES = {"": "", "_seen": "seen classes ", "_unseen": "unseen classes "}
+
+
+def interval_cells(row: dict, subsets: tuple[str, ...] = ("",)) -> list[str]:
+    """A judged row's criterion cells as ``top1 +4.53 [+3.74, +5.31] met``, per query subset of
+    ``subsets`` it has (named: ``seen classes top1 ...``), and its flips when over the limit."""
+    cells = [f"{SUBSET_NAMES[s]}{m} "
+             f"{format_difference(row[f'delta_{m}{s}'], row[f'delta_{m}{s}_low'], row[f'delta_{m}{s}_high'])} "
+             f"{row[f'verdict_{m}{s}']}" for s in subsets for m in judged_metrics(row, s)
+             if not pd.isna(row.get(f"verdict_{m}{s}", None))]
+    if not flips_allowed(row):
+        cells.append(f"negative flips {100 * row['negative_flip_rate']:.2f} % over the limit")
+    return cells
+
+
+def decision_line(row: dict) -> str:
+    """``<query> -> <gallery>: <decision> (top1 +4.53 [+3.74, +5.31] met; map ...)``, then the same
+    on the seen and unseen classes where the report has them (shown, not deciding)."""
+    return f"{row['query_model']} -> {row['gallery_model']}: {pair_decision(row) or 'not judged'} " \
+           f"({'; '.join(interval_cells(row, tuple(SUBSET_NAMES)))})"
+
+
+def decisions_markdown(table: pd.DataFrame, level: float, old: str | None = None) -> str:
+    """One line per judged pair with its decision and the intervals it rests on (``decided_rows``)."""
+    lines = [f"Decisions ({', '.join(str(d) for d in Decision)}): ship when M(query, gallery) - M(reference, "
+             f"reference) is above 0 on every criterion metric by its {level:.0%} paired interval (and negative flips "
+             "are within score.max_flip_rate where one is set); inconclusive when an interval holds 0 and none lies "
+             "below (more queries, or a backfill, settle it); backfill otherwise.", ""]
+    return "\n".join(lines + [f"- {decision_line(row)}" for row in decided_rows(table, old)])
 
 
 def flips_markdown(table: pd.DataFrame, max_rate: float | None) -> str:
@@ -151,27 +189,21 @@ def matrix_markdown(table: pd.DataFrame, order: list[str], metric: str) -> str:
     return "\n".join(lines)
 
 
-def report_description(table: pd.DataFrame, order: list[str], run_id: str) -> str:
-    """The compatibility run's Description in the MLflow UI: a one-line summary, the heat map (the
-    run's own artifact, served by the tracking server) and the matrix of each metric."""
-    judged = [c for c in map(pair_compatible, table.to_dict("records")) if c is not None]
-    summary = (f"Compatibility of {len(order)} models ({', '.join(order)}): {sum(judged)} of {len(judged)} "
-               f"cross-model pairs meet the criterion (verdicts in the tags and verdicts.md).")
+def report_description(table: pd.DataFrame, order: list[str], run_id: str, old: str | None = None) -> str:
+    """The compatibility run's Description in the MLflow UI: each decision with the pairs it
+    names, the heat map (the run's own artifact, served by the tracking server) and the matrix of
+    each metric."""
+    decided = decided_rows(table, old)
+    counts = "; ".join(f"{decision}: " + ", ".join(f"{r['query_model']} -> {r['gallery_model']}" for r in rows)
+                       for decision in Decision
+                       if (rows := [r for r in decided if r["decision"] == decision]))
+    summary = (f"Compatibility of {len(order)} models ({', '.join(order)}), {len(decided)} pairs judged. "
+               f"{counts or 'No pair was judged.'} (Intervals in verdicts.md; a decision/<query>/<gallery> tag per pair.)")
     shown = [m for m in CRITERION_METRICS if m in table.columns]
     tables = "\n\n".join(matrix_markdown(table, order, m) for m in shown)
     head = f"{summary}\n\n![heat map](get-artifact?path=heatmap.png&run_uuid={run_id})\n\n"
     text = f"{head}{tables}\n"
     return text if len(text) <= MAX_TAG_VAL_LENGTH else f"{head}The matrix: matrix.txt.\n"  # MLflow's tag limit
-
-
-def pair_compatible(row: dict) -> bool | None:
-    """The criterion of one report row on every criterion metric scored (top-1, and mAP with the
-    full ranking), and its negative flips within ``score.max_flip_rate`` where one is set; None
-    on the diagonal or where the reference was not scored."""
-    verdicts = [row[f"compatible_{m}"] for m in CRITERION_METRICS if f"compatible_{m}" in row]
-    if row["query_model"] == row["gallery_model"] or not verdicts or any(pd.isna(v) for v in verdicts):
-        return None
-    return all(bool(v) for v in verdicts) and flips_allowed(row)
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -182,22 +214,22 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
 
 
 def log_report(table: pd.DataFrame, order: list[str], files: list[Path], tracking_uri: str, experiment: str,
-               run_name: str = "compatibility-matrix") -> str:
-    """One MLflow run: each cell a metric ``<metric>/<query>/<gallery>``, verdicts as tags, files as artifacts."""
+               run_name: str = "compatibility-matrix", old: str | None = None) -> str:
+    """One MLflow run: each cell a metric ``<metric>/<query>/<gallery>``, each judged pair's
+    decision and verdicts as tags, the decisions in its Description, files as artifacts."""
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=run_name, tags={"kind": "score"})
     run_id = run.info.run_id
     log_metrics(client, run_id, cell_metrics(table))
     client.log_batch(run_id, params=[Param("models", ",".join(order))])
-    client.set_tag(run_id, DESCRIPTION_TAG, report_description(table, order, run_id))
+    client.set_tag(run_id, DESCRIPTION_TAG, report_description(table, order, run_id, old))
     for name in order:  # each model's scored set: the Dataset column of the runs table
         folder = table.loc[table["query_model"] == name, "query_embeddings"].iloc[0]
         log_dataset(client, run_id, folder, f"{name} embeddings", "scoring")
     tags = []
     for row in table.to_dict("records"):
-        compatible = pair_compatible(row)
-        if compatible is not None:
-            tags.append(RunTag(f"compatible/{row['query_model']}/{row['gallery_model']}", str(compatible).lower()))
+        if "decision" in row and not pd.isna(row["decision"]):
+            tags.append(RunTag(metric_key("decision", row["query_model"], row["gallery_model"]), row["decision"]))
         tags += [RunTag(metric_key(column, row["query_model"], row["gallery_model"]), row[column])
                  for column in row if column.startswith("verdict_") and not pd.isna(row[column])]
     for start in range(0, len(tags), 100):  # MLflow's limit of tags per call
@@ -217,7 +249,7 @@ def roles_of(old_model: str | Path, independent: str | None = None) -> MatrixRol
 def score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, options: ScoreConfig, out_dir: str | Path,
                      context: RunContext, pairs: list[tuple[str, str]] | None = None) -> str:
     """Score ``pairs`` of ``entries`` (default all), write the report to ``out_dir``, log it; returns
-    the printed matrix. Each pair's row is kept in ``out_dir/pairs``, so that a rerun after a
+    the printed matrix, verdicts and, last, the decisions. Each pair's row is kept in ``out_dir/pairs``, so that a rerun after a
     kill scores only the pairs not done yet."""
     out_dir = Path(out_dir)
     with one_writer(out_dir):  # another job writing this report is refused, naming it
@@ -232,9 +264,10 @@ def _score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, optio
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, out_dir / "heatmap.png", shown)]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
     documents = [("matrix.txt", text + "\n"), (ENTRIES_FILE, json.dumps(describe(entries), indent=1))]
-    verdicts = ""
+    verdicts = decisions = ""
     if any(column.startswith("verdict_") for column in table.columns):
         verdicts = verdicts_markdown(table, options.interval_level)
+        decisions = decisions_markdown(table, options.interval_level, roles.old)
     if scored.flips:
         verdicts += ("\n" if verdicts else "") + flips_markdown(table, options.max_flip_rate)
         per_class = flips_per_class(scored, next(iter(entries.values())).embeddings.classes)
@@ -243,12 +276,11 @@ def _score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, optio
         files += [out_dir / FLIPS_PER_CLASS_FILE,
                   heatmap(table, order, out_dir / "flips.png", ("negative_flip_rate",),
                           {"negative_flip_rate": "negative flips (% of queries)"}, top=worst)]
-    if verdicts:
-        documents.append((VERDICTS_FILE, verdicts))
-        text += "\n\n" + verdicts
+    if verdicts:  # verdicts.md: the decisions first
+        documents.append((VERDICTS_FILE, f"{decisions}\n\n{verdicts}"))
     for name, content in documents:
         write_text_atomic(out_dir / name, content)
         files.append(out_dir / name)
-    run_id = log_report(table, order, files, context.tracking_uri, context.experiment)
+    run_id = log_report(table, order, files, context.tracking_uri, context.experiment, old=roles.old)
     log.info("score: report in %s, MLflow run %s", out_dir, run_id)
-    return text
+    return "\n\n".join(part for part in (text, verdicts, decisions) if part)  # the decisions are what it ends with

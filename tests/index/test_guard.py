@@ -36,7 +36,7 @@ def report(sets, tmp_path_factory):
     """The compatibility report of the three test sets, as jobs.score writes it."""
     test = {name: read_embeddings(sets["test", name]) for name in ("old", "new", "rotated")}
     entries = {name: MatrixEntry.plain(name, found, "old") for name, found in test.items()}
-    table = score_all_pairs(entries, MatrixRoles(old="old"), ScoreConfig(topk=[1], bootstrap_resamples=0))
+    table = score_all_pairs(entries, MatrixRoles(old="old"), ScoreConfig(topk=[1]))
     folder = tmp_path_factory.mktemp("report")
     write_tables(table, folder)
     return folder
@@ -46,7 +46,7 @@ def test_the_report_says_which_pairs_are_compatible(report):
     table = read_report(report).set_index(["query_model", "gallery_model"])
     assert table.loc[("new", "old"), "query_model_id"] == "new-card"
     assert table.loc[("new", "old"), "gallery_model_id"] == "old-card"
-    assert table.loc[("new", "old"), "compatible_top1"] and not table.loc[("rotated", "old"), "compatible_top1"]
+    assert table.loc[("new", "old"), "decision"] == "ship" and table.loc[("rotated", "old"), "decision"] == "backfill"
 
 
 def test_every_refusal_names_both_models_and_where_the_report_is(sets, report, tmp_path):
@@ -58,7 +58,8 @@ def test_every_refusal_names_both_models_and_where_the_report_is(sets, report, t
     assert f"{tmp_path / 'index'}: refused to add vectors to the index: new (new-card)'s vectors would meet " \
            "old (old-card)'s, and no compatibility report was given" in message
     assert "--report <report folder>" in message and "--override" in message
-    with pytest.raises(IncompatibleModels, match=r"says rotated -> old is not compatible \(top1 not above old/old, map not "):
+    with pytest.raises(IncompatibleModels, match=r"says rotated -> old needs a backfill \(top1 -\d+\.\d\d \[-[\d.]+, "
+                                                 r"-[\d.]+\] not met; map -"):
         add_vectors(index, rotated, reports=[read_report(report)])
     with pytest.raises(IncompatibleModels, match=rf"{report / 'report.parquet'} says rotated -> old"):
         search_index(index, rotated, 5, reports=[read_report(report)])
@@ -164,15 +165,22 @@ def test_one_refusing_report_outweighs_one_allowing_and_a_pair_scored_twice_is_n
     allowing = read_report(report)
     refusing = allowing.assign(report="other.parquet")
     pair = (refusing.query_model == "new") & (refusing.gallery_model == "old")
-    refusing.loc[pair, "compatible_map"] = False
+    refusing.loc[pair, "verdict_map"] = "not met"
     new = read_embeddings(sets["test", "new"])
-    with pytest.raises(IncompatibleModels, match=r"other.parquet says new -> old is not compatible \(map not above"):
+    with pytest.raises(IncompatibleModels, match=r"other.parquet says new -> old needs a backfill \(top1 .* met; map "
+                                                 r".* not met\)"):
         add_vectors(index, new, reports=[allowing, refusing])
+    noisy = allowing.assign(report="noisy.parquet")
+    noisy.loc[pair, "verdict_map"] = "within noise"  # inconclusive refuses too, and says what settles it
+    with pytest.raises(IncompatibleModels, match=r"noisy.parquet finds new -> old inconclusive \(.*map .* within noise\): "
+                                                 "score the pair on more queries, or backfill"):
+        add_vectors(index, new, reports=[noisy])
     twice = pd.concat([allowing, allowing[(allowing.query_model == "new") & (allowing.gallery_model == "old")]])
     with pytest.raises(ValueError, match="2 rows for new's queries on old's gallery"):
         add_vectors(index, new, reports=[twice])
-    unjudged = allowing.assign(compatible_top1=None, compatible_map=None)
-    with pytest.raises(IncompatibleModels, match="cannot judge new -> old: old/old was not scored"):
+    unjudged = allowing.assign(verdict_top1=None, verdict_map=None)
+    with pytest.raises(IncompatibleModels, match="cannot judge new -> old: old/old was not scored, or the report has "
+                                                 "no interval"):
         add_vectors(index, new, reports=[unjudged])
 
 

@@ -4,6 +4,7 @@ MLflow server on 127.0.0.1, reported, and read back through the server's REST AP
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,14 +14,15 @@ import urllib.request
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from pipeline.config import LineageConfig, load_lineage_config
 from pipeline.data.embeddings import embeddings_table, open_embeddings, read_embeddings, write_embeddings
 from pipeline.lineage.backfill import backfill_curve, curve_area, share_to_reach, stratified_order
-from pipeline.lineage.files import recommended_order
-from pipeline.lineage.metrics import BACKFILL, FORWARD, NO_BACKFILL, lower_triangle_summary, verdict
-from pipeline.score.criteria import update_gain
+from pipeline.lineage.metrics import lower_triangle_summary, verdict
+from pipeline.lineage.selection import Candidate, choose_order, choose_route
+from pipeline.score.criteria import Decision, update_gain
 from pipeline.score.retrieval import in_memory, per_query_metrics, score_queries, summarize
 from tests.reference import reference
 
@@ -54,10 +56,11 @@ def test_backfill_curve_runs_from_new_old_to_new_new():
     query = new
 
     def score(gallery):
-        return summarize(score_queries(query, labels, ids, in_memory(ids, labels, gallery), len(gallery), topk=(1,)))
+        per_query = score_queries(query, labels, ids, in_memory(ids, labels, gallery), len(gallery), topk=(1,))
+        return {"top1": per_query["top1"], "map": per_query["ap"]}
 
     order = np.random.default_rng(1).permutation(200)
-    curve = backfill_curve(parent, new, order, score, steps=4)
+    curve, areas = backfill_curve(parent, new, order, score, steps=4)
     assert list(curve.share) == [0, 0.25, 0.5, 0.75, 1.0]
     unit_parent, unit_new = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (parent, new))
     for row, reencoded in enumerate((0, 50, 100, 150, 200)):  # every point, by brute force on its own gallery
@@ -67,6 +70,8 @@ def test_backfill_curve_runs_from_new_old_to_new_new():
         for metric in ("top1", "map"):
             assert curve[metric].iloc[row] == pytest.approx(expected[metric]), (row, metric)
     assert curve["top1"].iloc[0] != curve["top1"].iloc[2] != curve["top1"].iloc[4]  # the points differ here
+    for metric in ("top1", "map"):  # each query's area: their mean is the curve's area
+        assert len(areas[metric]) == 200 and np.nanmean(areas[metric]) == pytest.approx(curve_area(curve, metric))
 
 
 def test_stratified_order_reencodes_every_class_at_the_same_pace():
@@ -80,21 +85,56 @@ def test_stratified_order_reencodes_every_class_at_the_same_pace():
         assert np.bincount(first, minlength=3) / np.array([60, 30, 10]) == pytest.approx(share, abs=0.06)
 
 
-def test_verdicts():
-    cells = {("p", "p"): {"top1": 0.80, "map": 0.50}, ("n", "p"): {"top1": 0.81, "map": 0.49},
-             ("n", "p.t12.n"): {"top1": 0.85, "map": 0.60}}
-    decide = lambda **routes: verdict("n", "p", lambda q, g: cells.get((q, g)), **routes)  # noqa: E731
-    assert decide().decision == BACKFILL                     # top-1 passes, mAP does not
-    forward = decide(t12_gallery="p.t12.n")
-    assert forward.decision == FORWARD and forward.route == "n -> p.t12.n" and forward.numbers["parent_map"] == 0.50
-    cells[("n", "p")] = {"top1": 0.81, "map": 0.51}
-    assert decide(t12_gallery="p.t12.n").decision == NO_BACKFILL
-    # With the report's paired intervals, a decision resting on an interval that holds 0 says so.
-    cells[("n", "p")].update({"delta_top1_low": 0.004, "delta_top1_high": 0.016, "verdict_top1": "met",
-                              "delta_map_low": -0.002, "delta_map_high": 0.02, "verdict_map": "within noise"})
-    noisy = decide()
-    assert noisy.decision == NO_BACKFILL and noisy.within_noise == ("map",)
-    assert noisy.statement == "ship, no backfill (within noise on map)" and noisy.numbers["delta_map_low"] == -0.002
+def test_verdicts_are_the_chosen_routes_intervals_in_three_words():
+    cells = {("p", "p"): {"top1": 0.80, "map": 0.50},
+             ("n", "p"): {"top1": 0.81, "map": 0.52, "verdict_top1": "met", "verdict_map": "not met"},
+             ("n", "p.t12.n"): {"top1": 0.85, "map": 0.60, "verdict_top1": "met", "verdict_map": "met"}}
+    decide = lambda query, gallery, forward=False: verdict("n", "p", lambda q, g: cells.get((q, g)),  # noqa: E731
+                                                           query, gallery, forward)
+    assert decide("n", "p").decision is Decision.BACKFILL and decide("n", "p").statement == "backfill"
+    forward = decide("n", "p.t12.n", forward=True)
+    assert forward.decision is Decision.SHIP and forward.route == "n -> p.t12.n" and forward.numbers["parent_map"] == 0.50
+    assert forward.statement == "ship, the forward transformation applied to the stored gallery"
+    cells[("n", "p")].update({"delta_top1_low": 0.004, "delta_top1_high": 0.016, "delta_map_low": -0.002,
+                              "delta_map_high": 0.04, "verdict_map": "within noise"})
+    noisy = decide("n", "p")  # the estimates are above the parent's, one interval holds 0: no ship
+    assert noisy.decision is Decision.INCONCLUSIVE and noisy.within_noise == ("map",)
+    assert noisy.statement == ("inconclusive (within noise on map): score more queries to settle it, or backfill")
+    assert noisy.numbers["delta_map_low"] == -0.002
+    cells[("n", "p")]["verdict_map"] = "met"
+    assert decide("n", "p").statement == "ship, no backfill"
+    assert decide("n", "p.t21").decision is Decision.BACKFILL  # a route not scored is not judged: no ship
+
+
+def test_the_route_is_one_that_needs_no_backfill_where_one_ships_on_the_selection_rows():
+    direct, t21, t12 = (Candidate(route, q, g) for route, q, g in (("direct", "n", "p"), ("T21", "n.t21", "p"),
+                                                                  ("T12", "n", "p.t12.n")))
+    row = lambda verdicts, low: {"top1": 0.8, "map": 0.5, **{f"verdict_{m}": v for m, v in zip(("top1", "map"),  # noqa: E731
+                                                                                             verdicts)},
+                                 "delta_top1_low": low, "delta_map_low": low}
+    rows = {direct.pair: row(("met", "within noise"), -0.01), t21.pair: row(("met", "met"), 0.01),
+            t12.pair: row(("met", "met"), 0.05)}
+    assert choose_route([direct, t21, t12], rows, 100).candidate == t21  # T12 is better, but needs the gallery mapped
+    rows[t21.pair] = row(("met", "not met"), -0.02)
+    assert choose_route([direct, t21, t12], rows, 100).candidate == t12
+    rows[t12.pair] = row(("not met", "not met"), -0.03)
+    chosen = choose_route([direct, t21, t12], rows, 100)
+    assert chosen.candidate == direct and "n -> p inconclusive; n.t21 -> p backfill" in chosen.reason
+
+
+def test_an_order_is_recommended_only_where_it_beats_random_and_loses_on_no_metric():
+    rng = np.random.default_rng(4)
+    random = {f"random-{i}": {"top1": rng.normal(0.80, 0.1, 3000), "map": rng.normal(0.60, 0.1, 3000)}
+              for i in range(3)}
+    base = {m: np.mean([r[m] for r in random.values()], axis=0) for m in ("top1", "map")}
+    better_map = {"top1": base["top1"] + rng.normal(0, 0.01, 3000), "map": base["map"] + 0.02}
+    worse_top1 = {"top1": base["top1"] - 0.02, "map": base["map"] + 0.05}
+    chosen = choose_order({**random, "stratified": better_map, "predicted": worse_top1}, list(random), ["top1", "map"])
+    assert chosen.order == "stratified"  # the predicted order's larger mAP area comes with a top-1 loss
+    assert chosen.against_random["predicted"]["top1"].verdict == "not met"
+    level = choose_order({**random, "predicted": {m: base[m] + rng.normal(0, 0.05, 3000) for m in base}},
+                         list(random), ["top1", "map"])
+    assert level.order == "random" and "no order beats random" in level.reason  # within noise is not a win
 
 
 def test_lineage_config_is_checked():
@@ -171,12 +211,8 @@ def _post(url: str, path: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def lineage_report(tmp_path_factory, fashion_subset, ray_cluster, mlflow_server):
-    from pipeline.lineage.chain import run_lineage
-
-    out = tmp_path_factory.mktemp("lineage")
-    cfg = LineageConfig.model_validate({
+def _lineage_config(out, fashion_subset, mlflow_server) -> LineageConfig:
+    return LineageConfig.model_validate({
         "output_dir": str(out), "registered_model": "tiny-lineage",
         "data": {"source": str(fashion_subset), "root": str(out / "dataset")},
         "mlflow": {"tracking_uri": mlflow_server, "experiment": "lineage-test"},
@@ -190,7 +226,14 @@ def lineage_report(tmp_path_factory, fashion_subset, ray_cluster, mlflow_server)
             {"name": "v3", "method": "lce_forward", "epochs": 1, "batch_size": 64, "cpus_per_worker": 1,
              "transform": {"blocks": 1, "paths": 1, "hidden": 32}},
         ]})
-    return run_lineage(cfg), mlflow_server
+
+
+@pytest.fixture(scope="module")
+def lineage_report(tmp_path_factory, fashion_subset, ray_cluster, mlflow_server):
+    from pipeline.lineage.chain import run_lineage
+
+    out = tmp_path_factory.mktemp("lineage")
+    return run_lineage(_lineage_config(out, fashion_subset, mlflow_server)), mlflow_server
 
 
 @pytest.mark.ray
@@ -223,7 +266,10 @@ def test_lineage_matrix_ac_am_and_backfill_match_brute_force(lineage_report):
             assert curve[metric].iloc[0] == pytest.approx(table.loc[(model, parent), metric])
             assert curve[metric].iloc[-1] == pytest.approx(table.loc[(model, model), metric])
     assert [v.model for v in report.verdicts] == ["v2", "v3"]
-    assert all(v.decision in (NO_BACKFILL, FORWARD, BACKFILL) for v in report.verdicts)
+    assert all(v.decision in tuple(Decision) for v in report.verdicts)
+    for v in report.verdicts:  # the route and the order were chosen on the training split's selection rows
+        assert v.chosen.startswith("chosen on ") and "selection rows of the training split" in v.chosen
+        assert v.backfill_order in {"random", "stratified", "predicted"} and "selection rows" in v.order_chosen
     for v in report.verdicts:  # the deciding pair's intervals reach the verdict and the summary
         query, gallery = v.route.split(" -> ")
         assert v.numbers["delta_top1_low"] == pytest.approx(table.loc[(query, gallery), "delta_top1_low"])
@@ -243,7 +289,8 @@ def test_lineage_matrix_ac_am_and_backfill_match_brute_force(lineage_report):
         flat = rows[rows["index"] == "flat"].set_index("share")
         assert flat.loc[0.0, "top1"] == pytest.approx(table.loc[(model, parent), "top1"])
         assert flat.loc[1.0, "top1"] == pytest.approx(table.loc[(model, model), "top1"])
-        assert len(rows) == 3 * 6 and set(rows.order) == {recommended_order(backfill, model)[0]}
+        chosen = next(v.backfill_order for v in report.verdicts if v.model == model)
+        assert len(rows) == 3 * 6 and set(rows.order) == {chosen}
     assert "Which index settings hold recall (recall@k >= 0.95 at every share):" in (report.report_dir /
                                                                                     "summary.md").read_text()
 
@@ -257,6 +304,8 @@ def test_mlflow_server_holds_the_report_run_its_pairs_and_the_registry(lineage_r
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     assert params["registered_model"] == "tiny-lineage" and params["models"] == "v1,v2,v3"
     assert tags["verdict/v2"] == report.verdicts[0].statement and "verdict/v3" in tags
+    assert tags["decision/v2"] == report.verdicts[0].decision and tags["decision/v2"] in {"ship", "inconclusive",
+                                                                                          "backfill"}
     assert metrics["top1/v2/v1"] == pytest.approx(report.table.set_index(["query_model", "gallery_model"]).loc[("v2", "v1"), "top1"])
     assert {"AC_top1", "AM_top1", "AC_map", "AM_map"} <= set(metrics)
     assert any(key.startswith("backfill_area/top1/v2/") for key in metrics)
@@ -275,10 +324,38 @@ def test_mlflow_server_holds_the_report_run_its_pairs_and_the_registry(lineage_r
 
     artifacts = {f["path"] for f in _get(url, "/api/2.0/mlflow/artifacts/list", run_id=report.run_id)["files"]}
     assert {"heatmap_top1.png", "heatmap_map.png", "backfill.png", "summary.md", "report.csv", "verdicts.json",
-            "indexes.csv", "indexes.png"} <= artifacts
+            "verdicts.md", "indexes.csv", "indexes.png"} <= artifacts
 
     versions = _get(url, "/api/2.0/mlflow/model-versions/search", filter="name='tiny-lineage'")["model_versions"]
     parents = {v["version"]: {t["key"]: t["value"] for t in v.get("tags", [])}.get("parent_version", "") for v in versions}
     assert parents == {"1": "", "2": "1", "3": "2"}
     with urllib.request.urlopen(f"{url}/", timeout=30) as response:  # the UI's page is served
         assert response.status == 200 and b"<html" in response.read().lower()
+
+
+@pytest.mark.ray
+def test_the_route_and_order_are_chosen_without_reading_the_scored_split(lineage_report, fashion_subset, tmp_path):
+    """The same lineage reported again with the test split's labels shuffled: its numbers change,
+    the routes and orders chosen (on the training split) do not."""
+    import pyarrow.parquet as pq
+
+    from pipeline.lineage.metrics import LineageModel
+    from pipeline.lineage.report import run_lineage_report
+
+    report, url = lineage_report
+    registry = report.report_dir.parent
+    shutil.copytree(registry / "embeddings", tmp_path / "embeddings")
+    for part in (tmp_path / "embeddings").glob("v?/test/*.parquet"):
+        table = pq.read_table(part)
+        labels = np.random.default_rng(0).permutation(table.column("label").to_numpy())
+        pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
+                                        pa.array(labels, table.schema.field("label").type)), part)
+    models = [LineageModel(name, registry / "models" / name, parent) for name, parent in
+              (("v1", None), ("v2", "v1"), ("v3", "v2"))]
+    cfg = _lineage_config(registry.parent, fashion_subset, url)
+    again = run_lineage_report(models, cfg.data.root, tmp_path, cfg.run_context(), encode=cfg.encode, score=cfg.score,
+                               backfill_steps=cfg.backfill_steps, indexes=cfg.indexes)
+    assert not np.allclose(again.table.top1.to_numpy(), report.table.top1.to_numpy())  # the labels were read
+    for first, second in zip(report.verdicts, again.verdicts):
+        assert (first.route, first.chosen, first.backfill_order, first.order_chosen) == \
+            (second.route, second.chosen, second.backfill_order, second.order_chosen)

@@ -4,7 +4,9 @@ and a predictor that reads the parent vectors alone."""
 import numpy as np
 import pandas as pd
 
-from pipeline.lineage.backfill import random_order, share_for_gain, stratified_order
+import pytest
+
+from pipeline.lineage.backfill import gap_closed, random_order, share_for_gain, stratified_order
 from pipeline.lineage.files import recommended_orders
 from pipeline.lineage.metrics import Verdict
 from pipeline.lineage.orders import (
@@ -15,6 +17,7 @@ from pipeline.lineage.orders import (
     oracle_order,
     predicted_order,
 )
+from pipeline.score.criteria import Decision
 
 
 def _lineage(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,14 +73,15 @@ def test_the_share_for_95_percent_of_the_gain_is_the_first_that_reaches_it_on_ev
     assert np.isnan(share_for_gain(curve.assign(top1=np.nan), ["top1"]))
 
 
-def test_the_summary_recommends_the_largest_area_among_the_orders_a_backfill_can_follow():
-    def curve(order: str, map_values: list[float]) -> pd.DataFrame:
-        return pd.DataFrame({"share": [0, 0.5, 1.0], "top1": [0.5, 0.6, 0.7], "map": map_values, "model": "v2",
-                             "order": order})
+def test_the_summary_names_the_order_chosen_on_the_selection_rows_and_its_share_on_the_scored_split():
+    verdict = Verdict("v2", "v1", Decision.BACKFILL, "v2 -> v1", {"share_for_95pct_gain/predicted": 0.5},
+                      backfill_order="predicted", order_chosen="the largest map area among the orders that beat random")
+    [line] = recommended_orders([verdict])
+    assert "in the **predicted** order (the largest map area among the orders that beat random)" in line
+    assert "on the scored split 50% of the gallery re-encoded gives 95 % of the gain" in line
 
-    backfill = pd.concat([curve("random", [0.4, 0.5, 0.6]), curve("predicted", [0.4, 0.58, 0.6]),
-                          curve("oracle", [0.4, 0.6, 0.6])], ignore_index=True)
-    verdict = Verdict("v2", "v1", "backfill needed", "v2 -> v1", {"share_for_95pct_gain/predicted": 0.5})
-    [line] = recommended_orders(backfill, [verdict])
-    assert "in the **predicted** order (the largest map area, 0.5400" in line  # the oracle's 0.55 is not followable
-    assert "50% of the gallery re-encoded gives 95 % of the gain" in line
+
+def test_the_gap_closed_is_undefined_when_the_oracle_does_not_beat_random():
+    assert gap_closed(0.86, 0.85, 0.87) == pytest.approx(0.5)
+    assert np.isnan(gap_closed(0.8581, 0.8764, 0.8700))  # v2's top-1 at 3bebe1a: the oracle below random
+    assert np.isnan(gap_closed(0.85, 0.85, 0.85))

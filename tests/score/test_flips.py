@@ -1,16 +1,18 @@
 """Negative flips (pipeline.score.flips): against a brute-force reference, per subset and class,
 and in the verdicts of the report and the lineage."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingSet
-from pipeline.lineage.metrics import BACKFILL, NO_BACKFILL, verdict
+from pipeline.lineage.metrics import verdict
+from pipeline.score.criteria import Decision, pair_decision
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.flips import flip_rate, flips_of_pair, negative_flips
 from pipeline.score.matrix import flips_per_class, score_pairs
-from pipeline.score.report import pair_compatible
 from tests.reference import reference
 
 CLASSES = ["a", "b", "c", "d", "e"]
@@ -42,6 +44,13 @@ def _sets(rng: np.random.Generator) -> dict[str, EmbeddingSet]:
     return {"old": EmbeddingSet("old", "old-1", "old", ids, labels, old.astype(np.float32), CLASSES),
             "new": EmbeddingSet("new", "new-1", "new", ids[order], labels[order], new[order].astype(np.float32),
                                 CLASSES)}
+
+
+def _centers_of(found: EmbeddingSet) -> np.ndarray:
+    """Each row's class mean with a little noise: a model that separates the classes well."""
+    means = np.stack([found.vectors[found.labels == label].mean(axis=0) for label in range(len(CLASSES))])
+    return (means[found.labels] + np.random.default_rng(0).normal(scale=0.3, size=found.vectors.shape)).astype(
+        np.float32)
 
 
 def test_flip_rates_equal_a_brute_force_count_overall_per_subset_and_per_class():
@@ -79,16 +88,18 @@ def test_flip_rates_equal_a_brute_force_count_overall_per_subset_and_per_class()
 
 def test_a_flip_limit_fails_a_pair_that_meets_the_criterion():
     sets = _sets(np.random.default_rng(3))
+    sets["new"] = replace(sets["new"], vectors=sets["new"].vectors * 0 + _centers_of(sets["new"]))  # a clear upgrade
     entries = {name: MatrixEntry.plain(name, embeddings, "old") for name, embeddings in sets.items()}
-    options = ScoreConfig(topk=[1], bootstrap_resamples=0)
+    options = ScoreConfig(topk=[1])
     rate = score_pairs(entries, MatrixRoles(old="old"), options).table.set_index(
         ["query_model", "gallery_model"]).loc[("new", "old"), "negative_flip_rate"]
     for limit, allowed in ((rate, True), (rate - 1e-9, False)):
-        limited = ScoreConfig(topk=[1], bootstrap_resamples=0, max_flip_rate=limit)
+        limited = ScoreConfig(topk=[1], max_flip_rate=limit)
         table = score_pairs(entries, MatrixRoles(old="old"), limited).table
         row = table[(table.query_model == "new") & (table.gallery_model == "old")].iloc[0].to_dict()
-        assert row["compatible_top1"] is True and row["flips_within_limit"] == allowed
-        assert pair_compatible(row) == allowed
+        assert row["verdict_top1"] == "met" and row["flips_within_limit"] == allowed
+        assert pair_decision(row) is (Decision.SHIP if allowed else Decision.BACKFILL)
+        assert row["decision"] == pair_decision(row)
 
 
 def test_a_flip_limit_needs_top1():
@@ -97,9 +108,9 @@ def test_a_flip_limit_needs_top1():
 
 
 def test_a_lineage_route_over_the_flip_limit_is_no_route():
-    cells = {("v1", "v1"): {"top1": 0.70}, ("v2", "v1"): {"top1": 0.75, "negative_flip_rate": 0.09,
-                                                          "flips_within_limit": False}}
-    decided = verdict("v2", "v1", lambda q, g: cells.get((q, g)))
-    assert decided.decision == BACKFILL and decided.numbers["negative_flip_rate"] == 0.09
+    cells = {("v1", "v1"): {"top1": 0.70}, ("v2", "v1"): {"top1": 0.75, "verdict_top1": "met",
+                                                          "negative_flip_rate": 0.09, "flips_within_limit": False}}
+    decided = verdict("v2", "v1", lambda q, g: cells.get((q, g)), "v2", "v1")
+    assert decided.decision is Decision.BACKFILL and decided.numbers["negative_flip_rate"] == 0.09
     cells["v2", "v1"]["flips_within_limit"] = True
-    assert verdict("v2", "v1", lambda q, g: cells.get((q, g))).decision == NO_BACKFILL
+    assert verdict("v2", "v1", lambda q, g: cells.get((q, g)), "v2", "v1").decision is Decision.SHIP

@@ -7,7 +7,7 @@ from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.encode.mapped import map_embeddings
 from pipeline.score.entries import MatrixEntry, counterpart_pairs
-from pipeline.score.matrix import add_criteria, matrix, score_all_pairs
+from pipeline.score.matrix import QueryValues, add_intervals, matrix, score_all_pairs
 
 
 def test_mapped_set_holds_the_transformed_vectors(tmp_path):
@@ -26,8 +26,16 @@ def test_mapped_set_holds_the_transformed_vectors(tmp_path):
 def test_forward_gallery_is_judged_against_old_old_and_other_dimensions_are_absent():
     rows = [("old", "old", 0.80), ("new", "new", 0.90), ("new", "old.t12.new", 0.85), ("old.t12.new", "old.t12.new", 0.95)]
     table = pd.DataFrame([{"query_model": q, "gallery_model": g, "top1": v, "map": v} for q, g, v in rows])
-    table = add_criteria(table, references={"old.t12.new": "old"}).set_index(["query_model", "gallery_model"])
-    assert bool(table.loc[("new", "old.t12.new"), "compatible_top1"]) is True  # 0.85 > old/old 0.80
+    ids = np.array([f"q{i}" for i in range(400)], dtype=object)
+
+    def hits(rate):  # each query's hit, 0/1, ordered so that pairs differ on whole queries
+        return (np.arange(400) < rate * 400).astype(float)
+
+    queries = {(q, g): QueryValues(ids, np.zeros(400, int), {"top1": hits(v), "map": hits(v)}) for q, g, v in rows}
+    table = add_intervals(table, queries, {"old.t12.new": "old"}, None).set_index(["query_model", "gallery_model"])
+    assert table.loc[("new", "old.t12.new"), "delta_top1"] == pytest.approx(0.05)  # against old/old 0.80
+    assert table.loc[("new", "old.t12.new"), "verdict_top1"] == "met"
+    assert pd.isna(table.loc[("new", "new"), "verdict_top1"])
     grid = matrix(table.reset_index(), "top1", ["old", "new"])
     assert np.isnan(grid.loc["old", "new"]) and grid.loc["new", "new"] == pytest.approx(0.90)
 
@@ -63,4 +71,5 @@ def test_all_pairs_by_default_and_only_pairs_of_one_dimension():
         ("new", "new"), ("new", "old"), ("old", "new"), ("old", "old"), ("wide", "wide")]
     chosen = score_all_pairs(entries, options=ScoreConfig(topk=[1]), pairs=[("new", "old"), ("old", "old")])
     assert list(zip(chosen.query_model, chosen.gallery_model)) == [("new", "old"), ("old", "old")]
-    assert chosen.compatible_top1.notna().tolist() == [True, False]
+    assert chosen.reference_model.isna().tolist() == chosen.decision.isna().tolist() == [False, True]
+    assert chosen.reference_model.iloc[0] == "old"

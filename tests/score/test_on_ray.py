@@ -28,7 +28,7 @@ def test_pairs_scored_in_ray_tasks_make_the_report_of_one_process(ray_cluster, t
     roles = MatrixRoles(old="old", old_classes=["a", "b"])
     alone = score_all_pairs(entries, roles, ScoreConfig(topk=[1, 5]))
     spread = score_all_pairs(entries, roles, ScoreConfig(topk=[1, 5], in_ray=True))
-    assert len(alone) == 9 and {"negative_flip_rate", "delta_top1_low", "compatible_map_seen"} <= set(alone.columns)
+    assert len(alone) == 9 and {"negative_flip_rate", "delta_top1_low", "verdict_map_seen", "decision"} <= set(alone.columns)
     same_report(spread, alone)
 
 

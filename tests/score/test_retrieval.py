@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score
 from pipeline.config import IndexConfig, ScoreConfig
 from pipeline.data.embeddings import Shard
 from pipeline.score.entries import MatrixEntry, MatrixRoles
-from pipeline.score.matrix import add_criteria
+from pipeline.score.matrix import add_update_gains
 from pipeline.score.retrieval import (
     average_precisions,
     counts_at_least,
@@ -65,16 +65,16 @@ def test_summarize_by_subset_and_nan_for_no_relevant():
     assert only_no_relevant["top1"] == 0.0 and math.isnan(only_no_relevant["map"])
 
 
-def test_criterion_and_update_gain():
+def test_update_gain_against_the_old_gallery():
     rows = []
     values = {("old", "old"): 0.80, ("new", "old"): 0.85, ("new", "new"): 0.88, ("ind", "ind"): 0.90,
               ("ind", "old"): 0.10, ("old", "new"): 0.5, ("old", "ind"): 0.1, ("new", "ind"): 0.8, ("ind", "new"): 0.8}
     for (q, g), v in values.items():
         rows.append({"query_model": q, "gallery_model": g, "top1": v, "map": v})
-    table = add_criteria(pd.DataFrame(rows), independent="ind", old="old").set_index(["query_model", "gallery_model"])
-    assert bool(table.loc[("new", "old"), "compatible_top1"]) is True    # 0.85 > 0.80
-    assert bool(table.loc[("ind", "old"), "compatible_top1"]) is False
-    assert pd.isna(table.loc[("old", "old"), "compatible_top1"])
+    table = add_update_gains(pd.DataFrame(rows), independent="ind", old="old").set_index(["query_model",
+                                                                                          "gallery_model"])
+    assert pd.isna(table.loc[("old", "old"), "update_gain_top1"]) and pd.isna(table.loc[("new", "ind"),
+                                                                                          "update_gain_top1"])
     assert table.loc[("new", "old"), "update_gain_top1"] == pytest.approx((0.85 - 0.80) / (0.90 - 0.80))
 
 
@@ -150,7 +150,7 @@ def test_top_k_only_scoring_leaves_map_out_everywhere():
     table = score_all_pairs(entries, MatrixRoles(old="old", old_classes=["a", "b"], independent="ind"),
                             ScoreConfig(full_ranking=False))
     assert "map" not in table.columns and "map_at_r" not in table.columns
-    assert {"top1", "top5", "compatible_top1", "update_gain_top1", "top1_unseen"} <= set(table.columns)
+    assert {"top1", "top5", "verdict_top1", "decision", "update_gain_top1", "top1_unseen"} <= set(table.columns)
 
 
 def test_average_precision_from_shards_parts_equals_the_full_ranking():

@@ -106,8 +106,12 @@ def test_confirmation_reads_each_seeds_compatible_route_and_its_interval():
                           {"query_model": "lce-best-s1", "gallery_model": "old.t12.lce-best-s1", **cells},
                           {"query_model": "lce-best-s1", "gallery_model": "old", "top1": 0.1, "map": 0.1}])
     result = seed_result(table, method_named("lce_forward"), "lce-best-s1", 1)  # judged through T12
-    assert result["route"] == "lce-best-s1 -> old.t12.lce-best-s1" and result["meets_criterion"] is True
+    assert result["route"] == "lce-best-s1 -> old.t12.lce-best-s1"
     assert result["delta_top1_low"] == -0.001 and result["verdict_top1"] == "within noise"
+    # both estimates are above old/old, but top-1's interval holds 0: the seed does not meet the criterion
+    assert result["meets_criterion"] is False and result["decision"] == "inconclusive"
+    assert result["line"] == ("lce-best-s1 -> old.t12.lce-best-s1: inconclusive (top1 +2.00 [-0.10, +4.00] within "
+                              "noise; map +5.00 [+3.00, +7.00] met)")
 
 
 def test_validation_top1_is_the_retrieval_metric():
