@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.config import PipelineConfig, load_pipeline_config
 from pipeline.flows.experiment import run_pipeline
 from pipeline.runtime import init_ray
-from pipeline.score.results import claim_checks, fold_seeds, load_run, scenario_markdown, seed_rows
+from pipeline.score.results import GAIN_TARGET, SeedResults, claim_checks, fold_seeds, load_run, scenario_markdown, scenario_rows
 
 log = logging.getLogger(__name__)
 TIMING_FILE = "results_run.json"
@@ -41,6 +41,7 @@ class Scenario:
     path: Path
     cfg: PipelineConfig
     table: pd.DataFrame              # the run's report
+    seeds: SeedResults               # one row per (matrix entry, seed), with the per-query values behind it
     folded: pd.DataFrame             # one row per matrix entry, seeds folded
     checks: list[tuple[str, bool]]
     run: dict[str, Any]              # seconds, commit and date of the run
@@ -80,17 +81,18 @@ def run_scenario(path: Path, overrides: dict[str, Any], root: Path, reuse: bool,
         run_pipeline(cfg)
         timing.write_text(json.dumps({"seconds": time.perf_counter() - started, "commit": commit(),
                                       "date": time.strftime("%Y-%m-%d")}))
-    table, entries = load_run(cfg.output_dir)
-    folded = fold_seeds(seed_rows(table, entries, cfg))
+    run = load_run(cfg.output_dir)
+    seeds = scenario_rows(run, cfg, cfg.score.bootstrap_resamples or 1000, cfg.score.interval_level)
+    folded = fold_seeds(seeds)
     folded.insert(0, "scenario", path.stem)
-    return Scenario(path, cfg, table, folded, claim_checks(folded, "top1_unseen" in table.columns),
+    return Scenario(path, cfg, run.table, seeds, folded, claim_checks(seeds, "top1_unseen" in run.table.columns),
                     json.loads(timing.read_text()))
 
 
 def scenario_section(scenario: Scenario) -> list[str]:
     """A scenario's Markdown: its table, where its numbers come from, the claims checked."""
     cfg, run, table = scenario.cfg, scenario.run, scenario.table
-    lines = scenario_markdown(f"{scenario.path.stem}: {cfg.description}", scenario.folded,
+    lines = scenario_markdown(f"{scenario.path.stem}: {cfg.description}", scenario.seeds, scenario.folded,
                               "top1_unseen" in table.columns)
     lines += [f"Config `{scenario.path}`, seeds {sorted({m.seed for m in cfg.new})}, {len(table)} pairs scored on the "
               f"{cfg.score.split} split ({int(table.num_queries.max())} queries); run at commit "
@@ -109,9 +111,13 @@ def results_header(csv_path: Path, data_source: str, minutes: float) -> list[str
         "",
         f"Tables written at commit {commit()} on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs "
         f"({platform.machine()}), no GPU, data `{data_source}`; all scenarios {minutes:.1f} min. "
-        f"Every number is a percentage (update gain a ratio) on the test split: the mean over seeds ± their "
-        "sample standard deviation; a criterion cell says in how many seeds new/old beat old/old on both top-1 "
-        "and mAP. "
+        "Every number is a percentage (update gain a ratio) on the test split: the mean over seeds ± their "
+        "sample standard deviation (with the seeds it covers where a seed has none), and pooled: each query's "
+        "difference averaged over the seeds, with its 95 % paired bootstrap interval over the queries. A verdict is "
+        "that interval, per seed: met above 0, not met at or below, within noise (`noise`) otherwise; a cell counts "
+        "the seeds (`met 2, noise 1 / 3`). criterion: new/old minus old/old on top-1 and on mAP; "
+        f"gain ≥ {GAIN_TARGET}: new/old minus old/old minus {GAIN_TARGET} x (independent new/new minus old/old), on "
+        "both; a claim holds only when met in every seed. "
         "Routes: `direct` searches the old gallery with the new model's features; `T21` maps the new features into "
         "the old space first; `T12` maps the old gallery into the new space (`old/new` then searches the new gallery "
         "with the mapped old queries). Full table: "

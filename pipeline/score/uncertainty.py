@@ -42,24 +42,51 @@ class Interval:
         return WITHIN_NOISE
 
 
+def _resampled_means(columns: np.ndarray, resamples: int, seed: int, chunk: int) -> np.ndarray:
+    """[resamples, k]: the means of ``columns`` ([Q, k]) over ``resamples`` seeded resamples of its
+    rows with replacement, the same rows for every column (drawn ``chunk`` resamples at a time, so
+    that memory stays ``chunk x Q``)."""
+    generator, rows = np.random.default_rng(seed), len(columns)
+    return np.concatenate([columns[generator.integers(0, rows, (min(chunk, resamples - start), rows))].mean(axis=1)
+                           for start in range(0, resamples, chunk)])
+
+
+def _percentiles(means: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def paired_interval(values: np.ndarray, reference: np.ndarray, resamples: int = 1000, level: float = 0.95,
                     seed: int = 0, chunk: int = 64) -> Interval:
     """The mean of ``values - reference`` over the queries where both are defined, and the
     ``level`` percentile interval of that mean over ``resamples`` seeded resamples of those
-    queries (drawn ``chunk`` resamples at a time, so that memory stays ``chunk x queries``)."""
+    queries."""
     values, reference = np.asarray(values, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     if values.shape != reference.shape:
         raise ValueError(f"paired values of {values.shape} and {reference.shape} queries")
     differences = (values - reference)[~(np.isnan(values) | np.isnan(reference))]
     if len(differences) == 0:
         return Interval(float("nan"), float("nan"), float("nan"))
-    generator = np.random.default_rng(seed)
-    means = np.concatenate([differences[generator.integers(0, len(differences), (min(chunk, resamples - start),
-                                                                                 len(differences)))].mean(axis=1)
-                            for start in range(0, resamples, chunk)])
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return Interval(float(differences.mean()), float(low), float(high))
+    means = _resampled_means(differences[:, None], resamples, seed, chunk)[:, 0]
+    return Interval(float(differences.mean()), *_percentiles(means, level))
+
+
+def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, resamples: int = 1000, level: float = 0.95,
+                   seed: int = 0, chunk: int = 64) -> Interval:
+    """``mean(numerator) / mean(denominator)`` over the queries where both are defined (an update
+    gain: the gain's and the upgrade's per-query differences), and the ``level`` percentile
+    interval of that ratio over seeded resamples of those queries; NaN unless the denominator's
+    mean is above 0 (no upgrade: nothing to gain)."""
+    numerator, denominator = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    keep = ~(np.isnan(numerator) | np.isnan(denominator))
+    columns = np.stack([numerator[keep], denominator[keep]], axis=1)
+    if not keep.any() or columns[:, 1].mean() <= 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    means = _resampled_means(columns, resamples, seed, chunk)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = means[:, 0] / means[:, 1]
+    return Interval(float(columns[:, 0].mean() / columns[:, 1].mean()), *_percentiles(ratios, level))
 
 
 def aligned(ids: np.ndarray, reference_ids: np.ndarray, reference: np.ndarray, where: str) -> np.ndarray:

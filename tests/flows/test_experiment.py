@@ -14,7 +14,8 @@ from pipeline.flows.experiment import run_pipeline
 from pipeline.flows.scenarios import TIMING_FILE, plan, run_scenario, write_results
 from pipeline.model.artifacts import load_cmc
 from pipeline.model.card import read_card
-from pipeline.score.results import load_run, seed_rows
+from pipeline.score.criteria import combined_verdict
+from pipeline.score.results import load_run, scenario_rows
 from tests.reference import reference
 
 pytestmark = pytest.mark.ray
@@ -57,7 +58,7 @@ def test_report_has_every_counterpart_pair_and_subset(finished_pipeline):
     for carrier, new in (("lce_bi", "lce_bi"), ("cmc_lce", "independent"), ("cmc_rbt", "independent")):
         assert {(new, f"old.t12.{carrier}"), (f"old.t12.{carrier}", new)} <= pairs
     assert len(table) == len(pairs) == 20  # 6 models with themselves and the old model, 3 T21 entries, 3 T12 galleries both ways
-    assert {"top1_seen", "top1_unseen", "map_unseen", "compatible_map", "update_gain_top1"} <= set(table.columns)
+    assert {"top1_seen", "top1_unseen", "map_unseen", "verdict_map", "decision", "update_gain_top1"} <= set(table.columns)
     assert (result.report_dir / "heatmap.png").stat().st_size > 10_000
     row = table[(table.query_model == "lce_bi.t21") & (table.gallery_model == "old")].iloc[0]
     assert row["transform"] == "T21 of lce_bi (new -> old)"
@@ -87,14 +88,17 @@ def test_cmc_trains_only_its_transformations(finished_pipeline):
 
 def test_results_rows_are_report_cells(finished_pipeline):
     cfg, result = finished_pipeline
-    table, entries = load_run(cfg.output_dir)
-    rows = seed_rows(table, entries, cfg).set_index("entry")
+    run = load_run(cfg.output_dir)
+    table, rows = run.table, scenario_rows(run, cfg).rows.set_index("entry")
     cells = table.set_index(["query_model", "gallery_model"])
     assert rows.loc["cmc_lce.t21", "method"] == "lce_cmc"
     assert rows.loc["cmc_lce.t21", "new_old_top1"] == cells.loc[("cmc_lce.t21", "old"), "top1"]
     assert rows.loc["cmc_lce.t21", "new_new_top1"] == cells.loc[("independent", "independent"), "top1"]
     assert rows.loc["old.t12.lce_bi", "new_old_map_unseen"] == cells.loc[("lce_bi", "old.t12.lce_bi"), "map_unseen"]
     assert rows.loc["old.t12.lce_bi", "old_new_top1"] == cells.loc[("old.t12.lce_bi", "lce_bi"), "top1"]
+    # each seed's verdicts come from the pairs' per-query values: the report's own intervals, recomputed
+    assert rows.loc["cmc_lce.t21", "criterion"] == combined_verdict(
+        cells.loc[("cmc_lce.t21", "old"), [f"verdict_{m}" for m in ("top1", "map")]].tolist())
 
 
 def test_every_metric_equals_brute_force(finished_pipeline):
