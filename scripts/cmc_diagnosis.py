@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.compat.losses import RetrievalMemory, memory_rows
+from pipeline.compat.methods import Kind, method_named
 from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.compat.steps import optimizer_and_schedule
@@ -50,10 +52,15 @@ def _fit(variant: dict, old: torch.Tensor, new: torch.Tensor, labels: torch.Tens
     steps = budget.epochs * -(-len(labels) // budget.batch_size)
     optimizer, scheduler = optimizer_and_schedule(transforms.parameters(), budget.lr, budget.weight_decay, steps)
     order = torch.Generator().manual_seed(seed)
+    searches = method_named(variant["method"], Kind.CMC).searches_rows
     for _ in range(budget.epochs):
         for batch in torch.randperm(len(labels), generator=order).split(budget.batch_size):
+            memory = None
+            if searches:
+                chosen, own = memory_rows(len(labels), batch, compat.retrieval.memory, order)
+                memory = RetrievalMemory(old[chosen], new[chosen], labels[chosen], own)
             terms = cmc_terms(variant["method"], old[batch], new[batch], labels[batch], old_space, new_space, compat,
-                              transforms)
+                              transforms, memory)
             optimizer.zero_grad()
             terms["loss"].backward()
             optimizer.step()

@@ -94,7 +94,7 @@ def test_every_scenario_config_loads():
     assert set(scenarios) == {"data", "classes", "loss", "backbone", "dim"}
     for name, cfg in scenarios.items():
         assert {m.seed for m in cfg.new} == {0, 1, 2} and cfg.score.pairs == "counterparts", name
-        assert {c.method for c in cfg.cmc} == {"rbt_cmc", "lce_rbt_cmc"}, name
+        assert {c.method for c in cfg.cmc} == {"rbt_cmc", "lce_rbt_cmc", "retrieval_cmc"}, name
     assert scenarios["dim"].old.model.embedding_dim == 64 and {m.model.embedding_dim for m in scenarios["dim"].new} == {128}
     assert not {"bct", "l2", "lce_direct"} & {m.method for m in scenarios["dim"].new}
     assert scenarios["backbone"].old.model.architecture == "mlp"
@@ -102,7 +102,7 @@ def test_every_scenario_config_loads():
     assert scenarios["loss"].old.model.head.kind == "softmax"
     assert {m.model.head.kind for m in scenarios["loss"].new} == {"arcface"}
     assert scenarios["classes"].old.classes == "first_half"
-    assert scenarios["data"].old.data_fraction == scenarios["data"].new[0].data_fraction / 4
+    assert scenarios["data"].old.data_fraction == scenarios["data"].new[0].data_fraction / 16
     assert [name for name, cfg in scenarios.items() if "l2" in {m.method for m in cfg.new}] == ["data"]
 
 

@@ -272,6 +272,49 @@ def no_terms(batch: TrainingBatch) -> dict[str, torch.Tensor]:
     return {}
 
 
+def retrieval_loss(queries: torch.Tensor, gallery: torch.Tensor, query_labels: torch.Tensor,
+                   gallery_labels: torch.Tensor, own: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cross-model retrieval, NCA's objective (Goldberger et al., 2004) with a gallery of another
+    model's features: ``-mean_i log sum_{j: y_j = y_i, j != own_i} p_ij`` with
+    ``p_ij = softmax_j(s cos(q_i, g_j))`` over the gallery without the query's own image
+    (``own[i]``: its position in the gallery, -1 when absent), as at scoring time, where a query
+    never retrieves itself. It is the expected share of same-class neighbours of a soft nearest
+    neighbour search: what top-1 and AP reward. A query with no other item of its class in the
+    gallery adds nothing."""
+    excluded = -1e4  # finite: a query with nothing to find keeps finite gradients (it is left out below)
+    rows = torch.arange(len(queries), device=queries.device)
+    logits = scale * F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T
+    same = query_labels[:, None] == gallery_labels[None, :]
+    present = own >= 0
+    logits[rows[present], own[present]] = excluded
+    same[rows[present], own[present]] = False
+    log_p = logits.log_softmax(dim=1)
+    found = torch.logsumexp(log_p.masked_fill(~same, excluded), dim=1)
+    keep = same.any(dim=1)
+    return -(found[keep]).sum() / keep.sum().clamp(min=1)
+
+
+@dataclass(frozen=True)
+class RetrievalMemory:
+    """Rows of a CMC fit that a retrieval term searches as the gallery: both models' features of
+    the same images and their labels, and where each batch row sits among them (``own``, -1 when
+    it is not there)."""
+
+    old_features: torch.Tensor
+    new_features: torch.Tensor
+    labels: torch.Tensor
+    own: torch.Tensor
+
+
+def memory_rows(rows: int, batch: torch.Tensor, size: int, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``size`` random rows of ``rows`` together with the ``batch``'s own (sorted, each once),
+    and each batch row's position among them."""
+    drawn = torch.randperm(rows, generator=generator)[:size] if size < rows else torch.arange(rows)
+    chosen = torch.unique(torch.cat([drawn, batch]))
+    return chosen, torch.searchsorted(chosen, batch)
+
+
 @dataclass(frozen=True)
 class CmcBatch:
     """One batch of cross-model compatibility: both frozen models' features of the same images.
@@ -287,6 +330,7 @@ class CmcBatch:
     new_space: OldSpaceStats
     compat: CompatConfig
     transforms: nn.ModuleDict
+    memory: RetrievalMemory | None = None  # the gallery rows a retrieval term searches (retrieval_cmc)
 
 
 def _space(stats: OldSpaceStats, like: torch.Tensor, old_classes_only: bool
@@ -340,3 +384,28 @@ def lce_rbt_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
     regression = regression_loss(mapped_f1, batch.new_features)
     return {**terms, "regression": terms.get("regression", 0) + regression,
             "influence_12": center_classification(mapped_f1, batch.labels, new_centers, batch.compat.class_scale)}
+
+
+def retrieval_cmc_terms(batch: CmcBatch) -> dict[str, torch.Tensor]:
+    """Each transformation trained to retrieve (``retrieval_loss``) across the two frozen models:
+
+    - ``retrieval_21``: the batch's new features mapped by T21 as queries against the memory's old
+      features (the old gallery, fixed), and ``regression_21 = ||T21(f2) - f1||^2``;
+    - ``retrieval_12``: the batch's new features (fixed) as queries against the memory's old
+      features mapped by T12 (the mapped gallery, which moves: an old item whose class its old
+      feature does not tell is moved away from every class's queries rather than into a wrong
+      one), and ``regression_12 = ||T12(f1) - f2||^2`` on the batch's rows among them.
+
+    Scales and regression weights are ``compat.retrieval``'s, per transformation."""
+    memory, config = batch.memory, batch.compat.retrieval
+    if memory is None:
+        raise ValueError("retrieval_cmc needs the fit's rows as its gallery (a RetrievalMemory)")
+    [mapped_new] = map_rows(batch.transforms[BACKWARD], batch.new_features)
+    [mapped_gallery] = map_rows(batch.transforms[FORWARD], memory.old_features)
+    mapped_old = mapped_gallery[memory.own]  # the batch's rows, mapped with the gallery (one batch norm)
+    return {"retrieval_21": retrieval_loss(mapped_new, memory.old_features, batch.labels, memory.labels, memory.own,
+                                           config.backward.scale),
+            "regression_21": regression_loss(mapped_new, batch.old_features),
+            "retrieval_12": retrieval_loss(batch.new_features, mapped_gallery, batch.labels, memory.labels,
+                                           memory.own, config.forward.scale),
+            "regression_12": regression_loss(mapped_old, batch.new_features)}

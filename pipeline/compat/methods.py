@@ -40,6 +40,7 @@ class Role(StrEnum):
     INDEPENDENT = "independent"  # no compatibility term: new/new's upper bound, new/old's lower bound
     BASELINE = "baseline"        # a published method that LCE is compared with
     LCE = "lce"                  # Learning Compatible Embeddings, in one of its manners
+    RETRIEVAL = "retrieval"      # transformations trained to retrieve across the two models (this project's CMC)
 
 
 class Route(StrEnum):
@@ -65,6 +66,7 @@ class Method:
     pulls_features: bool = False        # LCE's point-wise term, with a compat.target_pull (losses.pulled_regression)
     bounds_features: bool = False       # a boundary (compactness) term, whose bounds are b_j - m
     new_new_benchmark: bool = False     # LCE's new/new accuracy is expected to be at least this one's
+    searches_rows: bool = False         # CMC: its terms search a sample of the fit's rows (losses.RetrievalMemory)
 
     @property
     def needs_old_model(self) -> bool:
@@ -150,6 +152,8 @@ register(Method("lce_cmc", Kind.CMC, Role.LCE, losses.lce_cmc_terms, (BACKWARD, 
 register(Method("rbt_cmc", Kind.CMC, Role.BASELINE, losses.rbt_cmc_terms, (BACKWARD, FORWARD)))
 register(Method("lce_rbt_cmc", Kind.CMC, Role.LCE, losses.lce_rbt_cmc_terms, (BACKWARD, FORWARD),
                 needs_statistics=True, pulls_features=True, bounds_features=True))
+register(Method("retrieval_cmc", Kind.CMC, Role.RETRIEVAL, losses.retrieval_cmc_terms, (BACKWARD, FORWARD),
+                searches_rows=True))
 PLUGINS_VARIABLE = "COMPAT_EMBED_METHODS"
 for _plugin in filter(None, os.environ.get(PLUGINS_VARIABLE, "").split(",")):
     importlib.import_module(_plugin.strip())  # a module whose import registers methods

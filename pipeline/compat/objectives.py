@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline.compat.losses import (
     CmcBatch,
+    RetrievalMemory,
     TrainingBatch,
     pulled_class_mask,
     running_boundaries,
@@ -24,7 +25,8 @@ from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig
 
 TRAINING_TERMS = ("align", "boundary", "influence", "regression")
-CMC_TERMS = ("align_21", "boundary_21", "align_12", "boundary_12", "regression", "influence_12")
+CMC_TERMS = ("align_21", "boundary_21", "align_12", "boundary_12", "regression", "influence_12", "retrieval_21",
+             "regression_21", "retrieval_12", "regression_12")
 
 
 class TrainingObjective(nn.Module):
@@ -116,16 +118,22 @@ class TrainingObjective(nn.Module):
 
 def cmc_terms(method: Method | str, old_features: torch.Tensor, new_features: torch.Tensor, labels: torch.Tensor,
               old_space: OldSpaceStats, new_space: OldSpaceStats, compat: CompatConfig,
-              transforms: nn.ModuleDict) -> dict[str, torch.Tensor]:
-    """The loss terms of one CMC batch of ``method``; ``loss`` is their weighted sum
-    ``lambda_a (align_21 + align_12) + lambda_b (boundary_21 + boundary_12) + lambda_r regression
-    + lambda_i influence_12``."""
+              transforms: nn.ModuleDict, memory: RetrievalMemory | None = None) -> dict[str, torch.Tensor]:
+    """The loss terms of one CMC batch of ``method`` (``memory``: the rows a retrieval term
+    searches); ``loss`` is their weighted sum ``lambda_a (align_21 + align_12) + lambda_b
+    (boundary_21 + boundary_12) + lambda_r regression + lambda_i influence_12 + retrieval_21 +
+    retrieval_12 + r21 regression_21 + r12 regression_12`` (``r``: ``compat.retrieval``'s per
+    transformation)."""
     method = method_named(method, Kind.CMC) if isinstance(method, str) else method
     zero = new_features.new_zeros(())
-    batch = CmcBatch(old_features, new_features, labels, old_space, new_space, compat, transforms)
+    batch = CmcBatch(old_features, new_features, labels, old_space, new_space, compat, transforms, memory)
     terms = {**dict.fromkeys(CMC_TERMS, zero), **method.terms(batch)}
+    retrieval = compat.retrieval
     terms["loss"] = (compat.lambda_align * (terms["align_21"] + terms["align_12"])
                      + compat.lambda_boundary * (terms["boundary_21"] + terms["boundary_12"])
                      + compat.lambda_regression * terms["regression"]
-                     + compat.lambda_influence * terms["influence_12"])
+                     + compat.lambda_influence * terms["influence_12"]
+                     + terms["retrieval_21"] + terms["retrieval_12"]
+                     + retrieval.backward.lambda_regression * terms["regression_21"]
+                     + retrieval.forward.lambda_regression * terms["regression_12"])
     return terms

@@ -21,7 +21,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from pipeline.compat.losses import warn_margin
+from pipeline.compat.losses import RetrievalMemory, memory_rows, warn_margin
 from pipeline.compat.methods import Method
 from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
@@ -62,9 +62,16 @@ def _worker_fit(cfg: CmcConfig, loop_config: dict[str, Any], worker: Worker) -> 
     mapped = prepared if worker.precision is None else nn.ModuleDict(
         {name: Autocast(t, worker.precision, device) for name, t in prepared.items()})
 
+    draws = torch.Generator().manual_seed(cfg.seed + 7919 * worker.rank)  # the retrieval terms' gallery rows
+
     def terms(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        memory = None
+        if method.searches_rows:  # a sample of this worker's rows, with the batch's own, as the gallery
+            chosen, own = memory_rows(len(labels), batch, cfg.compat.retrieval.memory, draws)
+            memory = RetrievalMemory(old_features[chosen].to(device), new_features[chosen].to(device),
+                                     labels[chosen].to(device), own.to(device))
         return cmc_terms(method, old_features[batch].to(device), new_features[batch].to(device),
-                         labels[batch].to(device), old_space, new_space, cfg.compat, mapped)
+                         labels[batch].to(device), old_space, new_space, cfg.compat, mapped, memory)
 
     return WorkerFit(f"cmc {cfg.name!r}", transforms, prepared, len(labels), terms,
                      lambda batch: f"batch ids {ids[batch[:8].numpy()].tolist()}...")

@@ -22,7 +22,9 @@ from pipeline.model.transformations import BACKWARD, FORWARD
 def test_every_method_of_the_paper_is_catalogued_with_its_transformations_and_needs():
     assert names(Kind.TRAIN) == ["independent", "bct", "l2", "lce_direct", "lce_backward", "lce_forward",
                                  "lce_bidirectional"]
-    assert names(Kind.CMC) == ["lce_cmc", "rbt_cmc", "lce_rbt_cmc"]
+    assert names(Kind.CMC) == ["lce_cmc", "rbt_cmc", "lce_rbt_cmc", "retrieval_cmc"]
+    assert [n for n in names(Kind.CMC) if method_named(n).searches_rows] == ["retrieval_cmc"]
+    assert not method_named("retrieval_cmc").needs_statistics  # it searches the rows, no class statistics
     trains = {name: method_named(name).trains for name in names(Kind.TRAIN) + names(Kind.CMC)}
     assert trains["lce_backward"] == (BACKWARD,) and trains["lce_forward"] == (FORWARD,)
     assert trains["lce_bidirectional"] == trains["lce_cmc"] == trains["rbt_cmc"] == (BACKWARD, FORWARD)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.compat.losses import pulled_targets
+from pipeline.compat.losses import RetrievalMemory, memory_rows, pulled_targets, retrieval_loss
 from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import CompatConfig, ModelConfig, TransformConfig
@@ -178,3 +178,58 @@ def test_load_cmc_refuses_a_model_artifact_and_a_missing_file(tmp_path):
     (folder / "transforms.pt").write_bytes(b"not torch")
     with pytest.raises(ArtifactError, match="transforms.pt: cannot read weights"):
         load_cmc(folder)
+
+
+def test_the_retrieval_loss_is_nca_over_the_gallery_without_the_querys_own_image():
+    rng = np.random.default_rng(0)
+    queries, gallery = torch.tensor(rng.normal(size=(5, 3))), torch.tensor(rng.normal(size=(7, 3)))
+    query_labels, gallery_labels = torch.tensor([0, 1, 0, 2, 1]), torch.tensor([0, 1, 1, 0, 2, 1, 0])
+    own = torch.tensor([0, 2, -1, 4, -1])  # queries 0, 1 and 3 are gallery items 0, 2 and 4
+    expected = []
+    for i in range(5):  # by hand: a softmax over the other items, the share of same-class ones
+        unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+        others = [j for j in range(7) if j != own[i]]
+        weights = {j: math.exp(4.0 * float(unit(queries[i].numpy()) @ unit(gallery[j].numpy()))) for j in others}
+        hits = [j for j in others if gallery_labels[j] == query_labels[i]]
+        if hits:
+            expected.append(-math.log(sum(weights[j] for j in hits) / sum(weights.values())))
+    found = retrieval_loss(queries, gallery, query_labels, gallery_labels, own, scale=4.0)
+    assert found.item() == pytest.approx(np.mean(expected), rel=1e-6)
+    assert len(expected) == 4  # query 3 (class 2) has no other item of its class: left out, not log(0)
+
+
+def test_the_memory_holds_the_batch_and_says_where_each_row_is():
+    chosen, own = memory_rows(100, torch.tensor([7, 93, 40]), 10, torch.Generator().manual_seed(0))
+    assert len(chosen) <= 13 and chosen.tolist() == sorted(set(chosen.tolist()))
+    assert chosen[own].tolist() == [7, 93, 40]
+    everything, _ = memory_rows(20, torch.tensor([3]), 50)
+    assert everything.tolist() == list(range(20))
+
+
+def test_retrieval_cmc_moves_t21_queries_and_t12_gallery_items_and_keeps_the_regressions():
+    torch.manual_seed(0)
+    old, new, labels = torch.randn(40, 4), torch.randn(40, 6), torch.arange(40) % 3
+    stats = {d: OldSpaceStats(classes=["a", "b", "c"], old_classes=["a", "b", "c"],
+                              centers=np.eye(3, d, dtype=np.float32), boundaries=np.ones(3, np.float32),
+                              feature_means=np.zeros((3, d), np.float32), counts=np.ones(3, int),
+                              boundary_rule="quantile") for d in (4, 6)}
+    transforms = build_cmc_transforms(4, 6, TransformConfig(hidden=8))
+    batch = torch.tensor([0, 5, 9, 12])
+    chosen, own = memory_rows(40, batch, 16, torch.Generator().manual_seed(1))
+    memory = RetrievalMemory(old[chosen], new[chosen], labels[chosen], own)
+    with pytest.raises(ValueError, match="needs the fit's rows as its gallery"):
+        cmc_terms("retrieval_cmc", old[batch], new[batch], labels[batch], stats[4], stats[6], CompatConfig(),
+                  transforms)
+    compat = CompatConfig()
+    terms = cmc_terms("retrieval_cmc", old[batch], new[batch], labels[batch], stats[4], stats[6], compat, transforms,
+                      memory)
+    assert all(terms[t].item() > 0 for t in ("retrieval_21", "regression_21", "retrieval_12", "regression_12"))
+    assert terms["align_21"].item() == terms["regression"].item() == 0
+    weights = compat.retrieval
+    assert terms["loss"].item() == pytest.approx(
+        terms["retrieval_21"].item() + terms["retrieval_12"].item()
+        + weights.backward.lambda_regression * terms["regression_21"].item()
+        + weights.forward.lambda_regression * terms["regression_12"].item(), rel=1e-6)
+    terms["retrieval_21"].backward()  # T21's retrieval moves T21 alone (the old gallery is fixed)
+    assert transforms[BACKWARD].blocks[0].paths[0][0].weight.grad.abs().sum() > 0
+    assert transforms[FORWARD].blocks[0].paths[0][0].weight.grad is None
