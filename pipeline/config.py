@@ -480,10 +480,11 @@ class ScoreConfig(Strict):
     index: IndexConfig = IndexConfig()
     full_ranking: bool = Field(True, description="mAP and mAP@R over the full ranking; false: top-k only, for "
                                                  "very large galleries")
-    pairs: Literal["all", "counterparts"] = Field(
-        "all", description="all: every ordered pair of equal dimension; counterparts: each model with itself, "
-                           "each new model and T21 entry against the old gallery, and each T12-mapped old gallery "
-                           "with its new model both ways (pipeline.score.entries.counterpart_pairs)")
+    pairs: Literal["all", "models", "counterparts"] = Field(
+        "all", description="all: every ordered pair of equal dimension; models: every pair of the models (the N x N "
+                           "matrix) and each transformed entry with its counterparts only; counterparts: each model "
+                           "with itself, each new model and T21 entry against the old gallery, and each T12-mapped "
+                           "old gallery with its new model both ways (pipeline.score.entries)")
     bootstrap_resamples: int = Field(1000, ge=0, description="resamples of the queries for each criterion cell's "
                                                              "paired interval (pipeline.score.uncertainty); 0: none")
     interval_level: float = Field(0.95, gt=0, lt=1, description="the criterion intervals' confidence level")

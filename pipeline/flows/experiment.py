@@ -33,7 +33,7 @@ from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
 from pipeline.model.encoders import import_model
 from pipeline.runtime import runs_at_once, settle, side_by_side
-from pipeline.score.entries import counterpart_pairs
+from pipeline.score.entries import counterpart_pairs, model_pairs
 from pipeline.score.report import roles_of, score_and_report
 from pipeline.train.cross_model import fit_cmc
 from pipeline.train.driver import run_resources
@@ -153,6 +153,6 @@ def _score(run: _Run, models: dict[str, Path], cmc: dict[str, Path]) -> str:
     entries = matrix_entries(models, sets, cfg.old.name, run.out / "embeddings", split, cmc)
     independent = next((m.name for m in cfg.new if m.method_spec.role is Role.INDEPENDENT), None)
     roles = roles_of(models[cfg.old.name], independent)
-    pairs = counterpart_pairs(entries) if cfg.score.pairs == "counterparts" else None
+    pairs = {"all": None, "models": model_pairs(entries), "counterparts": counterpart_pairs(entries)}[cfg.score.pairs]
     return score_and_report(entries, roles, cfg.score, run.out / "report", run.context, pairs)
 

@@ -50,3 +50,11 @@ def counterpart_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
         if entry.reference != name and entry.transform != "none":  # an old gallery mapped by T12
             pairs.append((entry.counterpart, name))
     return [(q, g) for q, g in dict.fromkeys(pairs) if entries[q].embeddings.dim == entries[g].embeddings.dim]
+
+
+def model_pairs(entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
+    """Every ordered pair of the plain models (the whole N x N matrix), then each transformed
+    entry with what ``counterpart_pairs`` scores it against; pairs of two dimensions left out."""
+    plain = [name for name, entry in entries.items() if entry.transform == "none"]
+    pairs = [(q, g) for q in plain for g in plain] + counterpart_pairs(entries)
+    return [(q, g) for q, g in dict.fromkeys(pairs) if entries[q].embeddings.dim == entries[g].embeddings.dim]

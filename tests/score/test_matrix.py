@@ -6,7 +6,7 @@ import torch
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.encode.mapped import map_embeddings
-from pipeline.score.entries import MatrixEntry, counterpart_pairs
+from pipeline.score.entries import MatrixEntry, counterpart_pairs, model_pairs
 from pipeline.score.matrix import QueryValues, add_intervals, matrix, score_all_pairs
 
 
@@ -53,6 +53,8 @@ def test_counterpart_pairs_score_each_entry_against_what_it_is_compatible_with()
                "old.t12.new": MatrixEntry(of_dim(4), "old", "T12 of new", "new", "new")}
     assert counterpart_pairs(entries) == [("old", "old"), ("new", "new"), ("wide", "wide"), ("new", "old"),
                                           ("new.t21", "old"), ("old.t12.new", "new"), ("new", "old.t12.new")]
+    assert model_pairs(entries) == [("old", "old"), ("old", "new"), ("new", "old"), ("new", "new"), ("wide", "wide"),
+                                    ("new.t21", "old"), ("old.t12.new", "new"), ("new", "old.t12.new")]
 
 
 def test_all_pairs_by_default_and_only_pairs_of_one_dimension():
