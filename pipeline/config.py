@@ -300,6 +300,8 @@ class TrainConfig(FitConfig):
     model: ModelConfig = ModelConfig()
     classes: Literal["all", "first_half"] | list[str] = "all"
     data_fraction: float = Field(1.0, gt=0, le=1)
+    min_rows: int = Field(0, ge=0, description="small datasets: data_fraction rises until it keeps about this many "
+                                               "training rows of its classes (pipeline.data.dataset.share_with_rows)")
     validation_fraction: float = Field(0.0, ge=0, lt=1, description="share of the training split held out "
                                        "for validation (pipeline.data.dataset.in_validation), the same rows for every model")
     compat: CompatConfig = CompatConfig()

@@ -92,6 +92,23 @@ def in_fraction(row_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
+def share_with_rows(fraction: float, min_rows: int, available: int) -> float:
+    """``fraction`` of ``available`` rows, raised (at most to all of them) so that it keeps about
+    ``min_rows``: a share sized for a large dataset still holds enough rows of a small one."""
+    if min_rows <= 0 or available <= 0:
+        return fraction
+    return min(1.0, max(fraction, min_rows / available))
+
+
+def class_rows(root: str | Path, split: str, labels: list[int]) -> int:
+    """How many rows of ``split`` have one of the dataset ``labels`` (its label column alone is read)."""
+    import pyarrow.parquet as pq
+
+    wanted = set(labels)
+    return sum(label in wanted for label in pq.read_table(split_files(root, split), columns=["label"])
+               .column("label").to_pylist())
+
+
 def in_validation(row_id: str, fraction: float) -> bool:
     """Whether a training-split row is held out for validation (sweeps, model selection): a
     share ``fraction`` decided by the id alone, under no seed, so that the old model, every new

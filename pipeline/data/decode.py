@@ -15,7 +15,14 @@ from PIL import Image
 
 from pipeline.config import Preprocessing
 from pipeline.data.bad_rows import DataError, label_problem
-from pipeline.data.dataset import DatasetInfo, in_fraction, in_validation, read_dataset_info, split_files
+from pipeline.data.dataset import (
+    DatasetInfo,
+    in_fraction,
+    in_validation,
+    read_dataset_info,
+    share_with_rows,
+    split_files,
+)
 from pipeline.data.preprocess import eval_pixels, model_input
 
 
@@ -85,13 +92,13 @@ def equal_share(rows: int, rank: int, world: int) -> slice:
 
 def load_split(root: str | Path, split: str, labels: list[int] | None = None, fraction: float = 1.0,
                seed: int = 0, shard: tuple[int, int] = (0, 1), validation_fraction: float = 0.0,
-               validation: bool = False,
-               preprocessing: Preprocessing | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+               validation: bool = False, preprocessing: Preprocessing | None = None,
+               min_rows: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
     """ids, decoded images (a model's input: ``preprocessing``, by default the dataset's mode and
     size in [-1, 1]) and dataset labels of one split, filtered and sharded.
 
     ``labels`` keeps only those dataset labels; ``fraction`` keeps a seeded share of the rows
-    (``in_fraction``); ``validation_fraction`` leaves out the validation rows
+    (``in_fraction``), at least about ``min_rows`` of them (``share_with_rows``); ``validation_fraction`` leaves out the validation rows
     (``in_validation``), or keeps only them when ``validation``; ``shard=(rank, world)`` gives
     each worker an equal, disjoint share so that all workers run the same number of steps.
     """
@@ -104,6 +111,7 @@ def load_split(root: str | Path, split: str, labels: list[int] | None = None, fr
         raise DataError(f"{Path(root) / split}: row {ids[bad[0]]!r}: {label_problem(targets[bad[0]], len(info.classes))} "
                         f"({len(bad)} such rows; ingest or encode with on_bad_rows: skip to list them)")
     keep = np.ones(len(ids), dtype=bool) if labels is None else np.isin(targets, labels)
+    fraction = share_with_rows(fraction, min_rows, int(keep.sum()))
     if fraction < 1.0:
         keep &= np.array([in_fraction(row_id, fraction, seed) for row_id in ids])
     if validation_fraction > 0 or validation:

@@ -118,7 +118,10 @@ def stopped_training(error: ray.train.WorkerGroupError, run_path: str) -> Except
     known = [failure for failure in error.worker_failures.values() if isinstance(failure, (ValueError, NonFiniteLoss))]
     if not known:
         return error
-    checkpoint = ray.train.Result.from_path(run_path).checkpoint
+    try:
+        checkpoint = ray.train.Result.from_path(run_path).checkpoint
+    except RuntimeError:  # Ray Train's: the run stopped before it recorded anything to restore
+        checkpoint = None
     kept = f"the last good checkpoint stays in {checkpoint.path}" if checkpoint else "no checkpoint was saved"
     return TrainingStopped(f"{known[0]} ({kept}; no artifact written)")
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.compat.statistics import compute_old_space_stats
 from pipeline.config import EncodeConfig, TrainConfig
-from pipeline.data.dataset import class_indices, in_fraction, in_validation, read_dataset_info
+from pipeline.data.dataset import class_indices, in_fraction, in_validation, read_dataset_info, share_with_rows
 from pipeline.data.embeddings import EmbeddingSet, read_embeddings
 from pipeline.encode.split import encode_split
 from pipeline.model.card import read_encoder_card
@@ -34,9 +34,10 @@ def training_rows(embeddings: EmbeddingSet, dataset: str | Path,
         raise ValueError(f"{embeddings.path}: encoded from a dataset with classes {embeddings.classes}, "
                          f"not {dataset} ({info.classes})")
     kept = class_indices(info.classes, cfg.classes)
+    fraction = share_with_rows(cfg.data_fraction, cfg.min_rows, int(np.isin(embeddings.labels, kept).sum()))
     rows = np.array([index for index in np.argsort(embeddings.ids, kind="stable")
                      if embeddings.labels[index] in kept
-                     and in_fraction(embeddings.ids[index], cfg.data_fraction, cfg.seed)
+                     and in_fraction(embeddings.ids[index], fraction, cfg.seed)
                      and not in_validation(embeddings.ids[index], cfg.validation_fraction)], dtype=np.int64)
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(kept)}
     labels = np.array([to_model_label[int(y)] for y in embeddings.labels[rows]], dtype=np.int64)

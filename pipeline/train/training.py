@@ -25,7 +25,7 @@ from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.compat.steps import autocast
 from pipeline.config import Preprocessing, RunContext, TrainConfig
-from pipeline.data.dataset import class_indices, class_names, read_dataset_info
+from pipeline.data.dataset import class_indices, class_names, class_rows, read_dataset_info, share_with_rows
 from pipeline.data.decode import load_split
 from pipeline.data.embeddings import open_embeddings, read_embeddings
 from pipeline.data.preprocess import model_input
@@ -113,7 +113,8 @@ def _held_rows(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker, la
     """This worker's equal share of the training rows, decoded once and held; batches are row positions."""
     ids, images, dataset_labels = load_split(loop_config["dataset"], "train", labels_kept, cfg.data_fraction,
                                              cfg.seed, shard=(worker.rank, worker.world),
-                                             validation_fraction=cfg.validation_fraction, preprocessing=preprocessing)
+                                             validation_fraction=cfg.validation_fraction, preprocessing=preprocessing,
+                                             min_rows=cfg.min_rows)
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(labels_kept)}
     images = torch.from_numpy(images)
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
@@ -225,7 +226,8 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     stream = None
     if cfg.ingest == "stream":
         check_decoding_room(cfg.reserved_cpus, cfg.decoding_cpus)
-        stream = StreamSpec(str(dataset), labels_kept, cfg.data_fraction, cfg.seed,
+        fraction = share_with_rows(cfg.data_fraction, cfg.min_rows, class_rows(dataset, "train", labels_kept))
+        stream = StreamSpec(str(dataset), labels_kept, fraction, cfg.seed,
                             cfg.validation_fraction, preprocessing, cfg.augment,
                             str(Path(old_features).resolve()) if cfg.reads_old_features else None, cfg.decoding_cpus)
     inputs = {"dataset": str(dataset), "old_dim": old_dim, "input": preprocessing.model_dump(),

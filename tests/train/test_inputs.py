@@ -8,7 +8,7 @@ import torch
 
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.config import CompatConfig, ModelConfig, TrainConfig
-from pipeline.data.dataset import in_fraction, in_validation
+from pipeline.data.dataset import in_fraction, in_validation, share_with_rows
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.model.artifacts import load_model, write_artifact, write_initial_model
 from pipeline.train.inputs import stats_for_model, training_rows
@@ -41,6 +41,17 @@ def test_training_rows_are_the_configs_classes_fraction_and_non_validation_rows_
                       and CLASSES[embeddings.labels[list(embeddings.ids).index(i)]] in ("a", "c"))
     assert embeddings.ids[rows].tolist() == expected and 0 < len(expected) < 40
     assert [classes[y] for y in labels] == [CLASSES[embeddings.labels[r]] for r in rows]
+
+
+def test_a_share_of_a_small_dataset_keeps_at_least_min_rows(dataset):
+    embeddings = _embeddings(rows=600)
+    small = TrainConfig(name="old", data_fraction=0.025, seed=1)  # about 15 of 600 rows: less than one batch
+    raised = small.model_copy(update={"min_rows": 150})
+    assert 5 < len(training_rows(embeddings, dataset, small)[0]) < 30
+    rows = training_rows(embeddings, dataset, raised)[0]
+    assert 120 < len(rows) < 180  # the fraction rose to 150 / 600, the same seeded rule by id
+    assert embeddings.ids[rows].tolist() == sorted(i for i in embeddings.ids if in_fraction(i, 0.25, 1))
+    assert share_with_rows(0.025, 150, 60_000) == 0.025 and share_with_rows(0.5, 150, 100) == 1.0
 
 
 def test_training_rows_refuse_embeddings_of_another_dataset(dataset):
