@@ -145,13 +145,15 @@ def decision_line(row: dict) -> str:
            f"({'; '.join(interval_cells(row, tuple(SUBSET_NAMES)))})"
 
 
-def decisions_markdown(table: pd.DataFrame, level: float, old: str | None = None) -> str:
-    """One line per judged pair with its decision and the intervals it rests on (``decided_rows``)."""
+def decisions_markdown(table: pd.DataFrame, level: float, old: str | None = None, upgrade_only: bool = False) -> str:
+    """One line per judged pair with its decision and the intervals it rests on (``decided_rows``);
+    with ``upgrade_only``, only the pairs judged against ``old``'s own (its gallery, mapped or not)."""
     lines = [f"Decisions ({', '.join(str(d) for d in Decision)}): ship when M(query, gallery) - M(reference, "
              f"reference) is above 0 on every criterion metric by its {level:.0%} paired interval (and negative flips "
              "are within score.max_flip_rate where one is set); inconclusive when an interval holds 0 and none lies "
              "below (more queries, or a backfill, settle it); backfill otherwise.", ""]
-    return "\n".join(lines + [f"- {decision_line(row)}" for row in decided_rows(table, old)])
+    rows = [row for row in decided_rows(table, old) if not upgrade_only or row.get("reference_model") == old]
+    return "\n".join(lines + [f"- {decision_line(row)}" for row in rows])
 
 
 def flips_markdown(table: pd.DataFrame, max_rate: float | None) -> str:
@@ -249,7 +251,8 @@ def roles_of(old_model: str | Path, independent: str | None = None) -> MatrixRol
 def score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, options: ScoreConfig, out_dir: str | Path,
                      context: RunContext, pairs: list[tuple[str, str]] | None = None) -> str:
     """Score ``pairs`` of ``entries`` (default all), write the report to ``out_dir``, log it; returns
-    the printed matrix, verdicts and, last, the decisions. Each pair's row is kept in ``out_dir/pairs``, so that a rerun after a
+    the printed matrix, verdicts and, last, the decisions on the old model's gallery (every pair's
+    are in verdicts.md). Each pair's row is kept in ``out_dir/pairs``, so that a rerun after a
     kill scores only the pairs not done yet."""
     out_dir = Path(out_dir)
     with one_writer(out_dir):  # another job writing this report is refused, naming it
@@ -264,10 +267,11 @@ def _score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, optio
     files = list(write_tables(table, out_dir).values()) + [heatmap(table, order, out_dir / "heatmap.png", shown)]
     text = "\n\n".join(format_matrix(table, order, metric) for metric in shown)
     documents = [("matrix.txt", text + "\n"), (ENTRIES_FILE, json.dumps(describe(entries), indent=1))]
-    verdicts = decisions = ""
+    verdicts = decisions = upgrade = ""
     if any(column.startswith("verdict_") for column in table.columns):
         verdicts = verdicts_markdown(table, options.interval_level)
         decisions = decisions_markdown(table, options.interval_level, roles.old)
+        upgrade = decisions_markdown(table, options.interval_level, roles.old, upgrade_only=roles.old is not None)
     if scored.flips:
         verdicts += ("\n" if verdicts else "") + flips_markdown(table, options.max_flip_rate)
         per_class = flips_per_class(scored, next(iter(entries.values())).embeddings.classes)
@@ -283,4 +287,4 @@ def _score_and_report(entries: dict[str, MatrixEntry], roles: MatrixRoles, optio
         files.append(out_dir / name)
     run_id = log_report(table, order, files, context.tracking_uri, context.experiment, old=roles.old)
     log.info("score: report in %s, MLflow run %s", out_dir, run_id)
-    return "\n\n".join(part for part in (text, verdicts, decisions) if part)  # the decisions are what it ends with
+    return "\n\n".join(part for part in (text, verdicts, upgrade) if part)  # it ends with the upgrade's decisions
