@@ -23,6 +23,7 @@ def main() -> None:
     print(report.summary_text)
     print(f"report:  {report.report_dir}")
     print(cli.mlflow_ui_lines(cfg.tracking_uri(), cfg.mlflow.experiment, report.run_id))
+    print(report.decisions)
 
 
 if __name__ == "__main__":

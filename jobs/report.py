@@ -42,6 +42,7 @@ def main() -> None:
                                        selection_fraction=args.selection_fraction)
     print(report.summary_text)
     print(f"report: {report.report_dir}\nMLflow run: {report.run_id} ({args.tracking_uri})")
+    print(report.decisions)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,12 @@ class LineageReport:
     verdicts: list[Verdict]
     summary_text: str
 
+    @property
+    def decisions(self) -> str:
+        """One line per new model: its decision and the route it rests on (a job's last lines)."""
+        return "\n".join(f"decision: {v.model} (parent {v.parent}): {v.statement}, on {v.route}"
+                         for v in self.verdicts)
+
 
 def lineage_embeddings(model: LineageModel, dataset: str | Path, split: str, out_dir: Path,
                        encode: EncodeConfig) -> Path:
