@@ -27,6 +27,7 @@ Nothing here is typed by hand: every number comes from the report and its per-qu
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,7 +250,8 @@ def _pooled(results: SeedResults, seeds: pd.DataFrame) -> dict[str, float]:
         new_old = np.stack([results.values[s].new_old[n][metric] for s, n in zip(seeds.seed, seeds.name)])
         old_old = np.stack([results.values[s].old_old[metric] for s in seeds.seed])
         independent = np.stack([results.values[s].independent[metric] for s in seeds.seed])
-        with np.errstate(all="ignore"):  # a query with no value in any seed stays NaN and leaves the pairing
+        with warnings.catch_warnings():  # a query with no value in any seed stays NaN and leaves the pairing
+            warnings.simplefilter("ignore", RuntimeWarning)
             gained, upgrade = np.nanmean(new_old - old_old, axis=0), np.nanmean(independent - old_old, axis=0)
         for kind, interval in (("delta", paired_interval(gained, np.zeros_like(gained), results.resamples,
                                                           results.level)),
