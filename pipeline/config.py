@@ -360,6 +360,8 @@ class CmcConfig(FitConfig):
     compat: CompatConfig = CompatConfig()
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(512, gt=0, description="global batch of feature rows, split over the workers")
+    min_steps: int = Field(200, ge=0, description="passes per epoch rise until the fit has this many steps: on "
+                                                  "1,600 rows (30 steps) the transformations underfit")
 
 
 class TorchScriptSource(Strict):

@@ -35,6 +35,7 @@ from pipeline.data.embeddings import read_embeddings
 from pipeline.model.artifacts import build_cmc_transforms
 from pipeline.model.transformations import BACKWARD, FORWARD
 from pipeline.score.retrieval import per_query_metrics
+from pipeline.train.loop import passes_per_epoch
 
 
 def _score(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.ndarray, seen: np.ndarray) -> str:
@@ -49,11 +50,12 @@ def _fit(variant: dict, old: torch.Tensor, new: torch.Tensor, labels: torch.Tens
     compat = CompatConfig(**variant.get("compat", {}))
     torch.manual_seed(seed)
     transforms = build_cmc_transforms(old.shape[1], new.shape[1], TransformConfig(**variant.get("transform", {})))
-    steps = budget.epochs * -(-len(labels) // budget.batch_size)
+    passes = passes_per_epoch(budget, len(labels) // budget.batch_size)
+    steps = budget.epochs * passes * -(-len(labels) // budget.batch_size)
     optimizer, scheduler = optimizer_and_schedule(transforms.parameters(), budget.lr, budget.weight_decay, steps)
     order = torch.Generator().manual_seed(seed)
     searches = method_named(variant["method"], Kind.CMC).searches_rows
-    for _ in range(budget.epochs):
+    for _ in range(budget.epochs * passes):
         for batch in torch.randperm(len(labels), generator=order).split(budget.batch_size):
             memory = None
             if searches:
@@ -74,9 +76,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--cmc", default="cmc_rbt", help="the CMC fit whose stored inputs are read")
     parser.add_argument("--variants", required=True, help="JSON list of {method, compat, transform}")
+    parser.add_argument("--budget", default="{}", help="JSON of CmcConfig fields (epochs, batch_size, min_steps, lr)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    budget = CmcConfig(name="diagnosis", new_model="independent")
+    budget = CmcConfig(name="diagnosis", new_model="independent", **json.loads(args.budget))
     for seed in map(int, args.seeds.split(",")):
         stats = f"{args.run}/stats/{args.cmc}-s{seed}"
         with np.load(f"{stats}.features.npz", allow_pickle=False) as data:
@@ -87,7 +90,8 @@ def main() -> None:
         old_gallery = old_test.vectors_of(new_test.ids)
         known = [old_space.classes.index(name) for name in old_space.old_classes]
         seen = np.isin(new_test.labels, known)
-        print(f"seed {seed} old/old: {_score(old_gallery, old_gallery, new_test.labels, new_test.ids, seen)}")
+        print(f"seed {seed} old/old: {_score(old_gallery, old_gallery, new_test.labels, new_test.ids, seen)}; new/new: "
+              f"{_score(new_test.vectors, new_test.vectors, new_test.labels, new_test.ids, seen)}")
         for variant in json.loads(args.variants):
             transforms = _fit(variant, old, new, labels, old_space, new_space, seed, budget)
             with torch.no_grad():
