@@ -1,5 +1,5 @@
 """Benchmark: a gallery of 1e7 vectors (d = 128) in a faiss IVF-PQ index on this machine, against
-exact search of the same gallery in the same run (issue 19, item 5).
+exact search of the same gallery in the same run.
 
 The gallery is synthetic and clustered (1,000 centers, unit vectors, cosine as inner product),
 drawn chunk by chunk from seeded generators, so that it is never held whole: the index is built

@@ -42,7 +42,7 @@ from pipeline.data.embeddings import embeddings_table, write_embeddings
 from pipeline.data.importers import ensure_dataset
 from pipeline.model.artifacts import load_model, write_initial_model
 
-TARGET = 0.9  # issue 7: images/s of the Ray Data encoding against the plain loop, at 1e5 images
+TARGET = 0.9  # images/s of the Ray Data encoding against the plain loop, at 1e5 images
 GALLERY, ROWS_PER_FILE, BATCH = 100_000, 10_000, 512
 MODEL = ModelConfig(architecture="small_cnn", embedding_dim=128)
 

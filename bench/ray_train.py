@@ -37,7 +37,7 @@ from pipeline.model.card import read_card
 from pipeline.model.networks import EmbeddingModel
 from pipeline.train.training import init_seed
 
-TARGET = 0.9  # issue 7: jobs.train samples/s against the plain loop
+TARGET = 0.9  # jobs.train samples/s against the plain loop
 CONFIG = {"name": "bench", "method": "independent", "epochs": 2, "batch_size": 128, "lr": 0.002, "cpus_per_worker": 2,
           "model": {"architecture": "small_cnn", "embedding_dim": 128, "head": {"kind": "cosface", "scale": 16,
                                                                                  "margin": 0.1}}}

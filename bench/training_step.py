@@ -37,7 +37,7 @@ from pipeline.model.networks import EmbeddingModel
 from pipeline.model.transformations import build_transforms
 
 METHODS = ("independent", "lce_direct", "lce_backward", "lce_forward", "lce_bidirectional", "bct", "l2")
-TARGET = 1.05  # issue 7: LCE and BCT steps against the independent step
+TARGET = 1.05  # LCE and BCT steps against the independent step
 HEAD = HeadConfig(kind="cosface", scale=16, margin=0.1)
 BACKBONES = {  # name: (model, rounds, steps per block); fewer steps for the slower backbone
     "small CNN": (ModelConfig(architecture="small_cnn", embedding_dim=128, head=HEAD), 7, 20),

@@ -42,7 +42,7 @@ class Strict(BaseModel):
 
 
 class HeadConfig(Strict):
-    """Classification head on top of the embedding (design notes, section 2)."""
+    """Classification head on top of the embedding (docs/design.md, 'Losses of compatible training')."""
 
     kind: Literal["softmax", "cosface", "arcface"] = "cosface"
     scale: float = Field(16.0, gt=0, description="logit scale s of the margin heads")
@@ -349,8 +349,8 @@ class TrainConfig(FitConfig):
 class CmcConfig(FitConfig):
     """Cross-model compatibility: ``T12`` and ``T21`` fit between two trained, frozen models.
 
-    ``lce_cmc`` trains each with alignment + boundary in its target space (design notes,
-    section 2); ``rbt_cmc`` is the point-wise regression baseline ``||T21(f2) - f1||^2``.
+    ``lce_cmc`` trains each with alignment + boundary in its target space (docs/design.md,
+    'Cross-model compatibility'); ``rbt_cmc`` is the point-wise regression baseline ``||T21(f2) - f1||^2``.
     """
 
     method_kind: ClassVar[str] = "CMC"

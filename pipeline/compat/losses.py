@@ -1,4 +1,4 @@
-"""Compatibility losses (design notes, section 2), as pure functions on tensors, and the terms
+"""Compatibility losses (docs/design.md, 'The method'), as pure functions on tensors, and the terms
 each method adds to its objective (``pipeline.compat.methods`` says which method uses which).
 
 Notation: ``f2`` model 2's features, ``W2`` its classifier rows, ``c_j`` and ``b_j`` the old

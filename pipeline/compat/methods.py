@@ -10,7 +10,7 @@ in the process that loads the config (a job's workers receive the entry with the
 for instance from a module named in ``COMPAT_EMBED_METHODS`` (comma-separated), which the
 catalogue imports once its own entries are in.
 
-Routes against the old gallery (design notes, section 2):
+Routes against the old gallery (docs/design.md, 'Routes against the old gallery'):
 
 - ``direct``: model 2's features as they are;
 - ``T21``: model 2's features mapped by its backward transformation, entry ``<model>.t21``;

@@ -1,7 +1,7 @@
 """Old-space statistics: class centers and boundaries measured with the old model.
 
 They are computed once with model 1 over model 2's training images, for every class of model
-2's label map, including classes model 1 never saw (design notes, section 2), and saved as an
+2's label map, including classes model 1 never saw (docs/design.md, 'The old space, measured once'), and saved as an
 ``.npz`` file (no pickle) next to model 2's inputs.
 """
 

@@ -1,4 +1,4 @@
-"""Backfill of a lineage's galleries (design notes, section 3): the metric of the new model's
+"""Backfill of a lineage's galleries (docs/design.md, 'The metrics'): the metric of the new model's
 queries against a gallery of which a growing share has been re-encoded with the new model, the
 rest still holding the parent's vectors. It starts at ``C[i][p]`` and ends at ``C[i][i]``; its area
 (trapezoid rule over the share) says what a partial backfill buys. The orders: random;

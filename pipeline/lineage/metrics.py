@@ -1,4 +1,4 @@
-"""Metrics over a lineage of models v1 -> v2 -> ... (design notes, section 3), free of I/O.
+"""Metrics over a lineage of models v1 -> v2 -> ... (docs/design.md, 'The metrics'), free of I/O.
 
 - the N x N matrix ``C[q][g]`` per metric (rows: query model, columns: gallery model, in
   lineage order); AC = share of the cells below the diagonal (a newer model's queries against

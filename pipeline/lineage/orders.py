@@ -1,4 +1,4 @@
-"""In which order to re-encode a gallery (issue 19), free of I/O: an order predicted from the
+"""In which order to re-encode a gallery, free of I/O: an order predicted from the
 parent's embedding alone, and an oracle order that needs the new embeddings and the labels (what
 a perfect prediction would give; a reference, not something a backfill can use, and no bound on
 every metric: on the demo lineage's v2 it is below random on top-1).

@@ -1,4 +1,4 @@
-"""Artifact folders (design notes, section 4): weights and a card (``pipeline.model.card``).
+"""Artifact folders (docs/design.md, 'Data contracts'): weights and a card (``pipeline.model.card``).
 
     <artifact>/model.pt       state dict of ``EmbeddingModel`` with its transformations, if any
     <artifact>/transforms.pt  a CMC artifact's state dict of its two transformations

@@ -1,4 +1,4 @@
-"""Feature transformations between two embedding spaces (design notes, section 2).
+"""Feature transformations between two embedding spaces (docs/design.md, 'Transformations').
 
 ``T21`` maps model 2's space to model 1's (backward), ``T12`` model 1's to model 2's (forward).
 The RBT-style block is ``y = skip(x) + sum_p path_p(x)`` with P parallel paths

@@ -1,5 +1,5 @@
 """The compatibility criterion, the decision it supports, the update gain and the cell lookup
-(DESIGN.md, section 3), written once for the report, the scenario tables, the lineage, the index
+(docs/design.md, 'The metrics'), written once for the report, the scenario tables, the lineage, the index
 guard and a sweep's confirmation.
 
 - criterion of one metric: ``M(q, g) > M(r, r)`` judged by the paired bootstrap interval of the

@@ -1,4 +1,4 @@
-"""Approximate indexes on a gallery that mixes parent and new vectors (issue 19, item 2).
+"""Approximate indexes on a gallery that mixes parent and new vectors.
 
 While a backfill runs, the gallery holds the parent's vectors for the items not yet re-encoded
 and the new model's for the others, and the new model's queries search it. At each share of the

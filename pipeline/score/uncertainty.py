@@ -1,5 +1,5 @@
 """How sure a criterion cell is: a paired bootstrap over the queries of the difference
-``M(q, g) - M(r, r)`` between a pair and its reference (design notes, section 3), and the
+``M(q, g) - M(r, r)`` between a pair and its reference (docs/design.md, 'The metrics'), and the
 verdict it supports.
 
 The two pairs are scored on the same query images (matched by id), so each query contributes one

@@ -8,7 +8,7 @@ bidirectional), or searched against the old gallery mapped by ``T12`` (forward).
 The objective rewards compatibility and retained accuracy together, as the harmonic mean of
 
 - ``gain``: the update gain on top-1, ``(M(new, old) - M(old, old)) / (M(ind, ind) - M(old, old))``
-  with ``ind`` the independently trained new model (design notes, section 3), its numerator taken
+  with ``ind`` the independently trained new model (docs/design.md, 'The metrics'), its numerator taken
   at the lower end of its 95 % paired bootstrap interval over the validation queries, and
 - ``retention``: ``M(new, new) / M(ind, ind)``,
 

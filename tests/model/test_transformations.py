@@ -6,7 +6,7 @@ from pipeline.model.transformations import FeatureTransform, TransformBlock
 
 
 def _by_hand(path: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """A path as the design notes write it, from its parameters: three times a linear map, batch
+    """A path as docs/design.md writes it, from its parameters: three times a linear map, batch
     norm with its running statistics (eval mode), then PReLU."""
     layers = list(path)
     assert [type(layer).__name__ for layer in layers] == ["Linear", "BatchNorm1d", "PReLU"] * 3
