@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import FolderInUse
 
@@ -48,6 +48,18 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """``text`` written to ``path`` through a temporary name and an atomic rename."""
     write_atomic(path, lambda temporary: temporary.write_text(text))
+
+
+def write_npz_atomic(path: str | Path, **arrays: Any) -> None:
+    """``np.savez`` of ``arrays`` to ``path`` through a temporary name and an atomic rename (through
+    a handle: given a name, ``np.savez`` would add ".npz" to the temporary one)."""
+    import numpy as np
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    write_atomic(path, write)
 
 
 def write_table_atomic(table: "pa.Table", path: str | Path) -> None:

@@ -14,7 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.atomic import one_writer, write_atomic
+import numpy as np
+
+from pipeline.atomic import one_writer, write_atomic, write_npz_atomic
 from tests.jobs.test_bad_input import HOLD_LOCK
 
 
@@ -31,6 +33,15 @@ def test_threads_writing_one_path_never_share_a_temporary_name(tmp_path):
         list(pool.map(lambda _: write_atomic(tmp_path / "file.json", write), range(32)))
     assert len(set(used)) == 32
     assert (tmp_path / "file.json").read_text() in used and sorted(p.name for p in tmp_path.iterdir()) == ["file.json"]
+
+
+def test_npz_keeps_its_name_and_a_failed_write_leaves_nothing(tmp_path):
+    write_npz_atomic(tmp_path / "stats.npz", centers=np.eye(3, dtype=np.float32))
+    with np.load(tmp_path / "stats.npz") as saved:
+        assert saved["centers"].tolist() == np.eye(3).tolist()
+    with pytest.raises(ValueError):  # an object array cannot be saved without pickling
+        write_npz_atomic(tmp_path / "bad.npz", rows=np.array([{"a": 1}], dtype=object), allow_pickle=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["stats.npz"]
 
 
 def test_threads_of_one_process_take_turns_on_a_folder(tmp_path):

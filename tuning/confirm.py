@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline.atomic import write_text_atomic
 from pipeline.compat.methods import Method, Route, entry_name
 from pipeline.config import load_train_config
 from pipeline.data.dataset import class_indices, read_dataset_info
@@ -76,8 +77,7 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
     for seed in seeds:
         seeded = best.model_copy(update={"seed": seed, "name": f"{best.name}-best-s{seed}"})
         config, model = sweep_dir / "confirm" / f"{seeded.name}.yaml", sweep_dir / "models" / seeded.name
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(seeded.model_dump(mode="json"), sort_keys=False))
+        write_text_atomic(config, yaml.safe_dump(seeded.model_dump(mode="json"), sort_keys=False))
         stats = sweep_dir / "stats" / f"{seeded.name}.npz"  # the seed decides the rows of data_fraction
         _job("jobs.stats", "--config", str(config), "--old-model", str(old), "--dataset", str(dataset),
              "--embeddings", str(sweep_dir / "embeddings" / "old" / "train"), "--out", str(stats))
@@ -118,7 +118,7 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
         "objective_at_least_median_every_seed": bool((frame.validation_objective >= median).all()),
         "per_seed": per_seed,
     }
-    (sweep_dir / "confirm.json").write_text(json.dumps(result, indent=1, default=str))
+    write_text_atomic(sweep_dir / "confirm.json", json.dumps(result, indent=1, default=str))
     return result
 
 

@@ -35,6 +35,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from pipeline.atomic import write_npz_atomic, write_text_atomic
 from pipeline.compat.methods import INDEPENDENT
 from pipeline.config import RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
@@ -100,13 +101,12 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
                                      preprocessing=read_model_card(independent_dir).preprocessing)
     old_vectors = np.asarray(embeddings.vectors_of(ids), dtype=np.float32)
     features = out / "validation" / "old_features.npz"
-    features.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(features, ids=np.asarray(ids), vectors=old_vectors)
+    write_npz_atomic(features, ids=np.asarray(ids), vectors=old_vectors)
     ids, independent_vectors = np.asarray(ids), embed_images(load_model(independent_dir)[0].eval(), images).numpy()
     references = {"old_old": top1(old_vectors, old_vectors, labels, ids),
                   "independent": top1(independent_vectors, independent_vectors, labels, ids)}
     References(**references).check_upgrade()
-    (out / "validation" / "references.json").write_text(json.dumps(references))
+    write_text_atomic(out / "validation" / "references.json", json.dumps(references))
     log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
              references["independent"])
     return SweepInputs(dataset, old_dir, stats, Path(embeddings.path), {"old_features": str(features), **references})
@@ -149,9 +149,8 @@ def trials_table(results: tune.ResultGrid, cfg: SweepConfig) -> pd.DataFrame:
 
 def plot_objective(table: pd.DataFrame, keys: list[str], path: Path) -> None:
     """Objective against each searched value, one panel per key (categories as positions)."""
-    import matplotlib
+    from pipeline.score.report import save_figure  # first: it chooses the Agg backend
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
@@ -165,9 +164,7 @@ def plot_objective(table: pd.DataFrame, keys: list[str], path: Path) -> None:
             axis.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
         axis.set_xlabel(key, fontsize=8)
     axes[0][0].set_ylabel("objective (last epoch)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
@@ -180,7 +177,7 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
     ran["output_dir"] = str(Path(cfg.output_dir).resolve())
     ran["data"]["root"] = str(Path(cfg.data.root).resolve())
     ran["mlflow"]["tracking_uri"] = cfg.tracking_uri()
-    (out / "sweep.yaml").write_text(yaml.safe_dump(ran, sort_keys=False))
+    write_text_atomic(out / "sweep.yaml", yaml.safe_dump(ran, sort_keys=False))
     inputs = prepare(cfg)
     template = cfg.trial.model_copy(update={"validation_fraction": cfg.validation_fraction})
     tracking_uri = cfg.tracking_uri()
@@ -226,14 +223,14 @@ def _record_best(cfg: SweepConfig, template: TrainConfig, table: pd.DataFrame, i
     from mlflow.entities import Param
 
     out = cfg.run_dir().resolve()
-    table.to_csv(out / "trials.csv", index=False)
+    write_text_atomic(out / "trials.csv", table.to_csv(index=False))
     done = table[table.status != "error"].dropna(subset=["objective"])
     if done.empty:
         raise RuntimeError(f"sweep {cfg.name}: no trial reported an objective; errors:\n{table.error.to_string()}")
     best_row = done.loc[done.objective.idxmax()]
     best = trial_config(template, {key: _plain(best_row[key]) for key in cfg.space})
     best_path = out / "best.yaml"
-    best_path.write_text(f"# best of sweep {cfg.name} (trial {best_row.trial}, objective "
+    write_text_atomic(best_path, f"# best of sweep {cfg.name} (trial {best_row.trial}, objective "
                          f"{best_row.objective:.4f}); python -m jobs.train --config {best_path.name} ...\n"
                          + yaml.safe_dump(best.model_dump(), sort_keys=False))
     plot_objective(table, list(cfg.space), out / "objective_vs_params.png")

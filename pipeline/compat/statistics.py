@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline.atomic import write_npz_atomic
+
 BoundaryRule = Literal["max", "quantile", "iqr"]
 
 
@@ -53,12 +55,10 @@ class OldSpaceStats:
                                  f"(statistics {self.classes} vs label map {list(classes)})")
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
-            np.savez(handle, centers=self.centers, boundaries=self.boundaries, feature_means=self.feature_means,
-                     counts=self.counts, meta=np.array(json.dumps(
-                         {"classes": self.classes, "old_classes": self.old_classes, "boundary_rule": self.boundary_rule})))
+        write_npz_atomic(path, centers=self.centers, boundaries=self.boundaries, feature_means=self.feature_means,
+                         counts=self.counts, meta=np.array(json.dumps(
+                             {"classes": self.classes, "old_classes": self.old_classes,
+                              "boundary_rule": self.boundary_rule})))
 
     @classmethod
     def load(cls, path: str | Path) -> "OldSpaceStats":

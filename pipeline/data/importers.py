@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.atomic import write_table_atomic
+from pipeline.atomic import write_table_atomic, write_text_atomic
 from pipeline.config import DataConfig
 from pipeline.data.bad_rows import BadRows, DataError, label_problem
 from pipeline.data.dataset import DATASET_SCHEMA, SPLITS, DatasetInfo, ingested_from
@@ -191,7 +191,7 @@ def ingest(source: str | Path, out: str | Path, test_fraction: float = 0.2, seed
             _write_rows(out / split / f"part-{part:05d}.parquet", batch)
             counts[split] += len(batch)
         skipped = bad[split].summary()
-        (out / "bad_rows.json").write_text(json.dumps({s: b.summary() for s, b in bad.items()}, indent=1))
+        write_text_atomic(out / "bad_rows.json", json.dumps({s: b.summary() for s, b in bad.items()}, indent=1))
         if counts[split] == 0:
             detail = f" (all {skipped['skipped']} rows are bad: {skipped['by_problem']}, see {out / 'bad_rows.json'})"
             raise DataError(f"{source}: the {split} split is empty{detail if skipped['skipped'] else ''}")
@@ -201,8 +201,8 @@ def ingest(source: str | Path, out: str | Path, test_fraction: float = 0.2, seed
         log.info("ingest: wrote %d %s rows to %s", counts[split], split, out / split)
     size = image_size or min(int(np.median(sizes)), MAX_DEFAULT_IMAGE_SIZE)
     info = DatasetInfo(classes=classes, mode="L" if modes == {"L"} else "RGB", image_size=size, rows=counts)
-    (out / "classes.json").write_text(json.dumps(classes, indent=1))
-    (out / "dataset.json").write_text(json.dumps(
+    write_text_atomic(out / "classes.json", json.dumps(classes, indent=1))
+    write_text_atomic(out / "dataset.json", json.dumps(
         {"mode": info.mode, "image_size": info.image_size, "rows": counts, "source": str(source.resolve()),
          "skipped": {split: len(b.skipped) for split, b in bad.items()}}, indent=1))
     return info

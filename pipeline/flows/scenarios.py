@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.atomic import write_text_atomic
 from pipeline.compat.methods import Role, method_named
 from pipeline.config import PipelineConfig, load_pipeline_config
 from pipeline.flows.experiment import run_pipeline
@@ -90,7 +91,7 @@ def run_scenario(path: Path, overrides: dict[str, Any], root: Path, reuse: bool,
         init_ray(ray_address or cfg.ray_address)
         started = time.perf_counter()
         run_pipeline(cfg)
-        timing.write_text(json.dumps({"seconds": time.perf_counter() - started, "commit": commit(),
+        write_text_atomic(timing, json.dumps({"seconds": time.perf_counter() - started, "commit": commit(),
                                       "date": time.strftime("%Y-%m-%d")}))
     run = load_run(cfg.output_dir)
     seeds = scenario_rows(run, cfg, cfg.score.bootstrap_resamples or 1000, cfg.score.interval_level)
@@ -165,8 +166,8 @@ def write_results(scenarios: list[Scenario], out: Path, data_source: str) -> Pat
     """``out`` (Markdown) and the CSV beside it, from every scenario; the CSV's path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path = out.with_suffix(".csv")
-    pd.concat([s.folded for s in scenarios]).to_csv(csv_path, index=False)
+    write_text_atomic(csv_path, pd.concat([s.folded for s in scenarios]).to_csv(index=False))
     minutes = sum(s.run["seconds"] for s in scenarios) / 60
     sections = [line for s in scenarios for line in scenario_section(s)]
-    out.write_text("\n".join(results_header(csv_path, data_source, minutes) + routes_table(scenarios) + sections))
+    write_text_atomic(out, "\n".join(results_header(csv_path, data_source, minutes) + routes_table(scenarios) + sections))
     return csv_path

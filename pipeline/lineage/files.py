@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipeline.atomic import write_text_atomic  # noqa: E402
 from pipeline.lineage.backfill import curve_area  # noqa: E402
 from pipeline.lineage.metrics import Verdict  # noqa: E402
 from pipeline.lineage.selection import Candidate  # noqa: E402
@@ -210,10 +211,10 @@ def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.
                        routes: dict[str, list[Candidate]], level: float) -> list[Path]:
     files = list(write_tables(table, report_dir).values())
     for name, frame in (("lineage.csv", summary), ("backfill.csv", backfill), ("indexes.csv", indexes)):
-        frame.to_csv(report_dir / name, index=False)
+        write_text_atomic(report_dir / name, frame.to_csv(index=False))
         files.append(report_dir / name)
-    (report_dir / "verdicts.json").write_text(json.dumps([asdict(v) for v in verdicts], indent=1))
-    (report_dir / VERDICTS_FILE).write_text(f"{decisions_markdown(table, level)}\n\n{verdicts_markdown(table, level)}")
+    write_text_atomic(report_dir / "verdicts.json", json.dumps([asdict(v) for v in verdicts], indent=1))
+    write_text_atomic(report_dir / VERDICTS_FILE, f"{decisions_markdown(table, level)}\n\n{verdicts_markdown(table, level)}")
     files += [report_dir / "verdicts.json", report_dir / VERDICTS_FILE]
     for metric in summary.metric:
         ac, am = summary.set_index("metric").loc[metric, ["AC", "AM"]]
@@ -222,7 +223,7 @@ def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.
     files.append(_backfill_plot(backfill, report_dir / "backfill.png"))
     if not indexes.empty:
         files.append(_indexes_plot(indexes, min_recall, report_dir / "indexes.png"))
-    (report_dir / "summary.md").write_text(_summary_markdown(table, summary, backfill, verdicts, order, indexes,
-                                                             min_recall, routes))
+    write_text_atomic(report_dir / "summary.md", _summary_markdown(table, summary, backfill, verdicts, order, indexes,
+                                                                   min_recall, routes))
     files.append(report_dir / "summary.md")
     return files

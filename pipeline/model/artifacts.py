@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.atomic import write_atomic
 from pipeline.config import ModelConfig, TrainConfig, TransformConfig
 from pipeline.model.card import ArtifactError, CmcCard, ModelCard, read_card, read_model_card, write_card
 from pipeline.model.networks import EmbeddingModel
@@ -35,8 +36,7 @@ def write_artifact(folder: str | Path, state_dict: dict[str, torch.Tensor], card
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / (TRANSFORMS_FILE if isinstance(card, CmcCard) else WEIGHTS_FILE)
-    torch.save(state_dict, weights.with_name(f".{weights.name}.tmp"))
-    weights.with_name(f".{weights.name}.tmp").replace(weights)
+    write_atomic(weights, lambda temporary: torch.save(state_dict, temporary))
     write_card(folder, card)
     return folder
 

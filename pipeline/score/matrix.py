@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.atomic import write_atomic, write_text_atomic
+from pipeline.atomic import write_npz_atomic, write_text_atomic
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet
 from pipeline.runtime import progress
@@ -45,12 +45,8 @@ class QueryValues:
 
     def save(self, path: Path, key: dict) -> None:
         """Written with the key of the pair row it belongs to (``load`` gives it back)."""
-        def write(temporary: Path) -> None:
-            with open(temporary, "wb") as handle:  # a handle: np.savez would add ".npz" to a temporary name
-                np.savez(handle, ids=self.ids.astype(str), labels=self.labels, key=np.array(json.dumps(key)),
+        write_npz_atomic(path, ids=self.ids.astype(str), labels=self.labels, key=np.array(json.dumps(key)),
                          **self.values)
-
-        write_atomic(path, write)
 
     @classmethod
     def load(cls, path: Path) -> tuple["QueryValues", dict]:

@@ -21,6 +21,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from pipeline.atomic import write_npz_atomic
 from pipeline.compat.losses import RetrievalMemory, memory_rows, warn_margin
 from pipeline.compat.methods import Method
 from pipeline.compat.objectives import cmc_terms
@@ -111,8 +112,8 @@ def write_inputs(cfg: CmcConfig, cards: tuple[EncoderCard, EncoderCard], folders
             warn_margin(stats, margin, cfg.compat.old_classes_only, role)
         paths[f"{role}_space"] = work_dir / "stats" / f"{cfg.name}.{role}_space.npz"
         stats.save(paths[f"{role}_space"])
-    with open(paths["features"], "wb") as handle:
-        np.savez(handle, old=old_features, new=new_features, labels=labels, ids=sets[1].ids[rows].astype(str))
+    write_npz_atomic(paths["features"], old=old_features, new=new_features, labels=labels,
+                     ids=sets[1].ids[rows].astype(str))
     return {"paths": {key: str(path) for key, path in paths.items()}, "classes": classes,
             "dims": (int(old_features.shape[1]), int(new_features.shape[1])), "rows": len(rows)}
 
