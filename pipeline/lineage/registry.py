@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.model.card import CARD_FILE, ModelCard, read_card, read_model_card
 from pipeline.names import check_name
-from pipeline.tracking import DESCRIPTION_TAG, experiment_id
+from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run
 
 log = logging.getLogger(__name__)
 ARTIFACT_PATH = "model"
@@ -37,19 +38,20 @@ class LineageVersion:
     source: str         # the artifact folder's URI
 
 
-def _training_run(client: MlflowClient, card: ModelCard, experiment: str, tracking_uri: str) -> str:
+def _training_run(client: MlflowClient, card: ModelCard, experiment: str, tracking_uri: str) -> tuple[str, bool]:
+    """The run that holds ``card``'s artifact: its training run, or a new one (True) where the
+    training run is in another store."""
     run_id = card.mlflow_run_id
     if run_id:
         try:
             client.get_run(run_id)
-            return run_id
+            return run_id, False
         except MlflowException:
             log.info("registry: training run %s of %s is not in this store; logging to a new run", run_id, card.id)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=f"register {card.name}",
                             tags={"kind": "register", DESCRIPTION_TAG: f"Holds {card.name}'s artifact for the model "
                                                                        f"registry (its training run is in another store)"})
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    return run.info.run_id, True
 
 
 def _check_parent(client: MlflowClient, registered_model: str, parent_version: str, card: ModelCard) -> None:
@@ -75,12 +77,13 @@ def register_model(tracking_uri: str, registered_model: str, artifact_dir: str |
     card = read_model_card(artifact_dir)
     if parent_version is not None:
         _check_parent(client, registered_model, parent_version, card)
-    run_id = _training_run(client, card, experiment, tracking_uri)
-    client.log_artifacts(run_id, str(artifact_dir), ARTIFACT_PATH)
-    if card.stats_file and Path(card.stats_file).is_file():
-        with tempfile.TemporaryDirectory() as folder:  # under a fixed name, for reports on other machines
-            shutil.copy(card.stats_file, Path(folder) / STATS_FILE)
-            client.log_artifact(run_id, str(Path(folder) / STATS_FILE), ARTIFACT_PATH)
+    run_id, created = _training_run(client, card, experiment, tracking_uri)
+    with finished_run(client, run_id) if created else nullcontext():
+        client.log_artifacts(run_id, str(artifact_dir), ARTIFACT_PATH)
+        if card.stats_file and Path(card.stats_file).is_file():
+            with tempfile.TemporaryDirectory() as folder:  # under a fixed name, for reports on other machines
+                shutil.copy(card.stats_file, Path(folder) / STATS_FILE)
+                client.log_artifact(run_id, str(Path(folder) / STATS_FILE), ARTIFACT_PATH)
     try:
         client.create_registered_model(registered_model, description="compat-embed model lineage")
     except MlflowException as error:

@@ -25,7 +25,7 @@ from pipeline.score.criteria import CRITERION_METRICS, Decision, flips_allowed, 
 from pipeline.score.entries import MatrixEntry, MatrixRoles, describe  # noqa: E402
 from pipeline.score.matrix import flips_per_class, matrix, score_pairs  # noqa: E402
 from pipeline.score.uncertainty import format_difference  # noqa: E402
-from pipeline.tracking import DESCRIPTION_TAG, experiment_id, log_dataset, metric_key  # noqa: E402
+from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run, log_dataset, metric_key  # noqa: E402
 
 log = logging.getLogger(__name__)
 ENTRIES_FILE = "entries.json"
@@ -222,23 +222,23 @@ def log_report(table: pd.DataFrame, order: list[str], files: list[Path], trackin
     client = MlflowClient(tracking_uri)
     run = client.create_run(experiment_id(tracking_uri, experiment), run_name=run_name, tags={"kind": "score"})
     run_id = run.info.run_id
-    log_metrics(client, run_id, cell_metrics(table))
-    client.log_batch(run_id, params=[Param("models", ",".join(order))])
-    client.set_tag(run_id, DESCRIPTION_TAG, report_description(table, order, run_id, old))
-    for name in order:  # each model's scored set: the Dataset column of the runs table
-        folder = table.loc[table["query_model"] == name, "query_embeddings"].iloc[0]
-        log_dataset(client, run_id, folder, f"{name} embeddings", "scoring")
-    tags = []
-    for row in table.to_dict("records"):
-        if "decision" in row and not pd.isna(row["decision"]):
-            tags.append(RunTag(metric_key("decision", row["query_model"], row["gallery_model"]), row["decision"]))
-        tags += [RunTag(metric_key(column, row["query_model"], row["gallery_model"]), row[column])
-                 for column in row if column.startswith("verdict_") and not pd.isna(row[column])]
-    for start in range(0, len(tags), 100):  # MLflow's limit of tags per call
-        client.log_batch(run_id, tags=tags[start : start + 100])
-    for path in files:
-        client.log_artifact(run_id, str(path))
-    client.set_terminated(run_id)
+    with finished_run(client, run_id):
+        log_metrics(client, run_id, cell_metrics(table))
+        client.log_batch(run_id, params=[Param("models", ",".join(order))])
+        client.set_tag(run_id, DESCRIPTION_TAG, report_description(table, order, run_id, old))
+        for name in order:  # each model's scored set: the Dataset column of the runs table
+            folder = table.loc[table["query_model"] == name, "query_embeddings"].iloc[0]
+            log_dataset(client, run_id, folder, f"{name} embeddings", "scoring")
+        tags = []
+        for row in table.to_dict("records"):
+            if "decision" in row and not pd.isna(row["decision"]):
+                tags.append(RunTag(metric_key("decision", row["query_model"], row["gallery_model"]), row["decision"]))
+            tags += [RunTag(metric_key(column, row["query_model"], row["gallery_model"]), row[column])
+                     for column in row if column.startswith("verdict_") and not pd.isna(row[column])]
+        for start in range(0, len(tags), 100):  # MLflow's limit of tags per call
+            client.log_batch(run_id, tags=tags[start : start + 100])
+        for path in files:
+            client.log_artifact(run_id, str(path))
     return run_id
 
 
