@@ -442,7 +442,7 @@ class EncodeConfig(Strict):
 
 class IndexConfig(Strict):
     """How each search finds neighbours: exact (``flat``) or inverted lists (``ivf``, probing
-    ``nprobe`` of ``nlist`` lists; ``nlist`` 0 picks about 4 sqrt(gallery size))."""
+    ``nprobe`` of ``nlist`` lists; ``nlist`` 0: ``pipeline.score.retrieval.ivf_lists``'s rule)."""
 
     kind: Literal["flat", "ivf"] = "flat"
     nlist: int = Field(0, ge=0)
@@ -459,7 +459,7 @@ class MixedIndexConfig(Strict):
         "steps 0")
     k: PositiveInt = Field(10, description="recall@k against flat search on the same mixed gallery, mAP@k")
     nlist: int = Field(0, ge=0, description="IVF lists; 0: about 4 sqrt(gallery), at most gallery/39 (faiss's "
-                                            "fewest training points per list)")
+                                            "fewest training points per list; pipeline.score.retrieval.ivf_lists)")
     nprobe: PositiveInt = 16
     pq_bytes: int = Field(0, ge=0, description="PQ code bytes per vector (a divisor of the dimension); 0: half "
                                                "the dimension")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from pipeline.config import MixedIndexConfig
 from pipeline.runtime import progress
-from pipeline.score.retrieval import recall_at_k, search_without_own, topk_hits, unit32, with_labels
+from pipeline.score.retrieval import ivf_lists, recall_at_k, search_without_own, topk_hits, unit32, with_labels
 
 FACTORY = {"flat": "Flat", "ivf-flat": "IVF{nlist},Flat", "ivf-pq": "IVF{nlist},PQ{pq_bytes}x8np",
            "hnsw": "HNSW{hnsw_neighbours}"}
@@ -34,7 +34,7 @@ PQ_CENTROIDS = 256  # 8-bit codes
 
 def factory_string(config: MixedIndexConfig, kind: str, dim: int, size: int) -> str:
     """The faiss factory string of ``kind`` for a gallery of ``size`` vectors of dimension ``dim``."""
-    nlist = config.nlist or max(1, min(int(4 * np.sqrt(size)), size // 39))
+    nlist = ivf_lists(size, config.nlist)
     pq_bytes = config.pq_bytes or max(1, dim // 2)
     if kind == "ivf-pq" and dim % pq_bytes:
         chosen = "" if config.pq_bytes else " (0: half the dimension)"

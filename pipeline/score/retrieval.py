@@ -139,13 +139,20 @@ def with_labels(positions: np.ndarray, gallery_labels: np.ndarray) -> Neighbours
     return Neighbours(positions, labels, positions >= 0)
 
 
+def ivf_lists(size: int, configured: int = 0) -> int:
+    """IVF lists for a gallery of ``size`` vectors: ``configured`` when set, else about
+    ``4 sqrt(size)`` and at most ``size / 39`` (faiss's fewest training points per list), at least 1.
+    The one rule of every IVF index the project builds (scoring, the backfill table, serving)."""
+    return configured or max(1, min(int(4 * np.sqrt(size)), size // 39))
+
+
 def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int, spec: IndexConfig) -> Neighbours:
     """IVF search: lists trained on a random sample of the whole gallery (64 vectors per list),
     every shard added, ``nprobe`` lists probed. The index holds the gallery's vectors."""
     size = sum(len(shard.labels) for shard in shards())
     if size == 0:
         return with_labels(np.full((len(query), k), -1), np.zeros(0, np.int64))
-    nlist = spec.nlist or max(1, int(4 * np.sqrt(size)))
+    nlist = ivf_lists(size, spec.nlist)
     if nlist > size:
         raise ValueError(f"IVF with {nlist} lists needs at least {nlist} gallery vectors, got {size}")
     share, rng = min(1.0, 64 * nlist / size), np.random.default_rng(0)

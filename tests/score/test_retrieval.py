@@ -14,6 +14,7 @@ from pipeline.score.matrix import add_update_gains
 from pipeline.score.retrieval import (
     average_precisions,
     counts_at_least,
+    ivf_lists,
     normalize,
     own_positions,
     per_query_metrics,
@@ -173,3 +174,8 @@ def test_average_precision_from_shards_parts_equals_the_full_ranking():
     merged_ap, merged_at_r = precisions_of_parts(relevant, positions)
     np.testing.assert_allclose(merged_ap, ap, rtol=0, atol=1e-12)
     np.testing.assert_allclose(merged_at_r, ap_at_r, rtol=0, atol=1e-12)
+
+
+def test_one_ivf_rule_about_four_square_roots_with_39_points_a_list():
+    assert ivf_lists(1_000_000) == 4000 and ivf_lists(10_000) == 256  # 4 sqrt(n), then n // 39
+    assert ivf_lists(10) == 1 and ivf_lists(1_000_000, configured=64) == 64
