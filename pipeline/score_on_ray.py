@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, Shard
-from pipeline.score.matrix import Gallery, QueryValues, check_comparable, pair_scores, pair_summary
+from pipeline.score.pairs import Gallery, QueryValues, check_comparable, pair_scores, pair_summary
 from pipeline.score.retrieval import (
     SCORE_BUDGET_BYTES,
     Neighbours,

@@ -19,7 +19,7 @@ from pipeline.config import RunContext, TrainConfig, load_pipeline_config
 from pipeline.data.embeddings import read_embeddings
 from pipeline.encode.split import encode_split
 from pipeline.runtime import init_ray, setup_logging
-from pipeline.score.matrix import score_pair
+from pipeline.score.pairs import score_pair
 from pipeline.train.inputs import stats_for_model
 from pipeline.train.training import fit_model
 

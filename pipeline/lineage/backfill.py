@@ -26,7 +26,7 @@ from pipeline.model.card import read_model_card
 from pipeline.runtime import progress
 from pipeline.score.criteria import CRITERION_METRICS, beats
 from pipeline.score.indexes import mixed_gallery, mixed_index_table
-from pipeline.score.matrix import Gallery
+from pipeline.score.pairs import Gallery
 from pipeline.score.retrieval import in_memory, normalize, score_queries
 from pipeline.score.uncertainty import PER_QUERY_KEYS
 

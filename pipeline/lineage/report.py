@@ -66,7 +66,8 @@ from pipeline.lineage.selection import (
 from pipeline.model.card import read_model_card
 from pipeline.score.criteria import CRITERION_METRICS, pair_row, update_gain
 from pipeline.score.entries import MatrixEntry, MatrixRoles
-from pipeline.score.matrix import Gallery, matrix, score_all_pairs
+from pipeline.score.matrix import matrix, score_all_pairs
+from pipeline.score.pairs import Gallery
 from pipeline.tracking import metric_key
 
 log = logging.getLogger(__name__)

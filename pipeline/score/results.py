@@ -37,7 +37,8 @@ import pandas as pd
 from pipeline.compat.methods import Kind, Role, Route, entry_carrier, method_named
 from pipeline.config import PipelineConfig
 from pipeline.score.criteria import CRITERION_METRICS, cell, combined_verdict, update_gain
-from pipeline.score.matrix import QueryValues, pair_values_file, query_subsets
+from pipeline.score.matrix import pair_values_file
+from pipeline.score.pairs import QueryValues, query_subsets
 from pipeline.score.report import ENTRIES_FILE
 from pipeline.score.uncertainty import (
     MET,

@@ -7,7 +7,8 @@ from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.encode.mapped import map_embeddings
 from pipeline.score.entries import MatrixEntry, counterpart_pairs, model_pairs
-from pipeline.score.matrix import QueryValues, add_intervals, matrix, score_all_pairs
+from pipeline.score.matrix import add_intervals, matrix, score_all_pairs
+from pipeline.score.pairs import QueryValues
 
 
 def test_mapped_set_holds_the_transformed_vectors(tmp_path):

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import pipeline_from_dict
-from pipeline.score.matrix import QueryValues, pair_values_file
+from pipeline.score.matrix import pair_values_file
+from pipeline.score.pairs import QueryValues
 from pipeline.score.results import (
     Run,
     claim_checks,

@@ -126,7 +126,7 @@ def test_ivf_excludes_own_images():
 
 def test_ivf_scoring_reports_its_recall_against_flat_search():
     from pipeline.data.embeddings import EmbeddingSet
-    from pipeline.score.matrix import score_pair
+    from pipeline.score.pairs import score_pair
 
     rng = np.random.default_rng(6)
     ids, labels, vectors = _gallery(rng, size=1500)

@@ -8,7 +8,8 @@ import pytest
 from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.score.entries import MatrixEntry, MatrixRoles
-from pipeline.score.matrix import QueryValues, score_all_pairs
+from pipeline.score.matrix import score_all_pairs
+from pipeline.score.pairs import QueryValues
 from pipeline.score.uncertainty import MET, NO_QUERIES, NOT_MET, WITHIN_NOISE, Interval, aligned, paired_interval
 from tests.reference import reference
 
