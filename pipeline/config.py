@@ -496,7 +496,7 @@ class ScoreConfig(Strict):
                             "has more rows is scored in tasks of whole part files of about this many rows, merged "
                             "exactly")
     in_ray: bool = Field(False, description="score the pairs in Ray tasks across the cluster's nodes (one per GPU "
-                         "of a GPU node, per CPU of another; pipeline.score_on_ray), merged into the same report as "
+                         "of a GPU node, per CPU of another; pipeline.score.on_ray), merged into the same report as "
                          "one process makes; the embeddings folders must be on storage every node sees")
     max_flip_rate: float | None = Field(None, ge=0, le=1, description="a pair meets the verdict only when at most "
                                         "this share of its queries flips negatively (a top-1 hit under its "

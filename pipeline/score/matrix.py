@@ -151,10 +151,10 @@ def _with_model_ids(table: pd.DataFrame, model_ids: dict[str, str]) -> pd.DataFr
 def _scored(pairs: list[tuple[str, str]], sets: _QuerySets, seen_labels: list[int] | None,
             options: ScoreConfig) -> Iterator[tuple[tuple[str, str], dict, QueryValues, str]]:
     """Each pair's metrics and per-query values, and where they were computed: in Ray tasks
-    across the cluster with ``options.in_ray`` (``pipeline.score_on_ray``, in the order they
+    across the cluster with ``options.in_ray`` (``pipeline.score.on_ray``, in the order they
     finish), else one after the other in this process."""
     if options.in_ray:
-        from pipeline.score_on_ray import score_in_ray  # here: this package imports no Ray
+        from pipeline.score.on_ray import score_in_ray  # here: only this module of score/ imports Ray
 
         yield from score_in_ray(pairs, sets.sets, seen_labels, options)
         return

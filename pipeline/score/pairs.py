@@ -1,6 +1,6 @@
 """One (query model, gallery model) pair scored: its search, its metrics overall and per query
 subset, and the per-query values its intervals are drawn from; the primitives that
-``pipeline.score.matrix`` (one process) and ``pipeline.score_on_ray`` (Ray tasks) share."""
+``pipeline.score.matrix`` (one process) and ``pipeline.score.on_ray`` (Ray tasks) share."""
 
 from __future__ import annotations
 

@@ -237,7 +237,7 @@ def precisions_of_parts(relevant: list[np.ndarray], positions: list[np.ndarray])
     """AP and AP@R per query (tie rule in the module docstring) from its relevant items' sorted
     scores over the whole gallery and their positions (the count of items scoring at least as
     high): from whole score matrices (``_precisions``) and from shards' parts merged exactly
-    (``pipeline.score_on_ray``) alike."""
+    (``pipeline.score.on_ray``) alike."""
     ap, ap_at_r = np.full(len(relevant), np.nan), np.full(len(relevant), np.nan)
     for row, (scores, position) in enumerate(zip(relevant, positions)):
         count = len(scores)

@@ -9,7 +9,7 @@ from pipeline.config import ScoreConfig
 from pipeline.data.embeddings import embeddings_table, open_embeddings, read_embeddings, write_embeddings
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import score_all_pairs
-from pipeline.score_on_ray import gallery_groups
+from pipeline.score.on_ray import gallery_groups
 from tests.jobs.helpers import synthetic_sets
 
 CLASSES = ["a", "b", "c", "d"]
@@ -46,5 +46,5 @@ def test_a_pair_split_into_tasks_of_its_gallery_files_scores_as_one_process(ray_
     options = ScoreConfig(topk=[1, 5], in_ray=True, split_rows=120)
     assert [group.offset for group in gallery_groups(entries["new"].embeddings, options)] == [0, 100, 200]
     alone = score_all_pairs(entries, MatrixRoles(old="old"), ScoreConfig(topk=[1, 5]))
-    monkeypatch.setattr("pipeline.score_on_ray.SCORE_BUDGET_BYTES", 8 * 300 * 50)  # the ranking in 6 query chunks
+    monkeypatch.setattr("pipeline.score.on_ray.SCORE_BUDGET_BYTES", 8 * 300 * 50)  # the ranking in 6 query chunks
     same_report(score_all_pairs(entries, MatrixRoles(old="old"), options), alone)

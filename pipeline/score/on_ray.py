@@ -1,5 +1,5 @@
-"""Scoring pairs in Ray tasks across the cluster's nodes (``score.in_ray``); outside
-``pipeline.score``, whose modules import no Ray.
+"""Scoring pairs in Ray tasks across the cluster's nodes (``score.in_ray``): the one module of
+``pipeline.score`` that imports Ray, loaded only when a report scores in Ray.
 
 Each pair is one task running ``pair_scores`` where it lands; the driver keeps the rows and
 per-query values and folds them exactly as one process does (criteria, intervals, flips), so the
