@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run
 from pipeline.train.driver import build_trainer, run_resources
 from pipeline.train.inputs import stats_for_model, train_split_embeddings
 from pipeline.train.training import fit_model, training_job
-from pipeline.train.validation import References, embed_images, top1
+from pipeline.train.validation import References, ValidationInputs, embed_images, top1
 from tuning.space import SweepConfig, load_sweep_config, trial_config
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class SweepInputs:
     old_model: Path
     stats: Path
     old_features: Path          # the old model's train-split embeddings (the forward manner reads them)
-    validation: dict[str, Any]  # pipeline.train.training.training_job(validation=...)
+    validation: ValidationInputs
 
 
 def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, context: RunContext) -> Path:
@@ -109,7 +109,8 @@ def prepare(cfg: SweepConfig) -> SweepInputs:
     write_text_atomic(out / "validation" / "references.json", json.dumps(references))
     log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
              references["independent"])
-    return SweepInputs(dataset, old_dir, stats, Path(embeddings.path), {"old_features": str(features), **references})
+    return SweepInputs(dataset, old_dir, stats, Path(embeddings.path), ValidationInputs(str(features),
+                                                                                        References(**references)))
 
 
 def run_trial(params: dict[str, Any], *, template: TrainConfig, inputs: SweepInputs, storage: str) -> None:
@@ -238,7 +239,7 @@ def _record_best(cfg: SweepConfig, template: TrainConfig, table: pd.DataFrame, i
     for key, value in {"best_objective": best_row.objective, "median_objective": float(done.objective.median()),
                        "trials": len(table), "trials_failed": int((table.status == "error").sum()),
                        "trials_stopped_early": int((table.status == "stopped early").sum()),
-                       **{f"reference_{k}": v for k, v in inputs.validation.items() if k != "old_features"}}.items():
+                       **{f"reference_{k}": v for k, v in asdict(inputs.validation.references).items()}}.items():
         client.log_metric(run_id, key, float(value))
     for path in (out / "trials.csv", best_path, out / "objective_vs_params.png"):
         client.log_artifact(run_id, str(path))

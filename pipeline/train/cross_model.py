@@ -13,6 +13,7 @@ with ``weights_only=True``) and ``card.json`` (``pipeline.model.card.CmcCard``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +38,37 @@ from pipeline.tracking import DESCRIPTION_TAG
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
 from pipeline.train.inputs import train_split_embeddings, training_rows
-from pipeline.train.loop import Worker, WorkerFit, run_epochs, start_worker
+from pipeline.train.loop import RunRecord, Worker, WorkerFit, run_epochs, start_worker
 
 log = logging.getLogger(__name__)
 
 
-def cmc_worker(loop_config: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class CmcInputs:
+    """What every worker of one CMC fit reads: the files ``write_inputs`` wrote."""
+
+    config: CmcConfig
+    method: Method
+    features: str    # both models' features of model 2's training rows (``.features.npz``)
+    old_space: str   # each space's statistics over them
+    new_space: str
+    record: RunRecord
+
+
+def cmc_worker(inputs: CmcInputs) -> None:
     """One Ray Train worker: fit T12 and T21 on its shard of the two models' paired features."""
-    cfg: CmcConfig = loop_config["config"]
-    worker = start_worker(cfg)
-    torch.manual_seed(cfg.seed)
-    run_epochs(_worker_fit(cfg, loop_config, worker), cfg, worker, loop_config)
+    worker = start_worker(inputs.config)
+    torch.manual_seed(inputs.config.seed)
+    run_epochs(_worker_fit(inputs, worker), inputs.config, worker, inputs.record)
 
 
-def _worker_fit(cfg: CmcConfig, loop_config: dict[str, Any], worker: Worker) -> WorkerFit:
-    method: Method = loop_config["method"]
-    device = worker.device
-    with np.load(loop_config["features"], allow_pickle=False) as data:
+def _worker_fit(inputs: CmcInputs, worker: Worker) -> WorkerFit:
+    cfg, method, device = inputs.config, inputs.method, worker.device
+    with np.load(inputs.features, allow_pickle=False) as data:
         rows = equal_share(len(data["labels"]), worker.rank, worker.world)
         ids = data["ids"][rows]
         old_features, new_features, labels = (torch.from_numpy(data[key][rows]) for key in ("old", "new", "labels"))
-    old_space, new_space = OldSpaceStats.load(loop_config["old_space"]), OldSpaceStats.load(loop_config["new_space"])
+    old_space, new_space = OldSpaceStats.load(inputs.old_space), OldSpaceStats.load(inputs.new_space)
     transforms = build_cmc_transforms(old_features.shape[1], new_features.shape[1], cfg.transform).to(device)
     prepared = nn.ModuleDict({name: ray.train.torch.prepare_model(t) for name, t in transforms.items()})
     mapped = prepared if worker.precision is None else nn.ModuleDict(
@@ -129,8 +140,8 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
     cards = (read_encoder_card(folders[0]), read_encoder_card(folders[1]))
     inputs = write_inputs(cfg, cards, folders, dataset, work_dir, encode)
     hashed = {**inputs["paths"], "old_id": cards[0].id, "new_id": cards[1].id}
-    loop_config = {"config": cfg, "method": cfg.method_spec, **inputs["paths"], "config_hash": config_hash(cfg, hashed)}
-    job = FitJob(cfg, cmc_worker, loop_config,
+    read = CmcInputs(config=cfg, method=cfg.method_spec, record=RunRecord(config_hash(cfg, hashed)), **inputs["paths"])
+    job = FitJob(cfg, cmc_worker, read,
                  {"kind": "cmc", "method": cfg.method, "old_model": cards[0].name, "new_model": cards[1].name,
                   DESCRIPTION_TAG: f"Fits {cfg.method}'s transformations between {cards[0].name} (old) and "
                                    f"{cards[1].name} (new) on {inputs['rows']} images of {dataset.name}"},

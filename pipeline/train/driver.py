@@ -11,6 +11,7 @@ the artifact from the result before the run is marked finished.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 import ray.data
@@ -33,8 +34,16 @@ from pipeline.config import SCHEDULING_FIELDS, FitConfig, RunContext
 from pipeline.model.card import read_card
 from pipeline.runtime import exit_on_sigterm
 from pipeline.tracking import finished_run, log_dataset, reaching, resumable_run
+from pipeline.train.loop import RunRecord
 
 log = logging.getLogger(__name__)
+
+
+class WorkerInputs(Protocol):
+    """What every worker of one fit reads: one frozen object per kind of fit
+    (``training.TrainInputs``, ``cross_model.CmcInputs``), with the run's record."""
+
+    record: RunRecord
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,8 @@ class FitJob:
     """One fit as the driver runs it."""
 
     cfg: FitConfig
-    worker: Callable[[dict[str, Any]], None]  # one Ray Train worker's whole fit
-    loop_config: dict[str, Any]                # what every worker reads (with its "config_hash")
+    worker: Callable[[Any], None]  # one Ray Train worker's whole fit, given ``inputs``
+    inputs: WorkerInputs           # what every worker reads
     tags: dict[str, str] = field(default_factory=dict)  # the MLflow run's tags ("kind", "method", ...)
     # Ray Data streams split among the workers (ray.train.get_dataset_shard), each built when the
     # worker group starts (a callable: a restarted group gets a fresh stream)
@@ -87,8 +96,7 @@ def build_trainer(job: FitJob, storage: str, run_name: str, callbacks: list | No
     log.info("fit %s: %s (%d workers, gpu=%s, run %s/%s)", cfg.name, job.tags.get("method", ""), cfg.num_workers,
              use_gpu, storage, run_name)
     return TorchTrainer(
-        job.worker,
-        train_loop_config=job.loop_config,
+        functools.partial(job.worker, job.inputs),
         datasets=job.datasets or None,
         dataset_config=ordered_ingest() if job.datasets else None,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
@@ -146,8 +154,8 @@ def run_fit(job: FitJob, context: RunContext, run_name: str | None,
                             {**job.tags, "ray_run": f"{storage}/{run_name}"})
         if job.dataset:  # a resumed run's input is logged again, which MLflow keeps once
             log_dataset(client, run.info.run_id, job.dataset, Path(job.dataset).name, "training")
-    loop_config = {**job.loop_config, "tracking_uri": context.tracking_uri, "mlflow_run_id": run.info.run_id}
-    trainer = build_trainer(replace(job, loop_config=loop_config), storage, run_name)
+    record = replace(job.inputs.record, tracking_uri=context.tracking_uri, mlflow_run_id=run.info.run_id)
+    trainer = build_trainer(replace(job, inputs=replace(job.inputs, record=record)), storage, run_name)
     with run_lock(storage, run_name), finished_run(client, run.info.run_id):
         try:
             with exit_on_sigterm():

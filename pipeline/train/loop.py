@@ -45,6 +45,17 @@ class Worker:
 
 
 @dataclass(frozen=True)
+class RunRecord:
+    """What ties a fit's epochs to their records: the hash a checkpoint may be resumed under
+    (``pipeline.train.driver.config_hash``) and the MLflow run the epochs are logged to, which the
+    driver sets (None where nothing logs them: a Tune trial reports to Tune)."""
+
+    config_hash: str
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+
+
+@dataclass(frozen=True)
 class WorkerFit:
     """What one kind of fit hands the epoch loop on one worker."""
 
@@ -109,7 +120,7 @@ def mean_over_workers(totals: dict[str, float], steps: int, worker: Worker) -> d
     return {f"train_{key}": float(value) for key, value in zip(totals, values.tolist())}
 
 
-def run_epochs(fit: WorkerFit, cfg: FitConfig, worker: Worker, loop_config: dict[str, Any]) -> None:
+def run_epochs(fit: WorkerFit, cfg: FitConfig, worker: Worker, record: RunRecord) -> None:
     """Train ``fit`` for the epochs of ``cfg`` that the run's last checkpoint has not done."""
     batch_size = cfg.worker_batch_size
     batches_per_pass = fit.rows // batch_size
@@ -121,12 +132,12 @@ def run_epochs(fit: WorkerFit, cfg: FitConfig, worker: Worker, loop_config: dict
     optimizer, scheduler = optimizer_and_schedule(fit.prepared.parameters(), cfg.lr, cfg.weight_decay,
                                                   cfg.epochs * steps)
     scaler = torch.amp.GradScaler(worker.device.type) if worker.precision == torch.float16 else None
-    digest = loop_config["config_hash"]
+    digest = record.config_hash
     start_epoch, unlogged = resume(fit.module, optimizer, scheduler, digest, fit.what, worker.device, scaler)
     lead = worker.rank == 0
     if start_epoch and lead:
         log.info("[%s] resuming from the checkpoint of epoch %d", cfg.name, start_epoch - 1)
-    tracker = (EpochLogger(loop_config.get("tracking_uri"), loop_config.get("mlflow_run_id"),
+    tracker = (EpochLogger(record.tracking_uri, record.mlflow_run_id,
                            {**flat_params(cfg.model_dump()), "passes_per_epoch": passes}, unlogged) if lead else None)
     for epoch in range(start_epoch, cfg.epochs):
         fit.prepared.train()

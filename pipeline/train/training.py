@@ -38,9 +38,9 @@ from pipeline.model.transformations import build_transforms
 from pipeline.tracking import DESCRIPTION_TAG
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
-from pipeline.train.loop import Worker, WorkerFit, run_epochs, start_worker
+from pipeline.train.loop import RunRecord, Worker, WorkerFit, run_epochs, start_worker
 from pipeline.train.stream import STREAM, StreamSpec, check_decoding_room, selected_rows, shard_batches, training_stream
-from pipeline.train.validation import References, Validator
+from pipeline.train.validation import ValidationInputs, Validator
 
 
 def _old_head(old_model_dir: str, stats: OldSpaceStats, cfg: TrainConfig) -> torch.nn.Module:
@@ -88,14 +88,31 @@ def init_seed(cfg: TrainConfig) -> int:
     return cfg.seed * 1_000_003 + zlib.crc32(cfg.name.encode())
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker: fit ``EmbeddingModel`` on its shard of the training split. The config
-    arrives as the driver validated it (a method registered in the driver's process only trains
-    too)."""
-    cfg: TrainConfig = loop_config["config"]
+@dataclass(frozen=True)
+class TrainInputs:
+    """What every worker of one training fit reads, checked on the driver (``training_job``). The
+    config and the method's catalogue entry arrive as the driver validated them (a method
+    registered in the driver's process only trains too)."""
+
+    config: TrainConfig
+    method: Method
+    dataset: str                   # the dataset folder
+    preprocessing: Preprocessing   # what the model reads
+    record: RunRecord
+    old_model: str | None = None   # the old model's folder, where the method runs or reads it
+    old_dim: int | None = None     # its embedding dimension
+    stats: str | None = None       # the old-space statistics, where the method needs them
+    old_features: str | None = None  # the old model's train-split embeddings, where the method reads them by id
+    stream_rows: int | None = None   # rows of the driver's stream (ingest: stream)
+    validation: ValidationInputs | None = None  # a validation pass after each epoch (a sweep's trial)
+
+
+def train_worker(inputs: TrainInputs) -> None:
+    """One Ray Train worker: fit ``EmbeddingModel`` on its shard of the training split."""
+    cfg = inputs.config
     worker = start_worker(cfg)
     torch.manual_seed(init_seed(cfg))
-    run_epochs(_worker_fit(cfg, loop_config, worker), cfg, worker, loop_config)
+    run_epochs(_worker_fit(inputs, worker), cfg, worker, inputs.record)
 
 
 @dataclass(frozen=True)
@@ -108,18 +125,18 @@ class _ShardData:
     batches: Callable[[int, int], Iterable[Any]] | None = None  # None: the held rows' seeded shuffles
 
 
-def _held_rows(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker, labels_kept: list[int],
-               preprocessing: Preprocessing) -> _ShardData:
+def _held_rows(inputs: TrainInputs, worker: Worker, labels_kept: list[int]) -> _ShardData:
     """This worker's equal share of the training rows, decoded once and held; batches are row positions."""
-    ids, images, dataset_labels = load_split(loop_config["dataset"], "train", labels_kept, cfg.data_fraction,
+    cfg, preprocessing = inputs.config, inputs.preprocessing
+    ids, images, dataset_labels = load_split(inputs.dataset, "train", labels_kept, cfg.data_fraction,
                                              cfg.seed, shard=(worker.rank, worker.world),
                                              validation_fraction=cfg.validation_fraction, preprocessing=preprocessing,
                                              min_rows=cfg.min_rows)
     to_model_label = {dataset_label: index for index, dataset_label in enumerate(labels_kept)}
     images = torch.from_numpy(images)
     labels = torch.tensor([to_model_label[int(y)] for y in dataset_labels])
-    old_features = (torch.from_numpy(read_embeddings(loop_config["old_features"]).vectors_of(ids))
-                    if loop_config["old_features"] else None)  # set by the driver for the methods that read them
+    old_features = (torch.from_numpy(read_embeddings(inputs.old_features).vectors_of(ids))
+                    if inputs.old_features else None)
 
     def tensors(batch: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         return (images[batch].to(device), labels[batch].to(device),
@@ -128,36 +145,32 @@ def _held_rows(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker, la
     return _ShardData(len(images), tensors, lambda batch: f"batch ids {[ids[i] for i in batch[:8].tolist()]}...")
 
 
-def _streamed_rows(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker,
-                   preprocessing: Preprocessing) -> _ShardData:
+def _streamed_rows(inputs: TrainInputs, worker: Worker) -> _ShardData:
     """This worker's shard of the driver's stream: decoded (and augmented) pixels, labels and old
     features come in batches; the worker only scales the pixels to the model's input."""
     shard = ray.train.get_dataset_shard(STREAM)
 
     def tensors(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         old_features = batch.get("old_features")
-        return (model_input(batch["pixels"].to(device), preprocessing), batch["label"].to(device),
+        return (model_input(batch["pixels"].to(device), inputs.preprocessing), batch["label"].to(device),
                 old_features.to(device) if old_features is not None else None)
 
-    return _ShardData(loop_config["stream_rows"] // worker.world, tensors,
+    return _ShardData(inputs.stream_rows // worker.world, tensors,
                       lambda batch: f"batch ids {batch['id'][:8].tolist()}...",
-                      shard_batches(shard, cfg.worker_batch_size, cfg.seed))
+                      shard_batches(shard, inputs.config.worker_batch_size, inputs.config.seed))
 
 
-def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -> WorkerFit:
+def _worker_fit(inputs: TrainInputs, worker: Worker) -> WorkerFit:
     """This worker's shard, model and objective; the order of the weights' draws is fixed
     (the objective's old parts, the transformations, then the model)."""
-    method: Method = loop_config["method"]
-    info = read_dataset_info(loop_config["dataset"])
+    cfg, method, preprocessing = inputs.config, inputs.method, inputs.preprocessing
+    info = read_dataset_info(inputs.dataset)
     labels_kept = class_indices(info.classes, cfg.classes)
     classes = [info.classes[i] for i in labels_kept]
-    preprocessing = Preprocessing.model_validate(loop_config["input"])
-    data = (_streamed_rows(cfg, loop_config, worker, preprocessing) if cfg.ingest == "stream"
-            else _held_rows(cfg, loop_config, worker, labels_kept, preprocessing))
+    data = _streamed_rows(inputs, worker) if cfg.ingest == "stream" else _held_rows(inputs, worker, labels_kept)
     device = worker.device
-    objective = build_objective(cfg, method, classes, loop_config["stats"], loop_config["old_model"],
-                                preprocessing).to(device)
-    transforms = build_transforms(method.trains, cfg.model.embedding_dim, loop_config["old_dim"] or 0, cfg.transform)
+    objective = build_objective(cfg, method, classes, inputs.stats, inputs.old_model, preprocessing).to(device)
+    transforms = build_transforms(method.trains, cfg.model.embedding_dim, inputs.old_dim or 0, cfg.transform)
     model = ray.train.torch.prepare_model(EmbeddingModel(cfg.model, preprocessing.channels, len(classes), transforms))
     core = model.module if hasattr(model, "module") else model
 
@@ -169,11 +182,10 @@ def _worker_fit(cfg: TrainConfig, loop_config: dict[str, Any], worker: Worker) -
         return objective(features.float(), logits.float(), y, core.head.weight, core.transforms, images=x,
                          old_features=old_features)
 
-    validation, validate = loop_config["validation"], None
+    validation, validate = inputs.validation, None
     if validation and worker.rank == 0:
-        validator = Validator(loop_config["dataset"], labels_kept, method, cfg.validation_fraction,
-                              validation["old_features"], References(validation["old_old"], validation["independent"]),
-                              preprocessing)
+        validator = Validator(inputs.dataset, labels_kept, method, cfg.validation_fraction, validation.old_features,
+                              validation.references, preprocessing)
         validate = lambda: validator(core)  # noqa: E731
     return WorkerFit(f"model {cfg.name!r}", core, model, data.rows, terms, data.describe, validate, data.batches)
 
@@ -204,10 +216,10 @@ def _with_pretrained_file_resolved(cfg: TrainConfig) -> TrainConfig:
 
 
 def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None = None, stats: str | Path | None = None,
-                 validation: dict[str, Any] | None = None, parent: str | None = None,
+                 validation: ValidationInputs | None = None, parent: str | None = None,
                  old_features: str | Path | None = None) -> FitJob:
     """``cfg``'s fit, its inputs checked on the driver before any worker starts. ``validation``
-    (``old_features``, ``old_old``, ``independent``) adds a validation pass after each epoch
+    adds a validation pass after each epoch
     (``pipeline.train.validation``); ``old_features`` is the old model's embeddings of the
     training split, which the forward manner and LCE's point-wise term (``compat.target_pull``) read by id."""
     info = read_dataset_info(dataset)
@@ -230,18 +242,18 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
         stream = StreamSpec(str(dataset), labels_kept, fraction, cfg.seed,
                             cfg.validation_fraction, preprocessing, cfg.augment,
                             str(Path(old_features).resolve()) if cfg.reads_old_features else None, cfg.decoding_cpus)
-    inputs = {"dataset": str(dataset), "old_dim": old_dim, "input": preprocessing.model_dump(),
-              "stream_rows": selected_rows(stream) if stream else None,
-              "old_model": str(Path(old_model).resolve()) if old_model else None,
-              "stats": str(Path(stats).resolve()) if stats else None,
-              "old_features": str(Path(old_features).resolve()) if cfg.reads_old_features else None}
-    # The method itself travels to the workers with the config; its name is what the hash holds.
-    loop_config = {"config": cfg, "method": method, "validation": validation, **inputs,
-                   "config_hash": config_hash(cfg, inputs)}
+    read = {"dataset": str(dataset), "old_dim": old_dim, "input": preprocessing.model_dump(),
+            "stream_rows": selected_rows(stream) if stream else None,
+            "old_model": str(Path(old_model).resolve()) if old_model else None,
+            "stats": str(Path(stats).resolve()) if stats else None,
+            "old_features": str(Path(old_features).resolve()) if cfg.reads_old_features else None}
+    # What the hash holds: the config (the method by its name) and what the workers read.
+    inputs = TrainInputs(config=cfg, method=method, preprocessing=preprocessing, record=RunRecord(config_hash(cfg, read)),
+                         validation=validation, **{key: value for key, value in read.items() if key != "input"})
     against = f", compatible with {parent}" if parent else ""
     description = (f"Trains {cfg.name} with {cfg.method}{against}: {cfg.model.architecture}, "
                    f"{cfg.model.embedding_dim}-d, {cfg.epochs} epochs on {len(classes)} classes of {Path(dataset).name}")
-    return FitJob(cfg, train_worker, loop_config, {"kind": "train", "method": cfg.method, "parent_model": parent or "",
+    return FitJob(cfg, train_worker, inputs, {"kind": "train", "method": cfg.method, "parent_model": parent or "",
                                                    DESCRIPTION_TAG: description},
                   datasets={STREAM: lambda: training_stream(stream)} if stream else {}, dataset=str(dataset))
 
@@ -260,10 +272,10 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, c
         card = ModelCard(
             id=new_model_id(cfg.name), name=cfg.name, model=cfg.model, classes=classes,
             channels=info.channels, mode=info.mode, image_size=info.image_size, method=cfg.method,
-            old_dim=job.loop_config["old_dim"], transform=cfg.transform, transforms=list(cfg.method_spec.trains),
+            old_dim=job.inputs.old_dim, transform=cfg.transform, transforms=list(cfg.method_spec.trains),
             parent_model=parent, old_model_dir=str(old_model) if old_model else None,
-            stats_file=job.loop_config["stats"], old_features=job.loop_config["old_features"],
-            input=job.loop_config["input"], dataset=str(dataset),
+            stats_file=job.inputs.stats, old_features=job.inputs.old_features,
+            input=job.inputs.preprocessing, dataset=str(dataset),
             train_config=cfg.model_dump(), metrics=result.metrics, mlflow_run_id=run_id)
         return write_artifact(artifact_dir, final_weights(result), card)
 

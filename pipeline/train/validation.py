@@ -113,6 +113,15 @@ def embed_images(model: nn.Module, images: np.ndarray, batch: int = 1024) -> tor
                       for i in range(0, len(images), batch)])
 
 
+@dataclass(frozen=True)
+class ValidationInputs:
+    """What a fit's validation after each epoch reads: the old model's features of the
+    validation rows (an ``.npz`` with ``ids`` and ``vectors``) and the two references."""
+
+    old_features: str
+    references: References
+
+
 class Validator:
     """Rank 0's validation after each epoch: the validation rows' images, the old model's features
     of the same rows (``old_features``: an ``.npz`` with ``ids`` and ``vectors``), references."""
