@@ -100,12 +100,14 @@ class TrainingObjective(nn.Module):
                     warn_running_margin(self.new_boundaries, self.compat.forward_margin, self.stats_classes)
             new_boundaries = self.new_boundaries
         statistics = self.has_statistics
-        batch = TrainingBatch(features, labels, class_weights, transforms, images,
-                              self.centers if statistics else None, self.boundaries if statistics else None,
-                              self.class_mask if statistics else None, self.compat.compactness_margin,
-                              self.compat.forward_margin, self.old_head, self.old_embedder, old_features,
-                              new_boundaries, self.compat.target_pull if self.method.pulls_features else None,
-                              self.pulled_classes if statistics else None)
+        batch = TrainingBatch(
+            features=features, labels=labels, class_weights=class_weights, transforms=transforms, images=images,
+            centers=self.centers if statistics else None, boundaries=self.boundaries if statistics else None,
+            class_mask=self.class_mask if statistics else None, margin=self.compat.compactness_margin,
+            forward_margin=self.compat.forward_margin, old_head=self.old_head, old_embedder=self.old_embedder,
+            old_features=old_features, new_boundaries=new_boundaries,
+            target_pull=self.compat.target_pull if self.method.pulls_features else None,
+            pulled_classes=self.pulled_classes if statistics else None)
         zero = features.new_zeros(())
         terms = {"cls": F.cross_entropy(logits, labels), **dict.fromkeys(TRAINING_TERMS, zero),
                  **self.method.terms(batch)}
