@@ -6,7 +6,7 @@ forward pass on every batch, the old-space statistics), which matrix entries its
 add and through which routes it is meant to be compatible, and the terms of its objective
 (``pipeline.compat.losses``; ``pipeline.compat.objectives`` adds them up). Everything else asks
 this module instead of comparing method names, so that a new method is one ``register`` call:
-in the process that loads the config (a job's workers receive the entry with their loop config),
+in the process that loads the config (a job's workers receive the entry with their inputs, pipeline.train.training.TrainInputs),
 for instance from a module named in ``COMPAT_EMBED_METHODS`` (comma-separated), which the
 catalogue imports once its own entries are in.
 
