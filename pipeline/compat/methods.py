@@ -6,8 +6,9 @@ forward pass on every batch, the old-space statistics), which matrix entries its
 add and through which routes it is meant to be compatible, and the terms of its objective
 (``pipeline.compat.losses``; ``pipeline.compat.objectives`` adds them up). Everything else asks
 this module instead of comparing method names, so that a new method is one ``register`` call:
-in the process that loads the config (a job's workers receive the entry with their inputs, pipeline.train.training.TrainInputs),
-for instance from a module named in ``COMPAT_EMBED_METHODS`` (comma-separated), which the
+in the process that loads the config (a job's workers receive the entry in their inputs,
+``pipeline.train.training.TrainInputs``), for instance from a module named in
+``COMPAT_EMBED_METHODS`` (comma-separated), which the
 catalogue imports once its own entries are in.
 
 Routes against the old gallery (docs/design.md, 'Routes against the old gallery'):
