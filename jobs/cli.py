@@ -88,7 +88,8 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", choices=["flat", "ivf"], default=index.kind,
                         help="flat: exact search (default); ivf: inverted lists, for galleries past what flat serves "
                              "(the report adds its recall against flat search)")
-    parser.add_argument("--nlist", type=int, default=index.nlist, help="IVF lists (0: about 4 sqrt(gallery size), at most size / 39)")
+    parser.add_argument("--nlist", type=int, default=index.nlist,
+                        help="IVF lists (0: about 4 sqrt(gallery size), at most size / 39)")
     parser.add_argument("--nprobe", type=int, default=index.nprobe, help="IVF lists probed per query")
     parser.add_argument("--no-full-ranking", action="store_true",
                         help="skip mAP and mAP@R over the full ranking (top-k only, for very large galleries)")

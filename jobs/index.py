@@ -36,7 +36,8 @@ def main() -> None:
     build.add_argument("--embeddings", required=True, help="the gallery's embeddings set as served today")
     build.add_argument("--out", required=True, help="the index folder (must not hold an index)")
     build.add_argument("--kind", default="ivf-flat", choices=["flat", "ivf-flat", "ivf-pq"])
-    build.add_argument("--nlist", type=int, default=0, help="IVF lists (0: about 4 sqrt(gallery size), at most size / 39)")
+    build.add_argument("--nlist", type=int, default=0,
+                       help="IVF lists (0: about 4 sqrt(gallery size), at most size / 39)")
     build.add_argument("--nprobe", type=int, default=16)
     build.add_argument("--pq-bytes", type=int, default=0, help="PQ code bytes (0: half the dimension)")
     order = commands.add_parser("order", help="the backfill order predicted from the old vectors alone")

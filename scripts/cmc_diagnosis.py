@@ -50,7 +50,8 @@ def _fit(variant: dict, old: torch.Tensor, new: torch.Tensor, labels: torch.Tens
     compat = CompatConfig(**variant.get("compat", {}))
     torch.manual_seed(seed)
     transforms = build_cmc_transforms(old.shape[1], new.shape[1], TransformConfig(**variant.get("transform", {})))
-    passes = passes_per_epoch(budget, len(labels) // budget.batch_size)
+    # whole batches, as a pipeline fit counts them
+    passes = passes_per_epoch(budget, max(1, len(labels) // budget.batch_size))
     steps = budget.epochs * passes * -(-len(labels) // budget.batch_size)
     optimizer, scheduler = optimizer_and_schedule(transforms.parameters(), budget.lr, budget.weight_decay, steps)
     order = torch.Generator().manual_seed(seed)
@@ -76,7 +77,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--cmc", default="cmc_rbt", help="the CMC fit whose stored inputs are read")
     parser.add_argument("--variants", required=True, help="JSON list of {method, compat, transform}")
-    parser.add_argument("--budget", default="{}", help="JSON of CmcConfig fields (epochs, batch_size, min_steps, lr)")
+    parser.add_argument("--budget", default="{}",
+                        help="JSON of CmcConfig fields (epochs, batch_size, min_steps, lr)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     budget = CmcConfig(name="diagnosis", new_model="independent", **json.loads(args.budget))

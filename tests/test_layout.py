@@ -23,4 +23,5 @@ def test_the_math_packages_import_no_ray(package):
 
 def test_the_module_that_scores_in_ray_is_the_only_one_of_score_that_imports_it():
     code = "import sys, pipeline.score.on_ray\nprint('ray' in sys.modules)\n"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "True"

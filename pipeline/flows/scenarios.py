@@ -169,5 +169,6 @@ def write_results(scenarios: list[Scenario], out: Path, data_source: str) -> Pat
     write_text_atomic(csv_path, pd.concat([s.folded for s in scenarios]).to_csv(index=False))
     minutes = sum(s.run["seconds"] for s in scenarios) / 60
     sections = [line for s in scenarios for line in scenario_section(s)]
-    write_text_atomic(out, "\n".join(results_header(csv_path, data_source, minutes) + routes_table(scenarios) + sections))
+    lines = results_header(csv_path, data_source, minutes) + routes_table(scenarios) + sections
+    write_text_atomic(out, "\n".join(lines))
     return csv_path

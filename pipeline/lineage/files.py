@@ -214,7 +214,8 @@ def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.
         write_text_atomic(report_dir / name, frame.to_csv(index=False))
         files.append(report_dir / name)
     write_text_atomic(report_dir / "verdicts.json", json.dumps([asdict(v) for v in verdicts], indent=1))
-    write_text_atomic(report_dir / VERDICTS_FILE, f"{decisions_markdown(table, level)}\n\n{verdicts_markdown(table, level)}")
+    write_text_atomic(report_dir / VERDICTS_FILE,
+                      f"{decisions_markdown(table, level)}\n\n{verdicts_markdown(table, level)}")
     files += [report_dir / "verdicts.json", report_dir / VERDICTS_FILE]
     for metric in summary.metric:
         ac, am = summary.set_index("metric").loc[metric, ["AC", "AM"]]

@@ -248,8 +248,10 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
             "stats": str(Path(stats).resolve()) if stats else None,
             "old_features": str(Path(old_features).resolve()) if cfg.reads_old_features else None}
     # What the hash holds: the config (the method by its name) and what the workers read.
-    inputs = TrainInputs(config=cfg, method=method, preprocessing=preprocessing, record=RunRecord(config_hash(cfg, read)),
-                         validation=validation, **{key: value for key, value in read.items() if key != "input"})
+    inputs = TrainInputs(config=cfg, method=method, dataset=read["dataset"], preprocessing=preprocessing,
+                         record=RunRecord(config_hash(cfg, read)), old_model=read["old_model"], old_dim=old_dim,
+                         stats=read["stats"], old_features=read["old_features"], stream_rows=read["stream_rows"],
+                         validation=validation)
     against = f", compatible with {parent}" if parent else ""
     description = (f"Trains {cfg.name} with {cfg.method}{against}: {cfg.model.architecture}, "
                    f"{cfg.model.embedding_dim}-d, {cfg.epochs} epochs on {len(classes)} classes of {Path(dataset).name}")
