@@ -11,6 +11,6 @@
     lineage/  a lineage of models: registry, AC/AM, backfill curves, verdicts, its report
     flows/    the orders of steps: the embedded pipeline, the scenarios
 
-beside ``config`` (typed, validated configs), ``runtime`` (Ray and logging), ``tracking`` (MLflow
+beside ``config`` (typed, validated configs, one module per stage), ``runtime`` (Ray and logging), ``tracking`` (MLflow
 helpers), ``names`` and ``atomic`` (safe names and files written through a rename).
 """

@@ -1,0 +1,63 @@
+"""Typed, validated experiment configs, each stage's schema in its own module.
+
+A YAML file states only what differs from the defaults. Loading refuses an unknown key, a wrong
+type or an out-of-range value with one message that names the file and the key
+(``ConfigError``), so a typo never silently falls back to a default. This package imports nothing
+else of the project: the stages import their schemas from it.
+"""
+
+from pipeline.config.base import NAME_PATTERN, ConfigError, Strict, format_error, validate
+from pipeline.config.compat import CompatConfig, RetrievalConfig, RetrievalSide
+from pipeline.config.data import (
+    DataConfig,
+    EmbeddingsSource,
+    EncodeConfig,
+    ImportedModelConfig,
+    ModelSource,
+    OnnxSource,
+    TimmSource,
+    TorchScriptSource,
+)
+from pipeline.config.experiment import (
+    SELECTION_FRACTION,
+    LineageConfig,
+    MlflowConfig,
+    PipelineConfig,
+    RunContext,
+    default_tracking_uri,
+    output_context,
+)
+from pipeline.config.fits import SCHEDULING_FIELDS, AugmentConfig, CmcConfig, FitConfig, TrainConfig
+from pipeline.config.loading import (
+    data_overrides,
+    deep_merge,
+    expand_seeds,
+    load_cmc_config,
+    load_lineage_config,
+    load_pipeline_config,
+    load_train_config,
+    pipeline_from_dict,
+    read_experiment,
+    read_yaml,
+    with_train_defaults,
+)
+from pipeline.config.model import (
+    BUILT_IN_ARCHITECTURES,
+    TIMM_PREFIX,
+    HeadConfig,
+    ModelConfig,
+    Preprocessing,
+    TransformConfig,
+)
+from pipeline.config.score import IndexConfig, MixedIndexConfig, ScoreConfig
+
+__all__ = [
+    "BUILT_IN_ARCHITECTURES", "NAME_PATTERN", "SCHEDULING_FIELDS", "SELECTION_FRACTION", "TIMM_PREFIX",
+    "AugmentConfig", "CmcConfig", "CompatConfig", "ConfigError", "DataConfig", "EmbeddingsSource", "EncodeConfig",
+    "FitConfig", "HeadConfig", "ImportedModelConfig", "IndexConfig", "LineageConfig", "MixedIndexConfig",
+    "MlflowConfig", "ModelConfig", "ModelSource", "OnnxSource", "PipelineConfig", "Preprocessing", "RetrievalConfig",
+    "RetrievalSide", "RunContext", "ScoreConfig", "Strict", "TimmSource", "TorchScriptSource", "TrainConfig",
+    "TransformConfig", "data_overrides", "deep_merge", "default_tracking_uri", "expand_seeds", "format_error",
+    "load_cmc_config", "load_lineage_config", "load_pipeline_config", "load_train_config", "output_context",
+    "pipeline_from_dict", "read_experiment", "read_yaml", "validate", "with_train_defaults",
+]
