@@ -16,7 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import EncodeConfig, IndexConfig, RunContext, ScoreConfig, validate
+from pipeline.config import (
+    DEFAULT_EXPERIMENT,
+    EncodeConfig,
+    IndexConfig,
+    RunContext,
+    ScoreConfig,
+    sqlite_tracking_uri,
+    validate,
+)
 from pipeline.data.bad_rows import POLICIES
 from pipeline.names import check_name
 from pipeline.runtime import setup_logging, stop_on_sigterm
@@ -24,7 +32,7 @@ from pipeline.runtime import setup_logging, stop_on_sigterm
 if TYPE_CHECKING:
     from pipeline.data.embeddings import EmbeddingSet
 
-DEFAULT_TRACKING_URI = f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
+DEFAULT_TRACKING_URI = sqlite_tracking_uri("outputs")
 COMMAND_LINE = "command line"
 
 
@@ -46,7 +54,7 @@ def add_tracking_args(parser: argparse.ArgumentParser, storage: bool = False) ->
     """MLflow's tracking URI and experiment, and with ``storage`` Ray Train's storage path."""
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
                         help="MLflow tracking URI (default: %(default)s)")
-    parser.add_argument("--experiment", default="compat-embed", help="MLflow experiment name")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     if storage:
         parser.add_argument("--storage-path", default=RunContext.storage_path,
                             help="Ray Train storage (shared on a cluster; default: %(default)s)")

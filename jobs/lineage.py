@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from jobs import cli
-from pipeline.config import load_lineage_config
+from pipeline.flows.configs import load_lineage_config
 
 
 def main() -> None:

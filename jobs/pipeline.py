@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from jobs import cli
-from pipeline.config import data_overrides, load_pipeline_config
+from pipeline.config import data_overrides
+from pipeline.flows.configs import load_pipeline_config
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jobs import cli
-from pipeline.config import load_train_config
+from pipeline.flows.configs import load_train_config
 
 
 def main() -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from pipeline.config import load_lineage_config
 from pipeline.data.embeddings import open_embeddings
-import numpy as np
-
+from pipeline.flows.configs import load_lineage_config
 from pipeline.lineage.backfill import (
     backfill_orders,
     child_backfill,

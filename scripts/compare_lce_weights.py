@@ -15,9 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.config import RunContext, TrainConfig, load_pipeline_config
+from pipeline.config import RunContext, TrainConfig, sqlite_tracking_uri
 from pipeline.data.embeddings import read_embeddings
 from pipeline.encode.split import encode_split
+from pipeline.flows.configs import load_pipeline_config
 from pipeline.runtime import init_ray, setup_logging
 from pipeline.score.pairs import score_pair
 from pipeline.train.inputs import stats_for_model
@@ -42,7 +43,7 @@ def main() -> None:
         cfg = TrainConfig.model_validate({**lce.model_dump(), "compat": {**lce.compat.model_dump(), **overrides}})
         folder = out / f"variant-{number}"
         stats = stats_for_model(cfg, run / "models/old", old_train, args.dataset, folder / "stats.npz")
-        context = RunContext(f"sqlite:///{(out / 'mlflow.db').resolve()}", "lce-weights", str(out / "ray"))
+        context = RunContext(sqlite_tracking_uri(out), "lce-weights", str(out / "ray"))
         model = fit_model(cfg, args.dataset, folder / "model", context, old_model=run / "models/old", stats=stats,
                           run_name=f"variant-{number}")
         new_test = read_embeddings(encode_split(model, args.dataset, "test", folder / "embeddings"))

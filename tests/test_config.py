@@ -2,15 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import (
-    ConfigError,
-    TrainConfig,
-    deep_merge,
-    load_cmc_config,
-    load_pipeline_config,
-    load_train_config,
-    pipeline_from_dict,
-)
+from pipeline.config import ConfigError, TrainConfig, deep_merge
+from pipeline.flows.configs import load_cmc_config, load_pipeline_config, load_train_config, pipeline_from_dict
 
 BASE = {"old": {"name": "old", "classes": "first_half"}, "new": [{"name": "lce", "method": "lce_direct"}]}
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from pipeline.config import load_train_config
+from pipeline.flows.configs import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,9 +23,9 @@ import pandas as pd
 import yaml
 
 from pipeline.atomic import write_text_atomic
-from pipeline.compat.methods import Method, Route, entry_name
-from pipeline.config import load_train_config
+from pipeline.compat.methods import Method, Route, entry_name, method_of
 from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.flows.configs import load_train_config
 from pipeline.model.artifacts import load_model
 from pipeline.model.card import read_model_card
 from pipeline.score.criteria import pair_decision, pair_row, pair_verdict
@@ -98,11 +98,11 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
     old_old = pair_row(table, "old", "old")
     info = read_dataset_info(dataset)
     references = json.loads((sweep_dir / "validation" / "references.json").read_text())
-    validator = Validator(str(dataset), class_indices(info.classes, best.classes), best.method_spec,
+    validator = Validator(str(dataset), class_indices(info.classes, best.classes), method_of(best),
                           best.validation_fraction, str(sweep_dir / "validation" / "old_features.npz"),
                           References(references["old_old"], references["independent"]),
                           read_model_card(models[0]).preprocessing)
-    per_seed = [{**seed_result(table, best.method_spec, name, seed),
+    per_seed = [{**seed_result(table, method_of(best), name, seed),
                  "validation_objective": validator(load_model(model)[0])["objective"]}
                 for seed, name, model in zip(seeds, names, models)]
     trials = pd.read_csv(sweep_dir / "trials.csv")

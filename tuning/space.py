@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from ray import tune
 
+from pipeline.compat.methods import check_fits
 from pipeline.config import (
     NAME_PATTERN,
     ConfigError,
@@ -24,6 +25,7 @@ from pipeline.config import (
     deep_merge,
     format_error,
     read_experiment,
+    sqlite_tracking_uri,
     with_train_defaults,
 )
 
@@ -126,7 +128,7 @@ class SweepConfig(Strict):
         return Path(self.output_dir) / self.name
 
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{(self.run_dir() / 'mlflow.db').resolve()}"
+        return self.mlflow.tracking_uri or sqlite_tracking_uri(self.run_dir())
 
     def tune_space(self) -> dict[str, Any]:
         grid = self.search.algorithm == "grid"
@@ -153,9 +155,11 @@ def trial_config(template: TrainConfig, params: dict[str, Any]) -> TrainConfig:
             raise ValueError(f"'{key}' is not a key of the training config")
         tree = deep_merge(tree, _nested(key, value))
     try:
-        return TrainConfig.model_validate(tree)
+        config = TrainConfig.model_validate(tree)
     except ValidationError as error:
         raise ValueError(format_error("trial", error)) from None
+    check_fits([("", config, None)], "trial")
+    return config
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:

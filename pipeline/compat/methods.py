@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pipeline.compat import losses
-from pipeline.config import CompatConfig
+from pipeline.config import CompatConfig, ConfigError, FitConfig
 from pipeline.model.transformations import BACKWARD, FORWARD
 
 
@@ -134,6 +134,27 @@ def method_named(name: str, kind: Kind | None = None) -> Method:
                          f"(a method of your own module is registered by naming the module in {PLUGINS_VARIABLE})")
     return method
 
+
+
+def method_of(fit: FitConfig) -> Method:
+    """The catalogue's entry of a fit config's ``method``, of the fit's kind."""
+    return method_named(fit.method, Kind(fit.method_kind))
+
+
+def check_fits(fits: Iterable[tuple[str, FitConfig, bool | None]], source: str) -> None:
+    """Each fit's method an entry of its kind that trains against an old model where the fit has
+    one (True), never where it has none (False; None: either way); else ``ConfigError`` naming
+    ``source`` and the key (``PipelineConfig.fits``, ``LineageConfig.fits``)."""
+    for key, fit, has_old_model in fits:
+        where = f"{source}: key '{key + '.' if key else ''}method'"
+        try:
+            method = method_of(fit)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        if has_old_model is False and method.needs_old_model:
+            raise ConfigError(f"{where}: {fit.method!r} needs an old model, and {fit.name} trains without one")
+        if has_old_model and not method.needs_old_model:
+            raise ConfigError(f"{where}: {fit.method!r} has no compatibility with the model {fit.name} follows")
 
 INDEPENDENT = register(Method("independent", Kind.TRAIN, Role.INDEPENDENT, losses.no_terms))
 register(Method("bct", Kind.TRAIN, Role.BASELINE, losses.influence_terms, needs_statistics=True,

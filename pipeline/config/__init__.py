@@ -19,6 +19,7 @@ from pipeline.config.data import (
     TorchScriptSource,
 )
 from pipeline.config.experiment import (
+    DEFAULT_EXPERIMENT,
     SELECTION_FRACTION,
     LineageConfig,
     MlflowConfig,
@@ -26,17 +27,13 @@ from pipeline.config.experiment import (
     RunContext,
     default_tracking_uri,
     output_context,
+    sqlite_tracking_uri,
 )
 from pipeline.config.fits import SCHEDULING_FIELDS, AugmentConfig, CmcConfig, FitConfig, TrainConfig
 from pipeline.config.loading import (
     data_overrides,
     deep_merge,
     expand_seeds,
-    load_cmc_config,
-    load_lineage_config,
-    load_pipeline_config,
-    load_train_config,
-    pipeline_from_dict,
     read_experiment,
     read_yaml,
     with_train_defaults,
@@ -52,12 +49,12 @@ from pipeline.config.model import (
 from pipeline.config.score import IndexConfig, MixedIndexConfig, ScoreConfig
 
 __all__ = [
-    "BUILT_IN_ARCHITECTURES", "NAME_PATTERN", "SCHEDULING_FIELDS", "SELECTION_FRACTION", "TIMM_PREFIX",
+    "BUILT_IN_ARCHITECTURES", "DEFAULT_EXPERIMENT", "NAME_PATTERN", "SCHEDULING_FIELDS", "SELECTION_FRACTION", "TIMM_PREFIX",
     "AugmentConfig", "CmcConfig", "CompatConfig", "ConfigError", "DataConfig", "EmbeddingsSource", "EncodeConfig",
     "FitConfig", "HeadConfig", "ImportedModelConfig", "IndexConfig", "LineageConfig", "MixedIndexConfig",
     "MlflowConfig", "ModelConfig", "ModelSource", "OnnxSource", "PipelineConfig", "Preprocessing", "RetrievalConfig",
     "RetrievalSide", "RunContext", "ScoreConfig", "Strict", "TimmSource", "TorchScriptSource", "TrainConfig",
     "TransformConfig", "data_overrides", "deep_merge", "default_tracking_uri", "expand_seeds", "format_error",
-    "load_cmc_config", "load_lineage_config", "load_pipeline_config", "load_train_config", "output_context",
-    "pipeline_from_dict", "read_experiment", "read_yaml", "validate", "with_train_defaults",
+    "output_context", "sqlite_tracking_uri",
+    "read_experiment", "read_yaml", "validate", "with_train_defaults",
 ]

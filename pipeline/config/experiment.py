@@ -10,13 +10,15 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from pipeline.config.base import NAME_PATTERN, Strict
 from pipeline.config.data import DataConfig, EncodeConfig, ImportedModelConfig
-from pipeline.config.fits import CmcConfig, TrainConfig
+from pipeline.config.fits import CmcConfig, FitConfig, TrainConfig
 from pipeline.config.score import MixedIndexConfig, ScoreConfig
+
+DEFAULT_EXPERIMENT = "compat-embed"  # the MLflow experiment of every job that names none
 
 
 class MlflowConfig(Strict):
     tracking_uri: str | None = Field(None, description="None: sqlite:///<output_dir>/mlflow.db")
-    experiment: str = "compat-embed"
+    experiment: str = DEFAULT_EXPERIMENT
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,18 @@ class PipelineConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {dupes}")
-        if isinstance(self.old, TrainConfig) and self.old.needs_old_model:
-            raise ValueError(f"old.method {self.old.method!r} needs an old model of its own: the old model trains "
-                             "without one")
         trained = {m.name for m in self.new}
         for cmc in self.cmc:
             if cmc.new_model not in trained:
                 raise ValueError(f"cmc {cmc.name!r}: new_model {cmc.new_model!r} is not one of the new models {sorted(trained)}")
         return self
+
+    def fits(self) -> list[tuple[str, FitConfig, bool | None]]:
+        """Each fit with its key and whether its method must (True) or must not (False) train
+        against an old model (None: either); ``pipeline.compat.methods.check_fits`` checks them."""
+        old = [("old", self.old, False)] if isinstance(self.old, TrainConfig) else []
+        return [*old, *((f"new.{i}", m, None) for i, m in enumerate(self.new)),
+                *((f"cmc.{i}", c, None) for i, c in enumerate(self.cmc))]
 
     @property
     def ingest_seed(self) -> int:
@@ -109,13 +115,6 @@ class LineageConfig(Strict):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
-        if self.models[0].needs_old_model:
-            raise ValueError(f"models.0.method {self.models[0].method!r} needs an old model: the lineage's first "
-                             "model trains without one")
-        for position, model in enumerate(self.models[1:], start=1):
-            if not model.needs_old_model:
-                raise ValueError(f"models.{position} ({model.name}): method {model.method!r} has no compatibility "
-                                 "with its parent")
         dims = {m.name: m.model.embedding_dim for m in self.models}
         if len(set(dims.values())) > 1:
             raise ValueError(f"every model of a lineage needs one embedding_dim (its report compares each model with "
@@ -124,6 +123,10 @@ class LineageConfig(Strict):
             raise ValueError("score.pairs: a lineage report scores every pair of its models and each transformed "
                              "entry with its counterpart; leave it at 'all'")
         return self
+
+    def fits(self) -> list[tuple[str, FitConfig, bool | None]]:
+        """Each model with its key: the first trains without a parent, every other one against its own."""
+        return [(f"models.{i}", model, i > 0) for i, model in enumerate(self.models)]
 
     def tracking_uri(self) -> str:
         return default_tracking_uri(self.mlflow, self.output_dir)
@@ -134,9 +137,12 @@ class LineageConfig(Strict):
 
 def default_tracking_uri(mlflow: MlflowConfig, output_dir: str) -> str:
     """The configured tracking URI, else a SQLite store in the output folder."""
-    if mlflow.tracking_uri:
-        return mlflow.tracking_uri
-    return f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
+    return mlflow.tracking_uri or sqlite_tracking_uri(output_dir)
+
+
+def sqlite_tracking_uri(folder: str | Path) -> str:
+    """The default MLflow store of the runs writing under ``folder``: SQLite, ``mlflow.db`` in it."""
+    return f"sqlite:///{(Path(folder) / 'mlflow.db').resolve()}"
 
 
 def output_context(mlflow: MlflowConfig, output_dir: str) -> RunContext:

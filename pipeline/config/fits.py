@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -10,15 +10,13 @@ from pipeline.config.base import NAME_PATTERN, Strict
 from pipeline.config.compat import CompatConfig
 from pipeline.config.model import ModelConfig, TransformConfig
 
-if TYPE_CHECKING:
-    from pipeline.compat.methods import Method
-
 
 class FitConfig(Strict):
     """What every Ray Train fit shares, compatible training and CMC alike: its name, method, seed,
     budget, optimizer and resources (``pipeline.train.driver`` runs both)."""
 
-    method_kind: ClassVar[str]  # the catalogue's kind of its methods: "training" or "CMC"
+    method_kind: ClassVar[str]  # the catalogue's kind of its methods: "training" or "CMC"; the catalogue
+    # (pipeline.compat.methods, above this package) checks the name: pipeline.flows.configs
 
     name: str = Field(pattern=NAME_PATTERN)
     method: str
@@ -46,23 +44,6 @@ class FitConfig(Strict):
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of num_workers {self.num_workers} "
                              "(the global batch is split evenly over the workers)")
         return self
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, method: str) -> str:
-        """A method of the catalogue of this config's kind. The catalogue is imported here, not at
-        the top: it imports torch, which a config should not need until it is validated."""
-        from pipeline.compat.methods import Kind, method_named
-
-        method_named(method, Kind(cls.method_kind))
-        return method
-
-    @property
-    def method_spec(self) -> "Method":
-        """The catalogue's entry of ``method``."""
-        from pipeline.compat.methods import Kind, method_named
-
-        return method_named(self.method, Kind(self.method_kind))
 
     @property
     def worker_batch_size(self) -> int:
@@ -132,10 +113,6 @@ class TrainConfig(FitConfig):
         return self
 
     @property
-    def needs_old_model(self) -> bool:
-        return self.method_spec.needs_old_model
-
-    @property
     def reserved_cpus(self) -> float:
         """Its workers' CPUs and, streamed, its decoding tasks' (``pipeline.train.stream.decoding_pool``)."""
         return super().reserved_cpus + (self.decoding_cpus if self.ingest == "stream" else 0)
@@ -144,11 +121,6 @@ class TrainConfig(FitConfig):
     def decoding_cpus(self) -> float:
         """What a streamed fit reserves for its decoding tasks."""
         return 1.0 if self.decode_cpus is None else self.decode_cpus
-
-    @property
-    def reads_old_features(self) -> bool:
-        """Whether its fit reads the old model's features of each batch by id (``Method.reads_old_features``)."""
-        return self.method_spec.reads_old_features(self.compat)
 
 
 class CmcConfig(FitConfig):

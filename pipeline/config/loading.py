@@ -1,5 +1,5 @@
 """YAML experiments read into dicts: ``base:`` files merged under them, ``train`` defaults and
-``seeds`` expanded, then validated against their schema."""
+``seeds`` expanded, ready to validate against their schema (``pipeline.flows.configs``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config.base import ConfigError, validate
-from pipeline.config.experiment import LineageConfig, PipelineConfig
-from pipeline.config.fits import CmcConfig, TrainConfig
+from pipeline.config.base import ConfigError
 
 
 def data_overrides(data: str) -> dict[str, Any]:
@@ -99,30 +97,3 @@ def expand_seeds(raw: dict[str, Any], seeds: list[int], source: str = "config") 
                      **{field: f"{entry[field]}-s{seed}" for field in renamed if field in entry}}
                     for seed in seeds for entry in entries]
     return raw
-
-
-def pipeline_from_dict(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
-    """Expand ``seeds`` (see ``expand_seeds``) and the ``train`` defaults into ``old`` and every
-    ``new`` entry, then validate."""
-    raw = dict(raw)
-    if "seeds" in raw:
-        raw = expand_seeds(raw, raw.pop("seeds"), source)
-    return validate(PipelineConfig, with_train_defaults(raw, ("old", "new"), source), source)
-
-
-def load_pipeline_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    raw = deep_merge(read_experiment(path), overrides or {})
-    return pipeline_from_dict(raw, str(path))
-
-
-def load_lineage_config(path: str | Path) -> LineageConfig:
-    """A lineage config with its ``train`` defaults merged into every model."""
-    return validate(LineageConfig, with_train_defaults(read_experiment(path), ("models",), str(path)), str(path))
-
-
-def load_train_config(path: str | Path) -> TrainConfig:
-    return validate(TrainConfig, read_yaml(path), str(path))
-
-
-def load_cmc_config(path: str | Path) -> CmcConfig:
-    return validate(CmcConfig, read_yaml(path), str(path))

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.compat.methods import Role
+from pipeline.compat.methods import Role, method_of
 from pipeline.config import CmcConfig, FitConfig, ImportedModelConfig, PipelineConfig, RunContext, TrainConfig
 from pipeline.data.dataset import class_names, read_dataset_info
 from pipeline.data.embeddings import read_embeddings
@@ -90,18 +90,18 @@ def _fit_models(run: _Run, dataset_classes: list[str]) -> dict[str, Path]:
     log.info("fits: the old model and %d new models, %d at once", len(cfg.new), at_once)
     with ThreadPoolExecutor(max_workers=at_once) as pool:
         old_fit = pool.submit(_old_model, run, dataset_classes)
-        fits = {new.name: pool.submit(_fit_new, run, new) for new in cfg.new if not new.needs_old_model}
+        fits = {new.name: pool.submit(_fit_new, run, new) for new in cfg.new if not method_of(new).needs_old_model}
         settle(pool, fits.values(), until=old_fit)
         old_dir, old_embeddings = old_fit.result(), None
-        for new in (new for new in cfg.new if new.needs_old_model):
+        for new in (new for new in cfg.new if method_of(new).needs_old_model):
             stats = None
-            if new.method_spec.needs_statistics:
+            if method_of(new).needs_statistics:
                 if old_embeddings is None:
                     old_embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / cfg.old.name /
                                                             "train", cfg.encode)
                 stats = stats_for_model(new, old_dir, old_embeddings, dataset, out / "stats" / f"{new.name}.npz")
             fits[new.name] = pool.submit(_fit_new, run, new, old_dir, stats,
-                                         old_embeddings.path if new.reads_old_features else None)
+                                         old_embeddings.path if method_of(new).reads_old_features(new.compat) else None)
         settle(pool, fits.values())
         return {cfg.old.name: old_dir, **{new.name: fits[new.name].result() for new in cfg.new}}
 
@@ -151,7 +151,7 @@ def _score(run: _Run, models: dict[str, Path], cmc: dict[str, Path]) -> str:
                                                cfg.encode))
             for name, folder in models.items()}
     entries = matrix_entries(models, sets, cfg.old.name, run.out / "embeddings", split, cmc)
-    independent = next((m.name for m in cfg.new if m.method_spec.role is Role.INDEPENDENT), None)
+    independent = next((m.name for m in cfg.new if method_of(m).role is Role.INDEPENDENT), None)
     roles = roles_of(models[cfg.old.name], independent)
     pairs = {"all": None, "models": model_pairs(entries), "counterparts": counterpart_pairs(entries)}[cfg.score.pairs]
     return score_and_report(entries, roles, cfg.score, run.out / "report", run.context, pairs)

@@ -18,7 +18,8 @@ import pandas as pd
 
 from pipeline.atomic import write_text_atomic
 from pipeline.compat.methods import Role, method_named
-from pipeline.config import PipelineConfig, load_pipeline_config
+from pipeline.config import PipelineConfig
+from pipeline.flows.configs import load_pipeline_config
 from pipeline.flows.experiment import run_pipeline
 from pipeline.runtime import init_ray
 from pipeline.score.results import (

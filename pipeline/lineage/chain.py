@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pipeline.compat.methods import method_of
 from pipeline.config import LineageConfig, TrainConfig
 from pipeline.data.importers import ensure_dataset
 from pipeline.lineage.registry import register_model
@@ -27,14 +28,14 @@ def run_lineage(cfg: LineageConfig) -> LineageReport:
     versions = []
     for model in cfg.models:
         stats, embeddings = None, None
-        if parent is not None and model.method_spec.needs_statistics:
+        if parent is not None and method_of(model).needs_statistics:
             embeddings = train_split_embeddings(parent[1], dataset, out / "embeddings" / parent[0].name / "train",
                                                 cfg.encode)
             stats = stats_for_model(model, parent[1], embeddings, dataset, out / "stats" / f"{model.name}.npz")
         folder = fit_model(model, dataset, out / "models" / model.name, context, run_name=f"{model.name}-{tag}",
                            old_model=parent[1] if parent else None, stats=stats,
                            parent=parent[0].name if parent else None,
-                           old_features=embeddings.path if model.reads_old_features else None)
+                           old_features=embeddings.path if method_of(model).reads_old_features(model.compat) else None)
         version = register_model(context.tracking_uri, cfg.registered_model, folder, parent[2] if parent else None,
                                  context.experiment)
         parent = (model, folder, version.version)

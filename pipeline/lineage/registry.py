@@ -21,6 +21,7 @@ import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.config import DEFAULT_EXPERIMENT
 from pipeline.model.card import CARD_FILE, ModelCard, read_card, read_model_card
 from pipeline.names import check_name
 from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run
@@ -68,7 +69,7 @@ def _check_parent(client: MlflowClient, registered_model: str, parent_version: s
 
 
 def register_model(tracking_uri: str, registered_model: str, artifact_dir: str | Path, parent_version: str | None,
-                   experiment: str = "compat-embed") -> LineageVersion:
+                   experiment: str = DEFAULT_EXPERIMENT) -> LineageVersion:
     """Log ``artifact_dir`` (and the card's old-space statistics, as ``STATS_FILE``) under
     ``model/`` of its training run and register it as the next version of ``registered_model``."""
     check_name(registered_model, "registered model name")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.compat.methods import Kind, Role, Route, entry_carrier, method_named
+from pipeline.compat.methods import Kind, Role, Route, entry_carrier, method_named, method_of
 from pipeline.config import PipelineConfig
 from pipeline.score.criteria import CRITERION_METRICS, cell, combined_verdict, update_gain
 from pipeline.score.matrix import pair_values_file
@@ -150,7 +150,7 @@ def scenario_rows(run: Run, cfg: PipelineConfig, resamples: int = 1000, level: f
     old, table, entries = cfg.old.name, run.table, run.entries
     models = {m.name: (m.method, m.seed) for m in cfg.new}
     cmc = {c.name: (c.method, c.seed) for c in cfg.cmc}
-    independents = {m.seed: m.name for m in cfg.new if m.method_spec.role is Role.INDEPENDENT}
+    independents = {m.seed: m.name for m in cfg.new if method_of(m).role is Role.INDEPENDENT}
     reference = run.values(old, old)
     if reference is None:
         raise ValueError(f"{run.pairs_dir}: no per-query values of {old} -> {old}: score the run again")

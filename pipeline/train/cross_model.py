@@ -24,7 +24,7 @@ from torch import nn
 
 from pipeline.atomic import write_npz_atomic
 from pipeline.compat.losses import RetrievalMemory, memory_rows, warn_margin
-from pipeline.compat.methods import Method
+from pipeline.compat.methods import Method, method_of
 from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.compat.steps import Autocast
@@ -118,7 +118,7 @@ def write_inputs(cfg: CmcConfig, cards: tuple[EncoderCard, EncoderCard], folders
     for role, features, known in (("old", old_features, cards[0].classes), ("new", new_features, classes)):
         stats = compute_old_space_stats(features, labels, classes, known, cfg.compat.boundary,
                                         cfg.compat.boundary_quantile)
-        if cfg.method_spec.bounds_features and cfg.compat.lambda_boundary > 0:
+        if method_of(cfg).bounds_features and cfg.compat.lambda_boundary > 0:
             margin = cfg.compat.forward_margin if role == "new" else cfg.compat.compactness_margin
             warn_margin(stats, margin, cfg.compat.old_classes_only, role)
         paths[f"{role}_space"] = work_dir / "stats" / f"{cfg.name}.{role}_space.npz"
@@ -140,7 +140,7 @@ def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, datase
     cards = (read_encoder_card(folders[0]), read_encoder_card(folders[1]))
     inputs = write_inputs(cfg, cards, folders, dataset, work_dir, encode)
     hashed = {**inputs["paths"], "old_id": cards[0].id, "new_id": cards[1].id}
-    read = CmcInputs(config=cfg, method=cfg.method_spec, record=RunRecord(config_hash(cfg, hashed)), **inputs["paths"])
+    read = CmcInputs(config=cfg, method=method_of(cfg), record=RunRecord(config_hash(cfg, hashed)), **inputs["paths"])
     job = FitJob(cfg, cmc_worker, read,
                  {"kind": "cmc", "method": cfg.method, "old_model": cards[0].name, "new_model": cards[1].name,
                   DESCRIPTION_TAG: f"Fits {cfg.method}'s transformations between {cards[0].name} (old) and "

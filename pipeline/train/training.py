@@ -20,7 +20,7 @@ import ray.train.torch
 import torch
 
 from pipeline.compat.losses import check_same_dim, influence_weights
-from pipeline.compat.methods import Method
+from pipeline.compat.methods import Method, method_of
 from pipeline.compat.objectives import TrainingObjective
 from pipeline.compat.statistics import OldSpaceStats
 from pipeline.compat.steps import autocast
@@ -228,12 +228,13 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
     cfg = _with_pretrained_file_resolved(cfg)
     preprocessing = model_input_of(cfg.model, info.mode, info.image_size)
     old_dim = None
-    method = cfg.method_spec
+    method = method_of(cfg)
     if method.needs_old_model:
         build_objective(cfg, method, classes, str(stats) if stats else None, str(old_model) if old_model else None,
                         preprocessing)
         old_dim = read_encoder_card(old_model).embedding_dim
-    if cfg.reads_old_features:
+    reads_old_features = method.reads_old_features(cfg.compat)
+    if reads_old_features:
         check_old_features(old_features, cfg, old_model, dataset)
     stream = None
     if cfg.ingest == "stream":
@@ -241,12 +242,12 @@ def training_job(cfg: TrainConfig, dataset: Path, old_model: str | Path | None =
         fraction = share_with_rows(cfg.data_fraction, cfg.min_rows, class_rows(dataset, "train", labels_kept))
         stream = StreamSpec(str(dataset), labels_kept, fraction, cfg.seed,
                             cfg.validation_fraction, preprocessing, cfg.augment,
-                            str(Path(old_features).resolve()) if cfg.reads_old_features else None, cfg.decoding_cpus)
+                            str(Path(old_features).resolve()) if reads_old_features else None, cfg.decoding_cpus)
     read = {"dataset": str(dataset), "old_dim": old_dim, "input": preprocessing.model_dump(),
             "stream_rows": selected_rows(stream) if stream else None,
             "old_model": str(Path(old_model).resolve()) if old_model else None,
             "stats": str(Path(stats).resolve()) if stats else None,
-            "old_features": str(Path(old_features).resolve()) if cfg.reads_old_features else None}
+            "old_features": str(Path(old_features).resolve()) if reads_old_features else None}
     # What the hash holds: the config (the method by its name) and what the workers read.
     inputs = TrainInputs(config=cfg, method=method, dataset=read["dataset"], preprocessing=preprocessing,
                          record=RunRecord(config_hash(cfg, read)), old_model=read["old_model"], old_dim=old_dim,
@@ -274,7 +275,7 @@ def fit_model(cfg: TrainConfig, dataset: str | Path, artifact_dir: str | Path, c
         card = ModelCard(
             id=new_model_id(cfg.name), name=cfg.name, model=cfg.model, classes=classes,
             channels=info.channels, mode=info.mode, image_size=info.image_size, method=cfg.method,
-            old_dim=job.inputs.old_dim, transform=cfg.transform, transforms=list(cfg.method_spec.trains),
+            old_dim=job.inputs.old_dim, transform=cfg.transform, transforms=list(method_of(cfg).trains),
             parent_model=parent, old_model_dir=str(old_model) if old_model else None,
             stats_file=job.inputs.stats, old_features=job.inputs.old_features,
             input=job.inputs.preprocessing, dataset=str(dataset),

@@ -8,9 +8,11 @@ from pipeline.compat.methods import (
     Method,
     Role,
     Route,
+    check_fits,
     entry_carrier,
     entry_name,
     method_named,
+    method_of,
     names,
     register,
     unregister,
@@ -38,8 +40,8 @@ def test_every_method_of_the_paper_is_catalogued_with_its_transformations_and_ne
     pulled = CompatConfig(target_pull=0.3)
     assert [name for name in names(Kind.TRAIN) if method_named(name).reads_old_features(pulled)] == [
         "lce_direct", "lce_backward", "lce_forward", "lce_bidirectional"]
-    assert TrainConfig(name="m", method="lce_direct", compat=pulled).reads_old_features
-    assert not TrainConfig(name="m", method="lce_direct").reads_old_features
+    assert method_named("lce_direct").reads_old_features(TrainConfig(name="m", method="lce_direct", compat=pulled).compat)
+    assert not method_named("lce_direct").reads_old_features(TrainConfig(name="m", method="lce_direct").compat)
 
 
 def test_routes_say_which_entries_a_method_adds_and_through_which_it_is_compatible():
@@ -59,24 +61,34 @@ def test_entry_names_are_built_and_parsed_in_one_place(route):
 
 
 def test_configs_take_catalogued_methods_of_their_kind_only():
-    with pytest.raises(ConfigError, match=r"key 'method': Value error, unknown training method 'lce_cmc': expected "
+    wrong_kind = validate(TrainConfig, {"name": "m", "method": "lce_cmc"}, "m.yaml")  # the schema knows no catalogue
+    with pytest.raises(ConfigError, match=r"m.yaml: key 'new.2.method': unknown training method 'lce_cmc': expected "
                                           r"one of \['independent', 'bct'"):
-        validate(TrainConfig, {"name": "m", "method": "lce_cmc"}, "m.yaml")
-    with pytest.raises(ConfigError, match="unknown CMC method 'lce_direct'"):
-        validate(CmcConfig, {"name": "c", "method": "lce_direct", "new_model": "n"}, "c.yaml")
+        check_fits([("new.2", wrong_kind, None)], "m.yaml")
+    with pytest.raises(ConfigError, match="c.yaml: key 'method': unknown CMC method 'lce_direct'"):
+        check_fits([("", validate(CmcConfig, {"name": "c", "method": "lce_direct", "new_model": "n"}), None)], "c.yaml")
+
+
+def test_a_fit_without_an_old_model_takes_no_method_that_needs_one_and_a_follower_one_that_does():
+    with pytest.raises(ConfigError, match=r"x.yaml: key 'old.method': 'lce_backward' needs an old model, and m "
+                                          r"trains without one"):
+        check_fits([("old", TrainConfig(name="m", method="lce_backward"), False)], "x.yaml")
+    with pytest.raises(ConfigError, match=r"key 'models.1.method': 'independent' has no compatibility"):
+        check_fits([("models.1", TrainConfig(name="m"), True)], "x.yaml")
+    check_fits([("models.1", TrainConfig(name="m", method="bct"), True), ("new.0", TrainConfig(name="n"), None)], "x")
 
 
 def test_a_registered_method_is_a_config_choice_until_it_is_removed():
     toy = Method("toy", Kind.TRAIN, Role.LCE, losses.lce_backward_terms, (BACKWARD,), needs_statistics=True)
     register(toy)
     try:
-        assert TrainConfig(name="m", method="toy").method_spec is toy
+        assert method_of(TrainConfig(name="m", method="toy")) is toy
         with pytest.raises(ValueError, match="already registered"):
             register(toy)
     finally:
         unregister("toy")
     with pytest.raises(ValueError, match="unknown training method 'toy'"):
-        TrainConfig(name="m", method="toy")
+        method_of(TrainConfig(name="m", method="toy"))
 
 
 def _compared_literals(tree) -> list[tuple[int, str]]:
@@ -113,8 +125,8 @@ def test_modules_named_in_the_environment_register_their_methods():
     import subprocess
     import sys
 
-    code = ("from pipeline.config import TrainConfig\n"
-            "print(TrainConfig(name='m', method='plugin_direct').method_spec.compatible_routes)")
+    code = ("from pipeline.compat.methods import method_of\nfrom pipeline.config import TrainConfig\n"
+            "print(method_of(TrainConfig(name='m', method='plugin_direct')).compatible_routes)")
     env = {**os.environ, "COMPAT_EMBED_METHODS": "tests.compat.plugin_method"}
     shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert shown.strip() == "(<Route.DIRECT: 'direct'>,)"

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import pipeline_from_dict
 from pipeline.data.embeddings import read_embeddings
+from pipeline.flows.configs import pipeline_from_dict
 from pipeline.flows.experiment import run_pipeline
 from pipeline.flows.scenarios import TIMING_FILE, plan, run_scenario, write_results
 from pipeline.model.artifacts import load_cmc

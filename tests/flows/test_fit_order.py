@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.config import pipeline_from_dict
 from pipeline.flows import experiment
+from pipeline.flows.configs import pipeline_from_dict
 
 NEW = [{"name": "bct", "method": "bct"}, {"name": "independent", "method": "independent"},
        {"name": "lce", "method": "lce_direct"}]

@@ -18,10 +18,11 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from pipeline.config import Preprocessing, pipeline_from_dict
+from pipeline.config import Preprocessing
 from pipeline.data.embeddings import read_embeddings
 from pipeline.data.importers import ingest
 from pipeline.data.preprocess import eval_pixels, model_input
+from pipeline.flows.configs import pipeline_from_dict
 from pipeline.flows.experiment import run_pipeline
 from pipeline.model.card import read_card
 from tests.jobs.helpers import run_job

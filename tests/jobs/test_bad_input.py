@@ -26,10 +26,11 @@ import yaml
 from PIL import Image
 
 from pipeline.compat.statistics import compute_old_space_stats
-from pipeline.config import ConfigError, load_lineage_config, load_pipeline_config
+from pipeline.config import ConfigError
 from pipeline.data.dataset import DATASET_SCHEMA
 from pipeline.data.embeddings import embeddings_table, read_embeddings, write_embeddings
 from pipeline.data.importers import ingest
+from pipeline.flows.configs import load_lineage_config, load_pipeline_config
 from tests.conftest import write_idx
 from tests.jobs.helpers import folder_state, run_job, untrained_model
 from tests.mlflow_server import MlflowServer

@@ -17,8 +17,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.config import LineageConfig, load_lineage_config
+from pipeline.compat.methods import check_fits
+from pipeline.config import ConfigError, LineageConfig
 from pipeline.data.embeddings import embeddings_table, open_embeddings, read_embeddings, write_embeddings
+from pipeline.flows.configs import load_lineage_config
 from pipeline.lineage.backfill import backfill_curve, curve_area, share_to_reach, stratified_order
 from pipeline.lineage.metrics import lower_triangle_summary, verdict
 from pipeline.lineage.selection import Candidate, choose_order, choose_route
@@ -138,10 +140,12 @@ def test_an_order_is_recommended_only_where_it_beats_random_and_loses_on_no_metr
 
 
 def test_lineage_config_is_checked():
-    with pytest.raises(ValueError, match="models.0.method 'lce_direct' needs an old model"):
-        LineageConfig.model_validate({"models": [{"name": "a", "method": "lce_direct"}, {"name": "b", "method": "lce_direct"}]})
-    with pytest.raises(ValueError, match="models.1 \\(b\\): method 'independent'"):
-        LineageConfig.model_validate({"models": [{"name": "a"}, {"name": "b", "method": "independent"}]})
+    first_follows = LineageConfig.model_validate({"models": [{"name": "a", "method": "lce_direct"},
+                                                             {"name": "b", "method": "lce_direct"}]})
+    with pytest.raises(ConfigError, match="l.yaml: key 'models.0.method': 'lce_direct' needs an old model"):
+        check_fits(first_follows.fits(), "l.yaml")
+    with pytest.raises(ConfigError, match="key 'models.1.method': 'independent' has no compatibility"):
+        check_fits(LineageConfig.model_validate({"models": [{"name": "a"}, {"name": "b"}]}).fits(), "l.yaml")
     cfg = load_lineage_config("configs/lineage.yaml")
     assert [m.name for m in cfg.models] == ["v1", "v2", "v3"]
     assert cfg.models[1].data_fraction == 0.5 and cfg.models[2].data_fraction == 1.0  # train defaults, then overrides

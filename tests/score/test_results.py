@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import pipeline_from_dict
+from pipeline.flows.configs import pipeline_from_dict
 from pipeline.score.matrix import pair_values_file
 from pipeline.score.pairs import QueryValues
 from pipeline.score.results import (

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline.compat.losses import DimensionMismatch
+from pipeline.compat.methods import method_of
 from pipeline.compat.statistics import StatisticsMismatch, compute_old_space_stats
 from pipeline.compat.steps import autocast, autocast_dtype, optimizer_step
 from pipeline.config import ModelConfig, Preprocessing, TrainConfig
@@ -44,18 +45,18 @@ def _stats_file(tmp_path, classes, dim=8):
 def test_statistics_of_other_classes_are_refused_before_training(tmp_path, old_model):
     cfg = TrainConfig(name="lce", method="lce_direct", model=ModelConfig(embedding_dim=8))
     with pytest.raises(StatisticsMismatch, match=r"stats.npz: classes do not match.*missing \['c'\]"):
-        build_objective(cfg, cfg.method_spec, ["a", "b", "c"], _stats_file(tmp_path, ["a", "b"]), str(old_model), INPUT)
+        build_objective(cfg, method_of(cfg), ["a", "b", "c"], _stats_file(tmp_path, ["a", "b"]), str(old_model), INPUT)
 
 
 def test_bct_with_another_dimension_names_both(tmp_path, old_model):
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=16))
     with pytest.raises(DimensionMismatch, match="dimension 16 differs from old dimension 8"):
-        build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model), INPUT)
+        build_objective(cfg, method_of(cfg), ["a", "b"], _stats_file(tmp_path, ["a", "b"]), str(old_model), INPUT)
 
 
 def test_bct_objective_uses_the_old_classifier(tmp_path, old_model):
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=8))
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
+    objective = build_objective(cfg, method_of(cfg), ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
                                 str(old_model), INPUT)
     assert objective.old_head.weight.shape == (2, 8) and not objective.old_head.weight.requires_grad
 
@@ -65,13 +66,13 @@ def test_backward_manner_accepts_another_dimension_and_saves_its_transform(tmp_p
     from pipeline.model.transformations import build_transforms
 
     cfg = TrainConfig(name="lce", method="lce_backward", model=ModelConfig(embedding_dim=16))
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
+    objective = build_objective(cfg, method_of(cfg), ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
                                 str(old_model), INPUT)
     assert objective.centers.shape == (2, 8)
-    transforms = build_transforms(cfg.method_spec.trains, 16, 8, cfg.transform)
+    transforms = build_transforms(method_of(cfg).trains, 16, 8, cfg.transform)
     model = EmbeddingModel(cfg.model, 1, 2, transforms)
     card = ModelCard(id="lce-1", name="lce", model=cfg.model, classes=["a", "b"], channels=1, mode="L", image_size=28,
-                     method=cfg.method, old_dim=8, transforms=list(cfg.method_spec.trains))
+                     method=cfg.method, old_dim=8, transforms=list(method_of(cfg).trains))
     write_artifact(tmp_path / "lce", model.state_dict(), card)
     loaded, _ = load_model(tmp_path / "lce")
     assert loaded.transforms["backward_transform"](torch.randn(3, 16)).shape == (3, 8)
@@ -106,7 +107,7 @@ def test_bf16_autocast_step_trains_and_keeps_float32_weights():
     model = EmbeddingModel(cfg.model, 1, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b", "c"], None, None, INPUT)
+    objective = build_objective(cfg, method_of(cfg), ["a", "b", "c"], None, None, INPUT)
     images, labels = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
     before = model.head.weight.detach().clone()
     with autocast(autocast_dtype(cfg.precision, torch.device("cpu")), torch.device("cpu")):
@@ -129,10 +130,10 @@ def test_one_training_step_changes_every_transformations_weights(method, tmp_pat
 
     cfg = TrainConfig(name="lce", method=method, model=ModelConfig(embedding_dim=8),
                       transform=TransformConfig(hidden=16))
-    transforms = build_transforms(cfg.method_spec.trains, 8, 8, cfg.transform)
+    transforms = build_transforms(method_of(cfg).trains, 8, 8, cfg.transform)
     model = EmbeddingModel(cfg.model, 1, 2, transforms)
     optimizer, scheduler = optimizer_and_schedule(model.parameters(), 0.01, 0.0, total_steps=10)
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
+    objective = build_objective(cfg, method_of(cfg), ["a", "b"], _stats_file(tmp_path, ["a", "b"]),
                                 str(old_model), INPUT)
     images, labels = torch.randn(8, 1, 28, 28), torch.tensor([0, 1] * 4)
     before = {name: p.detach().clone() for name, p in model.transforms.named_parameters()}
@@ -141,7 +142,7 @@ def test_one_training_step_changes_every_transformations_weights(method, tmp_pat
                              old_features=torch.randn(8, 8)), optimizer, scheduler, {}, lambda: "test")
     unchanged = [name for name, p in model.transforms.named_parameters()
                  if "weight" in name and torch.equal(p, before[name])]
-    assert set(model.transforms) == set(cfg.method_spec.trains) and not unchanged
+    assert set(model.transforms) == set(method_of(cfg).trains) and not unchanged
 
 
 def test_a_finite_loss_with_a_non_finite_gradient_stops_before_the_weights_change():
@@ -182,13 +183,13 @@ def test_bct_against_a_model_known_by_its_embeddings_uses_class_means_for_every_
 
     cfg = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=8))
     stats = _stats_file(tmp_path, ["a", "b"])
-    objective = build_objective(cfg, cfg.method_spec, ["a", "b"], stats, str(embeddings_only), INPUT)
+    objective = build_objective(cfg, method_of(cfg), ["a", "b"], stats, str(embeddings_only), INPUT)
     torch.testing.assert_close(objective.old_head.weight, torch.as_tensor(OldSpaceStats.load(stats).feature_means,
                                                                            dtype=torch.float32))
     wide = TrainConfig(name="bct", method="bct", model=ModelConfig(embedding_dim=16))
     with pytest.raises(DimensionMismatch, match=r"model 'bct' against statistics .*stats\.npz: new feature dimension "
                                                 r"16 differs from old dimension 8"):
-        build_objective(wide, wide.method_spec, ["a", "b"], stats, str(embeddings_only), INPUT)
+        build_objective(wide, method_of(wide), ["a", "b"], stats, str(embeddings_only), INPUT)
 
 
 def test_l2_is_refused_for_a_model_known_only_by_its_embeddings_saying_why(tmp_path, embeddings_only):
@@ -197,4 +198,4 @@ def test_l2_is_refused_for_a_model_known_only_by_its_embeddings_saying_why(tmp_p
     cfg = TrainConfig(name="l2", method="l2", model=ModelConfig(embedding_dim=8))
     with pytest.raises(ArtifactError, match="method l2 runs the old model on every training batch, and this old model "
                                             "is known only by its embeddings; LCE and BCT need only its embeddings"):
-        build_objective(cfg, cfg.method_spec, ["a", "b"], None, str(embeddings_only), INPUT)
+        build_objective(cfg, method_of(cfg), ["a", "b"], None, str(embeddings_only), INPUT)

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_train_config
+from pipeline.config import ConfigError
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ingest
+from pipeline.flows.configs import load_train_config
 from pipeline.score.criteria import update_gain
 from pipeline.score.retrieval import per_query_metrics, summarize
 from pipeline.train.validation import References, compat_objective, top1
