@@ -14,7 +14,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/lineage.yaml")
     cli.add_ray_arg(parser)
     args = parser.parse_args()
-    from pipeline.lineage.chain import run_lineage
+    from pipeline.flows.lineage import run_lineage
     from pipeline.runtime import init_ray
 
     cfg = load_lineage_config(args.config)

@@ -29,7 +29,8 @@ def main() -> None:
     cli.add_tracking_args(parser)
     args = parser.parse_args()
     from pipeline.config import MixedIndexConfig
-    from pipeline.lineage.report import report_registered_lineage
+    from pipeline.flows.lineage import report_registered_lineage
+    from pipeline.flows.workspace import Workspace
     from pipeline.runtime import init_ray
 
     if args.backfill_steps < 1:
@@ -37,7 +38,7 @@ def main() -> None:
     score, encode = cli.score_options(args, split=args.split), cli.encode_options(args)
     init_ray(args.ray_address)
     report = report_registered_lineage(cli.run_context(args), args.registered_model, args.versions, args.dataset,
-                                       args.out, encode=encode, score=score, backfill_steps=args.backfill_steps,
+                                       Workspace.at(args.out), encode=encode, score=score, backfill_steps=args.backfill_steps,
                                        indexes=MixedIndexConfig(steps=args.index_steps),
                                        selection_fraction=args.selection_fraction)
     print(report.summary_text)

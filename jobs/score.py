@@ -8,8 +8,6 @@ is the old model's and ``--old-classes`` which classes it was trained on."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from jobs import cli
 from pipeline.config import ScoreConfig
 
@@ -40,6 +38,7 @@ def main() -> None:
     cli.add_tracking_args(parser)
     args = parser.parse_args()
     from pipeline.encode.mapped import entries_from_files
+    from pipeline.flows.workspace import Workspace
     from pipeline.score.entries import MatrixRoles
     from pipeline.score.report import roles_of, score_and_report
 
@@ -55,8 +54,8 @@ def main() -> None:
         roles = roles_of(args.old_model, args.independent)
     else:
         roles = MatrixRoles(old=args.old, old_classes=args.old_classes, independent=args.independent)
-    entries = entries_from_files(args.embeddings, args.artifacts, roles.old, Path(args.out) / "embeddings", args.split,
-                                 external)
+    entries = entries_from_files(args.embeddings, args.artifacts, roles.old, Workspace.at(args.out).embeddings_root,
+                                 args.split, external)
     known = next(iter(entries.values())).embeddings.classes
     if roles.old_classes is not None and set(roles.old_classes) - set(known):
         raise ValueError(f"--old-classes {sorted(set(roles.old_classes) - set(known))} are not classes of the sets "

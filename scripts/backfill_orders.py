@@ -12,13 +12,14 @@ the lineage report's layout under the config's output folder (``embeddings/<mode
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.data.embeddings import open_embeddings
 from pipeline.flows.configs import load_lineage_config
+from pipeline.flows.lineage import lineage_embeddings
+from pipeline.flows.workspace import Workspace
 from pipeline.lineage.backfill import (
     backfill_orders,
     child_backfill,
@@ -29,7 +30,6 @@ from pipeline.lineage.backfill import (
     share_for_gain,
 )
 from pipeline.lineage.metrics import LineageModel
-from pipeline.lineage.report import lineage_embeddings
 from pipeline.runtime import init_ray, setup_logging
 from pipeline.score.criteria import CRITERION_METRICS
 
@@ -44,11 +44,11 @@ def main() -> None:
     setup_logging()
     init_ray()
     config = load_lineage_config(args.config)
-    root = Path(config.output_dir)
+    workspace = Workspace.at(config.output_dir)
     names = [model.name for model in config.models]
-    models = [LineageModel(name, root / "models" / name, names[i - 1] if i else None) for i, name in enumerate(names)]
+    models = [LineageModel(name, workspace.model(name), names[i - 1] if i else None) for i, name in enumerate(names)]
 
-    sets, training = ({m.name: open_embeddings(lineage_embeddings(m, config.data.root, split, root, config.encode))
+    sets, training = ({m.name: open_embeddings(lineage_embeddings(m, config.data.root, split, workspace, config.encode))
                        for m in models} for split in ("test", "train"))
     rows = []
     for child in models[1:]:

@@ -4,8 +4,9 @@ each variant's new/old and new/new cells against that run's old model.
     python scripts/compare_lce_weights.py --run outputs/demo --dataset data/fashion-mnist \
         --variants '[{"compactness_margin": 0.3}, {"lambda_align": 3, "lambda_boundary": 3}]'
 
-Each variant reuses the run's old model and its train-split embeddings; results print one line
-each and go under <run>/weight-variants/.
+Each variant is a new model of the run's workspace, ``<model>-w<number>-<time>``, fitted against
+the run's old model (``pipeline.flows.fits.fit_against``: its train-split embeddings reused), its
+runs in the MLflow experiment ``lce-weights``; results print one line each.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from pipeline.config import RunContext, TrainConfig, sqlite_tracking_uri
+from pipeline.config import MlflowConfig, TrainConfig
 from pipeline.data.embeddings import read_embeddings
 from pipeline.encode.split import encode_split
 from pipeline.flows.configs import load_pipeline_config
+from pipeline.flows.fits import fit_against
+from pipeline.flows.workspace import Workspace
 from pipeline.runtime import init_ray, setup_logging
 from pipeline.score.pairs import score_pair
-from pipeline.train.inputs import stats_for_model
-from pipeline.train.training import fit_model
 
 
 def main() -> None:
@@ -35,18 +35,16 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     init_ray()
-    run, out = Path(args.run), Path(args.run) / "weight-variants" / time.strftime("%Y%m%d-%H%M%S")
-    lce = next(m for m in load_pipeline_config(args.config).new if m.name == args.model)
-    old_test, old_train = read_embeddings(run / "embeddings/old/test"), read_embeddings(run / "embeddings/old/train")
+    config, workspace, stamp = load_pipeline_config(args.config), Workspace.at(args.run), time.strftime("%Y%m%d-%H%M%S")
+    lce, old = next(m for m in config.new if m.name == args.model), config.old.name
+    context = workspace.context(MlflowConfig(experiment="lce-weights"))
+    old_test = read_embeddings(workspace.embeddings(old, "test"))
     old_classes = list(range((len(old_test.classes) + 1) // 2))
     for number, overrides in enumerate(json.loads(args.variants)):
-        cfg = TrainConfig.model_validate({**lce.model_dump(), "compat": {**lce.compat.model_dump(), **overrides}})
-        folder = out / f"variant-{number}"
-        stats = stats_for_model(cfg, run / "models/old", old_train, args.dataset, folder / "stats.npz")
-        context = RunContext(sqlite_tracking_uri(out), "lce-weights", str(out / "ray"))
-        model = fit_model(cfg, args.dataset, folder / "model", context, old_model=run / "models/old", stats=stats,
-                          run_name=f"variant-{number}")
-        new_test = read_embeddings(encode_split(model, args.dataset, "test", folder / "embeddings"))
+        cfg = TrainConfig.model_validate({**lce.model_dump(), "name": f"{lce.name}-w{number}-{stamp}",
+                                          "compat": {**lce.compat.model_dump(), **overrides}})
+        model = fit_against(workspace, cfg, old, args.dataset, context, encode=config.encode, run_name=cfg.name)
+        new_test = read_embeddings(encode_split(model, args.dataset, "test", workspace.embeddings(cfg.name, "test")))
         new_old, new_new = score_pair(new_test, old_test, old_classes), score_pair(new_test, new_test, old_classes)
         print(f"RESULT {json.dumps(overrides)}: new/old top1 {new_old['top1']:.4f} map {new_old['map']:.4f} | "
               f"new/new top1 {new_new['top1']:.4f} map {new_new['map']:.4f}", flush=True)

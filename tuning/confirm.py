@@ -1,9 +1,10 @@
-"""Confirm a sweep's best config: retrain it with ``jobs.train`` in 3 seeds, score them with ``jobs.score``.
+"""Confirm a sweep's best config: retrain it in 3 seeds, score them against the old gallery.
 
     python -m tuning.confirm --sweep-dir outputs/sweeps/demo [--seeds 0 1 2]
 
-Runs the same job CLIs a user runs (train against the sweep's old model, statistics and old
-train-split features, encode the test split, score with the transformations the config trains),
+Calls what the jobs call (each seed fitted against the sweep's old model with its own statistics,
+``pipeline.flows.fits.fit_against``; the test split encoded; every seed scored in one report with
+the transformations the config trains, ``pipeline.score.report``),
 then checks the two claims a sweep makes, in every seed: the retrained model meets the
 compatibility criterion on the test split through its compatible route (each cell with its
 paired bootstrap interval and verdict), and its objective on the validation rows is at least the
@@ -15,21 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from pipeline.atomic import write_text_atomic
 from pipeline.compat.methods import Method, Route, entry_name, method_of
+from pipeline.config import RunContext, ScoreConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
+from pipeline.encode.mapped import entries_from_files
+from pipeline.encode.split import encode_split
 from pipeline.flows.configs import load_train_config
+from pipeline.flows.fits import fit_against
+from pipeline.flows.workspace import Workspace
 from pipeline.model.artifacts import load_model
 from pipeline.model.card import read_model_card
+from pipeline.runtime import init_ray
 from pipeline.score.criteria import pair_decision, pair_row, pair_verdict
-from pipeline.score.report import decision_line
+from pipeline.score.report import decision_line, read_table, roles_of, score_and_report
 from pipeline.score.uncertainty import MET
 from pipeline.train.validation import References, Validator
 from tuning.space import load_sweep_config
@@ -44,10 +48,10 @@ def compatible_route(method: Method, new: str, old: str) -> tuple[str, str]:
     return entry_name(route, new, old), old
 
 
-def seed_result(table: pd.DataFrame, method: Method, name: str, seed: int) -> dict:
+def seed_result(table: pd.DataFrame, method: Method, name: str, seed: int, old: str = "old") -> dict:
     """One seed's test cell of its compatible route against the old gallery: the metrics, their
     difference with old/old and its paired interval and verdict, and the decision it supports."""
-    query, gallery = compatible_route(method, name, "old")
+    query, gallery = compatible_route(method, name, old)
     cell = pair_row(table, query, gallery)
     return {"seed": seed, "route": f"{query} -> {gallery}",
             "test_new_old_top1": float(cell["top1"]), "test_new_old_map": float(cell["map"]),
@@ -57,55 +61,40 @@ def seed_result(table: pd.DataFrame, method: Method, name: str, seed: int) -> di
             "meets_criterion": pair_verdict(cell) == MET}
 
 
-def _job(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", *args], check=True)
-
-
 SEEDS = (0, 1, 2)
 
 
 def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
     """Retrain the best config once per seed, score every seed's model against the old gallery
     in one report, and check the criterion in each seed (with each cell's paired interval)."""
-    cfg = load_sweep_config(sweep_dir / "sweep.yaml")
-    best = load_train_config(sweep_dir / "best.yaml")
-    dataset, old = Path(cfg.data.root).resolve(), sweep_dir / "models" / "old"
-    tracking = ["--tracking-uri", cfg.tracking_uri(), "--experiment", cfg.mlflow.experiment]
-    _job("jobs.encode", "--model", str(old), "--dataset", str(dataset), "--split", "test",
-         "--out", str(sweep_dir / "embeddings" / "old" / "test"))
+    workspace = Workspace.at(sweep_dir)
+    cfg = load_sweep_config(workspace.sweep_config)
+    best = load_train_config(workspace.best_config)
+    dataset, old = Path(cfg.data.root).resolve(), cfg.old.name
+    context = RunContext(cfg.tracking_uri(), cfg.mlflow.experiment, str(workspace.ray))
+    test_sets = [encode_split(workspace.model(old), dataset, "test", workspace.embeddings(old, "test"))]
     names, models = [], []
-    for seed in seeds:
+    for seed in seeds:  # the seed also decides the rows of data_fraction, so each has its own statistics
         seeded = best.model_copy(update={"seed": seed, "name": f"{best.name}-best-s{seed}"})
-        config, model = sweep_dir / "confirm" / f"{seeded.name}.yaml", sweep_dir / "models" / seeded.name
-        write_text_atomic(config, yaml.safe_dump(seeded.model_dump(mode="json"), sort_keys=False))
-        stats = sweep_dir / "stats" / f"{seeded.name}.npz"  # the seed decides the rows of data_fraction
-        _job("jobs.stats", "--config", str(config), "--old-model", str(old), "--dataset", str(dataset),
-             "--embeddings", str(sweep_dir / "embeddings" / "old" / "train"), "--out", str(stats))
-        _job("jobs.train", "--config", str(config), "--dataset", str(dataset), "--out", str(model),
-             "--old-model", str(old), "--stats", str(stats),
-             "--old-features", str(sweep_dir / "embeddings" / "old" / "train"),
-             "--storage-path", str(sweep_dir / "ray"), "--run-name", seeded.name, *tracking)
-        _job("jobs.encode", "--model", str(model), "--dataset", str(dataset), "--split", "test",
-             "--out", str(sweep_dir / "embeddings" / seeded.name / "test"))
+        model = fit_against(workspace, seeded, old, dataset, context, run_name=seeded.name)
+        test_sets.append(encode_split(model, dataset, "test", workspace.embeddings(seeded.name, "test")))
         names.append(seeded.name)
         models.append(model)
-    report = sweep_dir / "confirm-report"
-    _job("jobs.score", "--embeddings", str(sweep_dir / "embeddings" / "old" / "test"),
-         *(str(sweep_dir / "embeddings" / name / "test") for name in names), "--old-model", str(old),
-         "--artifacts", *map(str, models), "--out", str(report), *tracking)
+    entries = entries_from_files(test_sets, models, old, workspace.embeddings_root, "test")
+    score_and_report(entries, roles_of(workspace.model(old)), ScoreConfig(), workspace.confirm_report, context)
 
-    table = pd.read_csv(report / "report.csv")
-    old_old = pair_row(table, "old", "old")
+    table = read_table(workspace.confirm_report)
+    old_old = pair_row(table, old, old)
     info = read_dataset_info(dataset)
-    references = json.loads((sweep_dir / "validation" / "references.json").read_text())
+    references = json.loads(workspace.validation_references.read_text())
     validator = Validator(str(dataset), class_indices(info.classes, best.classes), method_of(best),
-                          best.validation_fraction, str(sweep_dir / "validation" / "old_features.npz"),
+                          best.validation_fraction, str(workspace.validation_features),
                           References(references["old_old"], references["independent"]),
                           read_model_card(models[0]).preprocessing)
-    per_seed = [{**seed_result(table, method_of(best), name, seed),
+    per_seed = [{**seed_result(table, method_of(best), name, seed, old),
                  "validation_objective": validator(load_model(model)[0])["objective"]}
                 for seed, name, model in zip(seeds, names, models)]
-    trials = pd.read_csv(sweep_dir / "trials.csv")
+    trials = pd.read_csv(workspace.trials)
     median = float(trials.loc[trials.status != "error", "objective"].dropna().median())  # as the sweep logs it
     frame = pd.DataFrame(per_seed)
     result = {
@@ -118,7 +107,7 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
         "objective_at_least_median_every_seed": bool((frame.validation_objective >= median).all()),
         "per_seed": per_seed,
     }
-    write_text_atomic(sweep_dir / "confirm.json", json.dumps(result, indent=1, default=str))
+    write_text_atomic(workspace.confirmation, json.dumps(result, indent=1, default=str))
     return result
 
 
@@ -127,6 +116,7 @@ def main() -> None:
     parser.add_argument("--sweep-dir", type=Path, required=True, help="a finished sweep's folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="the seeds to retrain in")
     args = parser.parse_args()
+    init_ray()
     result = confirm(args.sweep_dir.resolve(), tuple(args.seeds))
     print(json.dumps(result, indent=1))
     for seed in result["per_seed"]:  # the decisions last, in the report's words

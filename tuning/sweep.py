@@ -41,11 +41,12 @@ from pipeline.config import RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ensure_dataset
+from pipeline.flows.workspace import Workspace
 from pipeline.model.artifacts import load_model
 from pipeline.model.card import CARD_FILE, read_model_card
 from pipeline.runtime import init_ray, runs_at_once, side_by_side
 from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run
-from pipeline.train.driver import build_trainer, run_resources
+from pipeline.train.driver import build_trainer, fits_at_once, run_resources
 from pipeline.train.inputs import stats_for_model, train_split_embeddings
 from pipeline.train.training import fit_model, training_job
 from pipeline.train.validation import References, ValidationInputs, embed_images, top1
@@ -69,9 +70,9 @@ class SweepInputs:
     validation: ValidationInputs
 
 
-def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, context: RunContext) -> Path:
+def _fit_once(cfg: TrainConfig, dataset: Path, workspace: Workspace, context: RunContext) -> Path:
     """A fixed model of the sweep, reused when an earlier run trained it under the same config."""
-    folder = out / "models" / cfg.name
+    folder = workspace.model(cfg.name)
     if (folder / CARD_FILE).is_file() and read_model_card(folder).train_config == cfg.model_dump():
         log.info("sweep: reusing %s", folder)
         return folder
@@ -80,33 +81,32 @@ def _fit_once(cfg: TrainConfig, dataset: Path, out: Path, context: RunContext) -
 
 def prepare(cfg: SweepConfig) -> SweepInputs:
     """Ingest, train the old and the independent model (side by side), statistics, references."""
-    out = cfg.run_dir().resolve()
+    workspace = Workspace.at(cfg.run_dir())
     dataset = ensure_dataset(cfg.data, cfg.old.seed)
     held_out = {"validation_fraction": cfg.validation_fraction}
     old = cfg.old.model_copy(update=held_out)
     independent = cfg.trial.model_copy(update={**held_out, "name": "independent", "method": INDEPENDENT.name})
-    context = RunContext(cfg.tracking_uri(), cfg.mlflow.experiment, str(out / "ray"))
+    context = RunContext(cfg.tracking_uri(), cfg.mlflow.experiment, str(workspace.ray))
     experiment_id(context.tracking_uri, context.experiment)  # created here, not by two fits at once
-    per_run = {key: max(run_resources(old)[key], run_resources(independent)[key]) for key in ("CPU", "GPU")}
-    old_dir, independent_dir = side_by_side(lambda c: _fit_once(c, dataset, out, context), [old, independent],
-                                            runs_at_once(per_run, 2), "fixed models")
+    old_dir, independent_dir = side_by_side(lambda c: _fit_once(c, dataset, workspace, context), [old, independent],
+                                            fits_at_once([old, independent], 2), "fixed models")
 
-    template = cfg.trial.model_copy(update=held_out)
-    embeddings = train_split_embeddings(old_dir, dataset, out / "embeddings" / "old" / "train")
-    stats = stats_for_model(template, old_dir, embeddings, dataset, out / "stats" / "base.npz")
+    template = cfg.trial.model_copy(update=held_out)  # every trial's methods may read both: made once, for all
+    embeddings = train_split_embeddings(old_dir, dataset, workspace.embeddings(old.name, "train"))
+    stats = stats_for_model(template, old_dir, embeddings, dataset, workspace.statistics(template.name))
 
     info = read_dataset_info(dataset)
     ids, images, labels = load_split(dataset, "train", class_indices(info.classes, template.classes),
                                      validation_fraction=cfg.validation_fraction, validation=True,
                                      preprocessing=read_model_card(independent_dir).preprocessing)
     old_vectors = np.asarray(embeddings.vectors_of(ids), dtype=np.float32)
-    features = out / "validation" / "old_features.npz"
+    features = workspace.validation_features
     write_npz_atomic(features, ids=np.asarray(ids), vectors=old_vectors)
     ids, independent_vectors = np.asarray(ids), embed_images(load_model(independent_dir)[0].eval(), images).numpy()
     references = {"old_old": top1(old_vectors, old_vectors, labels, ids),
                   "independent": top1(independent_vectors, independent_vectors, labels, ids)}
     References(**references).check_upgrade()
-    write_text_atomic(out / "validation" / "references.json", json.dumps(references))
+    write_text_atomic(workspace.validation_references, json.dumps(references))
     log.info("sweep: %d validation rows; old/old top-1 %.4f, independent %.4f", len(ids), references["old_old"],
              references["independent"])
     return SweepInputs(dataset, old_dir, stats, Path(embeddings.path), ValidationInputs(str(features),
@@ -150,9 +150,9 @@ def trials_table(results: tune.ResultGrid, cfg: SweepConfig) -> pd.DataFrame:
 
 def plot_objective(table: pd.DataFrame, keys: list[str], path: Path) -> None:
     """Objective against each searched value, one panel per key (categories as positions)."""
-    from pipeline.score.report import save_figure  # first: it chooses the Agg backend
-
     import matplotlib.pyplot as plt
+
+    from pipeline.score.report import save_figure  # first: it chooses the Agg backend
 
     figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
     for axis, key in zip(axes[0], keys):
@@ -172,13 +172,13 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
     """The whole sweep; returns the trials table and the best config's YAML path."""
     from mlflow.tracking import MlflowClient
 
-    out = cfg.run_dir().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    workspace = Workspace.at(cfg.run_dir())
+    workspace.root.mkdir(parents=True, exist_ok=True)
     ran = cfg.model_dump(mode="json")  # with absolute paths: tuning.confirm may run from anywhere
     ran["output_dir"] = str(Path(cfg.output_dir).resolve())
     ran["data"]["root"] = str(Path(cfg.data.root).resolve())
     ran["mlflow"]["tracking_uri"] = cfg.tracking_uri()
-    write_text_atomic(out / "sweep.yaml", yaml.safe_dump(ran, sort_keys=False))
+    write_text_atomic(workspace.sweep_config, yaml.safe_dump(ran, sort_keys=False))
     inputs = prepare(cfg)
     template = cfg.trial.model_copy(update={"validation_fraction": cfg.validation_fraction})
     tracking_uri = cfg.tracking_uri()
@@ -191,7 +191,7 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
     per_trial["CPU"] += DRIVER_CPUS
     at_once = cfg.search.max_concurrent_trials or runs_at_once(per_trial)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, template=template, inputs=inputs, storage=str(out / "ray")),
+        tune.with_parameters(run_trial, template=template, inputs=inputs, storage=str(workspace.ray)),
         {"cpu": DRIVER_CPUS})
     tuner = tune.Tuner(
         trainable,
@@ -203,7 +203,7 @@ def run_sweep(cfg: SweepConfig) -> tuple[pd.DataFrame, Path]:
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=template.epochs,
                                     grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)),
         run_config=tune.RunConfig(
-            name=f"sweep-{parent.info.run_id[:8]}", storage_path=str(out / "tune"),
+            name=f"sweep-{parent.info.run_id[:8]}", storage_path=str(workspace.tune),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             callbacks=[MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=cfg.mlflow.experiment,
                                             tags={"mlflow.parentRunId": parent.info.run_id, "kind": "trial"},
@@ -223,25 +223,25 @@ def _record_best(cfg: SweepConfig, template: TrainConfig, table: pd.DataFrame, i
     metrics and artifacts."""
     from mlflow.entities import Param
 
-    out = cfg.run_dir().resolve()
-    write_text_atomic(out / "trials.csv", table.to_csv(index=False))
+    workspace = Workspace.at(cfg.run_dir())
+    write_text_atomic(workspace.trials, table.to_csv(index=False))
     done = table[table.status != "error"].dropna(subset=["objective"])
     if done.empty:
         raise RuntimeError(f"sweep {cfg.name}: no trial reported an objective; errors:\n{table.error.to_string()}")
     best_row = done.loc[done.objective.idxmax()]
     best = trial_config(template, {key: _plain(best_row[key]) for key in cfg.space})
-    best_path = out / "best.yaml"
+    best_path = workspace.best_config
     write_text_atomic(best_path, f"# best of sweep {cfg.name} (trial {best_row.trial}, objective "
                          f"{best_row.objective:.4f}); python -m jobs.train --config {best_path.name} ...\n"
                          + yaml.safe_dump(best.model_dump(), sort_keys=False))
-    plot_objective(table, list(cfg.space), out / "objective_vs_params.png")
+    plot_objective(table, list(cfg.space), workspace.objective_plot)
     client.log_batch(run_id, params=[Param(f"best.{key}", str(_plain(best_row[key]))) for key in cfg.space])
     for key, value in {"best_objective": best_row.objective, "median_objective": float(done.objective.median()),
                        "trials": len(table), "trials_failed": int((table.status == "error").sum()),
                        "trials_stopped_early": int((table.status == "stopped early").sum()),
                        **{f"reference_{k}": v for k, v in asdict(inputs.validation.references).items()}}.items():
         client.log_metric(run_id, key, float(value))
-    for path in (out / "trials.csv", best_path, out / "objective_vs_params.png"):
+    for path in (workspace.trials, best_path, workspace.objective_plot):
         client.log_artifact(run_id, str(path))
     return best_path
 
@@ -261,7 +261,7 @@ def main() -> None:
     table, best = run_sweep(cfg)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.drop(columns=["error"]).to_string(index=False))
-    print(f"best config: {best}\ntrials: {best.parent / 'trials.csv'}\nMLflow: {cfg.tracking_uri()}")
+    print(f"best config: {best}\ntrials: {Workspace.at(cfg.run_dir()).trials}\nMLflow: {cfg.tracking_uri()}")
     ray.shutdown()
 
 

@@ -26,7 +26,6 @@ from pipeline.config.experiment import (
     PipelineConfig,
     RunContext,
     default_tracking_uri,
-    output_context,
     sqlite_tracking_uri,
 )
 from pipeline.config.fits import SCHEDULING_FIELDS, AugmentConfig, CmcConfig, FitConfig, TrainConfig
@@ -55,6 +54,6 @@ __all__ = [
     "MlflowConfig", "ModelConfig", "ModelSource", "OnnxSource", "PipelineConfig", "Preprocessing", "RetrievalConfig",
     "RetrievalSide", "RunContext", "ScoreConfig", "Strict", "TimmSource", "TorchScriptSource", "TrainConfig",
     "TransformConfig", "data_overrides", "deep_merge", "default_tracking_uri", "expand_seeds", "format_error",
-    "output_context", "sqlite_tracking_uri",
+    "sqlite_tracking_uri",
     "read_experiment", "read_yaml", "validate", "with_train_defaults",
 ]

@@ -83,9 +83,6 @@ class PipelineConfig(Strict):
     def tracking_uri(self) -> str:
         return default_tracking_uri(self.mlflow, self.output_dir)
 
-    def run_context(self) -> RunContext:
-        return output_context(self.mlflow, self.output_dir)
-
 
 SELECTION_FRACTION = 0.1  # the training split's share a lineage report chooses routes and orders on
 
@@ -131,9 +128,6 @@ class LineageConfig(Strict):
     def tracking_uri(self) -> str:
         return default_tracking_uri(self.mlflow, self.output_dir)
 
-    def run_context(self) -> RunContext:
-        return output_context(self.mlflow, self.output_dir)
-
 
 def default_tracking_uri(mlflow: MlflowConfig, output_dir: str) -> str:
     """The configured tracking URI, else a SQLite store in the output folder."""
@@ -143,9 +137,3 @@ def default_tracking_uri(mlflow: MlflowConfig, output_dir: str) -> str:
 def sqlite_tracking_uri(folder: str | Path) -> str:
     """The default MLflow store of the runs writing under ``folder``: SQLite, ``mlflow.db`` in it."""
     return f"sqlite:///{(Path(folder) / 'mlflow.db').resolve()}"
-
-
-def output_context(mlflow: MlflowConfig, output_dir: str) -> RunContext:
-    """The runs of an experiment writing under ``output_dir``: Ray Train storage in ``ray/``."""
-    return RunContext(default_tracking_uri(mlflow, output_dir), mlflow.experiment,
-                      str(Path(output_dir).resolve() / "ray"))

@@ -21,6 +21,7 @@ from pipeline.compat.methods import Role, method_named
 from pipeline.config import PipelineConfig
 from pipeline.flows.configs import load_pipeline_config
 from pipeline.flows.experiment import run_pipeline
+from pipeline.flows.workspace import Workspace
 from pipeline.runtime import init_ray
 from pipeline.score.results import (
     GAIN_TARGET,
@@ -35,7 +36,6 @@ from pipeline.score.results import (
 from pipeline.score.uncertainty import MET
 
 log = logging.getLogger(__name__)
-TIMING_FILE = "results_run.json"
 
 
 def commit() -> str:
@@ -62,7 +62,7 @@ class Scenario:
 
 def finished(path: Path, root: Path) -> bool:
     """Whether ``path``'s scenario has a finished run under ``root/<name>``."""
-    return (root / path.stem / TIMING_FILE).is_file()
+    return Workspace.at(root / path.stem).timing.is_file()
 
 
 def plan(paths: list[Path], root: Path, run: list[str] | None, reuse: bool) -> list[tuple[Path, bool]]:
@@ -87,14 +87,15 @@ def plan(paths: list[Path], root: Path, run: list[str] | None, reuse: bool) -> l
 def run_scenario(path: Path, overrides: dict[str, Any], root: Path, reuse: bool, ray_address: str | None) -> Scenario:
     """``path``'s pipeline under ``root/<name>`` (read again when ``reuse`` finds it finished)."""
     cfg = load_pipeline_config(path, {**overrides, "output_dir": str(root / path.stem)})
-    timing = Path(cfg.output_dir) / TIMING_FILE
+    workspace = Workspace.at(cfg.output_dir)
+    timing = workspace.timing
     if not (reuse and timing.is_file()):
         init_ray(ray_address or cfg.ray_address)
         started = time.perf_counter()
-        run_pipeline(cfg)
+        run_pipeline(cfg, workspace=workspace)
         write_text_atomic(timing, json.dumps({"seconds": time.perf_counter() - started, "commit": commit(),
                                       "date": time.strftime("%Y-%m-%d")}))
-    run = load_run(cfg.output_dir)
+    run = load_run(workspace.report)
     seeds = scenario_rows(run, cfg, cfg.score.bootstrap_resamples or 1000, cfg.score.interval_level)
     folded = fold_seeds(seeds)
     folded.insert(0, "scenario", path.stem)

@@ -22,10 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.score.criteria import Decision, pair_decision
-from pipeline.score.report import interval_cells
+from pipeline.score.report import REPORT_FILE, interval_cells
 
 log = logging.getLogger(__name__)
-REPORT_FILE = "report.parquet"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 from pipeline.atomic import write_text_atomic  # noqa: E402
 from pipeline.lineage.backfill import curve_area  # noqa: E402
+from pipeline.lineage.measures import LineageMeasures  # noqa: E402
 from pipeline.lineage.metrics import Verdict  # noqa: E402
 from pipeline.lineage.selection import Candidate  # noqa: E402
 from pipeline.score.criteria import CRITERION_METRICS, Decision, pair_row  # noqa: E402
@@ -206,9 +207,10 @@ def _value(numbers: dict, key: str) -> str:
     return f"{numbers[key]:.4f}" if key in numbers else "-"
 
 
-def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
-                       order: list[str], report_dir: Path, indexes: pd.DataFrame, min_recall: float,
-                       routes: dict[str, list[Candidate]], level: float) -> list[Path]:
+def write_report_files(measures: LineageMeasures, report_dir: Path, min_recall: float, level: float) -> list[Path]:
+    """The report's files in ``report_dir`` (``pipeline.flows.lineage`` lists them), in the order MLflow logs them."""
+    table, summary, backfill, verdicts = measures.table, measures.summary, measures.backfill, measures.verdicts
+    order, indexes = measures.order, measures.indexes
     files = list(write_tables(table, report_dir).values())
     for name, frame in (("lineage.csv", summary), ("backfill.csv", backfill), ("indexes.csv", indexes)):
         write_text_atomic(report_dir / name, frame.to_csv(index=False))
@@ -225,6 +227,6 @@ def write_report_files(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.
     if not indexes.empty:
         files.append(_indexes_plot(indexes, min_recall, report_dir / "indexes.png"))
     write_text_atomic(report_dir / "summary.md", _summary_markdown(table, summary, backfill, verdicts, order, indexes,
-                                                                   min_recall, routes))
+                                                                   min_recall, measures.routes))
     files.append(report_dir / "summary.md")
     return files

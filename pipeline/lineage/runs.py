@@ -13,37 +13,38 @@ import pandas as pd
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from pipeline.config import RunContext
 from pipeline.lineage.files import backfill_areas
-from pipeline.lineage.metrics import Verdict
+from pipeline.lineage.measures import LineageMeasures
 from pipeline.score.criteria import CRITERION_METRICS
 from pipeline.score.report import cell_metrics, log_metrics, row_metrics
 from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run, metric_key
 
 
-def log_lineage_report(table: pd.DataFrame, summary: pd.DataFrame, backfill: pd.DataFrame, verdicts: list[Verdict],
-                   gains: dict[str, float], indexes: pd.DataFrame, files: list[Path], order: list[str],
-                   tracking_uri: str, experiment: str, params: dict[str, str]) -> str:
-    client = MlflowClient(tracking_uri)
-    experiment_key = experiment_id(tracking_uri, experiment)
+def log_lineage_report(measures: LineageMeasures, files: list[Path], context: RunContext,
+                       params: dict[str, str]) -> str:
+    """The report's MLflow run and its nested pair runs; the run's id."""
+    client, order = MlflowClient(context.tracking_uri), measures.order
+    experiment_key = experiment_id(context.tracking_uri, context.experiment)
     parent = client.create_run(experiment_key, run_name=f"lineage {' -> '.join(order)}",
                                tags={"kind": "lineage-report",
                                      DESCRIPTION_TAG: f"Lineage report of {' -> '.join(order)}: matrix, AC/AM, backfill "
                                                       f"curves and each version's verdict (summary.md)"})
     run_id = parent.info.run_id
     with finished_run(client, run_id):
-        _log_runs(client, run_id, experiment_key, table, summary, backfill, verdicts, gains, indexes, files, params)
+        _log_runs(client, run_id, experiment_key, measures, files, params)
     return run_id
 
 
-def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, table: pd.DataFrame, summary: pd.DataFrame,
-                    backfill: pd.DataFrame, verdicts: list[Verdict], gains: dict[str, float], indexes: pd.DataFrame,
-                    files: list[Path], params: dict[str, str]) -> None:
+def _log_runs(client: MlflowClient, run_id: str, experiment_key: str, measures: LineageMeasures, files: list[Path],
+              params: dict[str, str]) -> None:
+    table, summary, verdicts, indexes = measures.table, measures.summary, measures.verdicts, measures.indexes
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     metrics = cell_metrics(table)
     metrics.update({f"{kind}_{r.metric}": float(getattr(r, kind)) for r in summary.itertuples() for kind in ("AC", "AM")
                     if not np.isnan(getattr(r, kind))})
-    metrics.update({k: v for k, v in gains.items() if not np.isnan(v)})
-    for area in backfill_areas(backfill):
+    metrics.update({k: v for k, v in measures.gains.items() if not np.isnan(v)})
+    for area in backfill_areas(measures.backfill):
         for m in (m for m in CRITERION_METRICS if f"area_{m}" in area):
             metrics[metric_key("backfill_area", m, area["model"], area["order"])] = area[f"area_{m}"]
     for v in verdicts:

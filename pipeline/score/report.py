@@ -28,6 +28,7 @@ from pipeline.score.uncertainty import format_difference  # noqa: E402
 from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run, log_dataset, metric_key  # noqa: E402
 
 log = logging.getLogger(__name__)
+REPORT_FILE = "report.parquet"  # the report's table; report.csv beside it for spreadsheets
 ENTRIES_FILE = "entries.json"
 VERDICTS_FILE = "verdicts.md"
 FLIPS_PER_CLASS_FILE = "flips_per_class.csv"
@@ -36,10 +37,15 @@ FLIPS_PER_CLASS_FILE = "flips_per_class.csv"
 def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"parquet": out_dir / "report.parquet", "csv": out_dir / "report.csv"}
+    paths = {"parquet": out_dir / REPORT_FILE, "csv": (out_dir / REPORT_FILE).with_suffix(".csv")}
     write_atomic(paths["parquet"], lambda temporary: table.to_parquet(temporary, index=False))
     write_atomic(paths["csv"], lambda temporary: table.to_csv(temporary, index=False))
     return paths
+
+
+def read_table(report_dir: str | Path) -> pd.DataFrame:
+    """The table of a report folder that ``score_and_report`` wrote."""
+    return pd.read_parquet(Path(report_dir) / REPORT_FILE)
 
 
 def _matrix_panel(figure: plt.Figure, axis: plt.Axes, values: np.ndarray, order: list[str], title: str,

@@ -39,7 +39,7 @@ from pipeline.config import PipelineConfig
 from pipeline.score.criteria import CRITERION_METRICS, cell, combined_verdict, update_gain
 from pipeline.score.matrix import pair_values_file
 from pipeline.score.pairs import QueryValues, query_subsets
-from pipeline.score.report import ENTRIES_FILE
+from pipeline.score.report import ENTRIES_FILE, read_table
 from pipeline.score.uncertainty import (
     MET,
     NOT_MET,
@@ -104,9 +104,10 @@ class Run:
         return self._values[query, gallery]
 
 
-def load_run(run_dir: str | Path) -> Run:
-    report = Path(run_dir) / "report"
-    return Run(pd.read_parquet(report / "report.parquet"), json.loads((report / ENTRIES_FILE).read_text()),
+def load_run(report_dir: str | Path) -> Run:
+    """A finished run's report folder (``pipeline.score.report.score_and_report``) read back."""
+    report = Path(report_dir)
+    return Run(read_table(report), json.loads((report / ENTRIES_FILE).read_text()),
                report / "pairs")
 
 

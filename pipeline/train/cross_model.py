@@ -105,23 +105,36 @@ def _trained_on(card: EncoderCard) -> TrainConfig:
     return TrainConfig(name=card.name, classes=card.classes)
 
 
+@dataclass(frozen=True)
+class CmcFiles:
+    """Where a CMC fit finds both models' train-split embeddings (encoded there when missing) and
+    writes what its workers read: both features of the rows model 2 trained on, and each space's
+    statistics over them."""
+
+    old_embeddings: Path
+    new_embeddings: Path
+    features: Path
+    old_space: Path
+    new_space: Path
+
+
 def write_inputs(cfg: CmcConfig, cards: tuple[EncoderCard, EncoderCard], folders: tuple[Path, Path], dataset: Path,
-                 work_dir: Path, encode: EncodeConfig) -> dict[str, Any]:
-    """What the workers read, written under ``work_dir``: both models' features of the rows model
-    2 trained on (``stats/<cmc>.features.npz``, from their train-split embeddings, reused when
-    complete) and each space's statistics over them; the label map and the two dimensions."""
-    sets = [train_split_embeddings(folder, dataset, work_dir / "embeddings" / card.name / "train", encode)
-            for card, folder in zip(cards, folders)]
+                 files: CmcFiles, encode: EncodeConfig) -> dict[str, Any]:
+    """What the workers read, written to ``files``: both models' features of the rows model 2
+    trained on (from their train-split embeddings, reused when complete) and each space's
+    statistics over them; the label map and the two dimensions."""
+    sets = [train_split_embeddings(folder, dataset, embeddings, encode)
+            for folder, embeddings in zip(folders, (files.old_embeddings, files.new_embeddings))]
     rows, labels, classes = training_rows(sets[1], dataset, _trained_on(cards[1]))
     old_features, new_features = _paired_features(sets[0], sets[1], rows)
-    paths = {"features": work_dir / "stats" / f"{cfg.name}.features.npz"}
+    paths = {"features": files.features}
     for role, features, known in (("old", old_features, cards[0].classes), ("new", new_features, classes)):
         stats = compute_old_space_stats(features, labels, classes, known, cfg.compat.boundary,
                                         cfg.compat.boundary_quantile)
         if method_of(cfg).bounds_features and cfg.compat.lambda_boundary > 0:
             margin = cfg.compat.forward_margin if role == "new" else cfg.compat.compactness_margin
             warn_margin(stats, margin, cfg.compat.old_classes_only, role)
-        paths[f"{role}_space"] = work_dir / "stats" / f"{cfg.name}.{role}_space.npz"
+        paths[f"{role}_space"] = files.old_space if role == "old" else files.new_space
         stats.save(paths[f"{role}_space"])
     write_npz_atomic(paths["features"], old=old_features, new=new_features, labels=labels,
                      ids=sets[1].ids[rows].astype(str))
@@ -130,15 +143,15 @@ def write_inputs(cfg: CmcConfig, cards: tuple[EncoderCard, EncoderCard], folders
 
 
 def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, dataset: str | Path,
-            artifact_dir: str | Path, context: RunContext, *, work_dir: str | Path,
+            artifact_dir: str | Path, context: RunContext, *, files: CmcFiles,
             encode: EncodeConfig = EncodeConfig(), run_name: str | None = None) -> Path:
     """Fit ``cfg``'s transformations between two model artifacts and write the CMC artifact;
-    ``work_dir`` holds what the workers read (``write_inputs``)."""
+    ``files`` says where what the workers read goes (``write_inputs``)."""
     check_name(cfg.name, "cmc name")
     folders = (Path(old_model).resolve(), Path(new_model).resolve())
-    dataset, artifact_dir, work_dir = Path(dataset).resolve(), Path(artifact_dir).resolve(), Path(work_dir).resolve()
+    dataset, artifact_dir = Path(dataset).resolve(), Path(artifact_dir).resolve()
     cards = (read_encoder_card(folders[0]), read_encoder_card(folders[1]))
-    inputs = write_inputs(cfg, cards, folders, dataset, work_dir, encode)
+    inputs = write_inputs(cfg, cards, folders, dataset, files, encode)
     hashed = {**inputs["paths"], "old_id": cards[0].id, "new_id": cards[1].id}
     read = CmcInputs(config=cfg, method=method_of(cfg), record=RunRecord(config_hash(cfg, hashed)), **inputs["paths"])
     job = FitJob(cfg, cmc_worker, read,

@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +32,7 @@ from pipeline.atomic import one_writer
 from pipeline.compat.steps import NonFiniteLoss
 from pipeline.config import SCHEDULING_FIELDS, FitConfig, RunContext
 from pipeline.model.card import read_card
-from pipeline.runtime import exit_on_sigterm
+from pipeline.runtime import exit_on_sigterm, runs_at_once
 from pipeline.tracking import finished_run, log_dataset, reaching, resumable_run
 from pipeline.train.loop import RunRecord
 
@@ -75,6 +75,13 @@ def uses_gpu(cfg: FitConfig) -> bool:
 def run_resources(cfg: FitConfig) -> dict[str, float]:
     """What one run of ``cfg`` holds while it runs: its CPUs (``FitConfig.reserved_cpus``) and its workers' GPUs."""
     return {"CPU": cfg.reserved_cpus, "GPU": cfg.num_workers if uses_gpu(cfg) else 0}
+
+
+def fits_at_once(fits: Sequence[FitConfig], limit: int | None = None) -> int:
+    """How many of ``fits`` the cluster holds side by side, each counted as the largest of them
+    (``pipeline.runtime.runs_at_once``), at most ``limit``."""
+    per_run = {key: max((run_resources(fit)[key] for fit in fits), default=0) for key in ("CPU", "GPU")}
+    return runs_at_once(per_run, limit)
 
 
 def storage_location(storage_path: str | Path) -> str:

@@ -1,5 +1,6 @@
 """train -> encode -> score on a tiny subset of the real Fashion-MNIST, on a real local Ray."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +9,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.atomic import write_text_atomic
 from pipeline.data.embeddings import read_embeddings
 from pipeline.flows.configs import pipeline_from_dict
-from pipeline.flows.experiment import run_pipeline
-from pipeline.flows.scenarios import TIMING_FILE, plan, run_scenario, write_results
+from pipeline.flows.experiment import STAGES, Run, run_pipeline
+from pipeline.flows.scenarios import plan, run_scenario, write_results
+from pipeline.flows.workspace import TIMING_FILE, Workspace
 from pipeline.model.artifacts import load_cmc
 from pipeline.model.card import read_card
 from pipeline.score.criteria import combined_verdict
@@ -23,6 +26,21 @@ SMALL_T = {"blocks": 1, "paths": 1, "hidden": 32}
 # The bidirectional manner trains both transformations (T21 and T12), so it stands for the backward
 # and forward manners too; each manner's terms are tested without a cluster (tests/compat).
 PLAIN = ["old", "independent", "bct", "lce", "lce_bi", "l2"]
+
+
+class WithNorms(Workspace):
+    """A workspace with one entry more: a file per model."""
+
+    def norms(self, model: str) -> Path:
+        return self.root / "norms" / f"{model}.json"
+
+
+def write_norms(run: Run) -> None:
+    """A stage of this test's own, after the others: each model's mean embedding norm on the scored split."""
+    for name in run.models:
+        vectors = read_embeddings(run.workspace.embeddings(name, run.cfg.score.split)).vectors
+        mean_norm = float(np.linalg.norm(vectors, axis=1).mean())
+        write_text_atomic(run.workspace.norms(name), json.dumps({"mean_norm": mean_norm}))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +63,17 @@ def finished_pipeline(tmp_path_factory, fashion_subset, ray_cluster):
                  "cpus_per_worker": 1}],
         "score": {"pairs": "counterparts"},
     })
-    return cfg, run_pipeline(cfg)
+    return cfg, run_pipeline(cfg, stages=(*STAGES, write_norms), workspace=WithNorms.at(cfg.output_dir))
+
+
+def test_a_new_stage_is_one_flow_function_and_one_workspace_entry(finished_pipeline):
+    cfg, _ = finished_pipeline
+    workspace = WithNorms.at(cfg.output_dir)
+    for name in ["old", *PLAIN[1:]]:
+        vectors = read_embeddings(workspace.embeddings(name, "test")).vectors
+        written = json.loads(workspace.norms(name).read_text())["mean_norm"]
+        assert written == pytest.approx(float(np.linalg.norm(vectors, axis=1).mean()))
+    assert sorted(p.stem for p in (workspace.root / "norms").iterdir()) == sorted(PLAIN)  # the models, not CMC fits
 
 
 def test_report_has_every_counterpart_pair_and_subset(finished_pipeline):
@@ -88,7 +116,7 @@ def test_cmc_trains_only_its_transformations(finished_pipeline):
 
 def test_results_rows_are_report_cells(finished_pipeline):
     cfg, result = finished_pipeline
-    run = load_run(cfg.output_dir)
+    run = load_run(result.report_dir)
     table, rows = run.table, scenario_rows(run, cfg).rows.set_index("entry")
     cells = table.set_index(["query_model", "gallery_model"])
     assert rows.loc["cmc_lce.t21", "method"] == "lce_cmc"

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.flows import experiment
+from pipeline.flows import experiment, fits
 from pipeline.flows.configs import pipeline_from_dict
+from pipeline.flows.workspace import Workspace
 
 NEW = [{"name": "bct", "method": "bct"}, {"name": "independent", "method": "independent"},
        {"name": "lce", "method": "lce_direct"}]
@@ -38,13 +39,16 @@ def test_a_model_needing_nothing_of_the_old_one_starts_with_it_and_the_others_on
         done.append("old")
         return Path(folder)
 
-    monkeypatch.setattr(experiment, "fit_model", fit_model)
+    for module in (experiment, fits):  # the old model is fitted by the flow, the others against it
+        monkeypatch.setattr(module, "fit_model", fit_model)
+        monkeypatch.setattr(module, "train_split_embeddings", lambda *args: SimpleNamespace(path="old-train"))
     monkeypatch.setattr(experiment, "import_model", import_model)
-    monkeypatch.setattr(experiment, "run_resources", lambda fit: {"CPU": 1, "GPU": 0})
-    monkeypatch.setattr(experiment, "runs_at_once", lambda per_run, limit: 2)
-    monkeypatch.setattr(experiment, "train_split_embeddings", lambda *args: SimpleNamespace(path="old-train"))
-    monkeypatch.setattr(experiment, "stats_for_model", lambda new, *args: f"{new.name}.npz")
-    run = experiment._Run(cfg, tmp_path, tmp_path / "dataset", cfg.run_context(), "tag")
-    models = experiment._fit_models(run, [str(i) for i in range(10)])
+    monkeypatch.setattr(experiment, "fits_at_once", lambda fits, limit: 2)
+    monkeypatch.setattr(fits, "stats_for_model", lambda new, *args: f"{new.name}.npz")
+    workspace = Workspace.at(tmp_path)
+    run = experiment.Run(cfg, workspace, tmp_path / "dataset", [str(i) for i in range(10)],
+                         workspace.context(cfg.mlflow), "tag")
+    experiment.fit_models(run)
+    models = run.models
     assert list(models) == ["old", "bct", "independent", "lce"]  # the config's order
     assert sorted(done) == sorted(models)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from pipeline.flows.scenarios import TIMING_FILE, plan
+from pipeline.flows.scenarios import plan
+from pipeline.flows.workspace import TIMING_FILE
 
 
 def test_scenarios_run_one_at_a_time_and_tables_take_the_others_from_finished_runs(tmp_path):

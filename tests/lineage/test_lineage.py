@@ -234,7 +234,7 @@ def _lineage_config(out, fashion_subset, mlflow_server) -> LineageConfig:
 
 @pytest.fixture(scope="module")
 def lineage_report(tmp_path_factory, fashion_subset, ray_cluster, mlflow_server):
-    from pipeline.lineage.chain import run_lineage
+    from pipeline.flows.lineage import run_lineage
 
     out = tmp_path_factory.mktemp("lineage")
     return run_lineage(_lineage_config(out, fashion_subset, mlflow_server)), mlflow_server
@@ -343,8 +343,9 @@ def test_the_route_and_order_are_chosen_without_reading_the_scored_split(lineage
     the routes and orders chosen (on the training split) do not."""
     import pyarrow.parquet as pq
 
+    from pipeline.flows.lineage import run_lineage_report
+    from pipeline.flows.workspace import Workspace
     from pipeline.lineage.metrics import LineageModel
-    from pipeline.lineage.report import run_lineage_report
 
     report, url = lineage_report
     registry = report.report_dir.parent
@@ -357,7 +358,8 @@ def test_the_route_and_order_are_chosen_without_reading_the_scored_split(lineage
     models = [LineageModel(name, registry / "models" / name, parent) for name, parent in
               (("v1", None), ("v2", "v1"), ("v3", "v2"))]
     cfg = _lineage_config(registry.parent, fashion_subset, url)
-    again = run_lineage_report(models, cfg.data.root, tmp_path, cfg.run_context(), encode=cfg.encode, score=cfg.score,
+    again = run_lineage_report(models, cfg.data.root, Workspace.at(tmp_path), Workspace.at(tmp_path).context(cfg.mlflow),
+                               encode=cfg.encode, score=cfg.score,
                                backfill_steps=cfg.backfill_steps, indexes=cfg.indexes)
     assert not np.allclose(again.table.top1.to_numpy(), report.table.top1.to_numpy())  # the labels were read
     for first, second in zip(report.verdicts, again.verdicts):
