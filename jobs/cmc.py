@@ -18,17 +18,20 @@ def main() -> None:
     cli.add_ray_arg(parser)
     cli.add_tracking_args(parser, storage=True)
     args = parser.parse_args()
+    from pipeline.encode.split import train_split_embeddings
     from pipeline.flows.workspace import Workspace
     from pipeline.model.card import read_encoder_card
     from pipeline.runtime import init_ray
     from pipeline.train.cross_model import fit_cmc
 
     cfg, options = load_cmc_config(args.config), cli.encode_options(args)
-    files = Workspace.at(args.work_dir).cmc_files(cfg.name, read_encoder_card(args.old_model).name,
-                                                  read_encoder_card(args.new_model).name)
+    workspace = Workspace.at(args.work_dir)
     init_ray(args.ray_address)
+    train_sets = tuple(train_split_embeddings(model, args.dataset, workspace.embeddings(read_encoder_card(model).name,
+                                                                                        "train"), options)
+                       for model in (args.old_model, args.new_model))
     artifact = fit_cmc(cfg, args.old_model, args.new_model, args.dataset, args.out, cli.run_context(args),
-                       files=files, encode=options, run_name=args.run_name)
+                       train_sets=train_sets, files=workspace.cmc_files(cfg.name), run_name=args.run_name)
     print(f"CMC artifact: {artifact}")
 
 

@@ -14,8 +14,9 @@ def main() -> None:
     cli.add_encode_args(parser)
     cli.add_ray_arg(parser)
     args = parser.parse_args()
+    from pipeline.encode.split import train_split_embeddings
     from pipeline.runtime import init_ray
-    from pipeline.train.inputs import stats_for_model, train_split_embeddings
+    from pipeline.train.inputs import stats_for_model
 
     cfg, options = load_train_config(args.config), cli.encode_options(args)
     init_ray(args.ray_address)

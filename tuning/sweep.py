@@ -41,13 +41,14 @@ from pipeline.config import RunContext, TrainConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.data.decode import load_split
 from pipeline.data.importers import ensure_dataset
+from pipeline.encode.split import train_split_embeddings
 from pipeline.flows.workspace import Workspace
 from pipeline.model.artifacts import load_model
 from pipeline.model.card import CARD_FILE, read_model_card
 from pipeline.runtime import init_ray, runs_at_once, side_by_side
 from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run
 from pipeline.train.driver import build_trainer, fits_at_once, run_resources
-from pipeline.train.inputs import stats_for_model, train_split_embeddings
+from pipeline.train.inputs import stats_for_model
 from pipeline.train.training import fit_model, training_job
 from pipeline.train.validation import References, ValidationInputs, embed_images, top1
 from tuning.space import SweepConfig, load_sweep_config, trial_config

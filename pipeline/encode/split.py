@@ -33,7 +33,7 @@ from pipeline.config import EmbeddingsSource, EncodeConfig, Preprocessing
 from pipeline.data.bad_rows import BadRows, DataError
 from pipeline.data.dataset import DatasetInfo, read_dataset_info, split_files
 from pipeline.data.decode import decode_file
-from pipeline.data.embeddings import META_KEY, embeddings_table, write_embeddings
+from pipeline.data.embeddings import META_KEY, EmbeddingSet, embeddings_table, read_embeddings, write_embeddings
 from pipeline.data.external import external_split
 from pipeline.model.card import EncoderCard, ImportedCard, read_encoder_card
 from pipeline.model.encoders import load_encoder
@@ -288,3 +288,9 @@ def _complete(parts: dict[str, Path], card: EncoderCard, dataset_root: str | Pat
                     summary["by_problem"], out_dir / COMPLETE_MARKER)
     log.info("encode: %d embeddings of %s in %s", rows, card.name, out_dir)
     return out_dir
+
+
+def train_split_embeddings(model: str | Path, dataset: str | Path, out_dir: str | Path,
+                           encode: EncodeConfig = EncodeConfig()) -> EmbeddingSet:
+    """A model's embeddings of the training split (``encode_split`` reuses those already written)."""
+    return read_embeddings(encode_split(model, dataset, "train", out_dir, encode))

@@ -22,7 +22,7 @@ from pipeline.data.dataset import class_names, read_dataset_info
 from pipeline.data.embeddings import read_embeddings
 from pipeline.data.importers import ensure_dataset
 from pipeline.encode.mapped import matrix_entries
-from pipeline.encode.split import encode_split
+from pipeline.encode.split import encode_split, train_split_embeddings
 from pipeline.flows.fits import fit_against, reads_parent_embeddings
 from pipeline.flows.workspace import Workspace
 from pipeline.model.encoders import import_model
@@ -31,7 +31,6 @@ from pipeline.score.entries import counterpart_pairs, model_pairs
 from pipeline.score.report import roles_of, score_and_report
 from pipeline.train.cross_model import fit_cmc
 from pipeline.train.driver import fits_at_once
-from pipeline.train.inputs import train_split_embeddings
 from pipeline.train.training import fit_model
 
 log = logging.getLogger(__name__)
@@ -121,13 +120,13 @@ def fit_transformations(run: Run) -> None:
     """The CMC fits between the old model and a new one, each model's train split encoded first
     (once: fits side by side then only read them)."""
     cfg, workspace, models = run.cfg, run.workspace, run.models
-    for name in dict.fromkeys(([cfg.old.name] + [c.new_model for c in cfg.cmc]) if cfg.cmc else []):
-        train_split_embeddings(models[name], run.dataset, workspace.embeddings(name, "train"), cfg.encode)
+    sets = {name: train_split_embeddings(models[name], run.dataset, workspace.embeddings(name, "train"), cfg.encode)
+            for name in dict.fromkeys(([cfg.old.name] + [c.new_model for c in cfg.cmc]) if cfg.cmc else [])}
 
     def fit_transformations(c: CmcConfig) -> Path:
         return fit_cmc(c, models[cfg.old.name], models[c.new_model], run.dataset, workspace.model(c.name),
-                       run.context, files=workspace.cmc_files(c.name, cfg.old.name, c.new_model), encode=cfg.encode,
-                       run_name=run.run_name(c.name))
+                       run.context, train_sets=(sets[cfg.old.name], sets[c.new_model]),
+                       files=workspace.cmc_files(c.name), run_name=run.run_name(c.name))
 
     fitted = side_by_side(fit_transformations, cfg.cmc, fits_at_once(cfg.cmc, cfg.concurrent_fits), "CMC fits")
     run.transformations = dict(zip([c.name for c in cfg.cmc], fitted))

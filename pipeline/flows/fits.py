@@ -9,8 +9,9 @@ from pathlib import Path
 from pipeline.compat.methods import method_of
 from pipeline.config import EncodeConfig, RunContext, TrainConfig
 from pipeline.data.embeddings import EmbeddingSet
+from pipeline.encode.split import train_split_embeddings
 from pipeline.flows.workspace import Workspace
-from pipeline.train.inputs import stats_for_model, train_split_embeddings
+from pipeline.train.inputs import stats_for_model
 from pipeline.train.training import fit_model
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.config import SELECTION_FRACTION, EncodeConfig, LineageConfig, MixedIndexConfig, RunContext, ScoreConfig
 from pipeline.data.embeddings import open_embeddings
 from pipeline.data.importers import ensure_dataset
+from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split
 from pipeline.flows.fits import fit_against
 from pipeline.flows.workspace import Workspace
@@ -37,11 +38,12 @@ from pipeline.lineage.report import (
     check_dimensions,
     choose_on_selection,
     chosen_without_selection,
-    lineage_entries,
     measure_lineage,
     scored_metrics,
+    selection_rows,
 )
 from pipeline.lineage.runs import log_lineage_report
+from pipeline.score.entries import MatrixEntry
 from pipeline.score.pairs import Gallery
 from pipeline.tracking import experiment_id
 
@@ -75,6 +77,19 @@ def lineage_embeddings(model: LineageModel, dataset: str | Path, split: str, wor
     return encode_split(model.folder, dataset, split, workspace.embeddings(model.name, split), encode)
 
 
+def lineage_entries(models: list[LineageModel], sets: dict[str, Gallery], embeddings_root: Path,
+                    split: str) -> dict[str, MatrixEntry]:
+    """Each model's own entry, plus the entries its transformations make against its parent
+    (``pipeline.encode.mapped``: its T21 queries, its parent's gallery through its T12)."""
+    entries: dict[str, MatrixEntry] = {}
+    for model in models:
+        pair = {name: sets[name] for name in (model.name, model.parent) if name}
+        found = matrix_entries({model.name: model.folder} if model.parent else {}, pair, model.parent or model.name,
+                               embeddings_root, split)
+        entries = {**found, **entries}  # a model's own entry stays as first made
+    return entries
+
+
 def run_lineage_report(models: list[LineageModel], dataset: str | Path, workspace: Workspace, context: RunContext, *,
                        registered_model: str = "", encode: EncodeConfig = EncodeConfig(),
                        score: ScoreConfig = ScoreConfig(), backfill_steps: int = 10,
@@ -93,8 +108,9 @@ def run_lineage_report(models: list[LineageModel], dataset: str | Path, workspac
     entries = lineage_entries(models, sets, workspace.embeddings_root, split)
     if split == "test":  # route and order are chosen on the training split, never on the gallery they are judged on
         training = {m.name: open_embeddings(lineage_embeddings(m, dataset, "train", workspace, encode)) for m in models}
-        choices = choose_on_selection(models, training, workspace.embeddings_root, score, backfill_steps,
-                                      selection_fraction, seed)
+        loaded, mask, chosen = selection_rows(models, training, score, selection_fraction)
+        selection = lineage_entries(models, chosen, workspace.embeddings_root, "selection")
+        choices = choose_on_selection(models, loaded, mask, chosen, selection, score, backfill_steps, seed)
     else:
         log.warning("lineage: the %s split is both the gallery and the only split to choose on; each model is judged "
                     "on its method's own route and the backfill order is random", split)

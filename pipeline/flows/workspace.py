@@ -53,10 +53,9 @@ class Workspace:
         """Where each matrix entry's embeddings folders go (``pipeline.encode.mapped.matrix_entries``)."""
         return self.root / "embeddings"
 
-    def cmc_files(self, cmc: str, old: str, new: str) -> CmcFiles:
-        """What a CMC fit between the models ``old`` and ``new`` reads and writes before it trains."""
-        return CmcFiles(old_embeddings=self.embeddings(old, "train"), new_embeddings=self.embeddings(new, "train"),
-                        features=self.root / "stats" / f"{cmc}.features.npz",
+    def cmc_files(self, cmc: str) -> CmcFiles:
+        """What a CMC fit writes before it trains."""
+        return CmcFiles(features=self.root / "stats" / f"{cmc}.features.npz",
                         old_space=self.root / "stats" / f"{cmc}.old_space.npz",
                         new_space=self.root / "stats" / f"{cmc}.new_space.npz")
 

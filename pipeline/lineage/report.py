@@ -13,11 +13,12 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.compat.methods import Route, method_named, t12_entry, t21_entry
 from pipeline.config import MixedIndexConfig, ScoreConfig
-from pipeline.encode.mapped import matrix_entries
+from pipeline.data.embeddings import EmbeddingSet
 from pipeline.lineage.backfill import (
     backfill_orders,
     child_backfill,
@@ -68,19 +69,6 @@ class LineageReport:
                          for v in self.verdicts)
 
 
-def lineage_entries(models: list[LineageModel], sets: dict[str, Gallery], out_root: Path,
-             split: str) -> dict[str, MatrixEntry]:
-    """Each model's own entry, plus the entries its transformations make against its parent
-    (``pipeline.encode.mapped``: its T21 queries, its parent's gallery through its T12)."""
-    entries: dict[str, MatrixEntry] = {}
-    for model in models:
-        pair = {name: sets[name] for name in (model.name, model.parent) if name}
-        found = matrix_entries({model.name: model.folder} if model.parent else {}, pair, model.parent or model.name,
-                               out_root, split)
-        entries = {**found, **entries}  # a model's own entry stays as first made
-    return entries
-
-
 def lineage_pairs(models: list[LineageModel], entries: dict[str, MatrixEntry]) -> list[tuple[str, str]]:
     """Every ordered pair of the lineage's models, and each transformed entry with its counterpart."""
     plain = [m.name for m in models]
@@ -123,19 +111,27 @@ def chosen_without_selection(models: list[LineageModel], entries: dict, metrics:
     return choices
 
 
-def choose_on_selection(models: list[LineageModel], training: dict[str, Gallery], embeddings_root: Path,
-                         score: ScoreConfig, steps: int, fraction: float, seed: int) -> dict[str, Choices]:
-    """Each child's route and backfill order, chosen on the selection rows of the training split:
-    its routes scored there against the parent's own pair, the backfill curves of random (several
-    draws), stratified and predicted orders there (the predictor fitted on the other rows)."""
+def selection_rows(models: list[LineageModel], training: dict[str, Gallery], score: ScoreConfig, fraction: float
+                   ) -> tuple[dict[str, EmbeddingSet], np.ndarray, dict[str, EmbeddingSet]]:
+    """Each model's training-split set in memory, the mask of its selection rows (the same rows
+    for every model) and each set cut to them."""
     loaded = {m.name: training[m.name].load() for m in models}
     mask = selection_mask(loaded[models[0].name].ids, fraction)
     rows = int(mask.sum())
     if rows <= max(score.topk):
         raise ValueError(f"lineage: {rows} selection rows of the training split at fraction {fraction} (need more "
                          f"than k = {max(score.topk)}); raise lineage.selection_fraction")
-    chosen = {name: subset(found, mask, "selection rows") for name, found in loaded.items()}
-    entries = lineage_entries(models, chosen, embeddings_root, "selection")
+    return loaded, mask, {name: subset(found, mask, "selection rows") for name, found in loaded.items()}
+
+
+def choose_on_selection(models: list[LineageModel], loaded: dict[str, EmbeddingSet], mask: np.ndarray,
+                        chosen: dict[str, EmbeddingSet], entries: dict[str, MatrixEntry], score: ScoreConfig,
+                        steps: int, seed: int) -> dict[str, Choices]:
+    """Each child's route and backfill order, chosen on the selection rows of the training split
+    (``selection_rows``: ``chosen``, their matrix ``entries``): its routes scored there against the
+    parent's own pair, the backfill curves of random (several draws), stratified and predicted
+    orders there (the predictor fitted on the other rows)."""
+    rows = int(mask.sum())
     candidates = {child.name: _candidates(child, entries) for child in models[1:]}
     pairs = list(dict.fromkeys(pair for child in models[1:] for pair in
                                [(child.parent, child.parent)] + [(c.query, c.gallery) for c in candidates[child.name]]))

@@ -28,7 +28,7 @@ from pipeline.compat.methods import Method, method_of
 from pipeline.compat.objectives import cmc_terms
 from pipeline.compat.statistics import OldSpaceStats, compute_old_space_stats
 from pipeline.compat.steps import Autocast
-from pipeline.config import CmcConfig, EncodeConfig, RunContext, TrainConfig
+from pipeline.config import CmcConfig, RunContext, TrainConfig
 from pipeline.data.decode import equal_share
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.model.artifacts import build_cmc_transforms, new_model_id, write_artifact
@@ -37,7 +37,7 @@ from pipeline.names import check_name
 from pipeline.tracking import DESCRIPTION_TAG
 from pipeline.train.checkpoints import final_weights
 from pipeline.train.driver import FitJob, config_hash, run_fit
-from pipeline.train.inputs import train_split_embeddings, training_rows
+from pipeline.train.inputs import training_rows
 from pipeline.train.loop import RunRecord, Worker, WorkerFit, run_epochs, start_worker
 
 log = logging.getLogger(__name__)
@@ -107,24 +107,19 @@ def _trained_on(card: EncoderCard) -> TrainConfig:
 
 @dataclass(frozen=True)
 class CmcFiles:
-    """Where a CMC fit finds both models' train-split embeddings (encoded there when missing) and
-    writes what its workers read: both features of the rows model 2 trained on, and each space's
-    statistics over them."""
+    """Where a CMC fit writes what its workers read: both models' features of the rows model 2
+    trained on, and each space's statistics over them."""
 
-    old_embeddings: Path
-    new_embeddings: Path
     features: Path
     old_space: Path
     new_space: Path
 
 
-def write_inputs(cfg: CmcConfig, cards: tuple[EncoderCard, EncoderCard], folders: tuple[Path, Path], dataset: Path,
-                 files: CmcFiles, encode: EncodeConfig) -> dict[str, Any]:
+def write_inputs(cfg: CmcConfig, cards: tuple[EncoderCard, EncoderCard], sets: tuple[EmbeddingSet, EmbeddingSet],
+                 dataset: Path, files: CmcFiles) -> dict[str, Any]:
     """What the workers read, written to ``files``: both models' features of the rows model 2
-    trained on (from their train-split embeddings, reused when complete) and each space's
-    statistics over them; the label map and the two dimensions."""
-    sets = [train_split_embeddings(folder, dataset, embeddings, encode)
-            for folder, embeddings in zip(folders, (files.old_embeddings, files.new_embeddings))]
+    trained on (from their train-split embeddings ``sets``) and each space's statistics over
+    them; the label map and the two dimensions."""
     rows, labels, classes = training_rows(sets[1], dataset, _trained_on(cards[1]))
     old_features, new_features = _paired_features(sets[0], sets[1], rows)
     paths = {"features": files.features}
@@ -143,15 +138,16 @@ def write_inputs(cfg: CmcConfig, cards: tuple[EncoderCard, EncoderCard], folders
 
 
 def fit_cmc(cfg: CmcConfig, old_model: str | Path, new_model: str | Path, dataset: str | Path,
-            artifact_dir: str | Path, context: RunContext, *, files: CmcFiles,
-            encode: EncodeConfig = EncodeConfig(), run_name: str | None = None) -> Path:
-    """Fit ``cfg``'s transformations between two model artifacts and write the CMC artifact;
-    ``files`` says where what the workers read goes (``write_inputs``)."""
+            artifact_dir: str | Path, context: RunContext, *, train_sets: tuple[EmbeddingSet, EmbeddingSet],
+            files: CmcFiles, run_name: str | None = None) -> Path:
+    """Fit ``cfg``'s transformations between two model artifacts, from their training-split
+    embeddings ``train_sets`` (old, new), and write the CMC artifact; ``files`` says where what
+    the workers read goes (``write_inputs``)."""
     check_name(cfg.name, "cmc name")
     folders = (Path(old_model).resolve(), Path(new_model).resolve())
     dataset, artifact_dir = Path(dataset).resolve(), Path(artifact_dir).resolve()
     cards = (read_encoder_card(folders[0]), read_encoder_card(folders[1]))
-    inputs = write_inputs(cfg, cards, folders, dataset, files, encode)
+    inputs = write_inputs(cfg, cards, train_sets, dataset, files)
     hashed = {**inputs["paths"], "old_id": cards[0].id, "new_id": cards[1].id}
     read = CmcInputs(config=cfg, method=method_of(cfg), record=RunRecord(config_hash(cfg, hashed)), **inputs["paths"])
     job = FitJob(cfg, cmc_worker, read,

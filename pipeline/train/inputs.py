@@ -1,5 +1,5 @@
-"""What a fit reads besides images: a model's embeddings of the training split (Ray Data), the
-rows a new model trains on, and the old-space statistics over them (centers and boundaries)."""
+"""What a fit reads besides images: the rows of a model's training-split embeddings that a new
+model trains on, and the old-space statistics over them (centers and boundaries)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.compat.statistics import compute_old_space_stats
-from pipeline.config import EncodeConfig, TrainConfig
+from pipeline.config import TrainConfig
 from pipeline.data.dataset import class_indices, in_fraction, in_validation, read_dataset_info, share_with_rows
-from pipeline.data.embeddings import EmbeddingSet, read_embeddings
-from pipeline.encode.split import encode_split
+from pipeline.data.embeddings import EmbeddingSet
 from pipeline.model.card import read_encoder_card
 from pipeline.model.encoders import old_classifier
 
 log = logging.getLogger(__name__)
-
-
-def train_split_embeddings(model: str | Path, dataset: str | Path, out_dir: str | Path,
-                           encode: EncodeConfig = EncodeConfig()) -> EmbeddingSet:
-    """A model's embeddings of the training split (``encode_split`` reuses those already written)."""
-    return read_embeddings(encode_split(model, dataset, "train", out_dir, encode))
 
 
 def training_rows(embeddings: EmbeddingSet, dataset: str | Path,
