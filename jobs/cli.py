@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import (
     DEFAULT_EXPERIMENT,
+    SCORING_KINDS,
     EncodeConfig,
     IndexConfig,
     RunContext,
@@ -93,7 +94,7 @@ def encode_options(args: argparse.Namespace) -> EncodeConfig:
 def add_search_args(parser: argparse.ArgumentParser) -> None:
     """How ``ScoreConfig`` searches (the index, the full ranking) and judges negative flips, with its defaults."""
     score, index = ScoreConfig(), IndexConfig()
-    parser.add_argument("--index", choices=["flat", "ivf"], default=index.kind,
+    parser.add_argument("--index", choices=SCORING_KINDS, default=index.kind,
                         help="flat: exact search (default); ivf: inverted lists, for galleries past what flat serves "
                              "(the report adds its recall against flat search)")
     parser.add_argument("--nlist", type=int, default=index.nlist,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from jobs import cli
+from pipeline.config import SERVING_KINDS, MixedIndexConfig
 
 
 def _guard_args(parser: argparse.ArgumentParser) -> None:
@@ -35,11 +36,15 @@ def main() -> None:
     build = commands.add_parser("build", help="an index trained on and holding one embeddings set")
     build.add_argument("--embeddings", required=True, help="the gallery's embeddings set as served today")
     build.add_argument("--out", required=True, help="the index folder (must not hold an index)")
-    build.add_argument("--kind", default="ivf-flat", choices=["flat", "ivf-flat", "ivf-pq"])
-    build.add_argument("--nlist", type=int, default=0,
-                       help="IVF lists (0: about 4 sqrt(gallery size), at most size / 39)")
-    build.add_argument("--nprobe", type=int, default=16)
-    build.add_argument("--pq-bytes", type=int, default=0, help="PQ code bytes (0: half the dimension)")
+    indexes = MixedIndexConfig()
+    build.add_argument("--kind", default="ivf-flat", choices=SERVING_KINDS,
+                       help="the faiss index (%(choices)s: those whose vectors a backfill can replace; default: "
+                            "%(default)s)")
+    build.add_argument("--nlist", type=int, default=indexes.nlist,
+                       help=MixedIndexConfig.model_fields["nlist"].description)
+    build.add_argument("--nprobe", type=int, default=indexes.nprobe, help="IVF lists probed per query")
+    build.add_argument("--pq-bytes", type=int, default=indexes.pq_bytes,
+                       help=MixedIndexConfig.model_fields["pq_bytes"].description)
     order = commands.add_parser("order", help="the backfill order predicted from the old vectors alone")
     order.add_argument("--gallery", required=True, help="the old model's gallery set (the index's items)")
     order.add_argument("--parent-train", required=True, help="the old model's training split set")
@@ -63,7 +68,7 @@ def main() -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from pipeline.config import MixedIndexConfig, validate
+    from pipeline.config import validate
     from pipeline.data.embeddings import read_embeddings
     from pipeline.index.store import create_index
 
@@ -74,21 +79,12 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _order(args: argparse.Namespace) -> None:
-    import numpy as np
-    import pandas as pd
-
     from pipeline.atomic import write_text_atomic
     from pipeline.data.embeddings import read_embeddings
-    from pipeline.lineage.orders import fit_benefit_predictor, predicted_order
+    from pipeline.lineage.backfill import predicted_order_table
 
     gallery, parent, new = (read_embeddings(path) for path in (args.gallery, args.parent_train, args.new_train))
-    if parent.model_id != gallery.model_id:
-        raise ValueError(f"{args.parent_train} was written by {parent.model_name}, the gallery {args.gallery} by "
-                         f"{gallery.model_name}: the predictor reads the gallery's model's vectors")
-    predictor = fit_benefit_predictor(parent.vectors, new.vectors_of(parent.ids), parent.labels, len(parent.classes))
-    order = predicted_order(predictor, gallery.vectors)
-    ranked = pd.DataFrame({"id": gallery.ids[order].astype(str), "rank": np.arange(1, len(order) + 1),
-                           "predicted_benefit": predictor.predict(gallery.vectors)[order]})
+    ranked = predicted_order_table(gallery, parent, new)
     write_text_atomic(args.out, ranked.to_csv(index=False))
     print(f"order: {args.out} ({len(ranked)} items, {new.model_name}'s benefit predicted from {gallery.model_name}'s "
           "vectors)")
@@ -101,26 +97,11 @@ def _reports(paths: list[str]) -> list:
 
 
 def _add(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from pipeline.data.embeddings import read_embeddings
-    from pipeline.index.store import add_vectors, open_index
+    from pipeline.index.store import add_vectors, ids_to_add, open_index, read_order
 
-    if not 0 < args.share <= 1:
-        raise ValueError(f"--share {args.share}: a share of the order in (0, 1]")
-    if args.share != 1 and not args.order:
-        raise ValueError(f"--share {args.share} takes the first share of an order: give --order")
     gallery, embeddings = open_index(args.index), read_embeddings(args.embeddings)
-    ids = None
-    if args.order:
-        order = pd.read_csv(args.order, dtype={"id": str})
-        if not {"id", "rank"} <= set(order.columns):
-            raise ValueError(f"{args.order}: an order needs the columns id and rank (jobs.index order), has "
-                             f"{list(order.columns)}")
-        order = order.sort_values("rank", kind="stable")
-        ids = order.id.to_numpy()[: int(round(args.share * len(order)))]
-        held = gallery.items.set_index("id").model_id.reindex(ids)
-        ids = ids[held.to_numpy() != embeddings.model_id]  # a rerun adds only what is not there yet
+    ids = ids_to_add(gallery, embeddings, read_order(args.order) if args.order else None, args.share)
     record = add_vectors(gallery, embeddings, ids, _reports(args.report), args.override)
     counts = gallery.items.model_id.map(gallery.meta["models"]).value_counts()
     print(f"index: {args.index}: {record['replaced']} vectors replaced, {record['appended']} appended; it holds "

@@ -38,7 +38,8 @@ def main() -> None:
     score, encode = cli.score_options(args, split=args.split), cli.encode_options(args)
     init_ray(args.ray_address)
     report = report_registered_lineage(cli.run_context(args), args.registered_model, args.versions, args.dataset,
-                                       Workspace.at(args.out), encode=encode, score=score, backfill_steps=args.backfill_steps,
+                                       Workspace.at(args.out), encode=encode, score=score,
+                                       backfill_steps=args.backfill_steps,
                                        indexes=MixedIndexConfig(steps=args.index_steps),
                                        selection_fraction=args.selection_fraction)
     print(report.summary_text)

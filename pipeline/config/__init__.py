@@ -29,6 +29,15 @@ from pipeline.config.experiment import (
     sqlite_tracking_uri,
 )
 from pipeline.config.fits import SCHEDULING_FIELDS, AugmentConfig, CmcConfig, FitConfig, TrainConfig
+from pipeline.config.index import (
+    INDEX_KINDS,
+    SCORING_KINDS,
+    SERVING_KINDS,
+    IndexConfig,
+    MixedIndexConfig,
+    factory_string,
+    ivf_lists,
+)
 from pipeline.config.loading import (
     data_overrides,
     deep_merge,
@@ -45,15 +54,15 @@ from pipeline.config.model import (
     Preprocessing,
     TransformConfig,
 )
-from pipeline.config.score import IndexConfig, MixedIndexConfig, ScoreConfig
+from pipeline.config.score import ScoreConfig
 
 __all__ = [
-    "BUILT_IN_ARCHITECTURES", "DEFAULT_EXPERIMENT", "NAME_PATTERN", "SCHEDULING_FIELDS", "SELECTION_FRACTION", "TIMM_PREFIX",
-    "AugmentConfig", "CmcConfig", "CompatConfig", "ConfigError", "DataConfig", "EmbeddingsSource", "EncodeConfig",
-    "FitConfig", "HeadConfig", "ImportedModelConfig", "IndexConfig", "LineageConfig", "MixedIndexConfig",
-    "MlflowConfig", "ModelConfig", "ModelSource", "OnnxSource", "PipelineConfig", "Preprocessing", "RetrievalConfig",
-    "RetrievalSide", "RunContext", "ScoreConfig", "Strict", "TimmSource", "TorchScriptSource", "TrainConfig",
-    "TransformConfig", "data_overrides", "deep_merge", "default_tracking_uri", "expand_seeds", "format_error",
-    "sqlite_tracking_uri",
-    "read_experiment", "read_yaml", "validate", "with_train_defaults",
+    "BUILT_IN_ARCHITECTURES", "DEFAULT_EXPERIMENT", "INDEX_KINDS", "NAME_PATTERN", "SCHEDULING_FIELDS",
+    "SCORING_KINDS", "SELECTION_FRACTION", "SERVING_KINDS", "TIMM_PREFIX", "AugmentConfig", "CmcConfig",
+    "CompatConfig", "ConfigError", "DataConfig", "EmbeddingsSource", "EncodeConfig", "FitConfig", "HeadConfig",
+    "ImportedModelConfig", "IndexConfig", "LineageConfig", "MixedIndexConfig", "MlflowConfig", "ModelConfig",
+    "ModelSource", "OnnxSource", "PipelineConfig", "Preprocessing", "RetrievalConfig", "RetrievalSide",
+    "RunContext", "ScoreConfig", "Strict", "TimmSource", "TorchScriptSource", "TrainConfig", "TransformConfig",
+    "data_overrides", "deep_merge", "default_tracking_uri", "expand_seeds", "factory_string", "format_error",
+    "ivf_lists", "read_experiment", "read_yaml", "sqlite_tracking_uri", "validate", "with_train_defaults",
 ]

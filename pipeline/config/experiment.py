@@ -11,7 +11,8 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from pipeline.config.base import NAME_PATTERN, Strict
 from pipeline.config.data import DataConfig, EncodeConfig, ImportedModelConfig
 from pipeline.config.fits import CmcConfig, FitConfig, TrainConfig
-from pipeline.config.score import MixedIndexConfig, ScoreConfig
+from pipeline.config.index import MixedIndexConfig
+from pipeline.config.score import ScoreConfig
 
 DEFAULT_EXPERIMENT = "compat-embed"  # the MLflow experiment of every job that names none
 

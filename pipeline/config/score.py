@@ -1,4 +1,4 @@
-"""The schemas of scoring and of the indexes measured while a backfill runs (``pipeline.score``)."""
+"""The schema of scoring (``pipeline.score``)."""
 
 from __future__ import annotations
 
@@ -7,37 +7,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from pipeline.config.base import Strict
-
-
-class IndexConfig(Strict):
-    """How each search finds neighbours: exact (``flat``) or inverted lists (``ivf``, probing
-    ``nprobe`` of ``nlist`` lists; ``nlist`` 0: ``pipeline.score.retrieval.ivf_lists``'s rule)."""
-
-    kind: Literal["flat", "ivf"] = "flat"
-    nlist: int = Field(0, ge=0)
-    nprobe: int = Field(16, ge=1)
-
-
-class MixedIndexConfig(Strict):
-    """The approximate indexes measured on a gallery that mixes parent and new vectors while a
-    backfill runs (``pipeline.score.indexes``): faiss factory strings built from these values."""
-
-    kinds: list[Literal["flat", "ivf-flat", "ivf-pq", "hnsw"]] = Field(
-        ["flat", "ivf-flat", "ivf-pq", "hnsw"], min_length=1, description="flat (exact), IVF<nlist>,Flat, "
-        "IVF<nlist>,PQ<pq_bytes>x8np (no polysemous training), HNSW<hnsw_neighbours>; to leave the table out, "
-        "steps 0")
-    k: PositiveInt = Field(10, description="recall@k against flat search on the same mixed gallery, mAP@k")
-    nlist: int = Field(0, ge=0, description="IVF lists; 0: about 4 sqrt(gallery), at most gallery/39 (faiss's "
-                                            "fewest training points per list; pipeline.score.retrieval.ivf_lists)")
-    nprobe: PositiveInt = 16
-    pq_bytes: int = Field(0, ge=0, description="PQ code bytes per vector (a divisor of the dimension); 0: half "
-                                               "the dimension")
-    hnsw_neighbours: PositiveInt = 32
-    ef_search: PositiveInt = 64
-    steps: int = Field(4, ge=0, description="shares 0, 1/steps, ..., 1 of the gallery re-encoded; 0: no table")
-    latency_queries: PositiveInt = Field(200, description="queries searched one at a time for p50/p99 latency")
-    min_recall: float = Field(0.95, gt=0, le=1, description="an index holds recall when its recall@k is at least "
-                                                            "this at every share")
+from pipeline.config.index import IndexConfig
 
 
 class ScoreConfig(Strict):

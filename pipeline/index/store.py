@@ -29,14 +29,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import one_writer, write_atomic, write_table_atomic, write_text_atomic
-from pipeline.config import MixedIndexConfig
+from pipeline.config.index import SERVING_KINDS, MixedIndexConfig, factory_string
 from pipeline.data.embeddings import EmbeddingSet, positions
 from pipeline.index.guard import ModelRef, guard
-from pipeline.score.indexes import factory_string
 from pipeline.score.retrieval import unit32
 
 META_FILE = "index.json"
-KINDS = ("flat", "ivf-flat", "ivf-pq")  # the kinds whose vectors can be replaced (HNSW cannot remove one)
 
 
 @dataclass
@@ -86,8 +84,8 @@ def _model(embeddings: EmbeddingSet) -> ModelRef:
 def create_index(embeddings: EmbeddingSet, folder: str | Path, kind: str,
                  config: MixedIndexConfig = MixedIndexConfig()) -> GalleryIndex:
     """An index of ``kind`` trained on and holding ``embeddings`` (the gallery as it is served)."""
-    if kind not in KINDS:
-        raise ValueError(f"index kind {kind!r}: one of {KINDS} (their vectors can be replaced by a backfill)")
+    if kind not in SERVING_KINDS:
+        raise ValueError(f"index kind {kind!r}: one of {SERVING_KINDS} (their vectors can be replaced by a backfill)")
     folder = Path(folder)
     if (folder / META_FILE).exists():
         raise FileExistsError(f"{folder}: an index is already there ({META_FILE}); add to it, or choose another folder")
@@ -167,6 +165,30 @@ def add_vectors(gallery: GalleryIndex, embeddings: EmbeddingSet, ids: list[str] 
     with _writing(gallery):
         record = _add(gallery, embeddings, arriving, ids, list(reports), override)
     return record
+
+
+def read_order(path: str | Path) -> pd.DataFrame:
+    """A backfill order file (``jobs.index order``: columns id and rank), by rank."""
+    order = pd.read_csv(path, dtype={"id": str})
+    if not {"id", "rank"} <= set(order.columns):
+        raise ValueError(f"{path}: an order needs the columns id and rank (jobs.index order), has "
+                         f"{list(order.columns)}")
+    return order.sort_values("rank", kind="stable")
+
+
+def ids_to_add(gallery: GalleryIndex, embeddings: EmbeddingSet, order: pd.DataFrame | None,
+               share: float = 1.0) -> np.ndarray | None:
+    """The ids of one backfill step: the first ``share`` of ``order`` that ``embeddings``' model
+    does not hold yet (so that a rerun adds only what is missing); None without an order: all."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share {share}: a share of the order in (0, 1]")
+    if order is None:
+        if share != 1:
+            raise ValueError(f"share {share} takes the first share of an order: give an order")
+        return None
+    ids = order.id.to_numpy()[: int(round(share * len(order)))]
+    held = gallery.items.set_index("id").model_id.reindex(ids)
+    return ids[held.to_numpy() != embeddings.model_id]
 
 
 @contextmanager

@@ -33,6 +33,19 @@ from pipeline.score.uncertainty import PER_QUERY_KEYS
 log = logging.getLogger(__name__)
 
 
+def predicted_order_table(gallery: EmbeddingSet, parent: EmbeddingSet, new: EmbeddingSet) -> pd.DataFrame:
+    """The backfill order of ``gallery``'s items predicted from its model's vectors alone
+    (``pipeline.lineage.orders``), fitted on the training split's ``parent`` and ``new`` sets:
+    columns id, rank, predicted_benefit."""
+    if parent.model_id != gallery.model_id:
+        raise ValueError(f"{parent.path} was written by {parent.model_name}, the gallery {gallery.path} by "
+                         f"{gallery.model_name}: the predictor reads the gallery's model's vectors")
+    predictor = fit_benefit_predictor(parent.vectors, new.vectors_of(parent.ids), parent.labels, len(parent.classes))
+    order = predicted_order(predictor, gallery.vectors)
+    return pd.DataFrame({"id": gallery.ids[order].astype(str), "rank": np.arange(1, len(order) + 1),
+                         "predicted_benefit": predictor.predict(gallery.vectors)[order]})
+
+
 def random_order(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).permutation(size)
 

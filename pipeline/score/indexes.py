@@ -21,30 +21,9 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from pipeline.config import MixedIndexConfig
+from pipeline.config.index import TRAINED_KINDS, MixedIndexConfig, factory_string
 from pipeline.runtime import progress
-from pipeline.score.retrieval import ivf_lists, recall_at_k, search_without_own, topk_hits, unit32, with_labels
-
-FACTORY = {"flat": "Flat", "ivf-flat": "IVF{nlist},Flat", "ivf-pq": "IVF{nlist},PQ{pq_bytes}x8np",
-           "hnsw": "HNSW{hnsw_neighbours}"}
-TRAINED = ("ivf-flat", "ivf-pq")  # kinds that learn from vectors before any is added
-PQ_CENTROIDS = 256  # 8-bit codes
-# "np": no polysemous training of the PQ codes (10x its training time here, for a Hamming filter no search uses)
-
-
-def factory_string(config: MixedIndexConfig, kind: str, dim: int, size: int) -> str:
-    """The faiss factory string of ``kind`` for a gallery of ``size`` vectors of dimension ``dim``."""
-    nlist = ivf_lists(size, config.nlist)
-    pq_bytes = config.pq_bytes or max(1, dim // 2)
-    if kind == "ivf-pq" and dim % pq_bytes:
-        chosen = "" if config.pq_bytes else " (0: half the dimension)"
-        raise ValueError(f"indexes.pq_bytes {pq_bytes}{chosen} does not divide the embedding dimension {dim}")
-    if kind == "ivf-pq" and size < PQ_CENTROIDS:
-        raise ValueError(f"IVF-PQ learns {PQ_CENTROIDS} centroids per sub-vector: a gallery of {size} vectors is too "
-                         "small for it (leave ivf-pq out of indexes.kinds)")
-    if kind in TRAINED and nlist > size:
-        raise ValueError(f"indexes.nlist {nlist} is more lists than the gallery's {size} vectors")
-    return FACTORY[kind].format(nlist=nlist, pq_bytes=pq_bytes, hnsw_neighbours=config.hnsw_neighbours)
+from pipeline.score.retrieval import recall_at_k, search_without_own, topk_hits, unit32, with_labels
 
 
 def trained_index(config: MixedIndexConfig, kind: str, training: np.ndarray, size: int) -> tuple[faiss.Index, float]:
@@ -66,7 +45,7 @@ def filled_index(config: MixedIndexConfig, kind: str, empty: faiss.Index,
     start = perf_counter()
     index.add(gallery)
     seconds = perf_counter() - start
-    if kind in TRAINED:
+    if kind in TRAINED_KINDS:
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = min(config.nprobe, ivf.nlist)
     if kind == "hnsw":
@@ -128,7 +107,7 @@ def mixed_index_table(parent: np.ndarray, new: np.ndarray, order: np.ndarray, ga
         exact, _ = filled_index(config, "flat", faiss.IndexFlatIP(mixed.shape[1]), mixed)
         exact_found = with_labels(search_without_own(exact, queries, own, config.k), gallery_labels)
         for kind in config.kinds:
-            trainings = {"-": on_parent[kind]} if kind not in TRAINED else {
+            trainings = {"-": on_parent[kind]} if kind not in TRAINED_KINDS else {
                 "parent": on_parent[kind],
                 "mixed": on_parent[kind] if step == 0 else trained_index(config, kind, mixed, size)}
             for trained_on, (empty, train_s) in trainings.items():

@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from pipeline.config import IndexConfig
+from pipeline.config.index import IndexConfig, ivf_lists
 from pipeline.data.embeddings import Shard
 
 GPU_MAX_K = 2048  # the largest k that faiss's GPU search serves
@@ -137,13 +137,6 @@ def with_labels(positions: np.ndarray, gallery_labels: np.ndarray) -> Neighbours
     positions = np.asarray(positions, dtype=np.int64)
     labels = gallery_labels[np.clip(positions, 0, None)] if len(gallery_labels) else np.zeros_like(positions)
     return Neighbours(positions, labels, positions >= 0)
-
-
-def ivf_lists(size: int, configured: int = 0) -> int:
-    """IVF lists for a gallery of ``size`` vectors: ``configured`` when set, else about
-    ``4 sqrt(size)`` and at most ``size / 39`` (faiss's fewest training points per list), at least 1.
-    The one rule of every IVF index the project builds (scoring, the backfill table, serving)."""
-    return configured or max(1, min(int(4 * np.sqrt(size)), size // 39))
 
 
 def _search_ivf(query: np.ndarray, query_ids: np.ndarray | None, shards: Shards, k: int, spec: IndexConfig) -> Neighbours:

@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import MixedIndexConfig
+from pipeline.config import MixedIndexConfig, factory_string
 from pipeline.score.indexes import (
     average_precision_at_k,
-    factory_string,
     index_advice,
     index_summary,
     mixed_index_table,

@@ -7,14 +7,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from pipeline.config import IndexConfig, ScoreConfig
+from pipeline.config import IndexConfig, ScoreConfig, ivf_lists
 from pipeline.data.embeddings import Shard
 from pipeline.score.entries import MatrixEntry, MatrixRoles
 from pipeline.score.matrix import add_update_gains
 from pipeline.score.retrieval import (
     average_precisions,
     counts_at_least,
-    ivf_lists,
     normalize,
     own_positions,
     per_query_metrics,
