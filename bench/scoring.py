@@ -66,7 +66,7 @@ def make_queries(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def run_streamed(folder: Path) -> tuple[dict, np.ndarray]:
     from pipeline.data.embeddings import open_embeddings
-    from pipeline.score.retrieval import search
+    from pipeline.score import search
 
     query, labels = make_queries()
     gallery = open_embeddings(folder)

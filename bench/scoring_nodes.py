@@ -57,8 +57,7 @@ def score(paths: list[Path], in_ray: bool) -> tuple[float, pd.DataFrame]:
     """Seconds to score every pair, and the table."""
     from pipeline.config import ScoreConfig
     from pipeline.data.embeddings import open_embeddings
-    from pipeline.score.entries import MatrixEntry, MatrixRoles
-    from pipeline.score.matrix import score_all_pairs
+    from pipeline.score import MatrixEntry, MatrixRoles, score_all_pairs
 
     entries = {path.name: MatrixEntry.plain(path.name, open_embeddings(path), "m0") for path in paths}
     started = time.perf_counter()

@@ -39,8 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     from pipeline.encode.mapped import entries_from_files
     from pipeline.flows.workspace import Workspace
-    from pipeline.score.entries import MatrixRoles
-    from pipeline.score.report import roles_of, score_and_report
+    from pipeline.score import MatrixRoles, roles_of, score_and_report
 
     options = cli.score_options(args, topk=args.topk, split=args.split, in_ray=args.in_ray)
     external = cli.external_sets(args.external, args.classes)

@@ -31,7 +31,7 @@ from pipeline.lineage.backfill import (
 )
 from pipeline.lineage.metrics import LineageModel
 from pipeline.runtime import init_ray, setup_logging
-from pipeline.score.criteria import CRITERION_METRICS
+from pipeline.score import CRITERION_METRICS
 
 SEEDED = ("random", "stratified")  # the orders that a seed changes
 

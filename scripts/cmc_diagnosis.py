@@ -34,7 +34,7 @@ from pipeline.config import CmcConfig, CompatConfig, TransformConfig
 from pipeline.data.embeddings import read_embeddings
 from pipeline.model.artifacts import build_cmc_transforms
 from pipeline.model.transformations import BACKWARD, FORWARD
-from pipeline.score.retrieval import per_query_metrics
+from pipeline.score import per_query_metrics
 from pipeline.train.loop import passes_per_epoch
 
 

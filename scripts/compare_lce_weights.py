@@ -22,7 +22,7 @@ from pipeline.flows.configs import load_pipeline_config
 from pipeline.flows.fits import fit_against
 from pipeline.flows.workspace import Workspace
 from pipeline.runtime import init_ray, setup_logging
-from pipeline.score.pairs import score_pair
+from pipeline.score import score_pair
 
 
 def main() -> None:

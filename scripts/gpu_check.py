@@ -29,7 +29,7 @@ from pipeline.compat.steps import autocast, autocast_dtype, optimizer_step
 from pipeline.config import CompatConfig, ModelConfig
 from pipeline.data.importers import read_idx
 from pipeline.model.networks import EmbeddingModel
-from pipeline.score.retrieval import per_query_metrics, summarize
+from pipeline.score import per_query_metrics, summarize
 
 CLASSES = [str(label) for label in range(10)]
 MODEL = ModelConfig(architecture="resnet18", embedding_dim=128)

@@ -32,9 +32,16 @@ from pipeline.flows.workspace import Workspace
 from pipeline.model.artifacts import load_model
 from pipeline.model.card import read_model_card
 from pipeline.runtime import init_ray
-from pipeline.score.criteria import pair_decision, pair_row, pair_verdict
-from pipeline.score.report import decision_line, read_table, roles_of, score_and_report
-from pipeline.score.uncertainty import MET
+from pipeline.score import (
+    MET,
+    decision_line,
+    pair_decision,
+    pair_row,
+    pair_verdict,
+    read_table,
+    roles_of,
+    score_and_report,
+)
 from pipeline.train.validation import References, Validator
 from tuning.space import load_sweep_config
 

@@ -153,7 +153,7 @@ def plot_objective(table: pd.DataFrame, keys: list[str], path: Path) -> None:
     """Objective against each searched value, one panel per key (categories as positions)."""
     import matplotlib.pyplot as plt
 
-    from pipeline.score.report import save_figure  # first: it chooses the Agg backend
+    from pipeline.score import save_figure
 
     figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
     for axis, key in zip(axes[0], keys):

@@ -22,7 +22,7 @@ from pipeline.data.embeddings import EmbeddingFiles, EmbeddingSet, embeddings_ta
 from pipeline.model.artifacts import load_cmc, load_model
 from pipeline.model.card import CmcCard, ModelCard, read_card, read_encoder_card
 from pipeline.model.transformations import BACKWARD, FORWARD
-from pipeline.score.entries import MatrixEntry
+from pipeline.score import MatrixEntry
 
 ROWS_PER_FILE = 10_000
 

@@ -27,8 +27,7 @@ from pipeline.flows.fits import fit_against, reads_parent_embeddings
 from pipeline.flows.workspace import Workspace
 from pipeline.model.encoders import import_model
 from pipeline.runtime import settle, side_by_side
-from pipeline.score.entries import counterpart_pairs, model_pairs
-from pipeline.score.report import roles_of, score_and_report
+from pipeline.score import counterpart_pairs, model_pairs, roles_of, score_and_report
 from pipeline.train.cross_model import fit_cmc
 from pipeline.train.driver import fits_at_once
 from pipeline.train.training import fit_model

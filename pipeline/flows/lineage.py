@@ -43,8 +43,7 @@ from pipeline.lineage.report import (
     selection_rows,
 )
 from pipeline.lineage.runs import log_lineage_report
-from pipeline.score.entries import MatrixEntry
-from pipeline.score.pairs import Gallery
+from pipeline.score import Gallery, MatrixEntry
 from pipeline.tracking import experiment_id
 
 log = logging.getLogger(__name__)

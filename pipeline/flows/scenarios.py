@@ -23,6 +23,7 @@ from pipeline.flows.configs import load_pipeline_config
 from pipeline.flows.experiment import run_pipeline
 from pipeline.flows.workspace import Workspace
 from pipeline.runtime import init_ray
+from pipeline.score import MET
 from pipeline.score.results import (
     GAIN_TARGET,
     SUBSETS,
@@ -33,7 +34,6 @@ from pipeline.score.results import (
     scenario_markdown,
     scenario_rows,
 )
-from pipeline.score.uncertainty import MET
 
 log = logging.getLogger(__name__)
 

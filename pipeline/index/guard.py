@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.score.criteria import Decision, pair_decision
-from pipeline.score.report import REPORT_FILE, interval_cells
+from pipeline.score import REPORT_FILE, Decision, interval_cells, pair_decision
 
 log = logging.getLogger(__name__)
 

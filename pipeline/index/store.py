@@ -32,7 +32,7 @@ from pipeline.atomic import one_writer, write_atomic, write_table_atomic, write_
 from pipeline.config.index import SERVING_KINDS, MixedIndexConfig, factory_string
 from pipeline.data.embeddings import EmbeddingSet, positions
 from pipeline.index.guard import ModelRef, guard
-from pipeline.score.retrieval import unit32
+from pipeline.score import unit32
 
 META_FILE = "index.json"
 

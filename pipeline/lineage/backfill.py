@@ -20,15 +20,26 @@ from pipeline.compat.statistics import OldSpaceStats
 from pipeline.config import MixedIndexConfig
 from pipeline.data.embeddings import EmbeddingSet
 from pipeline.lineage.metrics import LineageModel
-from pipeline.lineage.orders import BenefitPredictor, class_centers, fit_benefit_predictor, oracle_order, predicted_order
+from pipeline.lineage.orders import (
+    BenefitPredictor,
+    class_centers,
+    fit_benefit_predictor,
+    oracle_order,
+    predicted_order,
+)
 from pipeline.lineage.registry import STATS_FILE
 from pipeline.model.card import read_model_card
 from pipeline.runtime import progress
-from pipeline.score.criteria import CRITERION_METRICS, beats
-from pipeline.score.indexes import mixed_gallery, mixed_index_table
-from pipeline.score.pairs import Gallery
-from pipeline.score.retrieval import in_memory, normalize, score_queries
-from pipeline.score.uncertainty import PER_QUERY_KEYS
+from pipeline.score import (
+    CRITERION_METRICS,
+    PER_QUERY_KEYS,
+    Gallery,
+    beats,
+    mixed_gallery,
+    mixed_index_table,
+    normalize,
+    per_query_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +169,8 @@ def child_backfill(child: LineageModel, query: EmbeddingSet, parent: EmbeddingSe
     """The child's queries against its parent's gallery re-encoded in each of ``orders``: the
     curves, and per order each query's area under its curve per criterion metric."""
     def score(mixed: np.ndarray) -> dict[str, np.ndarray]:
-        per_query = score_queries(query.vectors, query.labels, query.ids, in_memory(query.ids, query.labels, mixed),
-                                  len(mixed), topk=(1,), full_ranking=full_ranking)
+        per_query = per_query_metrics(query.vectors, query.labels, mixed, query.labels, query.ids, query.ids,
+                                      topk=(1,), full_ranking=full_ranking)
         return {m: per_query[PER_QUERY_KEYS[m]] for m in CRITERION_METRICS if PER_QUERY_KEYS[m] in per_query}
 
     curves, areas = [], {}

@@ -19,19 +19,22 @@ from pipeline.lineage.backfill import curve_area  # noqa: E402
 from pipeline.lineage.measures import LineageMeasures  # noqa: E402
 from pipeline.lineage.metrics import Verdict  # noqa: E402
 from pipeline.lineage.selection import Candidate  # noqa: E402
-from pipeline.score.criteria import CRITERION_METRICS, Decision, pair_row  # noqa: E402
-from pipeline.score.indexes import index_advice, index_summary  # noqa: E402
-from pipeline.score.matrix import matrix  # noqa: E402
-from pipeline.score.report import (  # noqa: E402
+from pipeline.score import (  # noqa: E402
+    CRITERION_METRICS,
     VERDICTS_FILE,
+    Decision,
     decision_line,
     decisions_markdown,
+    format_difference,
     heatmap,
+    index_advice,
+    index_summary,
+    matrix,
+    pair_row,
     save_figure,
     verdicts_markdown,
     write_tables,
 )
-from pipeline.score.uncertainty import format_difference  # noqa: E402
 
 
 def backfill_areas(backfill: pd.DataFrame) -> list[dict]:

@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.score.criteria import Decision, beats, judged_metrics, pair_decision
-from pipeline.score.uncertainty import WITHIN_NOISE
+from pipeline.score import WITHIN_NOISE, Decision, beats, judged_metrics, pair_decision
 
 NO_BACKFILL, FORWARD = "no backfill", "the forward transformation applied to the stored gallery"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.score.retrieval import normalize
+from pipeline.score import normalize
 
 
 def class_centers(vectors: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

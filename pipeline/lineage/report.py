@@ -43,10 +43,16 @@ from pipeline.lineage.selection import (
     subset,
 )
 from pipeline.model.card import read_model_card
-from pipeline.score.criteria import CRITERION_METRICS, pair_row, update_gain
-from pipeline.score.entries import MatrixEntry, MatrixRoles
-from pipeline.score.matrix import matrix, score_all_pairs
-from pipeline.score.pairs import Gallery
+from pipeline.score import (
+    CRITERION_METRICS,
+    Gallery,
+    MatrixEntry,
+    MatrixRoles,
+    matrix,
+    pair_row,
+    score_all_pairs,
+    update_gain,
+)
 from pipeline.tracking import metric_key
 
 log = logging.getLogger(__name__)

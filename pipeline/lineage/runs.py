@@ -16,8 +16,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import RunContext
 from pipeline.lineage.files import backfill_areas
 from pipeline.lineage.measures import LineageMeasures
-from pipeline.score.criteria import CRITERION_METRICS
-from pipeline.score.report import cell_metrics, log_metrics, row_metrics
+from pipeline.score import CRITERION_METRICS, cell_metrics, log_metrics, row_metrics
 from pipeline.tracking import DESCRIPTION_TAG, experiment_id, finished_run, metric_key
 
 

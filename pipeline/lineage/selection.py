@@ -25,8 +25,16 @@ from pipeline.compat.methods import Route
 from pipeline.config import SELECTION_FRACTION
 from pipeline.data.dataset import in_validation
 from pipeline.data.embeddings import EmbeddingSet
-from pipeline.score.criteria import Decision, judged_metrics, pair_decision
-from pipeline.score.uncertainty import MET, NOT_MET, Interval, format_difference, paired_interval
+from pipeline.score import (
+    MET,
+    NOT_MET,
+    Decision,
+    Interval,
+    format_difference,
+    judged_metrics,
+    pair_decision,
+    paired_interval,
+)
 
 RANDOM_DRAWS = 3
 NO_BACKFILL_ROUTES = (Route.DIRECT, Route.T21)

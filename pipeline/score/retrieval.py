@@ -324,12 +324,14 @@ def score_queries(query: np.ndarray, query_labels: np.ndarray, query_ids: np.nda
 
 def per_query_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
                       query_ids: np.ndarray | None = None, gallery_ids: np.ndarray | None = None,
-                      topk: tuple[int, ...] = (1, 5), chunk: int = 1024) -> dict[str, np.ndarray]:
-    """``score_queries`` against a gallery held in memory."""
+                      topk: tuple[int, ...] = (1, 5), chunk: int = 1024, full_ranking: bool = True
+                      ) -> dict[str, np.ndarray]:
+    """``score_queries`` against a gallery held in memory: the per-query values of one cell
+    (``summarize`` makes the cell), the way to score arrays outside this package."""
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(f"query dimension {query.shape[1]} differs from gallery dimension {gallery.shape[1]}")
     return score_queries(query, query_labels, query_ids, in_memory(gallery_ids, gallery_labels, gallery),
-                         len(gallery), topk, chunk)
+                         len(gallery), topk, chunk, full_ranking=full_ranking)
 
 
 def summarize(per_query: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:

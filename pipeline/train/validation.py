@@ -32,9 +32,7 @@ from pipeline.config import Preprocessing
 from pipeline.data.decode import load_split
 from pipeline.data.embeddings import positions
 from pipeline.model.transformations import BACKWARD, FORWARD
-from pipeline.score.criteria import beats, update_gain
-from pipeline.score.retrieval import in_memory, search, topk_hits
-from pipeline.score.uncertainty import paired_interval
+from pipeline.score import beats, paired_interval, per_query_metrics, update_gain
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ def top1_hits(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: n
     """Per query, whether its nearest neighbour has its label, with the validation rows as both
     query and gallery set, each query excluding itself (the metric of ``pipeline.score.retrieval``,
     without its full-ranking AP, which a sweep does not use)."""
-    return topk_hits(search(query, ids, in_memory(ids, labels, gallery), 1), labels, (1,))["top1"]
+    return per_query_metrics(query, labels, gallery, labels, ids, ids, topk=(1,), full_ranking=False)["top1"]
 
 
 def top1(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> float:
