@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from jobs import cli
-from pipeline.flows.configs import load_cmc_config
 
 
 def main() -> None:
@@ -19,6 +18,7 @@ def main() -> None:
     cli.add_tracking_args(parser, storage=True)
     args = parser.parse_args()
     from pipeline.encode.split import train_split_embeddings
+    from pipeline.flows.configs import load_cmc_config
     from pipeline.flows.workspace import Workspace
     from pipeline.model.card import read_encoder_card
     from pipeline.runtime import init_ray

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from jobs import cli
-from pipeline.flows.configs import load_lineage_config
 
 
 def main() -> None:
@@ -14,6 +13,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/lineage.yaml")
     cli.add_ray_arg(parser)
     args = parser.parse_args()
+    from pipeline.flows.configs import load_lineage_config
     from pipeline.flows.lineage import run_lineage
     from pipeline.runtime import init_ray
 

@@ -6,7 +6,6 @@ import argparse
 
 from jobs import cli
 from pipeline.config import data_overrides
-from pipeline.flows.configs import load_pipeline_config
 
 
 def main() -> None:
@@ -16,6 +15,7 @@ def main() -> None:
                         help="your own images: an ImageFolder tree or a folder of idx .gz files")
     cli.add_ray_arg(parser)
     args = parser.parse_args()
+    from pipeline.flows.configs import load_pipeline_config
     from pipeline.flows.experiment import run_pipeline
     from pipeline.runtime import init_ray
 

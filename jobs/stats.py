@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from jobs import cli
-from pipeline.flows.configs import load_train_config
 
 
 def main() -> None:
@@ -15,6 +14,7 @@ def main() -> None:
     cli.add_ray_arg(parser)
     args = parser.parse_args()
     from pipeline.encode.split import train_split_embeddings
+    from pipeline.flows.configs import load_train_config
     from pipeline.runtime import init_ray
     from pipeline.train.inputs import stats_for_model
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from jobs import cli
-from pipeline.flows.configs import load_train_config
 
 
 def main() -> None:
@@ -19,6 +18,7 @@ def main() -> None:
     cli.add_ray_arg(parser)
     cli.add_tracking_args(parser, storage=True)
     args = parser.parse_args()
+    from pipeline.flows.configs import load_train_config
     from pipeline.runtime import init_ray
     from pipeline.train.training import fit_model
 

@@ -29,6 +29,11 @@ from pipeline.train.cross_model import CmcFiles
 TIMING_FILE = "results_run.json"
 
 
+def _entry(relative: str) -> property:
+    """A fixed file or folder of the layout, ``relative`` to the workspace's root."""
+    return property(lambda workspace: workspace.root / relative, doc=f"``{relative}`` under the root")
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The folder one pipeline, lineage or sweep writes under (``root``, absolute)."""
@@ -59,57 +64,22 @@ class Workspace:
                         old_space=self.root / "stats" / f"{cmc}.old_space.npz",
                         new_space=self.root / "stats" / f"{cmc}.new_space.npz")
 
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def validation_features(self) -> Path:
-        return self.root / "validation" / "old_features.npz"
-
-    @property
-    def validation_references(self) -> Path:
-        return self.root / "validation" / "references.json"
+    report = _entry("report")
+    validation_features = _entry("validation/old_features.npz")
+    validation_references = _entry("validation/references.json")
+    timing = _entry(TIMING_FILE)
+    sweep_config = _entry("sweep.yaml")
+    trials = _entry("trials.csv")
+    best_config = _entry("best.yaml")
+    objective_plot = _entry("objective_vs_params.png")
+    tune = _entry("tune")
+    confirm_report = _entry("confirm-report")
+    confirmation = _entry("confirm.json")
+    ray = _entry("ray")
 
     @property
     def registry(self) -> "Workspace":
         return Workspace(self.root / "registry")
-
-    @property
-    def timing(self) -> Path:
-        return self.root / TIMING_FILE
-
-    @property
-    def sweep_config(self) -> Path:
-        return self.root / "sweep.yaml"
-
-    @property
-    def trials(self) -> Path:
-        return self.root / "trials.csv"
-
-    @property
-    def best_config(self) -> Path:
-        return self.root / "best.yaml"
-
-    @property
-    def objective_plot(self) -> Path:
-        return self.root / "objective_vs_params.png"
-
-    @property
-    def tune(self) -> Path:
-        return self.root / "tune"
-
-    @property
-    def confirm_report(self) -> Path:
-        return self.root / "confirm-report"
-
-    @property
-    def confirmation(self) -> Path:
-        return self.root / "confirm.json"
-
-    @property
-    def ray(self) -> Path:
-        return self.root / "ray"
 
     def context(self, mlflow: MlflowConfig) -> RunContext:
         """Where the runs go: the configured MLflow store (else SQLite in ``root``), Ray Train's storage in ``ray/``."""
