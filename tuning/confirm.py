@@ -25,9 +25,9 @@ from pipeline.compat.methods import Method, Route, entry_name, method_of
 from pipeline.config import RunContext, ScoreConfig
 from pipeline.data.dataset import class_indices, read_dataset_info
 from pipeline.encode.mapped import entries_from_files
-from pipeline.encode.split import encode_split
+from pipeline.encode.split import encode_split, train_split_embeddings
 from pipeline.flows.configs import load_train_config
-from pipeline.flows.fits import fit_against
+from pipeline.flows.fits import fit_against, reads_parent_embeddings
 from pipeline.flows.workspace import Workspace
 from pipeline.model.artifacts import load_model
 from pipeline.model.card import read_model_card
@@ -80,10 +80,12 @@ def confirm(sweep_dir: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
     dataset, old = Path(cfg.data.root).resolve(), cfg.old.name
     context = RunContext(cfg.tracking_uri(), cfg.mlflow.experiment, str(workspace.ray))
     test_sets = [encode_split(workspace.model(old), dataset, "test", workspace.embeddings(old, "test"))]
+    old_train = (train_split_embeddings(workspace.model(old), dataset, workspace.embeddings(old, "train"))
+                 if reads_parent_embeddings(best) else None)  # read once for every seed
     names, models = [], []
     for seed in seeds:  # the seed also decides the rows of data_fraction, so each has its own statistics
         seeded = best.model_copy(update={"seed": seed, "name": f"{best.name}-best-s{seed}"})
-        model = fit_against(workspace, seeded, old, dataset, context, run_name=seeded.name)
+        model = fit_against(workspace, seeded, old, dataset, context, run_name=seeded.name, parent_embeddings=old_train)
         test_sets.append(encode_split(model, dataset, "test", workspace.embeddings(seeded.name, "test")))
         names.append(seeded.name)
         models.append(model)

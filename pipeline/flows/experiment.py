@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.compat.methods import Role, method_of
 from pipeline.config import CmcConfig, FitConfig, ImportedModelConfig, PipelineConfig, RunContext, TrainConfig
 from pipeline.data.dataset import class_names, read_dataset_info
-from pipeline.data.embeddings import read_embeddings
+from pipeline.data.embeddings import EmbeddingSet, read_embeddings
 from pipeline.data.importers import ensure_dataset
 from pipeline.encode.mapped import matrix_entries
 from pipeline.encode.split import encode_split, train_split_embeddings
@@ -90,19 +90,20 @@ def fit_models(run: Run) -> None:
     at_once = fits_at_once([fit for fit in (cfg.old, *cfg.new) if isinstance(fit, FitConfig)], cfg.concurrent_fits)
     log.info("fits: the old model and %d new models, %d at once", len(cfg.new), at_once)
 
-    def fit_new(new: TrainConfig) -> Path:
+    def fit_new(new: TrainConfig, old_train: EmbeddingSet | None = None) -> Path:
         return fit_against(workspace, new, cfg.old.name, run.dataset, run.context, encode=cfg.encode,
-                           run_name=run.run_name(new.name))
+                           run_name=run.run_name(new.name), parent_embeddings=old_train)
 
     with ThreadPoolExecutor(max_workers=at_once) as pool:
         old_fit = pool.submit(_old_model, run)
         fits = {new.name: pool.submit(fit_new, new) for new in cfg.new if not method_of(new).needs_old_model}
         settle(pool, fits.values(), until=old_fit)
         followers = [new for new in cfg.new if method_of(new).needs_old_model]
-        if any(reads_parent_embeddings(new) for new in followers):  # once, before the fits side by side read them
-            train_split_embeddings(old_fit.result(), run.dataset, workspace.embeddings(cfg.old.name, "train"),
-                                   cfg.encode)
-        fits.update({new.name: pool.submit(fit_new, new) for new in followers})
+        old_train = None  # encoded and read once, then shared by the fits side by side
+        if any(reads_parent_embeddings(new) for new in followers):
+            old_train = train_split_embeddings(old_fit.result(), run.dataset,
+                                               workspace.embeddings(cfg.old.name, "train"), cfg.encode)
+        fits.update({new.name: pool.submit(fit_new, new, old_train) for new in followers})
         settle(pool, fits.values())
         run.models = {cfg.old.name: old_fit.result(), **{new.name: fits[new.name].result() for new in cfg.new}}
 

@@ -23,27 +23,30 @@ def reads_parent_embeddings(cfg: TrainConfig) -> bool:
 
 
 def parent_inputs(workspace: Workspace, cfg: TrainConfig, parent: str, dataset: Path,
-                  encode: EncodeConfig = EncodeConfig()) -> tuple[EmbeddingSet | None, Path | None]:
+                  encode: EncodeConfig = EncodeConfig(), embeddings: EmbeddingSet | None = None
+                  ) -> tuple[EmbeddingSet | None, Path | None]:
     """What ``cfg``'s method reads of ``parent`` (a model of ``workspace``): the parent's
-    training-split embeddings (encoded once, then reused) and the statistics over them, each
-    None where the method needs none."""
+    training-split embeddings (``embeddings`` when the caller read them already; else encoded
+    once, then reused) and the statistics over them, each None where the method needs none."""
     if not reads_parent_embeddings(cfg):
         return None, None
     folder = workspace.model(parent)
-    embeddings = train_split_embeddings(folder, dataset, workspace.embeddings(parent, "train"), encode)
+    embeddings = embeddings or train_split_embeddings(folder, dataset, workspace.embeddings(parent, "train"), encode)
     stats = (stats_for_model(cfg, folder, embeddings, dataset, workspace.statistics(cfg.name))
              if method_of(cfg).needs_statistics else None)
     return embeddings, stats
 
 
 def fit_against(workspace: Workspace, cfg: TrainConfig, parent: str | None, dataset: Path, context: RunContext, *,
-                encode: EncodeConfig = EncodeConfig(), run_name: str | None = None) -> Path:
+                encode: EncodeConfig = EncodeConfig(), run_name: str | None = None,
+                parent_embeddings: EmbeddingSet | None = None) -> Path:
     """``cfg`` trained into ``workspace.model(cfg.name)``; against ``parent`` (a model of the same
-    workspace, recorded as the fit's parent) where its method needs an old model."""
+    workspace, recorded as the fit's parent) where its method needs an old model
+    (``parent_embeddings``: its training-split set, when read already)."""
     method = method_of(cfg)
     if parent is None or not method.needs_old_model:
         return fit_model(cfg, dataset, workspace.model(cfg.name), context, run_name=run_name, parent=parent)
-    embeddings, stats = parent_inputs(workspace, cfg, parent, dataset, encode)
+    embeddings, stats = parent_inputs(workspace, cfg, parent, dataset, encode, parent_embeddings)
     old_features = embeddings.path if embeddings is not None and method.reads_old_features(cfg.compat) else None
     return fit_model(cfg, dataset, workspace.model(cfg.name), context, run_name=run_name,
                      old_model=workspace.model(parent), stats=stats, parent=parent, old_features=old_features)
